@@ -1,0 +1,193 @@
+"""Encoders fitted on the TRAIN split only, vectorised with pyarrow.compute.
+
+categorical -> int ids, 0 reserved for unknown / rare (< min_count) / padding; unknown values at
+inference map to 0 and are counted. dense -> float32 with an explicit NaN policy (fill + optional
+missing indicator, or error) and optional z-normalisation. sequences -> padded ids [N, max_len]."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dynarec.data.schema import Feature, Schema
+from dynarec.errors import DataError
+
+
+def _as_str(col: pa.ChunkedArray | pa.Array) -> pa.Array:
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if pa.types.is_dictionary(col.type):
+        col = col.dictionary_decode()
+    if pa.types.is_floating(col.type):
+        # 3.0 and "3" should be the same category: integral floats print without the fraction
+        arr = col.to_numpy(zero_copy_only=False)
+        ok = ~np.isnan(arr)
+        if ok.all() and np.all(arr == np.round(arr)):
+            col = pa.array(arr.astype(np.int64))
+    return pc.cast(col, pa.string())
+
+
+def _seq_values(col, sep: str) -> tuple[pa.Array, np.ndarray]:
+    """Sequence column (list or 'a|b|c' strings) -> (flat string values, offsets)."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        col = pc.split_pattern(pc.fill_null(col, ""), sep)
+    if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)):
+        raise DataError(f"sequence column has type {col.type}; expected a list or '{sep}'-separated strings")
+    col = pc.fill_null(col, pa.scalar([], col.type))
+    flat = _as_str(col.flatten())
+    offsets = np.asarray(col.offsets, dtype=np.int64)
+    offsets = offsets - offsets[0]
+    return flat, offsets
+
+
+@dataclass
+class CategoricalEncoder:
+    vocab: list[str] = field(default_factory=list)  # id = position + 1
+
+    @property
+    def size(self) -> int:
+        return len(self.vocab) + 1
+
+    def fit(self, values: pa.Array, min_count: int = 1) -> CategoricalEncoder:
+        vc = pc.value_counts(pc.drop_null(values))
+        v = vc.field("values").to_numpy(zero_copy_only=False)
+        c = vc.field("counts").to_numpy()
+        keep = (c >= min_count) & (v != "")
+        v, c = v[keep], c[keep]
+        order = np.lexsort((v.astype(str), -c))  # frequent first, ties by value: deterministic
+        self.vocab = [str(x) for x in v[order]]
+        return self
+
+    def transform(self, values: pa.Array) -> tuple[np.ndarray, int]:
+        """-> (int32 ids, number of unknown non-null values mapped to 0)."""
+        idx = pc.index_in(values, value_set=pa.array(self.vocab, pa.string()))
+        unknown = int(pc.sum(pc.and_(pc.is_null(idx), pc.is_valid(values))).as_py() or 0)
+        ids = pc.fill_null(idx, -1).to_numpy(zero_copy_only=False).astype(np.int32) + 1
+        return ids, unknown
+
+
+@dataclass
+class DenseEncoder:
+    mean: float = 0.0
+    std: float = 1.0
+
+    def fit(self, x: np.ndarray, f: Feature) -> DenseEncoder:
+        ok = x[~np.isnan(x)]
+        if f.normalize and ok.size:
+            self.mean, self.std = float(ok.mean()), float(ok.std() or 1.0)
+        return self
+
+
+def dense_column(table: pa.Table, f: Feature, where: str) -> np.ndarray:
+    col = table.column(f.name)
+    try:
+        x = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        raise DataError(f"{where}: dense column '{f.name}' has type {col.type}; expected numbers") from None
+    x = np.asarray(x, dtype=np.float64)
+    if np.isinf(x).any():
+        raise DataError(f"{where}: dense column '{f.name}' contains inf")
+    return x
+
+
+class Encoders:
+    """All encoders of a schema; ``fit`` on train, ``transform`` any split."""
+
+    def __init__(self, schema: Schema):
+        self.schema = schema
+        self.cat: dict[str, CategoricalEncoder] = {}  # by table name
+        self.dense: dict[str, DenseEncoder] = {}
+        self.unknown_counts: dict[str, int] = {}
+
+    def fit(self, table: pa.Table, where: str = "train") -> Encoders:
+        by_table: dict[str, list[pa.Array]] = {}
+        min_count: dict[str, int] = {}
+        for f in self.schema.fields:
+            col = table.column(f.name)
+            vals = _as_str(col) if f.kind == "sparse" else _seq_values(col, f.separator)[0]
+            by_table.setdefault(f.table, []).append(vals)
+            min_count[f.table] = max(min_count.get(f.table, 1), f.min_count)
+        for t, arrs in by_table.items():
+            self.cat[t] = CategoricalEncoder().fit(pa.concat_arrays(arrs), min_count[t])
+        for f in self.schema.fields:
+            f.vocab_size = self.cat[f.table].size
+        self.schema.domain_values = list(self.cat[self.schema.feature(self.schema.domain).table].vocab)
+        for f in self.schema.dense:
+            self.dense[f.name] = DenseEncoder().fit(dense_column(table, f, where), f)
+        return self
+
+    def transform(self, table: pa.Table, where: str) -> dict[str, np.ndarray]:
+        """Encoded columns: '<name>' for each feature (int32 ids, float32, or [N, L] int32), labels,
+        '__user__' (int64 group ids for gAUC). Records unknown counts per feature."""
+        out: dict[str, np.ndarray] = {}
+        self.unknown_counts = {}
+        for f in self.schema.sparse:
+            out[f.name], self.unknown_counts[f.name] = self.cat[f.table].transform(_as_str(table.column(f.name)))
+        for f in self.schema.sequences:
+            flat, offs = _seq_values(table.column(f.name), f.separator)
+            ids, self.unknown_counts[f.name] = self.cat[f.table].transform(flat)
+            out[f.name] = pad_sequences(ids, offs, f.max_len)
+        for f in self.schema.dense:
+            x = dense_column(table, f, where)
+            nan = np.isnan(x)
+            if nan.any() and f.nan_policy == "error":
+                raise DataError(f"{where}: dense column '{f.name}' has {int(nan.sum())} NaN value(s) and its "
+                                f"nan_policy is 'error' (use nan_policy: fill to fill them with fill_value)")
+            e = self.dense[f.name]
+            if f.normalize:
+                x = (x - e.mean) / e.std
+            x[nan] = f.fill_value
+            out[f.name] = x.astype(np.float32)
+            if f.missing_indicator:
+                out[f.name + "__missing"] = nan.astype(np.float32)
+        for t in self.schema.tasks:
+            out[t.name] = label_column(table, t, where)
+        if self.schema.user:
+            u = table.column(self.schema.user)
+            out["__user__"] = pc.dictionary_encode(_as_str(u)).indices.to_numpy(zero_copy_only=False).astype(np.int64) \
+                if len(u) else np.zeros(0, np.int64)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"categorical": {t: e.vocab for t, e in self.cat.items()},
+                "dense": {n: {"mean": e.mean, "std": e.std} for n, e in self.dense.items()}}
+
+    @classmethod
+    def from_dict(cls, schema: Schema, d: dict[str, Any]) -> Encoders:
+        enc = cls(schema)
+        enc.cat = {t: CategoricalEncoder(list(v)) for t, v in d["categorical"].items()}
+        enc.dense = {n: DenseEncoder(**v) for n, v in d["dense"].items()}
+        return enc
+
+
+def pad_sequences(ids: np.ndarray, offsets: np.ndarray, max_len: int) -> np.ndarray:
+    """Flat ids + list offsets -> [N, max_len] int32, keeping the first max_len ids, 0-padded."""
+    n = len(offsets) - 1
+    lens = np.minimum(np.diff(offsets), max_len)
+    out = np.zeros((n, max_len), dtype=np.int32)
+    rows = np.repeat(np.arange(n), lens)
+    pos = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
+    out[rows, pos] = ids[np.repeat(offsets[:-1], lens) + pos]
+    return out
+
+
+def label_column(table: pa.Table, task, where: str) -> np.ndarray:
+    col = table.column(task.name)
+    try:
+        y = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        raise DataError(f"{where}: label column '{task.name}' has type {col.type}; expected numbers") from None
+    y = np.asarray(y, dtype=np.float64)
+    if np.isnan(y).any():
+        raise DataError(f"{where}: label column '{task.name}' has {int(np.isnan(y).sum())} missing value(s)")
+    if task.type == "binary":
+        bad = ~np.isin(y, (0.0, 1.0))
+        if bad.any():
+            raise DataError(f"{where}: label column '{task.name}' must be binary 0/1 but has value "
+                            f"{y[bad][0]!r} (declare type: regression for a continuous target)")
+    return y.astype(np.float32)
