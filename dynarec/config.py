@@ -18,7 +18,7 @@ class TrainerConfig:
     batch_size: int = 4096
     eval_batch_size: int = 65536
     lr: float = 1e-3  # dense parameters (Adam)
-    embedding_lr: float = 0.05  # embedding tables (sparse Adagrad)
+    embedding_lr: float = 0.2  # embedding tables (sparse Adagrad)
     weight_decay: float = 0.0
     embedding_optimizer: str = "adagrad"  # adagrad | sgd | sparse_adam
     dense_optimizer: str = "adam"  # adam | adamw | sgd

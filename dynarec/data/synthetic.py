@@ -4,10 +4,10 @@ Six domains with long-tailed sizes (45 % ... 1.5 %); user / item / author ids wi
 popularity; context (hour, device), dense features and a user-history sequence (categories). The true
 click logit mixes a component shared by all domains with domain-specific weights:
 
-    logit_click = a_d + b_user + b_item + b_author + <u, M_d v> + w_d · dense + c_d[device] + h[hour]
-                  + κ · 1[item category ∈ user history]
+    logit_click = a_d + b_user + b_item + b_author + 2 <s_seg, M_d c_cat> + w_d · dense + c_d[device]
+                  + h[hour] + κ · 1[item category ∈ user history]
 
-where ``M_d = diag(m_d)`` and ``m_d = 1 + ρ_d ε_d`` departs further from the shared weights the smaller
+where s_seg / c_cat are latent vectors of the user segment and item category, ``M_d = diag(m_d)`` and ``m_d = 1 + ρ_d ε_d`` departs further from the shared weights the smaller
 the domain, so a static model that learns mostly from the big domains underfits the small ones.
 The conversion (second, rarer task) happens only after a click: p_conv = p_click · σ(logit_cvr).
 ``generate`` returns the raw table and the true probabilities, so the Bayes-optimal AUC is known.
@@ -24,6 +24,7 @@ DOMAIN_NAMES = ["d0", "d1", "d2", "d3", "d4", "d5"]
 LATENT = 8
 HIST_LEN = 6
 N_CATEGORIES = 40
+N_SEGMENTS = 6
 
 
 def _zipf_sample(rng: np.random.Generator, n_ids: int, size: int, a: float = 1.05) -> np.ndarray:
@@ -67,14 +68,14 @@ def generate(rows: int = 100_000, seed: int = 0, domain_shift: float = 1.0) -> t
     D = len(DOMAIN_SHARES)
 
     # --- world (fixed for the seed) -----------------------------------------------------------
-    u_vec = rng.normal(0, 1, (n_users, LATENT)) / np.sqrt(LATENT)
-    v_vec = rng.normal(0, 1, (n_items, LATENT))
-    u_bias = rng.normal(0, 0.4, n_users)
-    i_bias = rng.normal(0, 0.4, n_items)
-    a_bias = rng.normal(0, 0.3, n_authors)
+    seg_vec = rng.normal(0, 1, (N_SEGMENTS, LATENT)) / np.sqrt(LATENT)
+    cat_vec = rng.normal(0, 1, (N_CATEGORIES, LATENT))
+    u_bias = rng.normal(0, 0.3, n_users)
+    i_bias = rng.normal(0, 0.3, n_items)
+    a_bias = rng.normal(0, 0.2, n_authors)
     item_author = rng.integers(0, n_authors, n_items)
     item_cat = rng.integers(0, N_CATEGORIES, n_items)
-    user_seg = rng.integers(0, 5, n_users)
+    user_seg = rng.integers(0, N_SEGMENTS, n_users)
     hist_len = rng.integers(1, HIST_LEN + 1, n_users)
     hist = rng.integers(0, N_CATEGORIES, (n_users, HIST_LEN))
     user_act = rng.gamma(2.0, 1.0, n_users)
@@ -103,8 +104,8 @@ def generate(rows: int = 100_000, seed: int = 0, domain_shift: float = 1.0) -> t
     dense = np.stack([z_act, z_price, ctx], 1)
     in_hist = (hist[uid] == item_cat[iid][:, None])
     in_hist &= np.arange(HIST_LEN)[None, :] < hist_len[uid][:, None]
-    inter = np.einsum("bk,bk->b", u_vec[uid] * m_d[dom], v_vec[iid])
-    logit = (a_d[dom] + u_bias[uid] + i_bias[iid] + a_bias[item_author[iid]] + 1.5 * inter
+    inter = np.einsum("bk,bk->b", seg_vec[user_seg[uid]] * m_d[dom], cat_vec[item_cat[iid]])
+    logit = (a_d[dom] + u_bias[uid] + i_bias[iid] + a_bias[item_author[iid]] + 2.0 * inter
              + np.einsum("bk,bk->b", dense, w_dense[dom]) + c_dev[dom, device] + h_eff[hour]
              + 0.8 * in_hist.any(1))
     p_click = 1.0 / (1.0 + np.exp(-logit))

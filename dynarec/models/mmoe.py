@@ -1,40 +1,53 @@
-"""MMoE (Ma et al., KDD 2018): n expert MLPs shared by all tasks; per task a softmax gate over experts
-on the input, ``h_t = Σ_j softmax(x W_t)_j · expert_j(x)``, then the task's tower."""
+"""MMoE (Ma et al., KDD 2018) with the YouTube additions (Zhao et al., RecSys 2019; SPEC §2.12).
+
+``h_t = Σ_i g_t(x)_i f_i(x)``, ``g_t = softmax(x W_t)``; ``y_t = tower_t(h_t)``. Experts are MLPs
+``hidden`` (default 4 × [256, 128]), towers ``tower_hidden`` ([64]).
+
+* **Expert dropout** ``expert_dropout`` (default 0.1): in training each expert's gate weight is zeroed
+  with that probability and the gate renormalised (a row never loses every expert). Off in eval.
+* ``gate: noisy_topk`` replaces each task's softmax gate with a noisy top-k gate (Shazeer et al. 2017,
+  ``top_k``, ``balance_coef``; balance loss via ``extra_loss()``); expert dropout then does not apply.
+* The shallow position tower and aleatoric heads of :class:`~dynarec.models.moe.MTLModel`.
+* ``gate_usage(table)`` reports per-task gate statistics (mean weight, top-1 share, entropy, polarised).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-from torch import nn
-
-from dynarec.models.base import BaseModel, ModelConfig, task_heads
+from dynarec.models.moe import MTLConfig, MTLModel
 from dynarec.models.registry import register
-from dynarec.nn.mlp import MLP
+from dynarec.nn.moe import MMoELayer
 
 
 @register("mmoe", paper="Ma et al., Modeling Task Relationships in Multi-task Learning with Multi-gate "
-          "Mixture-of-Experts, KDD 2018", multi_task=True)
-class MMoE(BaseModel):
+          "Mixture-of-Experts, KDD 2018 (+ expert dropout, Zhao et al., RecSys 2019)", multi_task=True)
+class MMoE(MTLModel):
     @dataclass
-    class Config(ModelConfig):
+    class Config(MTLConfig):
         num_experts: int = 4
+        expert_dropout: float = 0.1
+        gate: str = "softmax"  # softmax | noisy_topk
+        top_k: int = 2
+        balance_coef: float = 1e-2
 
     def __init__(self, schema, config):
         super().__init__(schema, config)
         c = config
-        self.experts = nn.ModuleList(MLP(self.input_dim, c.hidden, None, c.activation, c.dropout, c.batch_norm)
-                                     for _ in range(c.num_experts))
-        self.gates = nn.ModuleDict({t: nn.Linear(self.input_dim, c.num_experts) for t in self.tasks})
-        d = self.experts[0].out_features
-        self.towers = task_heads(d, self.tasks, c.tower_hidden, c.activation, c.dropout)
-        self.last_gate_weights: dict[str, torch.Tensor] = {}
+        self.mmoe = MMoELayer(self.input_dim, c.num_experts, len(self.tasks), c.hidden, c.activation, c.dropout,
+                              c.batch_norm, c.expert_dropout, c.gate, c.top_k, c.balance_coef)
+        self.towers = self.make_towers(self.mmoe.out_features)
+
+    @property
+    def last_gate_weights(self):
+        """Gate weights of the last forward per task (detached)."""
+        return {t: g.last for t, g in zip(self.tasks, self.mmoe.gates)}
+
+    def balance_modules(self):
+        return [self.mmoe]
+
+    def gate_modules(self):
+        return dict(zip(self.tasks, self.mmoe.gates))
 
     def forward(self, batch):
-        x = self.flat_input(batch)
-        ex = torch.stack([e(x) for e in self.experts], 1)  # [B, n, d]
-        out = {}
-        for t in self.tasks:
-            g = torch.softmax(self.gates[t](x), -1)  # [B, n]
-            self.last_gate_weights[t] = g.detach()
-            out[t] = self.towers[t](torch.einsum("bn,bnd->bd", g, ex)).squeeze(-1)
-        return out
+        hs = self.mmoe(self.main_input(batch))
+        return self.finish(batch, {t: self.towers[t](h) for t, h in zip(self.tasks, hs)})

@@ -1,0 +1,32 @@
+# dynarec: `make demo` (set up + main job) and `make test` (set up + whole test suite).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.dynarec-installed
+# torch is pinned HERE (CPU build, from the local wheel on these machines); pyproject keeps torch>=2.4.
+TORCH  ?= torch==2.13.0
+
+.PHONY: demo demo-quick test bench setup clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/dynarec demo
+
+demo-quick: $(STAMP)
+	$(BIN)/dynarec demo --quick
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/train_throughput.py
+
+clean:
+	rm -rf $(VENV) dynarec-demo runs .pytest_cache

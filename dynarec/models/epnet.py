@@ -1,0 +1,67 @@
+"""EPNet — Embedding Personalized Network (Chang et al., PEPNet, KDD 2023, EPNet eq.; SPEC §2.5), on a DNN.
+
+``O_ep = GateNU(E(F_d) ⊕ sg(E)) ⊙ E`` rescales the general embeddings per domain, then a shared MLP with
+one logit per task reads ``flat(O_ep) ⊕ dense``. F_d = the embedded features of ``domain_groups`` (default:
+the domain id) ⊕ their dense features (per-domain statistics, if the schema has them). E(F_d) comes from the
+shared table and is not detached; E is detached in the gate input only.
+
+Options: ``epnet_granularity`` "field" (default, one gate per field — the paper's feature-wise product,
+unverified) | "dim" (one gate per embedding dimension, the fun-rec code and SPEC's (0,2)^{d_E});
+``epnet_input`` "full" (``E(F_d) ⊕ sg(E)``, SPEC "dynarec uses") | "domain_only" (``E(F_d)``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from dynarec.models._gate_utils import GateRecorder, check_choice, check_gate_common, dense_index
+from dynarec.models.base import BaseModel, ModelConfig
+from dynarec.models.registry import register
+from dynarec.nn.gates import EPNet as EPNetLayer
+from dynarec.nn.mlp import MLP
+
+
+class DomainSide:
+    """Mixin resolving F_d: ``self._setup_domain(groups, what)`` then ``self.domain_input(emb, batch)``."""
+
+    def _setup_domain(self, groups, what):
+        self.domain_fields = self.field_index(groups, what)
+        self.register_buffer("_dom_fields", torch.tensor(self.domain_fields, dtype=torch.long), persistent=False)
+        self.register_buffer("_dom_dense", torch.tensor(dense_index(self.schema, groups), dtype=torch.long),
+                             persistent=False)
+        return len(self.domain_fields) * self.config.embed_dim + len(self._dom_dense)
+
+    def domain_input(self, emb, batch):
+        x = emb[:, self._dom_fields].flatten(1)
+        return torch.cat([x, batch.dense[:, self._dom_dense]], 1) if len(self._dom_dense) else x
+
+
+@register("epnet", paper="Chang et al., PEPNet: Parameter and Embedding Personalized Network, KDD 2023 (EPNet)",
+          needs=("domain",), multi_task=True, multi_domain=True, tags=("gate",))
+class EPNetModel(DomainSide, GateRecorder, BaseModel):
+    @dataclass
+    class Config(ModelConfig):
+        domain_groups: list[str] = field(default_factory=lambda: ["domain"])
+        epnet_granularity: str = "field"  # field | dim
+        epnet_input: str = "full"  # full | domain_only
+        gamma: float = 2.0
+        gate_init: str = "zero"
+
+    def __init__(self, schema, config):
+        super().__init__(schema, config)
+        c = config
+        zero = check_gate_common("model.epnet", c)
+        check_choice("model.epnet", "epnet_granularity", c.epnet_granularity, ("field", "dim"))
+        check_choice("model.epnet", "epnet_input", c.epnet_input, ("full", "domain_only"))
+        d_dom = self._setup_domain(c.domain_groups, "model.epnet domain_groups")
+        self.epnet = EPNetLayer(d_dom, self.num_fields, c.embed_dim, c.epnet_granularity, c.epnet_input,
+                                gamma=c.gamma, zero_init_last=zero)
+        self.mlp = MLP(self.input_dim, c.hidden, len(self.tasks), c.activation, c.dropout, c.batch_norm)
+
+    def forward(self, batch):
+        self._start_record()
+        emb = self.embed(batch)
+        o_ep = self.epnet(emb, self.domain_input(emb, batch))
+        self._record("epnet", self.epnet.last_gate, self.domain_fields)
+        out = self.mlp(self.flat_input(batch, o_ep))
+        return {t: out[:, i] for i, t in enumerate(self.tasks)}

@@ -1,0 +1,107 @@
+"""M2M (Zhang et al., WSDM 2022, arXiv 2201.06814; SPEC §2.8): multi-scenario multi-task meta learning.
+
+* experts ``E_i = MLP_i(SelfAttn(X_seq) ⊕ X_other)`` (``hidden`` widths; the attention runs over each
+  sample's own behaviour tokens, never across the batch);
+* task embedding ``T_t = MLP(Emb(t))``; scenario summary ``S̃ = MLP(S ⊕ A)`` with S = embedded fields of
+  ``scenario_groups`` and A = those of ``user_groups``;
+* per task: meta attention ``R_t = Σ_i softmax_i(vᵀMeta_t(E_i ⊕ T_t)) E_i``, meta tower
+  ``L^j = act(Meta^j(L^{j-1}) + L^{j-1})`` (``tower_layers`` layers), then a linear head.
+All Meta units generate per-sample weights from S̃ (``meta_widths``, K = len(meta_widths)).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from dynarec.errors import ConfigError
+from dynarec.models.base import BaseModel, ModelConfig
+from dynarec.models.registry import register
+from dynarec.nn.meta import MetaAttention, MetaTower, SequenceSelfAttention
+from dynarec.nn.mlp import ACTIVATIONS, MLP
+
+
+@register("m2m", paper="Zhang et al., Leaving No One Behind: A Multi-Scenario Multi-Task Meta Learning Approach "
+          "for Advertiser Modeling, WSDM 2022", needs=("domain",), multi_task=True, multi_domain=True)
+class M2M(BaseModel):
+    @dataclass
+    class Config(ModelConfig):
+        hidden: list[int] = field(default_factory=lambda: [128, 64])  # each expert's MLP
+        num_experts: int = 4
+        meta_widths: list[int] = field(default_factory=lambda: [64, 64])  # K = 2 generated layers of width 64
+        tower_layers: int = 2  # L
+        scenario_hidden: list[int] = field(default_factory=lambda: [32])  # S̃ = MLP(S ⊕ A)
+        task_embed_dim: int = 16
+        task_hidden: list[int] = field(default_factory=lambda: [32])  # T_t = MLP(Emb(t))
+        scenario_groups: list[str] = field(default_factory=lambda: ["domain"])
+        user_groups: list[str] = field(default_factory=lambda: ["user"])
+        meta_activation: str = "sigmoid"  # σ of SPEC §2.8
+        seq_heads: int = 2
+
+    def __init__(self, schema, config):
+        super().__init__(schema, config)
+        c = config
+        for key in ("hidden", "meta_widths", "scenario_hidden", "task_hidden"):
+            v = getattr(c, key)
+            if not v or min(v) < 1:
+                raise ConfigError(f"model.m2m.{key}: expected a non-empty list of positive widths, got {v}")
+        if c.num_experts < 1 or c.tower_layers < 0:
+            raise ConfigError("model.m2m: num_experts must be >= 1 and tower_layers >= 0")
+        if c.meta_activation not in ACTIVATIONS:
+            raise ConfigError(f"model.m2m.meta_activation: expected one of {sorted(ACTIVATIONS)}, got '{c.meta_activation}'")
+        d = c.embed_dim
+        n_sparse = len(schema.sparse)
+        self.n_sparse = n_sparse
+        self.seq_names = [f.name for f in schema.sequences]
+        if self.seq_names and d % c.seq_heads:
+            raise ConfigError(f"model.m2m.seq_heads: embed_dim {d} is not divisible by seq_heads {c.seq_heads}")
+        self.seq_attn = nn.ModuleList(SequenceSelfAttention(d, c.seq_heads) for _ in self.seq_names)
+        expert_in = n_sparse * d + self.dense_dim + len(self.seq_names) * d
+        self.experts = nn.ModuleList(MLP(expert_in, c.hidden, None, c.activation, c.dropout, c.batch_norm)
+                                     for _ in range(c.num_experts))
+        d_e = self.experts[0].out_features
+        self.scen_fields = self.field_index(c.scenario_groups, "model.m2m.scenario_groups")
+        self.user_fields = self.field_index(c.user_groups, "model.m2m.user_groups") if c.user_groups else []
+        self.scenario_mlp = MLP((len(self.scen_fields) + len(self.user_fields)) * d, c.scenario_hidden, None,
+                                c.activation)
+        d_s = self.scenario_mlp.out_features
+        T = len(self.tasks)
+        self.task_emb = nn.Embedding(T, c.task_embed_dim)
+        self.task_mlp = MLP(c.task_embed_dim, c.task_hidden, None, c.activation)
+        d_t = self.task_mlp.out_features
+        act = c.meta_activation
+        self.attention = nn.ModuleDict({t: MetaAttention(d_e, d_t, d_s, c.meta_widths, act) for t in self.tasks})
+        self.meta_towers = nn.ModuleDict({t: MetaTower(d_e, d_s, c.tower_layers, c.meta_widths[:-1], act)
+                                          for t in self.tasks})
+        self.heads = nn.ModuleDict({t: nn.Linear(d_e, 1) for t in self.tasks})
+        self.last_attention: dict[str, torch.Tensor] = {}
+
+    def scenario_summary(self, emb: torch.Tensor) -> torch.Tensor:
+        """S̃ = MLP(S ⊕ A) [B, d_s]."""
+        return self.scenario_mlp(emb[:, self.scen_fields + self.user_fields].flatten(1))
+
+    def expert_outputs(self, batch, emb: torch.Tensor) -> torch.Tensor:
+        """[B, n_experts, d_e]."""
+        parts = [emb[:, :self.n_sparse].flatten(1)]
+        if self.dense_dim:
+            parts.append(batch.dense)
+        table = self.embedding.weight
+        for j, (name, attn) in enumerate(zip(self.seq_names, self.seq_attn)):
+            ids = batch.sequences[name]
+            tokens = table(ids + self.embedding.seq_offsets[j])  # [B, L, d], per-sample tokens
+            parts.append(attn(tokens, ids > 0))
+        x = torch.cat(parts, 1)
+        return torch.stack([e(x) for e in self.experts], 1)
+
+    def forward(self, batch):
+        emb = self.embed(batch)
+        s = self.scenario_summary(emb)
+        ex = self.expert_outputs(batch, emb)
+        task_vecs = self.task_mlp(self.task_emb.weight)  # [T, d_t]
+        out = {}
+        for i, t in enumerate(self.tasks):
+            r, alpha = self.attention[t](ex, task_vecs[i], s)
+            self.last_attention[t] = alpha.detach()
+            out[t] = self.heads[t](self.meta_towers[t](r, s)).squeeze(-1)
+        return out

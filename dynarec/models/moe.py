@@ -1,0 +1,203 @@
+"""Multi-task model plumbing shared by ``mmoe``, ``ple`` and ``sparse_moe``, and the ``sparse_moe`` model.
+
+:class:`MTLModel` adds to :class:`BaseModel`, configured through :class:`MTLConfig`:
+
+* **position-bias tower** (``position_tower: true``; SPEC §2.12): the schema's ``position`` feature is
+  removed from the main input and fed to a :class:`~dynarec.nn.position.PositionBiasTower` whose logit is
+  added to each task in ``position_tasks`` (default: all). Position dropout ``position_dropout`` (0.1) in
+  training; at inference the position is always "missing", so predictions do not depend on it.
+* **aleatoric heads** (``aleatoric: true``; SPEC §2.16): every tower outputs (mean, s = log σ̂²). The
+  forward contract is unchanged (``{task: mean logit / value}``); ``self.last_log_var`` holds s per task and
+  :meth:`task_loss` uses the heteroscedastic loss (regression) or logit sampling (binary).
+* **balance loss**: noisy top-k gates report theirs through ``extra_loss()``.
+* **gate usage**: :meth:`gate_usage` runs the model over a table and summarises every gate.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from dynarec.errors import ConfigError
+from dynarec.models.base import BaseModel, ModelConfig
+from dynarec.models.registry import register
+from dynarec.nn.mlp import MLP
+from dynarec.nn.moe import NoisyTopKMoE, gate_usage_stats
+from dynarec.nn.position import PositionBiasTower
+
+
+@dataclass
+class MTLConfig(ModelConfig):
+    # shallow position-bias tower (SPEC §2.12)
+    position_tower: bool = False
+    position_feature: str = ""  # default: the schema's single sparse feature of group 'position'
+    position_cross: list[str] = field(default_factory=list)  # sparse features crossed with position, e.g. [device]
+    position_dropout: float = 0.1
+    position_hidden: list[int] = field(default_factory=list)  # [] = linear shallow tower
+    position_tasks: list[str] = field(default_factory=list)  # [] = every task
+    # aleatoric heads (SPEC §2.16)
+    aleatoric: bool = False
+    logit_samples: int = 10
+
+
+class MTLModel(BaseModel):
+    """Base of the multi-task expert models (see module docstring)."""
+
+    Config = MTLConfig
+
+    def __init__(self, schema, config: MTLConfig):
+        super().__init__(schema, config)
+        c = config
+        self.task_types = {t.name: t.type for t in schema.tasks}
+        self.main_fields = list(range(self.num_fields))
+        self.position_tower = None
+        if c.position_tower:
+            self._build_position_tower(c)
+        if c.logit_samples < 1:
+            raise ConfigError(f"logit_samples: expected >= 1, got {c.logit_samples}")
+        self.input_dim = len(self.main_fields) * c.embed_dim + self.dense_dim
+        self.last_log_var: dict[str, torch.Tensor] = {}
+
+    # ---- position tower ------------------------------------------------------------------------
+    def _build_position_tower(self, c: MTLConfig) -> None:
+        sparse_names = [f.name for f in self.schema.sparse]
+        if c.position_feature:
+            if c.position_feature not in sparse_names:
+                raise ConfigError(f"position_feature: '{c.position_feature}' is not a sparse feature of the "
+                                  f"schema (have: {', '.join(sparse_names)})")
+            pos_name = c.position_feature
+        else:
+            cands = [f.name for f in self.schema.sparse if f.group == "position"]
+            if len(cands) != 1:
+                raise ConfigError("position_tower needs exactly one sparse feature with group: position "
+                                  f"(found {cands or 'none'}); or set position_feature")
+            pos_name = cands[0]
+        for n in c.position_cross:
+            if n not in sparse_names or n == pos_name:
+                raise ConfigError(f"position_cross: '{n}' is not a sparse feature of the schema (have: "
+                                  f"{', '.join(sparse_names)})")
+        for t in c.position_tasks:
+            if t not in self.tasks:
+                raise ConfigError(f"position_tasks: unknown task '{t}' (tasks: {', '.join(self.tasks)})")
+        self.pos_col = sparse_names.index(pos_name)
+        self.register_buffer("pos_cross_cols", torch.tensor([sparse_names.index(n) for n in c.position_cross],
+                                                            dtype=torch.long), persistent=False)
+        self.pos_tasks = list(c.position_tasks or self.tasks)
+        sizes = [max(self.schema.feature(n).vocab_size, 1) for n in c.position_cross]
+        self.position_tower = PositionBiasTower(max(self.schema.feature(pos_name).vocab_size, 2), len(self.pos_tasks),
+                                                sizes, hidden=c.position_hidden, dropout=c.position_dropout)
+        # the main towers never see the position (it is explained by the shallow tower only)
+        pos_groups = {f.name for f in self.schema.fields if f.group == "position"} | {pos_name}
+        self.main_fields = [i for i, f in enumerate(self.schema.fields) if f.name not in pos_groups]
+
+    def position_bias(self, batch) -> torch.Tensor | None:
+        """Shallow-tower logits ``[B, len(position_tasks)]`` (position missing at inference)."""
+        if self.position_tower is None:
+            return None
+        extra = batch.sparse[:, self.pos_cross_cols] if len(self.pos_cross_cols) else None
+        return self.position_tower(batch.sparse[:, self.pos_col], extra)
+
+    # ---- inputs / outputs ----------------------------------------------------------------------
+    def main_input(self, batch) -> torch.Tensor:
+        """[embeddings of the main fields ⊕ dense] — position features removed when the tower is on."""
+        e = self.embed(batch)
+        if len(self.main_fields) != self.num_fields:
+            e = e[:, self.main_fields]
+        return torch.cat([e.flatten(1), batch.dense], 1) if self.dense_dim else e.flatten(1)
+
+    def make_towers(self, in_dim: int) -> nn.ModuleDict:
+        c = self.config
+        out = 2 if c.aleatoric else 1
+        return nn.ModuleDict({t: MLP(in_dim, c.tower_hidden, out, c.activation, c.dropout) for t in self.tasks})
+
+    def finish(self, batch, tower_out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Split (mean, log-variance) heads, add the position bias; ``{task: [B]}``."""
+        out = {}
+        self.last_log_var = {}
+        for t, y in tower_out.items():
+            out[t] = y[:, 0]
+            if y.shape[1] > 1:
+                self.last_log_var[t] = y[:, 1]
+        bias = self.position_bias(batch)
+        if bias is not None:
+            for j, t in enumerate(self.pos_tasks):
+                out[t] = out[t] + bias[:, j]
+        return out
+
+    # ---- losses --------------------------------------------------------------------------------
+    def task_loss(self, outputs: dict[str, torch.Tensor], labels: dict[str, torch.Tensor],
+                  types: dict[str, str] | None = None) -> dict[str, torch.Tensor]:
+        """Per-task losses of the last forward: heteroscedastic / logit-sampling when ``aleatoric``."""
+        from dynarec.losses import heteroscedastic_loss, sampled_logit_bce, task_losses
+
+        types = types or self.task_types
+        if not self.config.aleatoric:
+            return task_losses(outputs, labels, types)
+        out = {}
+        for t, y in outputs.items():
+            s = self.last_log_var[t]
+            if types.get(t, "binary") == "binary":
+                out[t] = sampled_logit_bce(y, s, labels[t], self.config.logit_samples)
+            else:
+                out[t] = heteroscedastic_loss(y, s, labels[t])
+        return out
+
+    def balance_modules(self) -> list[nn.Module]:
+        return []
+
+    def extra_loss(self) -> torch.Tensor | None:
+        ls = [m.balance_loss for m in self.balance_modules() if m.balance_loss is not None]
+        return torch.stack(ls).sum() if ls else None
+
+    # ---- gate statistics -----------------------------------------------------------------------
+    def gate_modules(self) -> dict[str, nn.Module]:
+        """Named gates whose ``.last`` holds the gate weights of the last forward."""
+        return {}
+
+    @torch.no_grad()
+    def gate_usage(self, table, batch_size: int = 65536) -> dict[str, dict]:
+        """Per gate (e.g. per task): mean weight per expert, top-1 share, entropy, polarisation,
+        measured in eval mode over ``table``."""
+        was = self.training
+        self.eval()
+        gates = self.gate_modules()
+        acc: dict[str, list[torch.Tensor]] = {k: [] for k in gates}
+        for b in table.batches(batch_size):
+            self(b)
+            for k, g in gates.items():
+                acc[k].append(g.last)
+        self.train(was)
+        return {k: gate_usage_stats(torch.cat(v)) for k, v in acc.items()}
+
+
+@register("sparse_moe", paper="Shazeer et al., Outrageously Large Neural Networks: The Sparsely-Gated "
+          "Mixture-of-Experts Layer, ICLR 2017", multi_task=True)
+class SparseMoE(MTLModel):
+    """Noisy top-k MoE as the shared bottom (an MLP replacement), then one tower per task (SPEC §2.14).
+    Each expert is an MLP ``hidden``; the balance loss (importance + load, weight ``balance_coef``) is
+    returned by ``extra_loss()``."""
+
+    @dataclass
+    class Config(MTLConfig):
+        num_experts: int = 8
+        top_k: int = 2
+        balance_coef: float = 1e-2
+        noisy: bool = True
+
+    def __init__(self, schema, config):
+        super().__init__(schema, config)
+        c = config
+        self.moe = NoisyTopKMoE(self.input_dim, c.hidden, c.num_experts, c.top_k, c.activation, c.dropout,
+                                c.batch_norm, c.noisy, c.balance_coef)
+        self.towers = self.make_towers(self.moe.out_features)
+
+    def balance_modules(self):
+        return [self.moe]
+
+    def gate_modules(self):
+        return {"moe": self.moe.gate}
+
+    def forward(self, batch):
+        h = self.moe(self.main_input(batch))
+        return self.finish(batch, {t: tw(h) for t, tw in self.towers.items()})

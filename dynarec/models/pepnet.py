@@ -1,0 +1,76 @@
+"""PEPNet — Parameter and Embedding Personalized Network (Chang et al., KDD 2023, arXiv 2302.01115; SPEC §2.6).
+
+* EPNet: ``O_ep = GateNU(E(F_d) ⊕ sg(E)) ⊙ E`` (see :mod:`dynarec.models.epnet`).
+* PPNet: ``O_prior = E_g(F_u) ⊕ E_g(F_i) ⊕ E_g(F_a)`` from gate-only tables (priors: sparse features of
+  ``gate_groups``), ``δ^(l) = GateNU^(l)(O_prior ⊕ sg(O_ep)) ∈ (0,2)^{T·w_l}`` split into T chunks.
+* Per-task towers shared across domains: ``H_t^(0) = O_ep ⊕ dense``,
+  ``H_t^(l+1) = f((δ_t^(l) ⊙ H_t^(l))W_t^(l) + b_t^(l))``, the 1-unit logit layer's input gated too
+  (``gate_position="input"``); ``"output"`` gates hidden outputs and leaves the logit layer ungated.
+
+So the PPNet gates get no gradient from EPNet or the shared tables (both behind ``sg``); E and EPNet train
+through the towers. Defaults: towers ``tower_hidden=[100, 64]`` (official-style code), γ = 2, GateNU hidden
+width = its output width (SPEC §2.4). ``hidden`` is unused (there is no shared bottom). The logit is
+returned without the sigmoid (BCE-with-logits)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from dynarec.models._gate_utils import GateRecorder, PriorEmbedding, check_choice, check_gate_common, sparse_fields
+from dynarec.models.base import BaseModel, ModelConfig
+from dynarec.models.epnet import DomainSide
+from dynarec.models.registry import register
+from dynarec.nn.gates import EPNet, GatedMLP, LayerGates
+
+
+@register("pepnet", paper="Chang et al., PEPNet: Parameter and Embedding Personalized Network for Infusing with "
+          "Personalized Prior Information, KDD 2023", needs=("domain", "user", "item", "author"),
+          multi_task=True, multi_domain=True, tags=("gate",))
+class PEPNet(DomainSide, GateRecorder, BaseModel):
+    @dataclass
+    class Config(ModelConfig):
+        tower_hidden: list[int] = field(default_factory=lambda: [100, 64])
+        gate_groups: list[str] = field(default_factory=lambda: ["user", "item", "author"])
+        gate_features: list[str] = field(default_factory=list)
+        gate_emb_dim: int = 16
+        gate_hidden_dim: int = 0  # 0 = the gate's output width (T·w_l), as in the official-style code
+        gate_position: str = "input"  # input | output
+        domain_groups: list[str] = field(default_factory=lambda: ["domain"])
+        epnet_granularity: str = "field"  # field | dim
+        epnet_input: str = "full"  # full | domain_only
+        gamma: float = 2.0
+        gate_init: str = "zero"
+
+    def __init__(self, schema, config):
+        super().__init__(schema, config)
+        c = config
+        where = "model.pepnet"
+        zero = check_gate_common(where, c)
+        check_choice(where, "gate_position", c.gate_position, ("input", "output"))
+        check_choice(where, "epnet_granularity", c.epnet_granularity, ("field", "dim"))
+        check_choice(where, "epnet_input", c.epnet_input, ("full", "domain_only"))
+        d_dom = self._setup_domain(c.domain_groups, f"{where} domain_groups")
+        self.epnet = EPNet(d_dom, self.num_fields, c.embed_dim, c.epnet_granularity, c.epnet_input,
+                           gamma=c.gamma, zero_init_last=zero)
+        self.prior_fields = sparse_fields(self, c.gate_groups, c.gate_features, f"{where} gate_groups")
+        self.priors = PriorEmbedding(schema, self.prior_fields, c.gate_emb_dim)
+        self.towers = nn.ModuleDict({t: GatedMLP(self.input_dim, c.tower_hidden, 1, c.activation, c.dropout,
+                                                 c.batch_norm, c.gate_position) for t in self.tasks})
+        dims = self.towers[self.tasks[0]].gate_dims
+        self.ppnet = LayerGates(self.priors.out_dim + self.input_dim, dims, c.gate_hidden_dim or None, c.gamma,
+                                len(self.tasks), zero)
+
+    def forward(self, batch):
+        self._start_record()
+        emb = self.embed(batch)
+        o_ep = self.epnet(emb, self.domain_input(emb, batch))
+        self._record("epnet", self.epnet.last_gate, self.domain_fields)
+        x = self.flat_input(batch, o_ep)
+        gates = self.ppnet(torch.cat([self.priors(batch.sparse), x.detach()], 1))  # each [B, T, w_l]
+        if len(self.tasks) == 1:
+            gates = [g.unsqueeze(1) for g in gates]
+        for i, g in enumerate(gates):
+            self._record(f"ppnet.{i}", g)
+        return {t: self.towers[t](x, [g[:, k] for g in gates]).squeeze(-1) for k, t in enumerate(self.tasks)}

@@ -1,0 +1,95 @@
+"""STAR (Sheng et al., CIKM 2021, arXiv 2101.11427; SPEC §2.9).
+
+``x = PN(E ⊕ dense; p)`` (partitioned normalisation of the concatenated input, per domain p),
+``s_main = StarFCN(x; p)`` (STARLinear layers ``W_p ⊙ W``, ``b_p + b``; the LAST layer has no activation),
+``s_aux = MLP(Emb(p) ⊕ x_aux)`` (auxiliary network), logit ``= s_main + s_aux``.
+
+Multi-task: ``task_towers=False`` (default) makes the last STARLinear emit one logit per task (and the
+auxiliary net one per task); ``task_towers=True`` gives every task its own star tower
+(``tower_hidden`` then a STARLinear logit) over the shared star bottom ``hidden``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from dynarec.errors import ConfigError
+from dynarec.models.base import BaseModel, ModelConfig
+from dynarec.models.registry import register
+from dynarec.nn.mlp import MLP
+from dynarec.nn.star import MODES, PartitionedNorm, STARMLP
+
+
+@register("star", paper="Sheng et al., One Model to Serve All: Star Topology Adaptive Recommender for "
+          "Multi-Domain CTR Prediction, CIKM 2021", needs=("domain",), multi_task=True, multi_domain=True)
+class STAR(BaseModel):
+    @dataclass
+    class Config(ModelConfig):
+        hidden: list[int] = field(default_factory=lambda: [256, 128, 64])  # star FCN (SPEC §2.9 widths)
+        tower_hidden: list[int] = field(default_factory=lambda: [32])  # only with task_towers
+        aux_hidden: list[int] = field(default_factory=lambda: [64])
+        aux_groups: list[str] = field(default_factory=lambda: ["domain"])  # x_aux: fields fed to the aux net
+        aux: bool = True
+        partitioned_norm: bool = True  # PN on the concatenated input
+        pn_hidden: bool = False  # also PN after every hidden STARLinear (dynarec option)
+        pn_decay: float = 0.99
+        pn_eps: float = 1e-3
+        task_towers: bool = False
+        star_mode: str = "group"  # group | gather (see benchmarks/star_gather_vs_group.py)
+
+    def __init__(self, schema, config):
+        super().__init__(schema, config)
+        c = config
+        if c.star_mode not in MODES:
+            raise ConfigError(f"model.star.star_mode: expected one of {list(MODES)}, got '{c.star_mode}'")
+        if c.batch_norm:
+            raise ConfigError("model.star.batch_norm: STAR normalises per domain; use partitioned_norm / "
+                              "pn_hidden instead of batch_norm")
+        if not 0.0 <= c.pn_decay < 1.0:
+            raise ConfigError(f"model.star.pn_decay: expected a value in [0, 1), got {c.pn_decay}")
+        if not c.hidden:
+            raise ConfigError("model.star.hidden: expected at least one hidden width")
+        D, T = self.num_domains, len(self.tasks)
+        self.pn = PartitionedNorm(self.input_dim, D, c.pn_decay, c.pn_eps) if c.partitioned_norm else None
+        star_kw = dict(num_domains=D, act=c.activation, dropout=c.dropout, norm=c.pn_hidden, mode=c.star_mode,
+                       norm_decay=c.pn_decay, norm_eps=c.pn_eps)
+        if c.task_towers:
+            self.fcn = STARMLP(self.input_dim, c.hidden, None, **star_kw)
+            self.towers = nn.ModuleDict({t: STARMLP(self.fcn.out_features, c.tower_hidden, 1, **star_kw)
+                                         for t in self.tasks})
+        else:
+            self.fcn = STARMLP(self.input_dim, c.hidden, T, **star_kw)
+            self.towers = None
+        if c.aux:
+            groups = list(dict.fromkeys(["domain", *c.aux_groups]))
+            self.aux_fields = self.field_index(groups, "model.star.aux_groups")
+            self.aux_net = MLP(len(self.aux_fields) * c.embed_dim, c.aux_hidden, T, c.activation, c.dropout)
+        else:
+            self.aux_net = None
+
+    def main_logits(self, batch, emb: torch.Tensor | None = None) -> torch.Tensor:
+        """s_main [B, T]."""
+        x = self.flat_input(batch, emb)
+        dom = batch.domain
+        if self.pn is not None:
+            x = self.pn(x, dom)
+        h = self.fcn(x, dom)
+        if self.towers is None:
+            return h
+        return torch.cat([self.towers[t](h, dom) for t in self.tasks], 1)
+
+    def aux_logits(self, batch, emb: torch.Tensor) -> torch.Tensor | None:
+        """s_aux [B, T] from Emb(p) ⊕ x_aux."""
+        if self.aux_net is None:
+            return None
+        return self.aux_net(emb[:, self.aux_fields].flatten(1))
+
+    def forward(self, batch):
+        emb = self.embed(batch)
+        s = self.main_logits(batch, emb)
+        a = self.aux_logits(batch, emb)
+        if a is not None:
+            s = s + a
+        return {t: s[:, i] for i, t in enumerate(self.tasks)}

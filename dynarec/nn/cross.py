@@ -1,0 +1,44 @@
+"""Latent Cross (Beutel et al., "Latent Cross: Making Use of Context in Recurrent Recommender Systems",
+WSDM 2018; SPEC §2.11): ``h' = (1 + Σ_c w_c) ⊙ h`` with ``w_c = Emb_c(context_c)``.
+
+Context embeddings are summed (the paper: adding trains more easily than multiplying) and initialised to
+0 (dynarec choice), so the layer starts as the identity."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["LatentCross"]
+
+
+class LatentCross(nn.Module):
+    """``forward(h [B, dim], context Long [B, C]) -> (1 + Σ_c Emb_c(context[:, c])) ⊙ h``.
+
+    ``cardinalities[c]`` is the vocabulary size of context field c; one fused table holds all fields.
+    ``cross(h, w)`` applies an already summed context vector ``w`` ([B, dim])."""
+
+    def __init__(self, cardinalities: Sequence[int], dim: int, init_std: float = 0.0):
+        super().__init__()
+        sizes = [max(int(n), 1) for n in cardinalities]
+        offs = [0]
+        for n in sizes[:-1]:
+            offs.append(offs[-1] + n)
+        self.register_buffer("offsets", torch.tensor(offs, dtype=torch.long), persistent=False)
+        self.table = nn.Embedding(sum(sizes), dim)
+        if init_std > 0:
+            nn.init.normal_(self.table.weight, std=init_std)
+        else:
+            nn.init.zeros_(self.table.weight)
+
+    def context_vector(self, context: torch.Tensor) -> torch.Tensor:
+        """Σ_c w_c: [B, dim]."""
+        return self.table(context + self.offsets).sum(1)
+
+    @staticmethod
+    def cross(h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return (1.0 + w) * h
+
+    def forward(self, h: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return self.cross(h, self.context_vector(context))

@@ -1,0 +1,165 @@
+"""STAR layers (Sheng et al., "One Model to Serve All: Star Topology Adaptive Recommender for
+Multi-Domain CTR Prediction", CIKM 2021, arXiv 2101.11427; SPEC §2.9).
+
+* :class:`STARLinear` — star-topology fully connected layer, ``W*_p = W_p ⊙ W``, ``b*_p = b_p + b``,
+  ``out = x W*_p + b*_p`` for a row of domain ``p`` (no activation here; :class:`STARMLP` adds it).
+* :class:`PartitionedNorm` — ``z' = (γ ⊙ γ_p)(z − μ_p)/sqrt(σ_p² + ε) + (β + β_p)`` with per-domain
+  batch statistics in training and per-domain running statistics at inference.
+* :class:`STARMLP` — a stack of STARLinear (+ optional PartitionedNorm) layers whose last layer has
+  no activation, so a logit can take either sign (SPEC §4: one public port puts a ReLU on the logit).
+
+All layers take plain tensors: ``x [B, d]`` and ``domain Long [B]`` with ids in ``0..num_domains-1``.
+Per-domain parameters are single registered tensors with a leading domain axis (SPEC §1).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dynarec.nn.mlp import activation as make_activation
+
+MODES = ("group", "gather")
+
+
+class STARLinear(nn.Module):
+    """Star-topology linear layer: shared ``W [in, out]``, ``b [out]`` and per-domain ``W_p [D, in, out]``
+    (init 1), ``b_p [D, out]`` (init 0), combined as ``x (W_p ⊙ W) + (b_p + b)`` (SPEC §2.9, product form).
+
+    ``mode="group"`` (default, SPEC "a loop over the domains present in the batch") sorts the rows by
+    domain and runs one matmul per present domain; ``mode="gather"`` gathers each row's ``[in, out]``
+    weight and uses one ``bmm`` (materialises ``B × in × out``; see benchmarks/star_gather_vs_group.py).
+    Only domains present in the batch receive gradient in ``W_p``/``b_p``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, num_domains: int, mode: str = "group"):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"STARLinear mode must be one of {MODES}, got '{mode}'")
+        if num_domains < 1:
+            raise ValueError(f"STARLinear needs num_domains >= 1, got {num_domains}")
+        self.in_features, self.out_features, self.num_domains, self.mode = in_features, out_features, num_domains, mode
+        self.weight = nn.Parameter(torch.empty(in_features, out_features))
+        self.bias = nn.Parameter(torch.empty(out_features))
+        self.domain_weight = nn.Parameter(torch.ones(num_domains, in_features, out_features))
+        self.domain_bias = nn.Parameter(torch.zeros(num_domains, out_features))
+        bound = 1.0 / math.sqrt(in_features)
+        nn.init.uniform_(self.weight, -bound, bound)  # same as nn.Linear's default init
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def effective_weight(self, d: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W*_d [in, out], b*_d [out]) of domain ``d``."""
+        return self.domain_weight[d] * self.weight, self.domain_bias[d] + self.bias
+
+    def forward(self, x: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+        if self.mode == "gather":
+            w = self.domain_weight[domain] * self.weight  # [B, in, out]
+            return torch.bmm(x.unsqueeze(1), w).squeeze(1) + self.domain_bias[domain] + self.bias
+        return self._grouped(x, domain)
+
+    def _grouped(self, x: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+        counts = torch.bincount(domain, minlength=self.num_domains).tolist()
+        if len(counts) > self.num_domains:
+            raise IndexError(f"STARLinear: domain id {len(counts) - 1} >= num_domains {self.num_domains}")
+        present = [d for d, c in enumerate(counts) if c]
+        if len(present) == 1:  # the common case of a single-domain batch: no permutation
+            w, b = self.effective_weight(present[0])
+            return torch.addmm(b, x, w)
+        order = torch.argsort(domain, stable=True)
+        chunks = x[order].split(counts)
+        outs = []
+        for d in present:
+            w, b = self.effective_weight(d)
+            outs.append(torch.addmm(b, chunks[d], w))
+        out_sorted = torch.cat(outs)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel(), device=order.device)
+        return out_sorted[inverse]
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, domains={self.num_domains}, mode={self.mode}"
+
+
+class PartitionedNorm(nn.Module):
+    """Partitioned normalisation (STAR §3.3; SPEC §2.9).
+
+    ``z' = (γ ⊙ γ_p) (z − μ) / sqrt(σ² + ε) + (β + β_p)`` where, for a row of domain p,
+    * training: μ, σ² are the (biased) statistics of domain p's rows in this batch, and they update the
+      running ``E_p``/``Var_p`` with ``decay`` (Var_p from the unbiased estimate, as nn.BatchNorm does);
+      a domain with fewer than 2 rows in the batch uses its running statistics and does not update them;
+    * eval: μ = E_p, σ² = Var_p — a row's output never depends on the other rows of its batch.
+    Defaults decay 0.99 and ε 1e-3 follow MMLRec ``DomainBatchNorm`` (SPEC §2.9).
+    """
+
+    def __init__(self, num_features: int, num_domains: int, decay: float = 0.99, eps: float = 1e-3):
+        super().__init__()
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"PartitionedNorm decay must be in [0, 1), got {decay}")
+        self.num_features, self.num_domains, self.decay, self.eps = num_features, num_domains, decay, eps
+        self.weight = nn.Parameter(torch.ones(num_features))  # γ
+        self.bias = nn.Parameter(torch.zeros(num_features))  # β
+        self.domain_weight = nn.Parameter(torch.ones(num_domains, num_features))  # γ_p
+        self.domain_bias = nn.Parameter(torch.zeros(num_domains, num_features))  # β_p
+        self.register_buffer("running_mean", torch.zeros(num_domains, num_features))
+        self.register_buffer("running_var", torch.ones(num_domains, num_features))
+        self.register_buffer("num_batches_tracked", torch.zeros(num_domains, dtype=torch.long))
+
+    def forward(self, x: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            D = self.num_domains
+            counts = torch.bincount(domain, minlength=D)
+            if counts.numel() > D:
+                raise IndexError(f"PartitionedNorm: domain id {counts.numel() - 1} >= num_domains {D}")
+            n = counts.to(x.dtype).clamp_min(1.0).unsqueeze(1)
+            mean = x.new_zeros(D, x.shape[1]).index_add(0, domain, x) / n
+            diff = x - mean[domain]
+            var = x.new_zeros(D, x.shape[1]).index_add(0, domain, diff * diff) / n
+            ok = (counts >= 2).unsqueeze(1)
+            use_mean = torch.where(ok, mean, self.running_mean)
+            use_var = torch.where(ok, var, self.running_var)
+            with torch.no_grad():
+                m = 1.0 - self.decay
+                unbiased = var * n / (n - 1).clamp_min(1.0)
+                self.running_mean.copy_(torch.where(ok, (1 - m) * self.running_mean + m * mean, self.running_mean))
+                self.running_var.copy_(torch.where(ok, (1 - m) * self.running_var + m * unbiased, self.running_var))
+                self.num_batches_tracked += ok.squeeze(1).long()
+        else:
+            use_mean, use_var = self.running_mean, self.running_var
+        z = (x - use_mean[domain]) * torch.rsqrt(use_var[domain] + self.eps)
+        return z * (self.weight * self.domain_weight[domain]) + (self.bias + self.domain_bias[domain])
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, domains={self.num_domains}, decay={self.decay}, eps={self.eps}"
+
+
+class STARMLP(nn.Module):
+    """Star-topology FCN: ``[STARLinear -> (PartitionedNorm) -> act -> (dropout)] × len(hidden)`` then,
+    if ``out_dim`` is given, a final STARLinear with NO activation (a logit layer; SPEC §4)."""
+
+    def __init__(self, in_dim: int, hidden: list[int], out_dim: int | None, num_domains: int,
+                 act: str = "relu", dropout: float = 0.0, norm: bool = False, mode: str = "group",
+                 norm_decay: float = 0.99, norm_eps: float = 1e-3):
+        super().__init__()
+        self.layers = nn.ModuleList()
+        self.norms = nn.ModuleList()
+        self.acts = nn.ModuleList()
+        d = in_dim
+        for h in hidden:
+            self.layers.append(STARLinear(d, h, num_domains, mode))
+            self.norms.append(PartitionedNorm(h, num_domains, norm_decay, norm_eps) if norm else nn.Identity())
+            self.acts.append(make_activation(act))
+            d = h
+        self.dropout = dropout
+        self.out = STARLinear(d, out_dim, num_domains, mode) if out_dim is not None else None
+        self.out_features = out_dim if out_dim is not None else d
+
+    def forward(self, x: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+        for lin, norm, act in zip(self.layers, self.norms, self.acts):
+            x = lin(x, domain)
+            x = norm(x, domain) if isinstance(norm, PartitionedNorm) else x
+            x = act(x)
+            if self.dropout > 0:
+                x = F.dropout(x, self.dropout, self.training)
+        return self.out(x, domain) if self.out is not None else x

@@ -1,0 +1,58 @@
+"""One call from (model name, tables) to a trained model with test metrics: used by the CLI, the demo,
+the benchmark harness and tests."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dynarec.config import TrainerConfig, build_dataclass, to_dict
+from dynarec.metrics import evaluate_model
+from dynarec.models import build_model
+from dynarec.train.checkpoint import save_checkpoint
+from dynarec.train.trainer import History, Trainer
+
+
+@dataclass
+class Result:
+    model: object
+    metrics: dict  # on the test split
+    history: History
+    train_rows_per_s: float
+    params: dict
+    checkpoint: str | None = None
+    valid_metrics: dict = field(default_factory=dict)
+    eval_rows_per_s: float = 0.0
+
+    def summary(self, model_name: str, data: str) -> dict:
+        return {"model": model_name, "data": data, "metrics": self.metrics,
+                "train_rows_per_s": self.train_rows_per_s, "epochs": len(self.history.epochs),
+                "best_epoch": self.history.best_epoch, "checkpoint": self.checkpoint}
+
+
+def train_model(model_name: str, schema, tables: dict, params: dict | None = None, trainer: dict | TrainerConfig | None = None,
+                seed: int = 0, out: str | Path | None = None, encoders: dict | None = None,
+                task_weighting: str = "equal", console=None) -> Result:
+    """Build ``model_name`` on ``schema``, train on tables['train'] with early stopping on tables['valid'],
+    evaluate on tables['test'] (or 'valid' when there is no test). With ``out``: checkpoint + log there."""
+    import torch
+
+    cfg = trainer if isinstance(trainer, TrainerConfig) else build_dataclass(TrainerConfig, trainer or {}, "trainer")
+    params = dict(params or {})
+    torch.manual_seed(seed)
+    model = build_model(model_name, schema, params)
+    log = Path(out) / "log.csv" if out else None
+    if log and log.exists():
+        log.unlink()
+    hist = Trainer(model, cfg, seed, log, task_weighting, console).fit(tables["train"], tables.get("valid"))
+    test = tables.get("test") or tables.get("valid")
+    t0 = time.perf_counter()
+    metrics = evaluate_model(model, test, cfg.eval_batch_size) if test is not None else {}
+    eval_rps = len(test) / max(time.perf_counter() - t0, 1e-9) if test is not None else 0.0
+    ckpt = None
+    if out:
+        ckpt = str(save_checkpoint(out, model, params, encoders,
+                                   {"trainer": to_dict(cfg), "seed": seed, "best_epoch": hist.best_epoch}).parent)
+        (Path(out) / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return Result(model, metrics, hist, hist.train_rows_per_s, params, ckpt, eval_rows_per_s=eval_rps)
