@@ -62,8 +62,8 @@ def generate(rows: int = 100_000, seed: int = 0, domain_shift: float = 1.0) -> t
 
     ``domain_shift`` scales how far the domain-specific weights depart from the shared ones."""
     rng = np.random.default_rng(seed)
-    n_users = max(200, rows // 40)
-    n_items = max(100, rows // 60)
+    n_users = max(200, rows // 100)
+    n_items = max(100, rows // 150)
     n_authors = max(20, n_items // 8)
     D = len(DOMAIN_SHARES)
 

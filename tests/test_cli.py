@@ -1,0 +1,142 @@
+"""CLI contract: JSON output shape, train -> evaluate round trip, and one-line errors for bad input."""
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from dynarec.cli import main
+from dynarec.data.synthetic import generate
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    d = tmp_path_factory.mktemp("syn")
+    assert main(["data", "synthetic", "--rows", "3000", "--out", str(d / "data")]) == 0
+    return d / "data"
+
+
+def _last_json(capsys):
+    out = capsys.readouterr().out.strip().splitlines()
+    return json.loads(out[-1])
+
+
+def _error(capsys, argv) -> str:
+    rc = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0
+    assert len(err) == 1 and err[0].startswith("dynarec: error:"), err  # one line, no traceback
+    return err[0]
+
+
+def test_train_json_then_evaluate_json_same_test_metrics(prepared, tmp_path, capsys):
+    ck = tmp_path / "run"
+    assert main(["train", "--model", "dnn", "--data", str(prepared), "--epochs", "1", "--batch-size", "512",
+                 "--out", str(ck), "--set", "model.hidden=[16]", "--json"]) == 0
+    tr = _last_json(capsys)
+    assert tr["model"] == "dnn" and tr["epochs"] == 1 and tr["train_rows_per_s"] > 0
+    assert set(tr["metrics"]) >= {"auc", "logloss", "gauc"}
+    assert "domain=d0" in tr["metrics"]["auc"]["click"]
+    assert main(["evaluate", "--checkpoint", tr["checkpoint"], "--data", str(prepared), "--json"]) == 0
+    ev = _last_json(capsys)
+    assert ev["metrics"] == tr["metrics"]
+
+
+def test_evaluate_raw_file_with_unseen_domain_maps_counts_and_reports(prepared, tmp_path, capsys):
+    ck = tmp_path / "run"
+    assert main(["train", "--model", "dnn", "--data", str(prepared), "--epochs", "1", "--out", str(ck),
+                 "--set", "model.hidden=[8]", "--json"]) == 0
+    capsys.readouterr()
+    t, _ = generate(500, seed=7)
+    dom = np.array(t.column("domain").to_pylist(), dtype=object)
+    dom[:40] = "brand_new_domain"
+    t = t.set_column(0, "domain", pa.array(dom.tolist()))
+    pq.write_table(t, tmp_path / "new.parquet")
+    assert main(["evaluate", "--checkpoint", str(ck), "--data", str(tmp_path / "new.parquet"), "--json"]) == 0
+    cap = capsys.readouterr()
+    ev = json.loads(cap.out.strip().splitlines()[-1])
+    assert ev["unknown"]["domain"] == 40
+    assert ev["metrics"]["count"]["domain=<unknown>"] == 40
+    assert "unseen in training" in cap.err
+
+
+def test_models_json_lists_registry(capsys):
+    assert main(["models", "--json"]) == 0
+    names = {m["name"] for m in json.loads(capsys.readouterr().out)}
+    assert {"dnn", "shared_bottom", "mmoe"} <= names
+
+
+def test_bad_config_key_and_type(prepared, tmp_path, capsys):
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(yaml.safe_dump({"model": "dnn", "data": {"path": str(prepared)}, "trainer": {"epohcs": 1}}))
+    assert "unknown key 'epohcs' (did you mean 'epochs'?)" in _error(capsys, ["train", "--config", str(cfg)])
+    cfg.write_text(yaml.safe_dump({"model": "dnn", "data": {"path": str(prepared)}, "trainer": {"epochs": "two"}}))
+    assert "trainer.epochs: expected int" in _error(capsys, ["train", "--config", str(cfg)])
+    assert "unknown key 'hiden'" in _error(capsys, ["train", "--model", "dnn", "--data", str(prepared),
+                                                     "--set", "model.hiden=[4]"])
+    assert "unknown model 'mmo'" in _error(capsys, ["train", "--model", "mmo", "--data", str(prepared)])
+
+
+def _raw_csv(tmp_path, mutate=None, rows=400):
+    t, _ = generate(rows, seed=3)
+    t = t.drop_columns(["hist_categories"])
+    if mutate:
+        t = mutate(t)
+    pacsv.write_csv(t, tmp_path / "raw.csv")
+    return tmp_path / "raw.csv"
+
+
+def _schema_file(tmp_path, name="schema.yaml", **over):
+    d = {"domain": "domain", "user": "user_id",
+         "features": [{"name": "user_id", "group": "user"}, {"name": "item_id", "group": "item"},
+                      {"name": "item_price", "kind": "dense", "group": "item", "nan_policy": "error"}],
+         "tasks": [{"name": "click"}, {"name": "conversion"}]}
+    d.update(over)
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(d))
+    return p
+
+
+def test_prepare_generic_csv_and_train(tmp_path, capsys):
+    raw = _raw_csv(tmp_path)
+    assert main(["data", "prepare", "--format", "csv", "--schema", str(_schema_file(tmp_path)), str(raw),
+                 "--out", str(tmp_path / "p")]) == 0
+    assert (tmp_path / "p" / "schema.json").exists() and (tmp_path / "p" / "train.parquet").exists()
+
+
+def test_bad_data_inputs_each_give_one_clear_line(tmp_path, capsys):
+    sch = _schema_file(tmp_path)
+    out = str(tmp_path / "p")
+    raw = _raw_csv(tmp_path, lambda t: t.drop_columns(["item_id"]))
+    assert "missing column 'item_id'" in _error(capsys, ["data", "prepare", "--schema", str(sch), str(raw), "--out", out])
+    bad = _schema_file(tmp_path, "bad.yaml", features=[{"name": "click", "group": "item"}])
+    raw = _raw_csv(tmp_path)
+    assert "label column 'click' is also declared as a feature" in _error(
+        capsys, ["data", "prepare", "--schema", str(bad), str(raw), "--out", out])
+    (tmp_path / "empty.csv").write_text("")
+    assert "empty" in _error(capsys, ["data", "prepare", "--schema", str(sch), str(tmp_path / "empty.csv"), "--out", out])
+    t, _ = generate(300, seed=1)
+    pq.write_table(t, tmp_path / "x.parquet")
+    b = (tmp_path / "x.parquet").read_bytes()
+    (tmp_path / "x.parquet").write_bytes(b[: len(b) // 3])
+    assert "truncated" in _error(capsys, ["data", "prepare", "--schema", str(sch), str(tmp_path / "x.parquet"), "--out", out])
+
+    def nan_price(t):
+        p = t.column("item_price").to_numpy().copy()
+        p[5] = np.nan
+        return t.set_column(t.column_names.index("item_price"), "item_price", pa.array(p))
+
+    raw = _raw_csv(tmp_path, nan_price)
+    assert "'item_price' has 1 NaN" in _error(capsys, ["data", "prepare", "--schema", str(sch), str(raw), "--out", out])
+
+    def three_valued(t):
+        c = t.column("click").to_numpy().astype(np.int64).copy()
+        c[0] = 2
+        return t.set_column(t.column_names.index("click"), "click", pa.array(c))
+
+    raw = _raw_csv(tmp_path, three_valued)
+    assert "'click' must be binary" in _error(capsys, ["data", "prepare", "--schema", str(sch), str(raw), "--out", out])
+    assert "not a prepared data folder" in _error(capsys, ["train", "--model", "dnn", "--data", str(tmp_path)])
