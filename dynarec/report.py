@@ -77,7 +77,8 @@ def plot_domain_auc(results: dict[str, dict], task: str, path: str | Path, count
         err = None
         if errors and name in errors:
             err = [errors[name].get(s, 0.0) or 0.0 for s in slices]
-        ax.bar(x + (i - (len(models) - 1) / 2) * w, vals, w, yerr=err, label=name, capsize=2)
+        style = {"color": "0.8", "hatch": "//", "edgecolor": "0.5"} if name.startswith("bayes") else {}
+        ax.bar(x + (i - (len(models) - 1) / 2) * w, vals, w, yerr=err, label=name, capsize=2, **style)
         finite = [v for v in vals if not np.isnan(v)]
         lo = min([lo] + finite)
     labels = [s.replace("domain=", "") + (f"\n(n={counts[s]:,})" if counts and s in counts else "") for s in slices]
