@@ -23,7 +23,7 @@ demo-quick: $(STAMP)
 	$(BIN)/dynarec demo --quick
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_throughput.py
