@@ -140,3 +140,15 @@ def test_bad_data_inputs_each_give_one_clear_line(tmp_path, capsys):
     raw = _raw_csv(tmp_path, three_valued)
     assert "'click' must be binary" in _error(capsys, ["data", "prepare", "--schema", str(sch), str(raw), "--out", out])
     assert "not a prepared data folder" in _error(capsys, ["train", "--model", "dnn", "--data", str(tmp_path)])
+
+
+def test_train_from_config_file_with_overrides(prepared, tmp_path, capsys):
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(yaml.safe_dump({"model": "mmoe", "data": {"path": str(prepared)}, "seed": 3,
+                                   "params": {"hidden": [8], "num_experts": 2},
+                                   "trainer": {"epochs": 1, "batch_size": 256}, "out": str(tmp_path / "run")}))
+    assert main(["train", "--config", str(cfg), "--set", "trainer.lr=0.005", "--json"]) == 0
+    res = _last_json(capsys)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert res["model"] == "mmoe" and saved["params"] == {"hidden": [8], "num_experts": 2}
+    assert saved["trainer"]["lr"] == 0.005 and saved["trainer"]["batch_size"] == 256 and saved["seed"] == 3

@@ -69,16 +69,21 @@ class CAN(BaseModel):
         self.heads = nn.ModuleDict({t: nn.Linear(self.mlp.out_features, 1) for t in self.tasks})
 
     def coaction(self, batch) -> torch.Tensor:
-        """All co-action outputs [B, I·J·out_dim]."""
+        """All co-action outputs [B, I·J·out_dim] (induction-major, then feed field)."""
         theta = self.induction_table(batch.sparse[:, self.ind_cols] + self.ind_offsets)  # [B, I, P]
-        feeds = []
+        ids, masks, lens = [], [], []
         for (name, is_seq, col), off in zip(self.feed_specs, self.feed_offsets):
             if is_seq:
-                ids = batch.sequences[name]
-                feeds.append((self.feed_table(ids + off), ids > 0))
+                x = batch.sequences[name]
+                ids.append(x + off)
+                masks.append(x > 0)
             else:
-                feeds.append((self.feed_table(batch.sparse[:, col:col + 1] + off), None))
-        return torch.cat([self.unit(theta[:, i], p, m) for i in range(theta.shape[1]) for p, m in feeds], 1)
+                ids.append(batch.sparse[:, col:col + 1] + off)
+                masks.append(torch.ones_like(ids[-1], dtype=torch.bool))
+            lens.append(ids[-1].shape[1])
+        p = self.feed_table(torch.cat(ids, 1))  # all feed fields side by side [B, ΣL, d]
+        m = torch.cat(masks, 1)
+        return torch.cat([self.unit(theta[:, i], p, m, lens) for i in range(theta.shape[1])], 1)
 
     def forward(self, batch):
         x = torch.cat([self.flat_input(batch), self.coaction(batch)], 1)

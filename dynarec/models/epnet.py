@@ -61,7 +61,8 @@ class EPNetModel(DomainSide, GateRecorder, BaseModel):
     def forward(self, batch):
         self._start_record()
         emb = self.embed(batch)
-        o_ep = self.epnet(emb, self.domain_input(emb, batch))
-        self._record("epnet", self.epnet.last_gate, self.domain_fields)
+        g_ep = self.epnet.gates(emb, self.domain_input(emb, batch))
+        self._record("epnet", g_ep, self.domain_fields)
+        o_ep = g_ep * emb
         out = self.mlp(self.flat_input(batch, o_ep))
         return {t: out[:, i] for i, t in enumerate(self.tasks)}

@@ -31,12 +31,12 @@ class M2M(BaseModel):
         num_experts: int = 4
         meta_widths: list[int] = field(default_factory=lambda: [64, 64])  # K = 2 generated layers of width 64
         tower_layers: int = 2  # L
-        scenario_hidden: list[int] = field(default_factory=lambda: [32])  # S̃ = MLP(S ⊕ A)
+        scenario_hidden: list[int] = field(default_factory=lambda: [16])  # S̃ = MLP(S ⊕ A); cost ∝ its width
         task_embed_dim: int = 16
         task_hidden: list[int] = field(default_factory=lambda: [32])  # T_t = MLP(Emb(t))
         scenario_groups: list[str] = field(default_factory=lambda: ["domain"])
         user_groups: list[str] = field(default_factory=lambda: ["user"])
-        meta_activation: str = "sigmoid"  # σ of SPEC §2.8
+        meta_activation: str = "relu"  # the σ of SPEC §2.8; "sigmoid" stalls the residual tower (docs)
         seq_heads: int = 2
 
     def __init__(self, schema, config):

@@ -65,8 +65,9 @@ class PEPNet(DomainSide, GateRecorder, BaseModel):
     def forward(self, batch):
         self._start_record()
         emb = self.embed(batch)
-        o_ep = self.epnet(emb, self.domain_input(emb, batch))
-        self._record("epnet", self.epnet.last_gate, self.domain_fields)
+        g_ep = self.epnet.gates(emb, self.domain_input(emb, batch))
+        self._record("epnet", g_ep, self.domain_fields)
+        o_ep = g_ep * emb
         x = self.flat_input(batch, o_ep)
         gates = self.ppnet(torch.cat([self.priors(batch.sparse), x.detach()], 1))  # each [B, T, w_l]
         if len(self.tasks) == 1:

@@ -61,29 +61,43 @@ class CoActionUnit(nn.Module):
             per_order.append(layers)
         return per_order
 
-    def forward(self, theta: torch.Tensor, feed: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, theta: torch.Tensor, feed: torch.Tensor, mask: torch.Tensor | None = None,
+                segments: list[int] | None = None) -> torch.Tensor:
         """``theta [B, param_dim]``, ``feed [B, L, feed_dim]`` (or ``[B, feed_dim]``), ``mask [B, L]``
-        (1 = real element) -> ``[B, out_dim]`` summed over L."""
+        (1 = real element) -> ``[B, out_dim]`` summed over L.
+
+        ``segments`` (lengths summing to L) sums each segment of L separately and returns
+        ``[B, len(segments) · out_dim]`` (segment-major): several feed fields in one call."""
         if theta.shape[-1] != self.param_dim:
             raise ValueError(f"CoActionUnit: θ has width {theta.shape[-1]}, expected {self.param_dim}")
         if feed.dim() == 2:
             feed = feed.unsqueeze(1)
+        B, L, _ = feed.shape
+        O = self.orders
         per_order = self._split(theta)
-        outs = []
-        for c in range(1, self.orders + 1):
-            layers = per_order[c - 1] if self.order_indep else per_order[0]
-            h = feed if c == 1 else feed ** c
-            for j, (w, b) in enumerate(layers):
-                h = torch.bmm(h, w)
-                if b is not None:
-                    h = h + b
-                if j < len(layers) - 1:
-                    h = self.act(h)
-                outs.append(h)
-        out = torch.cat(outs, -1)  # [B, L, out_dim]
+        powers = torch.stack([feed if c == 1 else feed ** c for c in range(1, O + 1)], 1)  # [B, O, L, d]
+        if self.order_indep:  # one micro-MLP per order: run the orders separately
+            blocks = [self._mlp(powers[:, c], per_order[c]) for c in range(O)]
+            out = torch.stack(blocks, 1)  # [B, O, L, Σw]
+        else:  # shared weights: all orders in one bmm per layer
+            out = self._mlp(powers.reshape(B, O * L, -1), per_order[0]).view(B, O, L, -1)
         if mask is not None:
-            out = out * mask.to(out.dtype).unsqueeze(-1)
-        return out.sum(1)
+            out = out * mask.to(out.dtype).view(B, 1, L, 1)
+        if segments is None:
+            return out.sum(2).flatten(1)  # [B, O·Σw]: order-major, [h1 ⊕ h2] per order as the reference
+        parts = [p.sum(2).flatten(1) for p in out.split(list(segments), 2)]
+        return torch.cat(parts, 1)
+
+    def _mlp(self, h: torch.Tensor, layers) -> torch.Tensor:
+        outs = []
+        for j, (w, b) in enumerate(layers):
+            h = torch.bmm(h, w)
+            if b is not None:
+                h = h + b
+            if j < len(layers) - 1:
+                h = self.act(h)
+            outs.append(h)
+        return torch.cat(outs, -1)
 
 
 def check_coaction_shapes(weight_emb_w, weight_emb_b, orders: int, where: str = "CoActionUnit") -> None:

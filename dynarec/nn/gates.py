@@ -104,7 +104,6 @@ class EPNet(nn.Module):
         in_dim = domain_dim + (d_e if gate_input == "full" else 0)
         out_dim = num_fields if granularity == "field" else d_e
         self.gate = GateNU(in_dim, out_dim, d_e if hidden_dim is None else hidden_dim, gamma, zero_init_last)
-        self.last_gate: torch.Tensor | None = None
 
     def gates(self, emb: torch.Tensor, domain_x: torch.Tensor) -> torch.Tensor:
         """Gate values shaped to broadcast on ``emb``: [B, F, 1] (field) or [B, F, d] (dim)."""
@@ -113,9 +112,7 @@ class EPNet(nn.Module):
         return g.unsqueeze(-1) if self.granularity == "field" else g.view(-1, self.num_fields, self.embed_dim)
 
     def forward(self, emb: torch.Tensor, domain_x: torch.Tensor) -> torch.Tensor:
-        g = self.gates(emb, domain_x)
-        self.last_gate = g
-        return g * emb
+        return self.gates(emb, domain_x) * emb
 
 
 class LayerGates(nn.Module):

@@ -88,6 +88,8 @@ class PartitionedNorm(nn.Module):
     ``z' = (γ ⊙ γ_p) (z − μ) / sqrt(σ² + ε) + (β + β_p)`` where, for a row of domain p,
     * training: μ, σ² are the (biased) statistics of domain p's rows in this batch, and they update the
       running ``E_p``/``Var_p`` with ``decay`` (Var_p from the unbiased estimate, as nn.BatchNorm does);
+      the first ``1/(1-decay)`` updates of a domain are averaged plainly (bias-corrected EMA, dynarec
+      choice), so eval after a short training already uses that domain's statistics, not the init 0/1;
       a domain with fewer than 2 rows in the batch uses its running statistics and does not update them;
     * eval: μ = E_p, σ² = Var_p — a row's output never depends on the other rows of its batch.
     Defaults decay 0.99 and ε 1e-3 follow MMLRec ``DomainBatchNorm`` (SPEC §2.9).
@@ -120,7 +122,8 @@ class PartitionedNorm(nn.Module):
             use_mean = torch.where(ok, mean, self.running_mean)
             use_var = torch.where(ok, var, self.running_var)
             with torch.no_grad():
-                m = 1.0 - self.decay
+                # bias-corrected EMA: the plain average of the first 1/(1-decay) updates, then decay
+                m = torch.clamp(1.0 / (self.num_batches_tracked.to(x.dtype) + 1.0), min=1.0 - self.decay).unsqueeze(1)
                 unbiased = var * n / (n - 1).clamp_min(1.0)
                 self.running_mean.copy_(torch.where(ok, (1 - m) * self.running_mean + m * mean, self.running_mean))
                 self.running_var.copy_(torch.where(ok, (1 - m) * self.running_var + m * unbiased, self.running_var))
