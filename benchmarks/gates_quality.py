@@ -44,6 +44,8 @@ def main(argv=None):
     ap.add_argument("--models", nargs="+", default=MODELS)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="benchmarks/results/gates_quality.json")
+    ap.add_argument("--extra-params", default="{}", help="JSON merged into every model's params (a variant)")
+    ap.add_argument("--tag", default="", help="variant tag: results are stored as NAME[TAG]/seed=S")
     a = ap.parse_args(argv)
 
     import torch
@@ -71,19 +73,22 @@ def main(argv=None):
                     "data_seed": a.data_seed, "bayes_auc_click": bayes, "test_rows": counts}
     trainer = {"epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr, "patience": 1, "progress": False,
                "monitor": "auc:click"}
+    extra = json.loads(a.extra_params)
     for name in a.models:
+        label = f"{name}[{a.tag}]" if a.tag else name
         for s in a.seeds:
-            key = f"{name}/seed={s}"
+            key = f"{label}/seed={s}"
             if key in res:
                 continue
             t0 = time.perf_counter()
-            r = train_model(name, schema, tables, {**COMMON, **PARAMS.get(name, {})}, trainer, seed=s)
+            r = train_model(name, schema, tables, {**COMMON, **PARAMS.get(name, {}), **extra}, trainer, seed=s)
             res[key] = {"auc_click": r.metrics["auc"]["click"], "auc_conversion": r.metrics["auc"]["conversion"],
                         "seconds": time.perf_counter() - t0, "best_epoch": r.history.best_epoch}
             out.write_text(json.dumps(res, indent=1))
             print(f"{key}: click AUC {r.metrics['auc']['click']['all']:.4f} ({time.perf_counter() - t0:.0f} s)",
                   flush=True)
-    print(table(res, a.models))
+    print(table(res, sorted({k.split("/seed=")[0] for k in res if "/seed=" in k},
+                            key=lambda r: (MODELS.index(r.split("[")[0]) if r.split("[")[0] in MODELS else 99, r))))
 
 
 def table(res: dict, models: list[str]) -> str:

@@ -25,7 +25,8 @@ class TrainerConfig:
     grad_clip: float = 10.0
     monitor: str = "auc"  # auc | logloss | gauc, on the first task (or "auc:TASK")
     patience: int = 2
-    loss_weights: dict[str, float] = field(default_factory=dict)
+    loss_weights: dict[str, float] = field(default_factory=dict)  # for task_weighting: fixed
+    task_weighting: str = "equal"  # equal | fixed | uncertainty (Kendall et al., learned log-variances)
     threads: int = 0  # 0 = torch default
     progress: bool = True
 

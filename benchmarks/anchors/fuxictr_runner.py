@@ -49,7 +49,8 @@ def load_zoo_class(repo: str | Path, name: str):
     return getattr(sys.modules[pkg], cls)
 
 
-def export(schema, tables: dict, out: str | Path, tasks: list[str], dataset_id: str = "dynarec_split"):
+def export(schema, tables: dict, out: str | Path, tasks: list[str], embed_dim: int,
+           dataset_id: str = "dynarec_split"):
     """Write ``{train,valid,test}.parquet`` + ``feature_map.json`` in FuxiCTR's processed layout; returns the
     loaded ``FeatureMap``."""
     import pandas as pd
@@ -79,7 +80,7 @@ def export(schema, tables: dict, out: str | Path, tasks: list[str], dataset_id: 
                            if k not in schema.task_names or k in tasks})
         df.to_parquet(out / f"{split}.parquet", index=False)
     fm = FeatureMap(dataset_id, str(out))
-    fm.load(str(out / "feature_map.json"), {"embedding_dim": None})
+    fm.load(str(out / "feature_map.json"), {"embedding_dim": embed_dim})
     return fm
 
 
@@ -126,12 +127,18 @@ def run(name: str, schema, tables: dict, hp: HParams, repo: str, workdir: str, t
     from fuxictr.pytorch.torch_utils import seed_everything
 
     logging.getLogger().setLevel(logging.WARNING)
+    import ray
+
+    if not ray.is_initialized():  # FuxiCTR's parquet loader starts Ray itself; start it quieter, on our CPUs
+        ray.init(num_cpus=max(torch.get_num_threads(), 1), include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.ERROR, ignore_reinit_error=True)
+        ray.data.DataContext.get_current().enable_progress_bars = False
     cls = load_zoo_class(repo, name)
     multi = ZOO[name][2]
     tasks = list(tasks) if multi else [tasks[0]]
     global PPNET_PRIORS
     PPNET_PRIORS = [f.name for f in schema.sparse if f.group in ("user", "item", "author")]
-    fm = export(schema, tables, workdir, tasks)
+    fm = export(schema, tables, workdir, tasks, hp.embed_dim)
     data_dir = Path(workdir) / fm.dataset_id
     seed_everything(seed)
     kw = dict(model_id=f"{name}_anchor", gpu=-1, optimizer="adam", loss="binary_crossentropy",
@@ -144,11 +151,13 @@ def run(name: str, schema, tables: dict, hp: HParams, repo: str, workdir: str, t
         kw.update(task="binary_classification")
     kw.update(model_kwargs(name, hp, tasks, schema.domain))
     model = cls(fm, **kw)
-    gens = RankDataLoader(fm, stage="both", train_data=str(data_dir / "train.parquet"),
+    os.makedirs(model.model_dir, exist_ok=True)  # FuxiCTR's run script creates it before fit
+    # 2.3.10's RankDataLoader is a function returning the generators (the GitHub HEAD run script still calls
+    # ``.make_iterator()`` on it: the "one-line fix"); its parquet loader streams with Ray Data.
+    train_gen, valid_gen, test_gen = RankDataLoader(fm, stage="both", train_data=str(data_dir / "train.parquet"),
                           valid_data=str(data_dir / "valid.parquet"), test_data=str(data_dir / "test.parquet"),
                           batch_size=hp.batch_size, shuffle=True, data_format="parquet",
                           num_workers=num_workers)
-    train_gen, valid_gen, test_gen = gens.make_iterator()
     # time spent in validation passes is excluded from the training throughput
     eval_time = [0.0]
     orig_eval = model.evaluate

@@ -76,6 +76,7 @@ class APGMixin:
         self._apg_groups: list[str] = []
         self._apg_fields: dict[str, list[int]] = {}
         self.apg_input_agg = None
+        self.apg_per_group = False
         if c.condition_mode == "self-wise":
             self._apg_cond_dim = None
             return
@@ -102,6 +103,8 @@ class APGMixin:
             self._apg_fields[g] = idx
         if c.condition_mode == "group-wise":
             self._apg_cond_dim = dims[0]
+            # z = Emb(domain id) alone: run G once per domain row of the table, gather per sample (exact)
+            self.apg_per_group = groups == ["domain"] and not self._apg_fields["domain"]
         elif c.aggregate_at == "input":
             self.apg_input_agg = InputAggregation(dims, c.aggregation, c.condition_dim)
             self._apg_cond_dim = self.apg_input_agg.out_dim
@@ -141,8 +144,14 @@ class APGMixin:
             return self.apg_input_agg(factors)
         return factors
 
+    def apg_condition_args(self, batch, emb) -> tuple:
+        """(condition, index) for APGMLP: with ``apg_per_group`` the condition is the domain table itself."""
+        if self.apg_per_group:
+            return self.apg_domain_table.weight, batch.domain
+        return self.apg_condition(batch, emb), None
+
     def deep(self, x, batch, emb):
-        return self.mlp(x, self.apg_condition(batch, emb))
+        return self.mlp(x, *self.apg_condition_args(batch, emb))
 
     def merge_for_inference(self):
         """Fold every v5 layer's U_l U_r, V_l V_r into v4 form (exact, idempotent); returns self."""
@@ -212,5 +221,5 @@ class APGMultiTask(APGMixin, CTRBackbone):
     def forward(self, batch):
         emb = self.embed(batch)
         x = self.bottom(self.flat_input(batch, emb))
-        z = self.apg_condition(batch, emb)
-        return {t: self.heads[t](self.towers[t](x, z)).squeeze(-1) for t in self.tasks}
+        z, index = self.apg_condition_args(batch, emb)
+        return {t: self.heads[t](self.towers[t](x, z, index)).squeeze(-1) for t in self.tasks}

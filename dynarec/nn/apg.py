@@ -166,7 +166,15 @@ class APGLinear(nn.Module):
         return y + (g["b"] if self.generate_bias else self.bias)
 
     # ---- forward -----------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, condition: torch.Tensor | Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, condition: torch.Tensor | Sequence[torch.Tensor] | None = None,
+                index: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` [B, d_in]; ``condition`` [B, c] (or a list of factors, or None when self-wise).
+
+        ``index`` (Long [B], optional): ``condition`` then holds one row per distinct group ([G, c]) and row i
+        uses group ``index[i]``. G runs once per group instead of once per row (exact: equal ids give equal
+        S_i), which is how a group-wise condition should be served."""
+        if index is not None and (self.self_wise or not isinstance(condition, torch.Tensor)):
+            raise ValueError("APGLinear: index= needs a single condition tensor with one row per group")
         if self.self_wise:
             conds = [x]
         elif condition is None:
@@ -180,7 +188,10 @@ class APGLinear(nn.Module):
             raise ValueError(f"APGLinear: expected {len(self.hypernets)} condition factor(s), got {len(conds)}")
         if self.detach_condition:
             conds = [c.detach() for c in conds]
-        outs = [self.apply_generated(x, self.generate(c, j)) for j, c in enumerate(conds)]
+        gens = [self.generate(c, j) for j, c in enumerate(conds)]
+        if index is not None:
+            gens = [{k: v[index] for k, v in g.items()} for g in gens]
+        outs = [self.apply_generated(x, g) for g in gens]
         if len(outs) == 1:
             return outs[0]
         o = torch.stack(outs, 1)  # [B, n_factors, d_out]
@@ -287,9 +298,9 @@ class APGMLP(nn.Module):
         self.out = nn.Linear(d, out_dim) if out_dim is not None else None
         self.out_features = out_dim if out_dim is not None else d
 
-    def forward(self, x: torch.Tensor, condition=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, condition=None, index: torch.Tensor | None = None) -> torch.Tensor:
         for layer, post in zip(self.layers, self.post):
-            x = post(layer(x, condition))
+            x = post(layer(x, condition, index))
         return self.out(x) if self.out is not None else x
 
     def merge_for_inference(self) -> APGMLP:

@@ -33,7 +33,7 @@ class Result:
 
 def train_model(model_name: str, schema, tables: dict, params: dict | None = None, trainer: dict | TrainerConfig | None = None,
                 seed: int = 0, out: str | Path | None = None, encoders: dict | None = None,
-                task_weighting: str = "equal", console=None) -> Result:
+                task_weighting: str | None = None, console=None) -> Result:
     """Build ``model_name`` on ``schema``, train on tables['train'] with early stopping on tables['valid'],
     evaluate on tables['test'] (or 'valid' when there is no test). With ``out``: checkpoint + log there."""
     import torch

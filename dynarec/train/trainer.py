@@ -13,7 +13,7 @@ import torch
 
 from dynarec.config import TrainerConfig
 from dynarec.errors import ConfigError
-from dynarec.losses import build_weighting, task_losses
+from dynarec.losses import build_weighting, model_task_losses
 from dynarec.metrics import evaluate_model
 from dynarec.train.optim import build_optimizers
 
@@ -51,14 +51,15 @@ def set_seed(seed: int) -> torch.Generator:
 
 class Trainer:
     def __init__(self, model, cfg: TrainerConfig | None = None, seed: int = 0, log_path: str | Path | None = None,
-                 task_weighting: str = "equal", console=None):
+                 task_weighting: str | None = None, console=None):
         self.model = model
         self.cfg = cfg or TrainerConfig()
         self.seed = seed
         self.log_path = Path(log_path) if log_path else None
         types = {t.name: t.type for t in model.schema.tasks}
         self.task_types = types
-        self.weighting = build_weighting(task_weighting, model.tasks, types, self.cfg.loss_weights)
+        self.weighting = build_weighting(task_weighting or self.cfg.task_weighting, model.tasks, types,
+                                         self.cfg.loss_weights)
         self.optimizers, self.dense_params = build_optimizers(model, self.cfg, list(self.weighting.parameters()))
         self.console = console
 
@@ -66,7 +67,7 @@ class Trainer:
         for o in self.optimizers:
             o.zero_grad(set_to_none=True)
         out = self.model(batch)
-        losses = task_losses(out, batch.labels, self.task_types)
+        losses = model_task_losses(self.model, out, batch.labels, self.task_types)
         loss = self.weighting(losses)
         extra = self.model.extra_loss()
         if extra is not None:

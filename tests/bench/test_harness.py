@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from pathlib import Path
 
 import numpy as np
@@ -139,6 +140,7 @@ def test_peak_memory_sees_torch_allocations():
 
     with PeakMemory() as mem:
         x = torch.ones(64 * 2**20 // 4)  # 64 MB outside Python's allocator (tracemalloc would miss it)
+        time.sleep(0.05)  # let the 5 ms sampler see it
         del x
     assert mem.peak_mb > 40
 

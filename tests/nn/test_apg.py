@@ -255,3 +255,13 @@ def test_apg_mlp_and_module_merge():
     mlp2 = APGMLP(12, [10], None, out_dim=1, version="v5", rank_k=4, overparam_p=6, hypernet_hidden=[8])
     mlp2(torch.randn(5, 12)).sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in mlp2.parameters())
+
+
+def test_index_runs_G_per_group_and_equals_per_row():
+    layer = _layer("v5")
+    table = torch.randn(3, 5)
+    ids = torch.tensor([2, 0, 2, 1, 1, 0])
+    x = torch.randn(6, 12)
+    torch.testing.assert_close(layer(x, table, index=ids), layer(x, table[ids]), atol=ATOL, rtol=RTOL)
+    with pytest.raises(ValueError, match="index"):
+        APGLinear(12, 10, None, rank_k=4, overparam_p=8)(x, index=ids)
