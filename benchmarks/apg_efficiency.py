@@ -122,7 +122,7 @@ def main():
             m = StaticMLP(DIMS)
         else:
             m = APGNet(DIMS, n.split("-")[0], C, K, P, H)
-            if n == "v5-merged":
+            if "merged" in n:
                 merge_for_inference(m)
         b = a.small_batch if n in ("v1", "v2") else B
         scale[n] = B / b

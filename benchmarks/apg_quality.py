@@ -109,6 +109,8 @@ def oracle(rows: int) -> dict:
 
 def report(path: str):
     recs = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    last = {(r["data"], r["rows"], r["part"], r["label"], r["seed"]): r for r in recs}  # a rerun replaces a run
+    recs = list(last.values())
     # the backbones part's dnn / apg_dnn runs (same data, params and seeds) are the ablation's dnn and v5 rows
     # and the conditions' dnn and group-wise(domain) rows (APG's defaults are v5, group-wise on the domain)
     alias = {"ablation": {"dnn": "dnn", "apg_dnn": "apg_dnn v5"},
@@ -140,6 +142,8 @@ def report(path: str):
         print("| model | seeds | " + " | ".join(cols) + " | s/run |")
         print("|---|---|" + "---|" * len(cols) + "---|")
         labels = list(dict.fromkeys(r["label"] for r in rs))
+        rank = lambda lab: 2 if lab.startswith("oracle") else (1 if lab.startswith("apg") else 0)  # noqa: E731
+        labels.sort(key=lambda lab: (rank(lab), lab if part != "backbones" else ""))
         base_label = next((lab for lab in labels if not lab.startswith("apg")), None)
         for lab in labels:
             sel = [r for r in rs if r["label"] == lab]

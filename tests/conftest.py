@@ -8,9 +8,11 @@ warnings.filterwarnings("ignore", message="Sparse invariant checks")
 
 @pytest.fixture(autouse=True)
 def _threads():
-    # 2-core machines: keep intra-op threads fixed so tests are reproducible and do not oversubscribe
-    torch.set_num_threads(2)
+    # tiny test tensors: one intra-op thread is faster than two and never oversubscribes the machine
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

@@ -67,6 +67,7 @@ def test_mmoe_reaches_95_percent_of_bayes_optimal_auc():
     """On synthetic data with known truth, MMoE's click AUC gets within 5 % of the Bayes-optimal AUC."""
     from dynarec.data.prepare import synthetic_tables
 
+    torch.set_num_threads(2)  # the one larger training run in the suite
     schema, tables, truth = synthetic_tables(100_000, seed=0)
     bayes = auc(tables["test"].labels["click"].numpy(), truth["test"]["p_click"])
     r = train_model("mmoe", schema, tables, None,
