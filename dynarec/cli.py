@@ -32,13 +32,14 @@ def cmd_models(a) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title="dynarec models")
-    for c in ("name", "needs groups", "multi-task", "multi-domain", "paper"):
-        t.add_column(c)
+    t = Table(title=f"dynarec models ({len(infos)})")
+    for c in ("name", "needs groups", "multi-task", "multi-domain"):
+        t.add_column(c, no_wrap=True)
+    t.add_column("paper", overflow="ellipsis", no_wrap=True, max_width=90)
     for i in infos:
         t.add_row(i.name, ", ".join(i.needs) or "—", "yes" if i.multi_task else "no",
                   "yes" if i.multi_domain else "no", i.paper)
-    Console().print(t)
+    Console(width=None if sys.stdout.isatty() else 180).print(t)
     return 0
 
 

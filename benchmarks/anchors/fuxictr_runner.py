@@ -130,7 +130,7 @@ def run(name: str, schema, tables: dict, hp: HParams, repo: str, workdir: str, t
     import ray
 
     if not ray.is_initialized():  # FuxiCTR's parquet loader starts Ray itself; start it quieter, on our CPUs
-        ray.init(num_cpus=max(torch.get_num_threads(), 1), include_dashboard=False, log_to_driver=False,
+        ray.init(address="local", num_cpus=max(torch.get_num_threads(), 1), include_dashboard=False, log_to_driver=False,
                  logging_level=logging.ERROR, ignore_reinit_error=True)
         ray.data.DataContext.get_current().enable_progress_bars = False
     cls = load_zoo_class(repo, name)
