@@ -44,18 +44,22 @@ def cmd_models(a) -> int:
 
 
 def cmd_data_synthetic(a) -> int:
-    from dynarec.data.prepare import prepare_table
+    import numpy as np
+
+    from dynarec.data.prepare import prepare_table, split_indices
     from dynarec.data.synthetic import generate, synthetic_schema
 
     if a.rows < 100:
         raise DynarecError(f"--rows: need at least 100 rows, got {a.rows}")
     t, truth = generate(a.rows, a.seed)
     out = Path(a.out)
-    prepare_table(t, synthetic_schema(), out, split=a.split, seed=a.seed)
-    import numpy as np
-
-    np.save(out / "p_click.npy", truth["p_click"])
-    print(f"wrote {a.rows:,} synthetic rows to {out} (train/valid/test parquet + schema.json + encoders.json)")
+    schema = synthetic_schema()
+    prepare_table(t, schema, out, split=a.split, seed=a.seed)
+    idx = split_indices(t, schema, a.split, seed=a.seed)
+    for s, ix in idx.items():  # the true probabilities, row-aligned with each prepared split
+        np.savez(out / f"truth_{s}.npz", p_click=truth["p_click"][ix], p_conversion=truth["p_conversion"][ix])
+    print(f"wrote {a.rows:,} synthetic rows to {out} (train/valid/test parquet + schema.json + encoders.json; "
+          f"true probabilities in truth_<split>.npz)")
     return 0
 
 

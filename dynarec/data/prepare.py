@@ -137,9 +137,9 @@ def load_prepared(path: str | Path, splits=SPLITS) -> tuple[Schema, dict[str, Te
         for name in t.column_names:
             c = t.column(name).combine_chunks()
             if pa.types.is_fixed_size_list(c.type):
-                cols[name] = c.flatten().to_numpy().reshape(len(c), c.type.list_size)
+                cols[name] = np.require(c.flatten().to_numpy().reshape(len(c), c.type.list_size), requirements="W")
             else:
-                cols[name] = c.to_numpy(zero_copy_only=False)
+                cols[name] = np.require(c.to_numpy(zero_copy_only=False), requirements="W")  # torch needs writable
         out[s] = to_tensor_table(schema, cols)
     return schema, out
 
