@@ -1,7 +1,7 @@
 """Train throughput of `dnn` and `mmoe` on 1M synthetic rows at batch 4096, next to the FLOP roofline.
 
 The roofline is the machine's measured dense matmul rate (GFLOP/s, float32, same thread count) divided by
-the model's training FLOPs per row (3 × 2 × Σ in·out over its Linear layers: forward + 2× backward).
+the model's training FLOPs per row (forward + backward, counted with torch's FlopCounterMode).
 Embedding gathers and element-wise ops are not counted, so the roofline is an upper bound.
 
     .venv/bin/python benchmarks/train_throughput.py [--rows 1000000] [--steps 60] [--threads 2]
@@ -32,8 +32,19 @@ def matmul_gflops(threads: int, n: int = 1024, reps: int = 20) -> float:
     return best
 
 
-def train_flops_per_row(model: nn.Module) -> float:
-    return 3 * 2 * sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, nn.Linear))
+def train_flops_per_row(model: nn.Module, batch) -> float:
+    """Forward + backward FLOPs of one training step per row, counted by torch's FlopCounterMode
+    (matmuls / bmm / einsum; embedding gathers and element-wise ops are not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from dynarec.losses import task_losses
+
+    types = {t.name: t.type for t in model.schema.tasks}
+    with FlopCounterMode(display=False) as fc:
+        out = model(batch)
+        sum(task_losses(out, batch.labels, types).values()).backward()
+    model.zero_grad(set_to_none=True)
+    return fc.get_total_flops() / len(batch)
 
 
 def main() -> None:
@@ -80,7 +91,7 @@ def main() -> None:
         times.sort()
         med = times[len(times) // 2]
         rps = a.batch_size / med
-        fl = train_flops_per_row(model)
+        fl = train_flops_per_row(model, train.take(torch.arange(a.batch_size)))
         roof = gf * 1e9 / fl
         n_params = sum(p.numel() for p in model.parameters())
         print(f"{name:<14}{n_params:>10,}{fl / 1e6:>11.2f}{rps:>11,.0f}{roof:>12,.0f}{rps / roof:>12.1%}{med * 1e3:>9.1f}")

@@ -1,6 +1,6 @@
 """Benchmark harness behind ``dynarec benchmark --suite FILE [--check] [--out DIR]``.
 
-A suite (YAML, format in docs/benchmarks-harness.md) names datasets, models, seeds (>= 3) and ONE trainer
+A suite (YAML, format in docs/benchmarks.md ("Datasets and the benchmark harness")) names datasets, models, seeds (>= 3) and ONE trainer
 budget. Every dataset is prepared once with a fixed split (``split_seed``), so all models and seeds see the
 same train / valid / test rows; each (dataset, model, seed) run trains with early stopping on valid and is
 evaluated on test. Outputs in ``out``:
