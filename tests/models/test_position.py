@@ -18,6 +18,8 @@ from dynarec.models import build_model
 from dynarec.nn.position import PositionBiasTower, drop_positions
 
 OBD = Path(__file__).resolve().parents[3] / "shared" / "data" / "obd"
+if not OBD.exists():  # same fallback as tests/data/test_datasets.py
+    OBD = Path("/work/shared/data/obd")
 SMALL = {"embed_dim": 8, "hidden": [16], "tower_hidden": [], "expert_dropout": 0.0}
 
 
