@@ -10,15 +10,6 @@ from dynarec.losses import (UncertaintyWeighting, WEIGHTINGS, build_weighting, h
 ATOL = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is fastest on a shared 2-core machine (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_uncertainty_weighting_at_sigma_one_is_the_plain_sum():
     w = build_weighting("uncertainty", ["a", "b"], {"a": "binary", "b": "binary"})
     assert isinstance(w, UncertaintyWeighting) and "uncertainty" in WEIGHTINGS

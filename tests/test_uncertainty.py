@@ -10,14 +10,6 @@ from dynarec.models import build_model
 from dynarec.uncertainty import ece, mc_dropout_predict, mc_dropout_report
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def data():
     rng = np.random.default_rng(0)

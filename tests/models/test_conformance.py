@@ -125,14 +125,6 @@ def _outputs(model, batch):
         return {k: v.clone() for k, v in model(batch).items()}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models on a shared, overloaded 2-core machine: 2 intra-op threads spin-wait and make a 32-row
-    # step ~50x slower than 1 thread (measured: 0.42 s vs 0.009 s). Runs after conftest's _threads.
-    torch.set_num_threads(1)
-    yield
-
-
 @pytest.fixture(scope="module")
 def data(small_synth):
     return small_synth

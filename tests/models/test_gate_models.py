@@ -16,14 +16,6 @@ from dynarec.models import build_model
 SMALL = {"embed_dim": 4, "hidden": [16, 8]}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models on a shared, overloaded 2-core machine: 2 intra-op threads spin-wait and make a 32-row
-    # step ~50x slower than 1 thread (measured: 0.42 s vs 0.009 s). Runs after conftest's _threads.
-    torch.set_num_threads(1)
-    yield
-
-
 @pytest.fixture(scope="module")
 def data(small_synth):
     return small_synth

@@ -15,14 +15,6 @@ MODELS = ["mmoe", "ple", "sparse_moe"]
 SMALL = {"embed_dim": 4, "hidden": [16, 8], "tower_hidden": [8]}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def syn():
     schema, tables, _ = synthetic_tables(2000, seed=0)

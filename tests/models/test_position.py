@@ -23,15 +23,6 @@ if not OBD.exists():  # same fallback as tests/data/test_datasets.py
 SMALL = {"embed_dim": 8, "hidden": [16], "tower_hidden": [], "expert_dropout": 0.0}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is fastest on a shared 2-core machine (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def fit(model, table, epochs=3, bs=256, lr=1e-2, seed=0):
     torch.manual_seed(seed)
     emb = [model.embedding.weight.weight]

@@ -14,13 +14,6 @@ SMALL = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # as tests/models/test_conformance.py: 2 spinning intra-op threads on the shared 2-core box are ~50x slower
-    torch.set_num_threads(1)
-    yield
-
-
 @pytest.fixture(scope="module")
 def data():
     schema, tables, _ = synthetic_tables(1500, seed=0)

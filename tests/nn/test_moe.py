@@ -11,15 +11,6 @@ from dynarec.nn.moe import (CGC, Experts, MMoELayer, NoisyTopKGate, NoisyTopKMoE
 ATOL = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is fastest on a shared 2-core machine (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_experts_match_independent_mlps():
     torch.manual_seed(0)
     ex = Experts(5, 3, [4, 2])
