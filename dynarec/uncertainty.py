@@ -81,7 +81,6 @@ def ece(prob, label, bins: int = 15) -> float:
     if p.numel() == 0:
         return float("nan")
     idx = (p * bins).long().clamp(0, bins - 1)
-    n = torch.bincount(idx, minlength=bins).double()
     sp = torch.bincount(idx, weights=p, minlength=bins)
     sy = torch.bincount(idx, weights=y, minlength=bins)
     return float((sp - sy).abs().sum() / p.numel())
