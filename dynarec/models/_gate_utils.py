@@ -89,3 +89,12 @@ class GateRecorder:
     def _record(self, name: str, gate: torch.Tensor, allowed=()) -> None:
         if self.record_gates:
             self.recorded_gates[name] = (gate, list(allowed))
+
+
+def default_prior_groups(schema, groups: list[str] | None) -> list[str]:
+    """PPNet/PEPNet gate priors: the configured groups, or by default whichever of user / item / author the
+    schema has (all three when it has none, so the usual missing-group error names them)."""
+    if groups is not None:
+        return list(groups)
+    have = [g for g in ("user", "item", "author") if g in schema.groups()]
+    return have or ["user", "item", "author"]

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from dynarec.models._gate_utils import GateRecorder, PriorEmbedding, check_choice, check_gate_common, sparse_fields
+from dynarec.models._gate_utils import (GateRecorder, PriorEmbedding, check_choice, check_gate_common,
+                                        default_prior_groups, sparse_fields)
 from dynarec.models.base import BaseModel, ModelConfig
 from dynarec.models.epnet import DomainSide
 from dynarec.models.registry import register
@@ -32,7 +33,8 @@ class PEPNet(DomainSide, GateRecorder, BaseModel):
     @dataclass
     class Config(ModelConfig):
         tower_hidden: list[int] = field(default_factory=lambda: [100, 64])
-        gate_groups: list[str] = field(default_factory=lambda: ["user", "item", "author"])
+        # None: the id-prior groups user / item / author that the schema has (an explicit list must all exist)
+        gate_groups: list[str] | None = None
         gate_features: list[str] = field(default_factory=list)
         gate_emb_dim: int = 16
         gate_hidden_dim: int = 0  # 0 = the gate's output width (T·w_l), as in the official-style code
@@ -54,7 +56,8 @@ class PEPNet(DomainSide, GateRecorder, BaseModel):
         d_dom = self._setup_domain(c.domain_groups, f"{where} domain_groups")
         self.epnet = EPNet(d_dom, self.num_fields, c.embed_dim, c.epnet_granularity, c.epnet_input,
                            gamma=c.gamma, zero_init_last=zero)
-        self.prior_fields = sparse_fields(self, c.gate_groups, c.gate_features, f"{where} gate_groups")
+        self.prior_fields = sparse_fields(self, default_prior_groups(schema, c.gate_groups), c.gate_features,
+                                          f"{where} gate_groups")
         self.priors = PriorEmbedding(schema, self.prior_fields, c.gate_emb_dim)
         self.towers = nn.ModuleDict({t: GatedMLP(self.input_dim, c.tower_hidden, 1, c.activation, c.dropout,
                                                  c.batch_norm, c.gate_position) for t in self.tasks})

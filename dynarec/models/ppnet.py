@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from dynarec.models._gate_utils import GateRecorder, PriorEmbedding, check_choice, check_gate_common, sparse_fields
+from dynarec.models._gate_utils import (GateRecorder, PriorEmbedding, check_choice, check_gate_common,
+                                        default_prior_groups, sparse_fields)
 from dynarec.models.base import BaseModel, ModelConfig
 from dynarec.models.registry import register
 from dynarec.nn.gates import GatedMLP, LayerGates
@@ -32,7 +33,8 @@ class PPNet(GateRecorder, BaseModel):
         hidden: list[int] = field(default_factory=lambda: [64, 64, 64])
         gate_hidden_dim: int = 64
         gate_emb_dim: int = 16
-        gate_groups: list[str] = field(default_factory=lambda: ["user", "item", "author"])
+        # None: the id-prior groups user / item / author that the schema has (an explicit list must all exist)
+        gate_groups: list[str] | None = None
         gate_features: list[str] = field(default_factory=list)  # explicit prior features (overrides groups)
         gate_position: str = "input"  # input | output
         gamma: float = 2.0
@@ -43,7 +45,8 @@ class PPNet(GateRecorder, BaseModel):
         c = config
         zero = check_gate_common("model.ppnet", c)
         check_choice("model.ppnet", "gate_position", c.gate_position, ("input", "output"))
-        self.prior_fields = sparse_fields(self, c.gate_groups, c.gate_features, "model.ppnet gate_groups")
+        self.prior_fields = sparse_fields(self, default_prior_groups(schema, c.gate_groups), c.gate_features,
+                                          "model.ppnet gate_groups")
         self.priors = PriorEmbedding(schema, self.prior_fields, c.gate_emb_dim)
         self.mlp = GatedMLP(self.input_dim, c.hidden, len(self.tasks), c.activation, c.dropout, c.batch_norm,
                             c.gate_position)

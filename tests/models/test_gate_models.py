@@ -275,7 +275,8 @@ def _schema_without(schema, group):
     return Schema.from_dict(d)
 
 
-@pytest.mark.parametrize("name,group,kw", [("ppnet", "author", {}), ("pepnet", "author", {}),
+@pytest.mark.parametrize("name,group,kw", [("ppnet", "author", {"gate_groups": ["user", "item", "author"]}),
+                                           ("pepnet", "author", {"gate_groups": ["user", "item", "author"]}),
                                            ("poso", "user", {}), ("dnn", "context", {"latent_cross": True}),
                                            ("epnet", "domain", {"domain_groups": ["position"]})])
 def test_missing_group_is_a_config_error(data, name, group, kw):
@@ -283,6 +284,17 @@ def test_missing_group_is_a_config_error(data, name, group, kw):
     s = schema if group == "domain" else _schema_without(schema, group)
     with pytest.raises(ConfigError, match=group if group != "domain" else "position"):
         _build(name, s, **kw)
+
+
+@pytest.mark.parametrize("name", ["ppnet", "pepnet"])
+def test_default_gate_priors_are_the_id_groups_the_schema_has(data, name):
+    schema = data[0]
+    full = _build(name, schema)
+    groups = {schema.fields[i].group for i in full.prior_fields}
+    assert groups == {"user", "item", "author"}
+    s = _schema_without(schema, "author")  # e.g. MovieLens: no author group -> priors from user and item
+    m = _build(name, s)
+    assert {s.fields[i].group for i in m.prior_fields} == {"user", "item"}
 
 
 @pytest.mark.parametrize("name,kw,key", [("ppnet", {"gate_position": "middle"}, "gate_position"),
