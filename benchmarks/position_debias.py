@@ -15,27 +15,10 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
+
+from dynarec.data.synthetic import position_biased
 
 OBD = Path(__file__).resolve().parents[2] / "shared" / "data" / "obd"
-
-
-def confounded(rows, seed, n_items=100, fixed_position=None):
-    world = np.random.default_rng(1234)
-    r = world.normal(0, 1, n_items)
-    q = world.normal(0, 1, n_items)
-    rng = np.random.default_rng(seed)
-    item = rng.integers(0, n_items, rows)
-    if fixed_position is None:
-        s = q[item] + rng.normal(0, 0.3, rows)
-        pos = np.where(s > 0.5, 1, np.where(s > -0.5, 2, 3))
-    else:
-        pos = np.full(rows, fixed_position)
-    beta = np.array([0.0, 1.5, 0.0, -1.5])
-    p = 1 / (1 + np.exp(-(r[item] - 1.0 + beta[pos])))
-    click = (rng.random(rows) < p).astype(np.int8)
-    dom = np.where(item % 2 == 0, "a", "b")
-    return pa.table({"domain": dom.tolist(), "item_id": item, "position": pos, "click": click}), p
 
 
 def main(argv=None):
@@ -56,9 +39,9 @@ def main(argv=None):
     torch.set_num_threads(1)
     rows = []
     for seed in a.seeds:
-        train_raw, _ = confounded(a.rows, 10 + seed)
-        valid_raw, _ = confounded(a.rows // 5, 100 + seed)
-        test_raw, p_test = confounded(20000, 1000 + seed, fixed_position=2)
+        train_raw, _ = position_biased(a.rows, 10 + seed)
+        valid_raw, _ = position_biased(a.rows // 5, 100 + seed)
+        test_raw, p_test = position_biased(20000, 1000 + seed, fixed_position=2)
         for name in ("mmoe", "ple"):
             for tower in (False, True):
                 feats = [Feature("domain", "sparse", "domain"), Feature("item_id", "sparse", "item")]

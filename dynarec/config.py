@@ -151,20 +151,24 @@ def apply_overrides(d: dict[str, Any], sets: list[str]) -> dict[str, Any]:
     return d
 
 
-def load_experiment(path: str | None, overrides: dict[str, Any] | None = None, sets: list[str] | None = None) -> ExperimentConfig:
+def read_yaml_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
+    """A YAML file whose top level is a mapping; clear ConfigErrors for a missing file, bad YAML or a list."""
     import yaml
 
-    d: dict[str, Any] = {}
-    if path:
-        p = Path(path)
-        if not p.exists():
-            raise ConfigError(f"{p}: config file not found")
-        try:
-            d = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
-        if not isinstance(d, dict):
-            raise ConfigError(f"{p}: expected a mapping at the top level")
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{p}: {what} file not found")
+    try:
+        d = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"{p}: expected a mapping at the top level")
+    return d
+
+
+def load_experiment(path: str | None, overrides: dict[str, Any] | None = None, sets: list[str] | None = None) -> ExperimentConfig:
+    d: dict[str, Any] = read_yaml_mapping(path) if path else {}
     for k, v in (overrides or {}).items():
         if v is None:
             continue

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from dynarec.config import build_dataclass
+from dynarec.config import build_dataclass, read_yaml_mapping
 from dynarec.errors import ConfigError, DataError, DynarecError
 
 RUN_MEASURES = ("train_rows_per_s", "infer_rows_per_s", "peak_mem_mb", "params", "epochs", "best_epoch",
@@ -76,15 +76,8 @@ class Suite:
 
 
 def load_suite(path: str | Path) -> tuple[Suite, list[DatasetSpec], list[ModelSpec]]:
-    import yaml
-
     p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"{p}: suite file not found")
-    try:
-        d = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    d = read_yaml_mapping(p, "suite")
     suite = build_dataclass(Suite, d, str(p))
     suite.name = suite.name or p.stem
     if len(set(suite.seeds)) < 3:

@@ -134,3 +134,28 @@ def generate(rows: int = 100_000, seed: int = 0, domain_shift: float = 1.0) -> t
         "conversion": conv,
     })
     return table, {"p_click": p_click, "p_conversion": p_click * p_cvr, "domain": dom}
+
+
+def position_biased(rows: int, seed: int, n_items: int = 100, fixed_position: int | None = None):
+    """Clicks confounded by position, with a known answer (for the position-bias tower, SPEC §2.12).
+
+    Items have a true relevance r and an independent 'promotion' score q that the logging policy used to
+    place them (high q -> position 1, positions 1-3). Clicks: σ(r − 1 + β_pos), β = (+1.5, 0, −1.5).
+    ``fixed_position`` shows every item at one position (the unbiased test set). The item world is fixed
+    (seed 1234); ``seed`` draws the impressions. Returns (table with domain / item_id / position / click,
+    true click probabilities)."""
+    world = np.random.default_rng(1234)
+    r = world.normal(0, 1, n_items)
+    q = world.normal(0, 1, n_items)
+    rng = np.random.default_rng(seed)
+    item = rng.integers(0, n_items, rows)
+    if fixed_position is None:
+        s = q[item] + rng.normal(0, 0.3, rows)
+        pos = np.where(s > 0.5, 1, np.where(s > -0.5, 2, 3))
+    else:
+        pos = np.full(rows, fixed_position)
+    beta = np.array([0.0, 1.5, 0.0, -1.5])
+    p = 1 / (1 + np.exp(-(r[item] - 1.0 + beta[pos])))
+    click = (rng.random(rows) < p).astype(np.int8)
+    dom = np.where(item % 2 == 0, "a", "b")
+    return pa.table({"domain": dom.tolist(), "item_id": item, "position": pos, "click": click}), p

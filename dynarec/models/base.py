@@ -47,14 +47,19 @@ class BaseModel(nn.Module):
         """All embedded fields [B, F, d] in ``schema.fields`` order (sparse then sequences)."""
         return self.embedding(batch.sparse, batch.sequences)
 
-    def field_index(self, groups, what: str = "this model") -> list[int]:
-        """Positions in ``embed()``'s field axis of the fields whose group is in ``groups``."""
+    def require_groups(self, groups, what: str = "this model") -> list[str]:
+        """``groups`` as a list; ConfigError naming the first group the schema has no feature in."""
         groups = [groups] if isinstance(groups, str) else list(groups)
         have = self.schema.groups()
         missing = [g for g in groups if g not in have]
         if missing:
             raise ConfigError(f"{what} needs feature group '{missing[0]}' but the schema has only "
                               f"{sorted(have)}; add a feature with group: {missing[0]} or change the config")
+        return groups
+
+    def field_index(self, groups, what: str = "this model") -> list[int]:
+        """Positions in ``embed()``'s field axis of the fields whose group is in ``groups``."""
+        groups = self.require_groups(groups, what)
         idx = [i for i, f in enumerate(self.schema.fields) if f.group in groups]
         if not idx:
             raise ConfigError(f"{what} needs an embedded (sparse/sequence) feature in groups {groups}")

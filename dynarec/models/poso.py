@@ -21,7 +21,12 @@ import torch
 from torch import nn
 
 from dynarec.errors import ConfigError
-from dynarec.models._gate_utils import GateRecorder, check_choice, check_gate_common, dense_index
+from dynarec.models._gate_utils import (
+    GateRecorder,
+    check_choice,
+    check_gate_common,
+    dense_index,
+)
 from dynarec.models.base import BaseModel, ModelConfig, task_heads
 from dynarec.models.registry import register
 from dynarec.nn.gates import GatedMLP, GateNU
@@ -49,12 +54,7 @@ class POSO(GateRecorder, BaseModel):
         zero = check_gate_common(where, c)
         check_choice(where, "form", c.form, ("mlp", "mmoe"))
         check_choice(where, "expert_gate", c.expert_gate, ("vector", "scalar"))
-        groups = c.pc_groups
-        have = schema.groups()
-        missing = [g for g in groups if g not in have]
-        if missing:
-            raise ConfigError(f"{where}.pc_groups: the schema has no feature in group '{missing[0]}' "
-                              f"(have: {sorted(have)})")
+        groups = self.require_groups(c.pc_groups, f"{where}.pc_groups")  # a group may be dense-only here
         n_sparse = len(schema.sparse)
         self.pc_fields = [i for i, f in enumerate(schema.fields) if f.group in groups and i < n_sparse] \
             if c.pc_embeddings else []

@@ -4,13 +4,13 @@ logged clicks depend on position. Real-data checks on the Open Bandit sample (po
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pytest
 import torch
 
 from dynarec.data.encode import Encoders
 from dynarec.data.prepare import prepare_table, to_tensor_table
 from dynarec.data.schema import Feature, Schema, Task
+from dynarec.data.synthetic import position_biased
 from dynarec.errors import ConfigError
 from dynarec.losses import model_task_losses
 from dynarec.metrics import auc
@@ -71,26 +71,6 @@ def test_tower_eval_ignores_position_but_not_the_cross_feature():
     assert (tower(pos, dev) - tower(torch.where(pos == 1, 2, 1), dev)).abs().max() > 1e-4  # training uses it
 
 
-def _confounded(rows, seed, n_items=100, fixed_position=None):
-    """Items have a true relevance r and an independent 'promotion' score q the logging policy used to
-    place them: high q -> position 1. Clicks: σ(r − 1 + β_pos) with β = (+1.5, 0, −1.5)."""
-    world = np.random.default_rng(1234)
-    r = world.normal(0, 1, n_items)
-    q = world.normal(0, 1, n_items)
-    rng = np.random.default_rng(seed)
-    item = rng.integers(0, n_items, rows)
-    if fixed_position is None:
-        s = q[item] + rng.normal(0, 0.3, rows)
-        pos = np.where(s > 0.5, 1, np.where(s > -0.5, 2, 3))
-    else:
-        pos = np.full(rows, fixed_position)
-    beta = np.array([0.0, 1.5, 0.0, -1.5])
-    p = 1 / (1 + np.exp(-(r[item] - 1.0 + beta[pos])))
-    click = (rng.random(rows) < p).astype(np.int8)
-    dom = np.where(item % 2 == 0, "a", "b")
-    return pa.table({"domain": dom.tolist(), "item_id": item, "position": pos, "click": click}), p
-
-
 def _schema(with_position):
     feats = [Feature("domain", "sparse", "domain"), Feature("item_id", "sparse", "item")]
     if with_position:
@@ -99,8 +79,8 @@ def _schema(with_position):
 
 
 def test_position_tower_debiases_the_main_tower():
-    train_raw, _ = _confounded(8000, 0)
-    test_raw, p_test = _confounded(10000, 1, fixed_position=2)
+    train_raw, _ = position_biased(8000, 0)
+    test_raw, p_test = position_biased(10000, 1, fixed_position=2)
     aucs = {}
     for name in ("mmoe", "ple"):
         for with_tower in (False, True):
@@ -125,7 +105,7 @@ def test_position_tower_debiases_the_main_tower():
 
 
 def test_zero_shallow_tower_gives_the_plain_model():
-    raw, _ = _confounded(500, 0)
+    raw, _ = position_biased(500, 0)
     s = _schema(True)
     tr = prepare_table(raw, s)["train"]
     m = build_model("mmoe", s, dict(SMALL, position_tower=True)).train()
@@ -143,11 +123,11 @@ def test_zero_shallow_tower_gives_the_plain_model():
 
 def test_position_tower_config_errors():
     s = _schema(False)
-    prepare_table(_confounded(200, 0)[0].drop(["position"]), s)
+    prepare_table(position_biased(200, 0)[0].drop(["position"]), s)
     with pytest.raises(ConfigError, match="group: position"):
         build_model("mmoe", s, {"position_tower": True})
     s2 = _schema(True)
-    prepare_table(_confounded(200, 0)[0], s2)
+    prepare_table(position_biased(200, 0)[0], s2)
     with pytest.raises(ConfigError, match="position_cross"):
         build_model("mmoe", s2, {"position_tower": True, "position_cross": ["nope"]})
     with pytest.raises(ConfigError, match="position_tasks"):
