@@ -97,13 +97,15 @@ def cmd_data_prepare(a) -> int:
 def _print_result(summary: dict, as_json: bool, unknown: dict | None = None) -> None:
     from rich.console import Console
 
-    from dynarec.report import auc_table
+    from dynarec.report import auc_table, gate_usage_table
 
     con = Console(stderr=as_json)
     for task in summary["metrics"].get("auc", {}):
         con.print(auc_table({summary["model"]: summary["metrics"]}, task))
     for task in summary["metrics"].get("rmse", {}):
         con.print(auc_table({summary["model"]: summary["metrics"]}, task, metric="rmse"))
+    if summary.get("gate_usage"):
+        con.print(gate_usage_table(summary["gate_usage"]))
     if as_json:
         print(json.dumps(summary))
 

@@ -20,7 +20,8 @@ class TrainerConfig:
     lr: float = 1e-3  # dense parameters (Adam)
     embedding_lr: float = 0.2  # embedding tables (sparse Adagrad)
     weight_decay: float = 0.0
-    embedding_optimizer: str = "adagrad"  # adagrad | sgd | sparse_adam
+    embedding_optimizer: str = "adagrad"  # adagrad | sgd | sparse_adam | adam (dense, as FuxiCTR)
+    embedding_grad: str = "auto"  # auto | sparse | dense: how the tables' gradient is formed (same update)
     dense_optimizer: str = "adam"  # adam | adamw | sgd
     grad_clip: float = 10.0
     monitor: str = "auc"  # auc | logloss | gauc, on the first task (or "auc:TASK")

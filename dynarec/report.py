@@ -51,6 +51,25 @@ def auc_table(results: dict[str, dict], task: str, title: str | None = None, met
     return t
 
 
+def gate_usage_table(usage: dict[str, dict]):
+    """rich Table of MoE gate usage (``Result.gate_usage``): one row per gate, the mean weight of each
+    expert, its top-1 share, the normalised entropy and a warning when a gate has polarised."""
+    from rich.table import Table
+
+    t = Table(title="gate usage on the test split (mean weight / top-1 share per expert)")
+    t.add_column("gate")
+    n = max(len(u["mean_weight"]) for u in usage.values())
+    for i in range(n):
+        t.add_column(f"e{i}", justify="right")
+    t.add_column("entropy", justify="right")
+    t.add_column("polarised")
+    for name, u in usage.items():
+        cells = [f"{w:.2f} / {s:.2f}" for w, s in zip(u["mean_weight"], u["top1_share"])]
+        cells += [""] * (n - len(cells))
+        t.add_row(name, *cells, f"{u['entropy']:.2f}", "[red]yes[/red]" if u["polarised"] else "no")
+    return t
+
+
 def plot_domain_auc(results: dict[str, dict], task: str, path: str | Path, counts: dict | None = None,
                     errors: dict[str, dict] | None = None, title: str | None = None) -> None:
     """Grouped bars: x = slice (all + domains, with row counts), one bar per model (+ error bars)."""

@@ -45,6 +45,24 @@ def test_train_json_then_evaluate_json_same_test_metrics(prepared, tmp_path, cap
     assert ev["metrics"] == tr["metrics"]
 
 
+def test_train_json_reports_mmoe_gate_usage_consistent_with_the_model(prepared, tmp_path, capsys):
+    """MoE models add per-gate usage on the test split to the JSON and to gate_usage.json; the mean weights
+    of a softmax gate sum to 1 and the top-1 shares count rows. dnn (no gates) has no such key."""
+    ck = tmp_path / "moe"
+    assert main(["train", "--model", "mmoe", "--data", str(prepared), "--epochs", "1", "--batch-size", "512",
+                 "--out", str(ck), "--set", "model.hidden=[16]", "--set", "model.num_experts=3", "--json"]) == 0
+    tr = _last_json(capsys)
+    usage = tr["gate_usage"]
+    assert set(usage) == {"click", "conversion"}
+    for u in usage.values():
+        assert len(u["mean_weight"]) == 3 and abs(sum(u["mean_weight"]) - 1) < 1e-3
+        assert abs(sum(u["top1_share"]) - 1) < 1e-3 and 0 <= u["entropy"] <= 1
+    assert json.loads((ck / "gate_usage.json").read_text()) == usage
+    assert main(["train", "--model", "dnn", "--data", str(prepared), "--epochs", "1", "--batch-size", "512",
+                 "--out", str(tmp_path / "dnn"), "--set", "model.hidden=[16]", "--json"]) == 0
+    assert "gate_usage" not in _last_json(capsys)
+
+
 def test_evaluate_raw_file_with_unseen_domain_maps_counts_and_reports(prepared, tmp_path, capsys):
     ck = tmp_path / "run"
     assert main(["train", "--model", "dnn", "--data", str(prepared), "--epochs", "1", "--out", str(ck),

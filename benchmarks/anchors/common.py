@@ -60,3 +60,39 @@ def split_columns(schema, table) -> dict[str, np.ndarray]:
     for t in schema.task_names:
         cols[t] = table.labels[t].numpy().astype(np.float32)
     return cols
+
+
+def gemm_peak_gflops(n: int = 1024, k: int = 256, m: int = 256, reps: int = 40) -> float:
+    """Measured fp32 GEMM speed on this machine at the current torch thread count (best of 3 timings of a
+    [n, k] @ [k, m] product, the shape of a CTR MLP layer at batch 1024): the roofline's ceiling."""
+    import time
+
+    import torch
+
+    a, b = torch.randn(n, k), torch.randn(k, m)
+    for _ in range(5):
+        a @ b
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        best = min(best, (time.perf_counter() - t) / reps)
+    return 2.0 * n * k * m / best / 1e9
+
+
+def train_flops_per_row(model, batch) -> float:
+    """Matmul FLOPs (torch's FlopCounterMode: mm / bmm / addmm / baddbmm / conv) of one training step
+    (forward + backward of the summed task losses) per row. The anchors run the same model with the same
+    hyper-parameters (equal parameter counts), so this is their FLOP count too."""
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was = model.training
+    model.train()
+    with FlopCounterMode(display=False) as fc:
+        out = model(batch)
+        sum(F.binary_cross_entropy_with_logits(out[t], batch.labels[t]) for t in out).backward()
+    model.zero_grad(set_to_none=True)
+    model.train(was)
+    return fc.get_total_flops() / len(batch)

@@ -11,8 +11,10 @@ Run it with the anchor virtualenv (``bash benchmarks/anchors/setup.sh``), never 
 PREPARED_DIR comes from ``dynarec data prepare ...`` / ``dynarec data synthetic --rows N --out DIR``.
 Single-task models (dnn, ppnet, apg_*) are trained on the first task on every side.
 
-dynarec rows: ``matched`` = every parameter trained by Adam at ``--lr`` (embeddings with SparseAdam), the
-anchors' optimizer; ``default`` = dynarec's own defaults (sparse Adagrad 0.2 on embeddings, Adam on the rest).
+dynarec rows (``--dynarec-optim``, see VARIANTS): ``default`` = dynarec's own defaults (sparse Adagrad 0.2 on
+embeddings, Adam on the rest); ``matched`` = Adam at ``--lr`` everywhere, SparseAdam on the tables; ``exact`` =
+FuxiCTR's recipe (dense Adam on the tables, N(0, 1e-4) init, xavier-normal Linear init); ``init`` / ``dense`` /
+``dense_init`` = part of it.
 torch-rechub's MLPs always carry BatchNorm, so its ratios use dynarec runs with ``batch_norm: true``.
 Throughput = training rows / training seconds (validation passes excluded, data loading included) on every side.
 """
@@ -32,7 +34,7 @@ REPO = HERE.parent.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 
-from common import HParams  # noqa: E402
+from common import HParams, gemm_peak_gflops, train_flops_per_row  # noqa: E402
 
 # our model name -> (dynarec registry name, FuxiCTR model_zoo name, torch-rechub name, multi-task?)
 MODELS = {
@@ -43,6 +45,38 @@ MODELS = {
     "apg_dcnv2": ("apg_dcnv2", "APG_DCNv2", None, False),
     "apg_deepfm": ("apg_deepfm", "APG_DeepFM", None, False),
 }
+
+
+# dynarec variant -> (embedding optimizer at --lr or None for dynarec's default, embedding init std or None,
+#                     FuxiCTR's Linear init: xavier_normal_ weights and zero biases instead of torch's default)
+VARIANTS = {
+    "default": (None, None, False),  # sparse Adagrad 0.2 on the tables, N(0, 1e-2) init
+    "matched": ("sparse_adam", None, False),  # Adam everywhere, lazily on the tables (only rows in the batch move)
+    "init": ("sparse_adam", 1e-4, False),  # matched + the anchors' N(0, 1e-4) table init
+    "dense": ("adam", None, False),  # dense Adam on the tables: every row moves every step, as in the anchors
+    "dense_init": ("adam", 1e-4, False),  # dense Adam + N(0, 1e-4)
+    "exact": ("adam", 1e-4, True),  # FuxiCTR's recipe: dense Adam on the tables, N(0, 1e-4), xavier Linear init
+}
+
+
+def xavier_linears(model) -> None:
+    """FuxiCTR's default re-initialisation (its BaseModel.reset_parameters): every nn.Linear gets
+    xavier_normal_ weights and zero biases. Our own code, applied only for the ``exact`` variant."""
+    import math
+
+    from torch import nn
+
+    from dynarec.nn.moe import Experts
+
+    for m in model.modules():
+        if type(m) is nn.Linear:
+            nn.init.xavier_normal_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, Experts):  # FuxiCTR's experts are nn.Linear MLPs: the same init per expert
+            for w, b in zip(m.weights, m.biases):
+                nn.init.normal_(w, std=math.sqrt(2.0 / (w.shape[1] + w.shape[2])))
+                nn.init.zeros_(b)
 
 
 def single_task(schema, tables):
@@ -82,15 +116,31 @@ def run_dynarec(model: str, schema, tables, hp: HParams, optim: str, batch_norm:
 
     trainer = {"epochs": hp.epochs, "batch_size": hp.batch_size, "lr": hp.lr, "patience": hp.patience,
                "progress": False, "grad_clip": 10.0, "threads": torch.get_num_threads()}
-    if optim == "matched":
-        trainer.update(embedding_optimizer="sparse_adam", embedding_lr=hp.lr)
-    res = train_model(model, schema, tables, dynarec_params(model, hp, schema, batch_norm), trainer, seed=seed)
+    params = dynarec_params(model, hp, schema, batch_norm)
+    if optim not in VARIANTS:
+        raise ValueError(f"--dynarec-optim: unknown '{optim}' (choose from {', '.join(VARIANTS)})")
+    emb_opt, init_std, xavier = VARIANTS[optim]
+    if emb_opt:
+        trainer.update(embedding_optimizer=emb_opt, embedding_lr=hp.lr)
+    if init_std:
+        params["embedding_init_std"] = init_std
+    import dynarec.train.run as dr
+
+    build = dr.build_model
+    if xavier:  # re-initialise right after construction, as FuxiCTR does in its constructor
+        dr.build_model = lambda *a, **k: (lambda m: (xavier_linears(m), m)[1])(build(*a, **k))
+    try:
+        res = train_model(model, schema, tables, params, trainer, seed=seed)
+    finally:
+        dr.build_model = build
     aucs = {t: res.metrics["auc"][t]["all"] for t in schema.task_names}
+    first = next(iter(tables["train"].batches(hp.batch_size, shuffle=False)))
+    flops = train_flops_per_row(res.model, first)
     n_params = sum(p.numel() for p in res.model.parameters() if p.requires_grad)
     return {"library": "dynarec", "model": model, "variant": f"{optim}{'+bn' if batch_norm else ''}", "auc": aucs,
             "train_rows_per_s": res.train_rows_per_s, "epochs": len(res.history.epochs),
             "train_seconds": getattr(res.history, "train_seconds", None), "params": n_params,
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "seed": seed, "train_flop_per_row": flops}
 
 
 def fmt_auc(a: dict) -> str:
@@ -106,7 +156,7 @@ def main(argv=None) -> int:
                     help="checkout of github.com/reczoo/FuxiCTR (model_zoo/ is not in the wheel)")
     ap.add_argument("--models", default="dnn,shared_bottom,mmoe,ppnet,apg_dcnv2")
     ap.add_argument("--libs", default="dynarec,fuxictr,rechub")
-    ap.add_argument("--dynarec-optim", default="matched,default", help="matched, default or both (comma list)")
+    ap.add_argument("--dynarec-optim", default="matched,default", help=f"comma list of {', '.join(VARIANTS)}")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=1024)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -115,7 +165,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tower-hidden", default="64")
     ap.add_argument("--num-experts", type=int, default=4)
     ap.add_argument("--patience", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default="0", help="comma list; every library runs once per seed")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for every library (2-core machine)")
     ap.add_argument("--fuxictr-workers", type=int, default=1, help="FuxiCTR DataLoader workers (its loader default: 1)")
     ap.add_argument("--workdir", default=None, help="where the exported anchor inputs go (default: a temp dir)")
@@ -136,9 +186,10 @@ def main(argv=None) -> int:
     else:
         from dynarec.data.prepare import synthetic_tables
 
-        schema, tables, _ = synthetic_tables(a.synthetic, seed=a.seed)
+        schema, tables, _ = synthetic_tables(a.synthetic, seed=0)
         data_name = f"synthetic-{a.synthetic}"
     libs = {x.strip() for x in a.libs.split(",")}
+    seeds = [int(x) for x in a.seeds.split(",") if x.strip()]
     optims = [x.strip() for x in a.dynarec_optim.split(",") if x.strip()]
     models = [m.strip() for m in a.models.split(",") if m.strip()]
     for m in models:
@@ -168,60 +219,87 @@ def main(argv=None) -> int:
             print(f"  {what:<34} FAILED: {msg}", flush=True)
             return None
 
-    for m in models:
-        dyn_name, fx_name, rh_name, multi = MODELS[m]
-        s, tb = (schema, tables) if multi else single_task(schema, tables)
-        print(f"[{m}] tasks {s.task_names}", flush=True)
-        if "dynarec" in libs:
-            for o in optims:
-                attempt(f"dynarec {dyn_name} ({o})", lambda o=o: run_dynarec(dyn_name, s, tb, hp, o, False, a.seed))
-                if rh_name and "rechub" in libs:
-                    attempt(f"dynarec {dyn_name} ({o}+bn)", lambda o=o: run_dynarec(dyn_name, s, tb, hp, o, True, a.seed))
-        if "fuxictr" in libs and fx_name:
-            def fx():
-                import fuxictr_runner
+    # which dynarec variants are compared with which anchor (torch-rechub's MLPs always carry BatchNorm; its
+    # recipe is dense Adam + N(0, 1e-4) with torch's Linear init, FuxiCTR's adds xavier Linear init)
+    shown = {"fuxictr": [o for o in optims if o != "dense_init"],
+             "torch-rechub": [o + "+bn" for o in optims if o not in ("exact", "init", "dense")]}
+    for seed in seeds:
+        print(f"===== seed {seed} =====", flush=True)
+        for m in models:
+            dyn_name, fx_name, rh_name, multi = MODELS[m]
+            s, tb = (schema, tables) if multi else single_task(schema, tables)
+            print(f"[{m}] tasks {s.task_names}", flush=True)
+            if "dynarec" in libs:
+                for o in optims:
+                    if o in shown["fuxictr"]:
+                        attempt(f"dynarec {dyn_name} ({o})",
+                                lambda o=o: run_dynarec(dyn_name, s, tb, hp, o, False, seed))
+                    if rh_name and "rechub" in libs and o + "+bn" in shown["torch-rechub"]:
+                        attempt(f"dynarec {dyn_name} ({o}+bn)",
+                                lambda o=o: run_dynarec(dyn_name, s, tb, hp, o, True, seed))
+            if "fuxictr" in libs and fx_name:
+                def fx():
+                    import fuxictr_runner
 
-                if not a.fuxictr_repo:
-                    raise RuntimeError("--fuxictr-repo not given (FuxiCTR's model_zoo is not in its wheel)")
-                r = fuxictr_runner.run(fx_name, s, tb, hp, a.fuxictr_repo, str(work / f"fuxictr_{m}"), s.task_names,
-                                       seed=a.seed, num_workers=a.fuxictr_workers)
-                r["model"] = m
-                return r
-            attempt(f"FuxiCTR {fx_name}", fx)
-        if "rechub" in libs and rh_name:
-            def rh():
-                import rechub_runner
+                    if not a.fuxictr_repo:
+                        raise RuntimeError("--fuxictr-repo not given (FuxiCTR's model_zoo is not in its wheel)")
+                    r = fuxictr_runner.run(fx_name, s, tb, hp, a.fuxictr_repo, str(work / f"fuxictr_{m}_{seed}"),
+                                           s.task_names, seed=seed, num_workers=a.fuxictr_workers)
+                    r.update(model=m, seed=seed)
+                    return r
+                attempt(f"FuxiCTR {fx_name}", fx)
+            if "rechub" in libs and rh_name:
+                def rh():
+                    import rechub_runner
 
-                r = rechub_runner.run(rh_name, s, tb, hp, str(work / f"rechub_{m}"), s.task_names, seed=a.seed)
-                r["model"] = m
-                return r
-            (work / f"rechub_{m}").mkdir(parents=True, exist_ok=True)
-            attempt(f"torch-rechub {rh_name}", rh)
+                    r = rechub_runner.run(rh_name, s, tb, hp, str(work / f"rechub_{m}_{seed}"), s.task_names,
+                                          seed=seed)
+                    r.update(model=m, seed=seed)
+                    return r
+                (work / f"rechub_{m}_{seed}").mkdir(parents=True, exist_ok=True)
+                attempt(f"torch-rechub {rh_name}", rh)
 
-    # ---- side-by-side table with ratios -------------------------------------------------------------
-    def find(lib, model, variant=None):
-        for r in results:
-            if r["library"] == lib and r["model"] == model and (variant is None or r.get("variant") == variant):
-                return r
-        return None
+    # ---- side-by-side table: mean ± std over seeds, ratios, and the FLOP ceiling ---------------------------
+    import statistics
 
-    lines = [f"### {data_name}: dynarec vs anchors (test AUC per task; speed = train rows/s, {a.threads} threads)", "",
-             "| model | anchor | anchor AUC | dynarec run | dynarec AUC | ΔAUC (dynarec − anchor) | anchor rows/s "
-             "| dynarec rows/s | speed-up |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    peak = gemm_peak_gflops()
+    print(f"\nfp32 GEMM speed at {torch.get_num_threads()} thread(s): {peak:.1f} GFLOP/s", flush=True)
+
+    def runs(lib, model, variant=None):
+        return [r for r in results if r["library"] == lib and r["model"] == model
+                and (variant is None or r.get("variant") == variant)]
+
+    def ms(xs, digits=4):
+        if len(xs) == 1:
+            return f"{xs[0]:.{digits}f}"
+        return f"{statistics.mean(xs):.{digits}f} ± {statistics.stdev(xs):.{digits}f}"
+
+    def auc_cell(rs):
+        return " / ".join(ms([r["auc"][t] for r in rs]) for t in rs[0]["auc"])
+
+    def rps(rs):
+        return statistics.mean(r["train_rows_per_s"] for r in rs)
+
+    lines = [f"### {data_name}: dynarec vs anchors (test AUC per task, mean ± std over seeds {a.seeds}; "
+             f"train rows/s, {a.threads} thread(s); GEMM {peak:.0f} GFLOP/s)", "",
+             "| model | anchor | anchor AUC | dynarec run | dynarec AUC | ΔAUC | anchor rows/s | dynarec rows/s "
+             "| speed-up | FLOP ceiling rows/s | ceiling ÷ anchor |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for m in models:
         for lib, label in (("fuxictr", "FuxiCTR"), ("torch-rechub", "torch-rechub")):
-            an = find(lib, m)
-            if an is None:
+            an = runs(lib, m)
+            if not an:
                 continue
-            for o in optims:
-                d = find("dynarec", m, o + ("+bn" if lib == "torch-rechub" else ""))
-                if d is None:
+            for v in shown[lib]:
+                d = runs("dynarec", m, v)
+                if not d:
                     continue
-                delta = " / ".join(f"{d['auc'][t] - an['auc'][t]:+.4f}" for t in an["auc"])
-                lines.append(f"| {m} | {label} | {fmt_auc(an['auc'])} | {d['variant']} | {fmt_auc(d['auc'])} | {delta} "
-                             f"| {an['train_rows_per_s']:,.0f} | {d['train_rows_per_s']:,.0f} "
-                             f"| {d['train_rows_per_s'] / max(an['train_rows_per_s'], 1e-9):.1f}× |")
+                delta = " / ".join(f"{statistics.mean(r['auc'][t] for r in d) - statistics.mean(r['auc'][t] for r in an):+.4f}"
+                                   for t in an[0]["auc"])
+                ceiling = peak * 1e9 / statistics.mean(r["train_flop_per_row"] for r in d)
+                lines.append(f"| {m} | {label} | {auc_cell(an)} | {v} | {auc_cell(d)} | {delta} | {rps(an):,.0f} "
+                             f"| {rps(d):,.0f} | {rps(d) / max(rps(an), 1e-9):.1f}× | {ceiling:,.0f} "
+                             f"| {ceiling / max(rps(an), 1e-9):.1f}× |")
     table = "\n".join(lines)
     print()
     print(table)
@@ -231,8 +309,8 @@ def main(argv=None) -> int:
             print(f"  {f['what']}: {f['error']}")
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps({"data": data_name, "hparams": hp.to_dict(), "threads": a.threads,
-                                            "torch": torch.__version__, "results": results, "failures": failures,
+        Path(a.json).write_text(json.dumps({"data": data_name, "hparams": hp.to_dict(), "threads": a.threads, "seeds": seeds,
+                                            "gemm_gflops": peak, "torch": torch.__version__, "results": results, "failures": failures,
                                             "table": table}, indent=1))
     return 1 if failures else 0
 

@@ -25,6 +25,7 @@ class ModelConfig:
     activation: str = "relu"
     dropout: float = 0.0
     batch_norm: bool = False
+    embedding_init_std: float = 1e-2  # N(0, std) for the embedding tables (FuxiCTR / torch-rechub use 1e-4)
 
 
 class BaseModel(nn.Module):
@@ -37,7 +38,7 @@ class BaseModel(nn.Module):
         self.config = config
         self.tasks = schema.task_names
         self.num_domains = max(schema.num_domains, 1)
-        self.embedding = FeatureEmbedding(schema, config.embed_dim)
+        self.embedding = FeatureEmbedding(schema, config.embed_dim, init_std=config.embedding_init_std)
         self.num_fields = self.embedding.num_fields
         self.dense_dim = schema.dense_dim
         self.input_dim = self.num_fields * config.embed_dim + self.dense_dim

@@ -24,11 +24,22 @@ class Result:
     checkpoint: str | None = None
     valid_metrics: dict = field(default_factory=dict)
     eval_rows_per_s: float = 0.0
+    gate_usage: dict = field(default_factory=dict)  # MoE models: per gate usage on the test split
 
     def summary(self, model_name: str, data: str) -> dict:
-        return {"model": model_name, "data": data, "metrics": self.metrics,
-                "train_rows_per_s": self.train_rows_per_s, "epochs": len(self.history.epochs),
-                "best_epoch": self.history.best_epoch, "checkpoint": self.checkpoint}
+        out = {"model": model_name, "data": data, "metrics": self.metrics,
+               "train_rows_per_s": self.train_rows_per_s, "epochs": len(self.history.epochs),
+               "best_epoch": self.history.best_epoch, "checkpoint": self.checkpoint}
+        if self.gate_usage:
+            out["gate_usage"] = self.gate_usage
+        return out
+
+
+def gate_usage_of(model, table) -> dict:
+    """``model.gate_usage(table)`` for models with softmax / top-k gates (MMoE, PLE, sparse MoE), else {}."""
+    if table is None or not hasattr(model, "gate_usage") or not model.gate_modules():
+        return {}
+    return model.gate_usage(table)
 
 
 def train_model(model_name: str, schema, tables: dict, params: dict | None = None, trainer: dict | TrainerConfig | None = None,
@@ -50,9 +61,13 @@ def train_model(model_name: str, schema, tables: dict, params: dict | None = Non
     t0 = time.perf_counter()
     metrics = evaluate_model(model, test, cfg.eval_batch_size) if test is not None else {}
     eval_rps = len(test) / max(time.perf_counter() - t0, 1e-9) if test is not None else 0.0
+    usage = gate_usage_of(model, test)
     ckpt = None
     if out:
         ckpt = str(save_checkpoint(out, model, params, encoders,
                                    {"trainer": to_dict(cfg), "seed": seed, "best_epoch": hist.best_epoch}).parent)
         (Path(out) / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return Result(model, metrics, hist, hist.train_rows_per_s, params, ckpt, eval_rows_per_s=eval_rps)
+        if usage:
+            (Path(out) / "gate_usage.json").write_text(json.dumps(usage, indent=2))
+    return Result(model, metrics, hist, hist.train_rows_per_s, params, ckpt, eval_rows_per_s=eval_rps,
+                  gate_usage=usage)
