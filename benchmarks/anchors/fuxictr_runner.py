@@ -129,7 +129,10 @@ def run(name: str, schema, tables: dict, hp: HParams, repo: str, workdir: str, t
     logging.getLogger().setLevel(logging.WARNING)
     import ray
 
-    if not ray.is_initialized():  # FuxiCTR's parquet loader starts Ray itself; start it quieter, on our CPUs
+    # FuxiCTR's parquet loader starts Ray itself; we start it quieter, on our CPUs, and shut it down after the
+    # run (its idle daemons would otherwise share the 2 cores with every later run in this process)
+    started = not ray.is_initialized()
+    if started:
         ray.init(address="local", num_cpus=max(torch.get_num_threads(), 1), include_dashboard=False, log_to_driver=False,
                  logging_level=logging.ERROR, ignore_reinit_error=True)
         ray.data.DataContext.get_current().enable_progress_bars = False
@@ -190,6 +193,8 @@ def run(name: str, schema, tables: dict, hp: HParams, repo: str, workdir: str, t
     else:
         aucs = {tasks[0]: auc(test_cols[tasks[0]], np.asarray(pred))}
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if started:
+        ray.shutdown()
     return {"library": "fuxictr", "model": name, "auc": aucs, "train_rows_per_s": epochs_seen[0] * n_train / train_s,
             "epochs": epochs_seen[0], "train_seconds": train_s, "params": n_params,
             "threads": torch.get_num_threads()}

@@ -35,6 +35,7 @@ from dynarec.nn.mlp import MLP, activation
 VERSIONS = ("v1", "v2", "v3", "v4", "v5")
 INPUT_AGGREGATIONS = ("concat", "mean", "attention")
 OUTPUT_AGGREGATIONS = ("mean", "attention")
+GROUPED_MAX_COLS = 1024  # index= path: one [K, G·K] product for all groups while G·K stays this small
 
 
 class APGLinear(nn.Module):
@@ -165,6 +166,18 @@ class APGLinear(nn.Module):
             y = h @ V
         return y + (g["b"] if self.generate_bias else self.bias)
 
+    def apply_grouped(self, x: torch.Tensor, g: dict[str, torch.Tensor], index: torch.Tensor) -> torch.Tensor:
+        """v4/v5 with one generated S per GROUP (``g["S"]`` [G, K, K], row i in group ``index[i]``): ``x U`` is
+        multiplied by every group's S in ONE matmul (``[B, K] @ [K, G·K]``) and each row keeps its group's
+        block. Same result as gathering S per row and a batched [1, K]×[K, K] product per row, but without the
+        [B, K, K] gather and its scatter in backward (the cost that dominated group-wise APG's step)."""
+        U, V = self.static_uv()
+        S = g["S"]
+        G, K = S.shape[0], S.shape[1]
+        hs = (x @ U) @ S.transpose(0, 1).reshape(K, G * K)  # [B, G*K]: block j = (x U) S_j
+        h = hs.view(-1, G, K)[torch.arange(x.shape[0], device=x.device), index]  # [B, K]
+        return h @ V + (g["b"][index] if self.generate_bias else self.bias)
+
     # ---- forward -----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, condition: torch.Tensor | Sequence[torch.Tensor] | None = None,
                 index: torch.Tensor | None = None) -> torch.Tensor:
@@ -189,9 +202,12 @@ class APGLinear(nn.Module):
         if self.detach_condition:
             conds = [c.detach() for c in conds]
         gens = [self.generate(c, j) for j, c in enumerate(conds)]
-        if index is not None:
-            gens = [{k: v[index] for k, v in g.items()} for g in gens]
-        outs = [self.apply_generated(x, g) for g in gens]
+        if index is not None and self.version in ("v4", "v5") and gens[0]["S"].shape[0] * self.rank_k <= GROUPED_MAX_COLS:
+            outs = [self.apply_grouped(x, g, index) for g in gens]
+        else:
+            if index is not None:
+                gens = [{k: v[index] for k, v in g.items()} for g in gens]
+            outs = [self.apply_generated(x, g) for g in gens]
         if len(outs) == 1:
             return outs[0]
         o = torch.stack(outs, 1)  # [B, n_factors, d_out]

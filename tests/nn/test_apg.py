@@ -257,6 +257,30 @@ def test_apg_mlp_and_module_merge():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in mlp2.parameters())
 
 
+@pytest.mark.parametrize("version", ["v4", "v5"])
+def test_grouped_product_equals_gather_path_in_value_and_gradient(version, monkeypatch):
+    """The index= path multiplies x U by every group's S at once and keeps each row's block; forcing the
+    gather-per-row fallback (GROUPED_MAX_COLS = 0) must give the same outputs and parameter gradients."""
+    import dynarec.nn.apg as apg
+
+    table = torch.randn(4, 5)
+    ids = torch.tensor([3, 0, 2, 3, 1, 1, 0, 2])
+    x = torch.randn(8, 12)
+    res = {}
+    for cols in (apg.GROUPED_MAX_COLS, 0):
+        monkeypatch.setattr(apg, "GROUPED_MAX_COLS", cols)
+        torch.manual_seed(0)
+        layer = _layer(version)
+        y = layer(x, table, index=ids)
+        (y * torch.arange(y.numel()).reshape(y.shape)).sum().backward()
+        res[cols] = (y.detach(), {n: p.grad.clone() for n, p in layer.named_parameters()})
+    (y1, g1), (y0, g0) = res.values()
+    torch.testing.assert_close(y1, y0, atol=ATOL, rtol=RTOL)
+    assert g1.keys() == g0.keys()
+    for n in g1:
+        torch.testing.assert_close(g1[n], g0[n], atol=1e-5, rtol=1e-4)
+
+
 def test_index_runs_G_per_group_and_equals_per_row():
     layer = _layer("v5")
     table = torch.randn(3, 5)
