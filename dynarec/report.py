@@ -56,15 +56,15 @@ def gate_usage_table(usage: dict[str, dict]):
     expert, its top-1 share, the normalised entropy and a warning when a gate has polarised."""
     from rich.table import Table
 
-    t = Table(title="gate usage on the test split (mean weight / top-1 share per expert)")
-    t.add_column("gate")
+    t = Table(title="gate usage on the test split: mean weight/top-1 share per expert")
+    t.add_column("gate", no_wrap=True)
     n = max(len(u["mean_weight"]) for u in usage.values())
     for i in range(n):
-        t.add_column(f"e{i}", justify="right")
-    t.add_column("entropy", justify="right")
-    t.add_column("polarised")
+        t.add_column(f"e{i}", justify="right", no_wrap=True)
+    t.add_column("entropy", justify="right", no_wrap=True)
+    t.add_column("polarised", no_wrap=True)
     for name, u in usage.items():
-        cells = [f"{w:.2f} / {s:.2f}" for w, s in zip(u["mean_weight"], u["top1_share"])]
+        cells = [f"{w:.2f}/{s:.2f}" for w, s in zip(u["mean_weight"], u["top1_share"])]
         cells += [""] * (n - len(cells))
         t.add_row(name, *cells, f"{u['entropy']:.2f}", "[red]yes[/red]" if u["polarised"] else "no")
     return t
