@@ -21,6 +21,17 @@ from dynarec.nn.gates import EPNet as EPNetLayer
 from dynarec.nn.mlp import MLP
 
 
+@dataclass
+class EPNetOptions:
+    """EPNet's config keys, shared by ``epnet`` and ``pepnet`` (both Configs inherit them)."""
+
+    domain_groups: list[str] = field(default_factory=lambda: ["domain"])
+    epnet_granularity: str = "field"  # field | dim
+    epnet_input: str = "full"  # full | domain_only
+    gamma: float = 2.0
+    gate_init: str = "zero"
+
+
 class DomainSide:
     """Mixin resolving F_d: ``self._setup_domain(groups, what)`` then ``self.domain_input(emb, batch)``."""
 
@@ -40,12 +51,8 @@ class DomainSide:
           needs=("domain",), multi_task=True, multi_domain=True, tags=("gate",))
 class EPNetModel(DomainSide, GateRecorder, BaseModel):
     @dataclass
-    class Config(ModelConfig):
-        domain_groups: list[str] = field(default_factory=lambda: ["domain"])
-        epnet_granularity: str = "field"  # field | dim
-        epnet_input: str = "full"  # full | domain_only
-        gamma: float = 2.0
-        gate_init: str = "zero"
+    class Config(EPNetOptions, ModelConfig):
+        pass
 
     def __init__(self, schema, config):
         super().__init__(schema, config)

@@ -21,7 +21,7 @@ from torch import nn
 from dynarec.models._gate_utils import (GateRecorder, PriorEmbedding, check_choice, check_gate_common,
                                         default_prior_groups, sparse_fields)
 from dynarec.models.base import BaseModel, ModelConfig
-from dynarec.models.epnet import DomainSide
+from dynarec.models.epnet import DomainSide, EPNetOptions
 from dynarec.models.registry import register
 from dynarec.nn.gates import EPNet, GatedMLP, LayerGates
 
@@ -31,7 +31,7 @@ from dynarec.nn.gates import EPNet, GatedMLP, LayerGates
           multi_task=True, multi_domain=True, tags=("gate",))
 class PEPNet(DomainSide, GateRecorder, BaseModel):
     @dataclass
-    class Config(ModelConfig):
+    class Config(EPNetOptions, ModelConfig):
         tower_hidden: list[int] = field(default_factory=lambda: [100, 64])
         # None: the id-prior groups user / item / author that the schema has (an explicit list must all exist)
         gate_groups: list[str] | None = None
@@ -39,11 +39,6 @@ class PEPNet(DomainSide, GateRecorder, BaseModel):
         gate_emb_dim: int = 16
         gate_hidden_dim: int = 0  # 0 = the gate's output width (T·w_l), as in the official-style code
         gate_position: str = "input"  # input | output
-        domain_groups: list[str] = field(default_factory=lambda: ["domain"])
-        epnet_granularity: str = "field"  # field | dim
-        epnet_input: str = "full"  # full | domain_only
-        gamma: float = 2.0
-        gate_init: str = "zero"
 
     def __init__(self, schema, config):
         super().__init__(schema, config)
