@@ -33,7 +33,22 @@ class EPNetOptions:
 
 
 class DomainSide:
-    """Mixin resolving F_d: ``self._setup_domain(groups, what)`` then ``self.domain_input(emb, batch)``."""
+    """Mixin resolving F_d (``_setup_domain`` / ``domain_input``) and the EPNet step shared by ``epnet`` and
+    ``pepnet`` (``_build_epnet`` in the constructor, ``epnet_embed`` in forward)."""
+
+    def _build_epnet(self, c, where: str, zero: bool) -> None:
+        check_choice(where, "epnet_granularity", c.epnet_granularity, ("field", "dim"))
+        check_choice(where, "epnet_input", c.epnet_input, ("full", "domain_only"))
+        d_dom = self._setup_domain(c.domain_groups, f"{where} domain_groups")
+        self.epnet = EPNetLayer(d_dom, self.num_fields, c.embed_dim, c.epnet_granularity, c.epnet_input,
+                                gamma=c.gamma, zero_init_last=zero)
+
+    def epnet_embed(self, batch) -> torch.Tensor:
+        """``O_ep = GateNU(E(F_d) ⊕ sg(E)) ⊙ E`` [B, F, d], its gates recorded as "epnet"."""
+        emb = self.embed(batch)
+        g_ep = self.epnet.gates(emb, self.domain_input(emb, batch))
+        self._record("epnet", g_ep, self.domain_fields)
+        return g_ep * emb
 
     def _setup_domain(self, groups, what):
         self.domain_fields = self.field_index(groups, what)
@@ -57,19 +72,10 @@ class EPNetModel(DomainSide, GateRecorder, BaseModel):
     def __init__(self, schema, config):
         super().__init__(schema, config)
         c = config
-        zero = check_gate_common("model.epnet", c)
-        check_choice("model.epnet", "epnet_granularity", c.epnet_granularity, ("field", "dim"))
-        check_choice("model.epnet", "epnet_input", c.epnet_input, ("full", "domain_only"))
-        d_dom = self._setup_domain(c.domain_groups, "model.epnet domain_groups")
-        self.epnet = EPNetLayer(d_dom, self.num_fields, c.embed_dim, c.epnet_granularity, c.epnet_input,
-                                gamma=c.gamma, zero_init_last=zero)
+        self._build_epnet(c, "model.epnet", check_gate_common("model.epnet", c))
         self.mlp = MLP(self.input_dim, c.hidden, len(self.tasks), c.activation, c.dropout, c.batch_norm)
 
     def forward(self, batch):
         self._start_record()
-        emb = self.embed(batch)
-        g_ep = self.epnet.gates(emb, self.domain_input(emb, batch))
-        self._record("epnet", g_ep, self.domain_fields)
-        o_ep = g_ep * emb
-        out = self.mlp(self.flat_input(batch, o_ep))
+        out = self.mlp(self.flat_input(batch, self.epnet_embed(batch)))
         return {t: out[:, i] for i, t in enumerate(self.tasks)}

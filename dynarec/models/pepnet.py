@@ -23,7 +23,7 @@ from dynarec.models._gate_utils import (GateRecorder, PriorEmbedding, check_choi
 from dynarec.models.base import BaseModel, ModelConfig
 from dynarec.models.epnet import DomainSide, EPNetOptions
 from dynarec.models.registry import register
-from dynarec.nn.gates import EPNet, GatedMLP, LayerGates
+from dynarec.nn.gates import GatedMLP, LayerGates
 
 
 @register("pepnet", paper="Chang et al., PEPNet: Parameter and Embedding Personalized Network for Infusing with "
@@ -46,11 +46,7 @@ class PEPNet(DomainSide, GateRecorder, BaseModel):
         where = "model.pepnet"
         zero = check_gate_common(where, c)
         check_choice(where, "gate_position", c.gate_position, ("input", "output"))
-        check_choice(where, "epnet_granularity", c.epnet_granularity, ("field", "dim"))
-        check_choice(where, "epnet_input", c.epnet_input, ("full", "domain_only"))
-        d_dom = self._setup_domain(c.domain_groups, f"{where} domain_groups")
-        self.epnet = EPNet(d_dom, self.num_fields, c.embed_dim, c.epnet_granularity, c.epnet_input,
-                           gamma=c.gamma, zero_init_last=zero)
+        self._build_epnet(c, where, zero)
         self.prior_fields = sparse_fields(self, default_prior_groups(schema, c.gate_groups), c.gate_features,
                                           f"{where} gate_groups")
         self.priors = PriorEmbedding(schema, self.prior_fields, c.gate_emb_dim)
@@ -62,11 +58,7 @@ class PEPNet(DomainSide, GateRecorder, BaseModel):
 
     def forward(self, batch):
         self._start_record()
-        emb = self.embed(batch)
-        g_ep = self.epnet.gates(emb, self.domain_input(emb, batch))
-        self._record("epnet", g_ep, self.domain_fields)
-        o_ep = g_ep * emb
-        x = self.flat_input(batch, o_ep)
+        x = self.flat_input(batch, self.epnet_embed(batch))
         gates = self.ppnet(torch.cat([self.priors(batch.sparse), x.detach()], 1))  # each [B, T, w_l]
         if len(self.tasks) == 1:
             gates = [g.unsqueeze(1) for g in gates]
