@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dynarec.checks import validate
 from dynarec.errors import ConfigError
 
 
@@ -117,6 +118,7 @@ def build_dataclass(cls: type, d: dict[str, Any] | None, where: str):
         obj = cls(**kwargs)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{where}: {e}") from None
+    validate(obj, where)
     return obj
 
 
@@ -125,11 +127,13 @@ def to_dict(obj) -> dict[str, Any]:
 
 
 def parse_value(text: str) -> Any:
-    """Parse a ``--set key=value`` value as YAML (numbers, lists, booleans), else keep the string."""
+    """Parse a ``--set key=value`` value as YAML (numbers incl. ``1e-3``, lists, booleans), else keep the string."""
     import yaml
 
+    from dynarec import yamlio
+
     try:
-        return yaml.safe_load(text)
+        return yamlio.load(text)
     except yaml.YAMLError:
         return text
 
@@ -156,13 +160,19 @@ def read_yaml_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
     """A YAML file whose top level is a mapping; clear ConfigErrors for a missing file, bad YAML or a list."""
     import yaml
 
+    from dynarec import yamlio
+
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"{p}: {what} file not found")
+    if p.is_dir():
+        raise ConfigError(f"{p}: expected a {what} file, got a directory")
     try:
-        d = yaml.safe_load(p.read_text()) or {}
+        d = yamlio.load(p.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not a text file (expected UTF-8 YAML)") from None
     if not isinstance(d, dict):
         raise ConfigError(f"{p}: expected a mapping at the top level")
     return d
