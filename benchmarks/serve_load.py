@@ -1,0 +1,161 @@
+"""Load benchmark of `dynarec serve` on loopback (bounded in requests and time), eager vs torch.export vs ONNX
+Runtime, side by side in one run; plus the backends' raw inference speed at batch 1024.
+
+    python benchmarks/serve_load.py [--requests 10000] [--concurrency 32] [--rows 1,64] [--model pepnet]
+
+For each backend and rows-per-request: requests/s, rows/s, p50 / p95 / p99 latency (ms), errors. The server
+runs as a subprocess on 127.0.0.1 (a free port); the client is an asyncio httpx pool of ``concurrency``
+connections in this process. Every run stops after ``--requests`` requests or ``--max-seconds``."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(bundle: Path, backend: str, threads: int):
+    import httpx
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "dynarec", "serve", "--model", str(bundle), "--port", str(port),
+           "--backend", backend, "--threads", str(threads)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        if proc.poll() is not None:
+            raise RuntimeError(proc.stderr.read())
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("server did not start")
+
+
+async def load(url: str, bodies: list[bytes], n: int, concurrency: int, max_seconds: float) -> dict:
+    import httpx
+
+    lat, errors, sent = [], 0, 0
+    t_end = time.perf_counter() + max_seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+        async def worker(k: int):
+            nonlocal errors, sent
+            while sent < n and time.perf_counter() < t_end:
+                body = bodies[sent % len(bodies)]
+                sent += 1
+                t0 = time.perf_counter()
+                try:
+                    r = await client.post(url + "/predict", content=body, headers={"content-type": "application/json"})
+                    if r.status_code != 200:
+                        errors += 1
+                except httpx.HTTPError:
+                    errors += 1
+                lat.append(time.perf_counter() - t0)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(k) for k in range(concurrency)))
+        wall = time.perf_counter() - t0
+    a = np.array(lat) * 1000
+    return {"requests": len(lat), "errors": errors, "seconds": wall, "rps": len(lat) / wall,
+            "p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)), "p99": float(np.percentile(a, 99))}
+
+
+def backend_speed(bundle: Path, backends: list[str], batch: int = 1024, reps: int = 30) -> dict:
+    """Rows/s of each backend on one batch of ``batch`` rows (in process, same thread count)."""
+    import torch
+
+    from dynarec.serve.backends import load_backend
+    from dynarec.serve.bundle import read_bundle
+    from dynarec.serve.export import batch_inputs, example_batch
+
+    _, model, _ = read_bundle(bundle)
+    args = batch_inputs(model.schema, example_batch(model.schema, batch))
+    out = {}
+    runs = {b: load_backend(bundle, b, model=model) for b in backends}
+    for b, run in runs.items():
+        for _ in range(3):
+            run(args)
+    times = {b: [] for b in backends}
+    for _ in range(reps):  # interleaved, so machine noise hits every backend alike
+        for b, run in runs.items():
+            t0 = time.perf_counter()
+            run(args)
+            times[b].append(time.perf_counter() - t0)
+    for b in backends:
+        out[b] = batch / float(np.median(times[b]))
+    torch.set_num_threads(torch.get_num_threads())
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=10_000)
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--rows", default="1,64")
+    ap.add_argument("--model", default="pepnet")
+    ap.add_argument("--backends", default="eager,torch,onnx")
+    ap.add_argument("--threads", type=int, default=1, help="torch / ORT threads in the server (the client takes a core)")
+    ap.add_argument("--max-seconds", type=float, default=120)
+    ap.add_argument("--json", type=Path, help="write the results here too")
+    a = ap.parse_args()
+    from dynarec.cli import main as cli
+
+    backends = a.backends.split(",")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        assert cli(["data", "synthetic", "--rows", "20000", "--out", str(tmp / "data")]) == 0
+        assert cli(["train", "--model", a.model, "--data", str(tmp / "data"), "--epochs", "1",
+                    "--set", "trainer.progress=false", "--out", str(tmp / "ck")]) == 0
+        assert cli(["export", "--checkpoint", str(tmp / "ck"), "--out", str(tmp / "bundle")]) == 0
+        from dynarec.data.synthetic import generate
+
+        t, _ = generate(2048, seed=5)
+        rows = t.to_pylist()
+        for r in rows:
+            r["hist_categories"] = str(r["hist_categories"]).split("|") if r["hist_categories"] else []
+        results = []
+        for k in [int(x) for x in a.rows.split(",")]:
+            bodies = [json.dumps({"rows": rows[i:i + k]}).encode() for i in range(0, len(rows) - k + 1, max(k, 1))][:256]
+            for be in backends:
+                proc, url = start_server(tmp / "bundle", be, a.threads)
+                try:
+                    asyncio.run(load(url, bodies[:8], 200, a.concurrency, 30))  # warm-up
+                    r = asyncio.run(load(url, bodies, a.requests, a.concurrency, a.max_seconds))
+                finally:
+                    proc.terminate()
+                    proc.wait(10)
+                r.update(backend=be, rows_per_request=k, rows_per_s=r["rps"] * k)
+                results.append(r)
+                print(f"{be:6s} rows/request {k:3d}: {r['requests']:6d} requests in {r['seconds']:5.1f} s  "
+                      f"{r['rps']:7.0f} req/s {r['rows_per_s']:8.0f} rows/s  p50 {r['p50']:5.1f}  p95 {r['p95']:5.1f}  "
+                      f"p99 {r['p99']:5.1f} ms  errors {r['errors']}", flush=True)
+        speed = backend_speed(tmp / "bundle", backends)
+    base = speed.get("eager")
+    print("inference at batch 1024 (rows/s): " + "  ".join(
+        f"{b} {v:,.0f}" + (f" ({v / base:.2f}x eager)" if base else "") for b, v in speed.items()))
+    if a.json:
+        a.json.write_text(json.dumps({"load": results, "batch1024_rows_per_s": speed, "args": vars(a)}, default=str,
+                                     indent=1))
+
+
+if __name__ == "__main__":
+    main()

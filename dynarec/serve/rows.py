@@ -1,0 +1,81 @@
+"""JSON rows of RAW feature values -> the columns a schema's encoders read, with per-row validation.
+
+A row is an object ``{feature: value}`` holding every raw feature column of the schema (extra keys, such as
+labels or ids, are ignored). Values: sparse features take a string or an integer (``3`` and ``"3"`` are the
+same category, as when a CSV column is read); dense features a number or ``null`` (= missing, handled by the
+feature's ``nan_policy``); sequence features a list of strings / integers or one string joined by the
+feature's ``separator``. Anything else is a :class:`RowError` naming the row and the feature."""
+from __future__ import annotations
+
+import math
+
+import pyarrow as pa
+
+from dynarec.errors import DynarecError
+
+
+class RowError(DynarecError):
+    """A client's mistake in the rows of a request (the server answers 422)."""
+
+
+def raw_columns(schema) -> list[str]:
+    """The raw feature columns a request row must hold (the domain column included)."""
+    return [f.name for f in schema.features]
+
+
+def _category(v, name: str, i: int) -> str:
+    if isinstance(v, bool) or not isinstance(v, (str, int)):
+        raise RowError(f"rows[{i}].{name}: expected a string or an integer (a category), got {_tname(v)}")
+    return str(v)
+
+
+def _number(v, name: str, i: int) -> float:
+    if v is None:
+        return math.nan
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise RowError(f"rows[{i}].{name}: expected a number or null, got {_tname(v)}")
+    return float(v)
+
+
+def _sequence(v, name: str, i: int, sep: str) -> str:
+    if isinstance(v, str):
+        return v
+    if isinstance(v, list):
+        return sep.join(_category(x, f"{name}[]", i) for x in v)
+    if v is None:
+        return ""
+    raise RowError(f"rows[{i}].{name}: expected a list of categories or a '{sep}'-joined string, got {_tname(v)}")
+
+
+def _tname(v) -> str:
+    return "null" if v is None else {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}.get(
+        type(v), type(v).__name__)
+
+
+def rows_to_table(rows, schema, max_rows: int | None = None) -> pa.Table:
+    """Validate ``rows`` (a list of objects) and return them as a pyarrow table of the schema's raw columns."""
+    if not isinstance(rows, list):
+        raise RowError(f"'rows': expected a list of objects, got {_tname(rows)}")
+    if not rows:
+        raise RowError("'rows': expected at least one row, got an empty list")
+    if max_rows is not None and len(rows) > max_rows:
+        raise RowError(f"'rows': at most {max_rows} rows per request, got {len(rows)}")
+    cols: dict[str, list] = {f.name: [] for f in schema.features}
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict):
+            raise RowError(f"rows[{i}]: expected an object of feature values, got {_tname(r)}")
+        for f in schema.features:
+            if f.name not in r:
+                raise RowError(f"rows[{i}]: missing feature '{f.name}'")
+            v = r[f.name]
+            if f.kind == "sparse":
+                cols[f.name].append(_category(v, f.name, i))
+            elif f.kind == "dense":
+                x = _number(v, f.name, i)
+                if math.isnan(x) and f.nan_policy == "error":
+                    raise RowError(f"rows[{i}].{f.name}: a value is required (the feature's nan_policy is 'error')")
+                cols[f.name].append(x)
+            else:
+                cols[f.name].append(_sequence(v, f.name, i, f.separator))
+    types = {"sparse": pa.string(), "dense": pa.float64(), "sequence": pa.string()}
+    return pa.table({f.name: pa.array(cols[f.name], type=types[f.kind]) for f in schema.features})

@@ -1,0 +1,314 @@
+"""``dynarec serve``: an HTTP predictor on RAW feature values (FastAPI + uvicorn) over an exported bundle.
+
+* ``POST /predict`` ``{"rows": [{feature: raw value, ...}, ...]}`` -> ``{"predictions": {task: [p, ...]},
+  "unknown": {feature: count}, "model_version": "..."}``. Requests are validated one by one (a client's mistake
+  is a 4xx with a one-line JSON ``{"error": ...}``; the server stays up) and then **micro-batched**: a bounded
+  queue feeds one inference worker that takes up to ``max_batch`` rows or waits at most ``max_wait_ms`` for
+  more, encodes them with the bundle's encoders in one go, runs the backend once and splits the answer.
+  A full queue answers 503 (back-pressure) instead of growing without bound.
+* ``GET /healthz``, ``GET /metadata`` (tasks, features, inputs, version, backend), ``GET /metrics`` (Prometheus
+  text: requests by status, errors, latency histogram, batch-size histogram, reloads).
+* Hot reload: with ``watch``, a new bundle appearing there (the folder named by ``watch/current``, else the
+  newest sub-folder with a manifest) is loaded beside the old one and swapped in with one reference assignment
+  between two batches, so no request fails or mixes two models (each answer names the version that made it).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dynarec.errors import DynarecError
+from dynarec.serve.rows import RowError, rows_to_table
+
+
+@dataclass
+class ServerConfig:
+    max_batch: int = 256  # rows per inference call
+    max_wait_ms: float = 2.0  # how long the worker waits for more requests to fill a batch
+    queue_size: int = 1024  # pending requests before 503
+    max_rows: int = 4096  # rows per request
+    max_body_bytes: int = 8 << 20
+    watch_interval_s: float = 0.5
+
+
+@dataclass
+class Served:
+    """One loaded bundle: its manifest, encoders and backend."""
+
+    path: Path
+    manifest: dict
+    backend_name: str
+    schema: object = None
+    encoders: object = None
+    backend: object = None
+    tasks: list = field(default_factory=list)
+
+    @property
+    def version(self) -> str:
+        return self.manifest["model_version"]
+
+    @classmethod
+    def load(cls, path: str | Path, backend: str) -> Served:
+        from dynarec.serve.bundle import read_bundle
+        from dynarec.serve.backends import load_backend
+
+        path = Path(path)
+        manifest, model, encoders = read_bundle(path)
+        run = load_backend(path, backend, model=model if backend == "eager" else None)
+        return cls(path, manifest, backend, model.schema, encoders, run, [t["name"] for t in manifest["tasks"]])
+
+    def predict_table(self, table) -> tuple[list[np.ndarray], np.ndarray]:
+        """-> (one array per task, unknown-category flags per row and embedded feature [N, F])."""
+        from dynarec.serve.bundle import encode_features
+
+        inputs, unknown = encode_features(self.schema, self.encoders, table)
+        out = self.backend(inputs)
+        return [torch.as_tensor(o).float().numpy() for o in out], unknown
+
+
+class ClientError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class _Pending:
+    table: object
+    n: int
+    future: asyncio.Future
+
+
+class Engine:
+    """The queue, the batching worker and the current bundle (swapped on reload)."""
+
+    def __init__(self, served: Served, cfg: ServerConfig, watch: Path | None = None):
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
+        self.served = served
+        self.cfg = cfg
+        self.watch = watch
+        self.queue: asyncio.Queue | None = None
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="dynarec-infer")
+        self.loader = ThreadPoolExecutor(1, thread_name_prefix="dynarec-reload")
+        self.tasks: list[asyncio.Task] = []
+        self.reg = CollectorRegistry()
+        self.requests = Counter("dynarec_requests", "HTTP requests", ["endpoint", "status"], registry=self.reg)
+        self.errors = Counter("dynarec_errors", "requests answered with an error", ["kind"], registry=self.reg)
+        self.latency = Histogram("dynarec_request_latency_seconds", "POST /predict latency", registry=self.reg,
+                                 buckets=(.001, .002, .005, .01, .015, .025, .05, .1, .25, .5, 1, 2.5, 5))
+        self.batch_rows = Histogram("dynarec_batch_rows", "rows per inference call", registry=self.reg,
+                                    buckets=tuple(2 ** i for i in range(13)))
+        self.reloads = Counter("dynarec_reloads", "bundles swapped in", ["result"], registry=self.reg)
+        self.lock = threading.Lock()
+
+    # ---- lifecycle ----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.queue = asyncio.Queue(self.cfg.queue_size)
+        self.tasks.append(asyncio.create_task(self._worker()))
+        if self.watch is not None:
+            self.tasks.append(asyncio.create_task(self._watcher()))
+
+    async def stop(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.loader.shutdown(wait=False, cancel_futures=True)
+
+    # ---- requests -----------------------------------------------------------------------------------
+    async def predict(self, payload) -> dict:
+        if not isinstance(payload, dict) or "rows" not in payload:
+            raise ClientError(422, "expected a JSON object with a 'rows' list")
+        served = self.served
+        try:
+            table = rows_to_table(payload["rows"], served.schema, self.cfg.max_rows)
+        except RowError as e:
+            raise ClientError(413 if "at most" in str(e) else 422, str(e)) from None
+        fut = asyncio.get_running_loop().create_future()
+        try:
+            self.queue.put_nowait(_Pending(table, table.num_rows, fut))
+        except asyncio.QueueFull:
+            raise ClientError(503, f"server busy: {self.cfg.queue_size} requests queued; retry later") from None
+        return await fut
+
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            first = await self.queue.get()
+            batch, rows = [first], first.n
+            deadline = loop.time() + self.cfg.max_wait_ms / 1000
+            while rows < self.cfg.max_batch:
+                try:
+                    item = self.queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    left = deadline - loop.time()
+                    if left <= 0:
+                        break
+                    try:
+                        item = await asyncio.wait_for(self.queue.get(), left)
+                    except asyncio.TimeoutError:
+                        break
+                batch.append(item)
+                rows += item.n
+            served = self.served  # one model for the whole batch, even if a reload lands meanwhile
+            try:
+                results = await loop.run_in_executor(self.pool, _run_batch, served, batch)
+            except Exception as e:  # noqa: BLE001 - a failed batch fails its requests, not the server
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(e)
+                continue
+            self.batch_rows.observe(rows)
+            for p, r in zip(batch, results):
+                if not p.future.done():
+                    p.future.set_result(r)
+
+    # ---- hot reload ---------------------------------------------------------------------------------
+    async def _watcher(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.cfg.watch_interval_s)
+            cand = newest_bundle(self.watch)
+            if cand is None or cand.resolve() == self.served.path.resolve():
+                continue
+            try:
+                ver = json.loads((cand / "manifest.json").read_text())["model_version"]
+            except (OSError, ValueError, KeyError):
+                continue  # half-written or not a bundle: look again next time
+            if ver == self.served.version:
+                continue
+            try:
+                new = await loop.run_in_executor(self.loader, Served.load, cand, self.served.backend_name)
+            except Exception:  # noqa: BLE001 - keep serving the old model
+                self.reloads.labels("failed").inc()
+                continue
+            self.served = new  # atomic swap: the next batch uses it
+            self.reloads.labels("ok").inc()
+
+
+def _run_batch(served: Served, batch: list[_Pending]) -> list[dict]:
+    import pyarrow as pa
+
+    table = pa.concat_tables([p.table for p in batch]) if len(batch) > 1 else batch[0].table
+    outs, unknown = served.predict_table(table)
+    names = [f.name for f in served.schema.fields]
+    res, s = [], 0
+    for p in batch:
+        e = s + p.n
+        unk = unknown[s:e].sum(0)
+        res.append({"predictions": {t: o[s:e].tolist() for t, o in zip(served.tasks, outs)},
+                    "unknown": {n: int(c) for n, c in zip(names, unk) if c},
+                    "model_version": served.version})
+        s = e
+    return res
+
+
+def newest_bundle(watch: Path) -> Path | None:
+    """``watch/current`` (a file naming a sub-folder, or a link), else the newest sub-folder with a manifest."""
+    cur = watch / "current"
+    if cur.is_symlink() or cur.is_dir():
+        return cur.resolve() if (cur / "manifest.json").exists() else None
+    if cur.is_file():
+        p = watch / cur.read_text().strip()
+        return p if (p / "manifest.json").exists() else None
+    subs = [p for p in watch.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / "manifest.json").exists()]
+    return max(subs, key=lambda p: (p / "manifest.json").stat().st_mtime) if subs else None
+
+
+def create_app(bundle: str | Path, backend: str = "onnx", watch: str | Path | None = None,
+               cfg: ServerConfig | None = None):
+    """The FastAPI application serving ``bundle`` (loaded now: errors surface before the port opens)."""
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse, PlainTextResponse
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    cfg = cfg or ServerConfig()
+    engine = Engine(Served.load(bundle, backend), cfg, Path(watch) if watch else None)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        await engine.start()
+        yield
+        await engine.stop()
+
+    app = FastAPI(title="dynarec", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.engine = engine
+
+    def error(status: int, msg: str, endpoint: str) -> JSONResponse:
+        engine.requests.labels(endpoint, str(status)).inc()
+        engine.errors.labels("client" if status < 500 else "server").inc()
+        return JSONResponse({"error": msg.splitlines()[0] if msg else "error"}, status_code=status)
+
+    @app.post("/predict")
+    async def predict(request: Request):
+        t0 = time.perf_counter()
+        n = request.headers.get("content-length")
+        if n is not None and n.isdigit() and int(n) > cfg.max_body_bytes:
+            return error(413, f"request body over {cfg.max_body_bytes} bytes", "/predict")
+        body = await request.body()
+        if not body:
+            return error(400, "empty request body; expected JSON {\"rows\": [...]}", "/predict")
+        if len(body) > cfg.max_body_bytes:
+            return error(413, f"request body over {cfg.max_body_bytes} bytes", "/predict")
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as e:
+            return error(400, f"malformed JSON: {e}", "/predict")
+        try:
+            out = await engine.predict(payload)
+        except ClientError as e:
+            return error(e.status, str(e), "/predict")
+        except DynarecError as e:  # e.g. a value the encoders refuse
+            return error(422, str(e), "/predict")
+        except Exception as e:  # noqa: BLE001
+            return error(500, f"{type(e).__name__}: {e}", "/predict")
+        engine.requests.labels("/predict", "200").inc()
+        engine.latency.observe(time.perf_counter() - t0)
+        return JSONResponse(out)
+
+    @app.get("/healthz")
+    async def healthz():
+        engine.requests.labels("/healthz", "200").inc()
+        return {"status": "ok", "model_version": engine.served.version}
+
+    @app.get("/metadata")
+    async def metadata():
+        s = engine.served
+        engine.requests.labels("/metadata", "200").inc()
+        return {"model": s.manifest["model"], "model_version": s.version, "backend": s.backend_name,
+                "tasks": s.manifest["tasks"], "inputs": s.manifest["inputs"],
+                "features": [{"name": f.name, "kind": f.kind, "group": f.group} for f in s.schema.features],
+                "max_rows": cfg.max_rows, "max_batch": cfg.max_batch, "max_wait_ms": cfg.max_wait_ms}
+
+    @app.get("/metrics")
+    async def metrics():
+        return PlainTextResponse(generate_latest(engine.reg).decode(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def serve(bundle: str | Path, host: str = "127.0.0.1", port: int = 8000, backend: str = "onnx",
+          watch: str | Path | None = None, cfg: ServerConfig | None = None, threads: int = 0) -> None:
+    """Run the server until interrupted (``dynarec serve``)."""
+    import sys
+
+    import uvicorn
+
+    if threads:
+        torch.set_num_threads(threads)
+    app = create_app(bundle, backend, watch, cfg)
+    s = app.state.engine.served
+    print(f"dynarec serve: {s.manifest['model']} {s.version} ({backend}) on http://{host}:{port}"
+          + (f", watching {watch}" if watch else ""), file=sys.stderr, flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+
