@@ -104,12 +104,7 @@ def split_indices(t: pa.Table, schema, how: str | SplitSpec = "random", fraction
         check_columns(t, [col], where)
         g = pc.dictionary_encode(pc.fill_null(as_text(t.column(col)), "\x00null")).indices
         g = g.to_numpy(zero_copy_only=False).astype(np.int64)
-        sizes = np.bincount(g)
-        perm = rng.permutation(len(sizes))
-        start = np.cumsum(sizes[perm]) - sizes[perm]  # rows before each group, in shuffled group order
-        a, b = _cuts(n, spec.fractions)
-        part = np.empty(len(sizes), np.int64)
-        part[perm] = np.searchsorted([a, b], start, side="right")  # 0 train, 1 valid, 2 test
+        part = _assign_groups(np.bincount(g), spec.fractions, rng)
         idx = {s: np.flatnonzero(part[g] == k) for k, s in enumerate(SPLITS)}
     else:  # column
         if not spec.by:
@@ -135,3 +130,24 @@ def split_indices(t: pa.Table, schema, how: str | SplitSpec = "random", fraction
 def _cuts(n: int, fractions) -> tuple[int, int]:
     a = int(round(fractions[0] * n))
     return a, a + int(round(fractions[1] * n))
+
+
+def _assign_groups(sizes: np.ndarray, fractions, rng, greedy: int = 10_000) -> np.ndarray:
+    """Split id (0 train, 1 valid, 2 test) of each group so that row counts follow ``fractions``: the
+    ``greedy`` largest groups (random order among equal sizes) each go to the split furthest below its
+    target; the rest, shuffled, fill the remaining quotas in turn."""
+    perm = rng.permutation(len(sizes))
+    perm = perm[np.argsort(-sizes[perm], kind="stable")]
+    target = np.asarray(fractions) * sizes.sum()
+    count = np.zeros(3)
+    part = np.empty(len(sizes), np.int64)
+    for gid in perm[:greedy]:
+        k = int(np.argmax(target - count))
+        part[gid] = k
+        count[k] += sizes[gid]
+    rest = rng.permutation(perm[greedy:])
+    if len(rest):
+        quota = np.cumsum(np.maximum(target - count, 0))[:2]
+        start = np.cumsum(sizes[rest]) - sizes[rest]  # rows before each group, in shuffled order
+        part[rest] = np.searchsorted(quota, start, side="right")
+    return part
