@@ -68,7 +68,7 @@ class NumericEncoder:
         """Raw float64 [N] -> float32 [N] (scaled values) or int32 [N] (bucket ids, bucketised features)."""
         nan = np.isnan(x)
         if self.legacy:
-            if f.normalize:
+            if f.scaling == "standard":
                 x = (x - self.mean) / self.std
             x[nan] = 0.0 if f.fill_value is None else f.fill_value
             return x.astype(np.float32)

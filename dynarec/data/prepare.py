@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from dynarec.data.encode import Encoders
+from dynarec.data.encode import Encoders, dense_column
 from dynarec.data.labels import check_label_rules
 from dynarec.data.read import check_columns, read_table
 from dynarec.data.schema import Schema
@@ -23,7 +23,7 @@ from dynarec.data.table import TensorTable
 from dynarec.errors import DataError
 
 ROW = "_row"  # raw row index of each prepared row (not a feature)
-__all__ = ["prepare_table", "prepare_file", "read_raw", "read_table", "split_indices", "load_prepared",
+__all__ = ["prepare_table", "prepare_file", "read_raw", "encode_raw", "read_table", "split_indices", "load_prepared",
            "load_encoders", "to_tensor_table", "synthetic_tables", "SPLITS", "ROW"]
 
 
@@ -35,6 +35,16 @@ def read_raw(path: str | Path, schema: Schema, fmt: str | None = None, labels: b
         sources = {t.source for t in schema.tasks}
         cols = [c for c in cols if c not in sources or c in {f.name for f in schema.features}]
     return read_table(path, fmt, columns=cols, options=schema.read)
+
+
+def encode_raw(path: str | Path, schema: Schema, enc: Encoders, labels: bool = True,
+               fmt: str | None = None) -> tuple[TensorTable, dict[str, int]]:
+    """A raw file encoded with fitted encoders (evaluate / predict): (table whose ``row`` is the raw row
+    index, unknown-value counts per feature). ``labels=False``: unlabeled rows (no label columns needed)."""
+    t = read_raw(path, schema, fmt, labels)
+    cols = enc.transform(t, str(path), labels=labels)
+    cols[ROW] = np.arange(t.num_rows, dtype=np.int64)
+    return to_tensor_table(schema, cols), dict(enc.unknown_counts)
 
 
 def prepare_file(path: str | Path, schema: Schema, out: str | Path | None = None, split: str | SplitSpec = "random",
@@ -51,6 +61,11 @@ def prepare_table(t: pa.Table, schema: Schema, out: str | Path | None = None, sp
     a SplitSpec. Each split keeps the raw row index of its rows (``_row``, never a model input)."""
     check_columns(t, schema.columns(), source)
     check_label_rules(t, schema, source)
+    for f in schema.dense + [f for f in schema.sparse if f.bucketised]:
+        nan = int(np.isnan(dense_column(t, f, source)).sum())  # counted over the whole file, not one split
+        if nan and f.nan_policy == "error":
+            raise DataError(f"{source}: dense column '{f.name}' has {nan} NaN value(s) and its nan_policy is "
+                            f"'error' (use nan_policy: fill, with a fill_value in raw units)")
     spec = parse_split(split, fractions, seed)
     idx = split_indices(t, schema, spec, where=source)
     enc = Encoders(schema).fit(t.take(pa.array(idx["train"])), "train")
@@ -93,7 +108,7 @@ def to_tensor_table(schema: Schema, cols: dict[str, np.ndarray]) -> TensorTable:
             dense_cols.append(cols[f.name + "__missing"])
     dense = torch.from_numpy(np.stack(dense_cols, 1)) if dense_cols else torch.zeros(n, 0)
     seqs = {f.name: torch.from_numpy(cols[f.name].astype(np.int64)) for f in schema.sequences}
-    labels = {t: torch.from_numpy(cols[t]) for t in schema.task_names}
+    labels = {t: torch.from_numpy(cols[t]) for t in schema.task_names if t in cols}  # none: unlabeled rows
     user = torch.from_numpy(cols["__user__"]) if "__user__" in cols else None
     row = torch.from_numpy(np.asarray(cols[ROW], dtype=np.int64)) if ROW in cols else None
     return TensorTable(schema, sparse, dense, labels, seqs, user, row=row)

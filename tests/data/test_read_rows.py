@@ -2,12 +2,13 @@ import json
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv  # noqa: F401  (pa.csv)
 import pyarrow.parquet as pq
 import pytest
 import torch
 
 from dynarec.data.encode import Encoders
-from dynarec.data.prepare import ROW, load_encoders, load_prepared, prepare_file, read_raw, to_tensor_table
+from dynarec.data.prepare import ROW, encode_raw, load_encoders, load_prepared, prepare_file, read_raw, to_tensor_table
 from dynarec.data.read import read_table
 from dynarec.data.schema import Schema
 from dynarec.errors import DataError
@@ -94,3 +95,65 @@ def test_prepared_folder_without_row_ids_still_loads(files):
         pq.write_table(pq.read_table(f).drop_columns([ROW]), f)
     schema, tables = load_prepared(files / "p")
     assert tables["train"].row is None and len(tables["train"]) > 0
+
+
+EXAMPLE = """\
+read:
+  null_values: ["?"]
+  rename: {native-country: country}
+domain: workclass
+user: person_id
+features:
+  - {name: occupation, group: user, min_count: 2}
+  - {name: country, group: context, null_values: [South]}
+  - {name: age, kind: dense, group: user, buckets: 10}
+  - {name: capital-gain, kind: dense, group: user, fill_value: 0, clip: [0, 50000], transform: log1p}
+  - {name: hours-per-week, kind: dense, group: context, boundaries: [20, 35, 40, 50, 60]}
+  - {name: fnlwgt, kind: dense, group: context, normalize: minmax}
+tasks:
+  - {name: income, positive: [">50K"]}
+  - {name: married, column: marital-status, positive: [Married-civ-spouse, Married-AF-spouse]}
+"""
+
+
+def _adult_like(tmp_path, n=600, labels=True):
+    rng = np.random.default_rng(0)
+    cols = {"person_id": rng.integers(0, 150, n), "workclass": rng.choice(["Private", "State-gov", "?"], n),
+            "occupation": rng.choice(["Sales", "Tech", "?"], n), "native-country": rng.choice(["US", "South", "?"], n),
+            "age": rng.integers(17, 90, n), "capital-gain": np.where(rng.random(n) < 0.1, "?", rng.integers(0, 99999, n).astype(str)),
+            "hours-per-week": rng.integers(1, 99, n), "fnlwgt": rng.integers(10_000, 900_000, n)}
+    if labels:
+        cols["income"] = rng.choice([">50K", "<=50K"], n)
+        cols["marital-status"] = rng.choice(["Never-married", "Married-civ-spouse", "Divorced"], n)
+    p = tmp_path / ("adult.csv" if labels else "unlabeled.csv")
+    pa.csv.write_csv(pa.table(cols), p)
+    return p
+
+
+def test_documented_schema_example_prepares_and_unlabeled_rows_encode_alike(tmp_path):
+    (tmp_path / "schema.yaml").write_text(EXAMPLE)
+    s = Schema.load(tmp_path / "schema.yaml")
+    tables = prepare_file(_adult_like(tmp_path), s, tmp_path / "p", split="group", fractions=(0.8, 0.1, 0.1), seed=0)
+    schema, loaded = load_prepared(tmp_path / "p")
+    assert [f.name for f in schema.sparse] == ["workclass", "occupation", "country", "age", "hours-per-week"]
+    assert [f.name for f in schema.dense] == ["capital-gain", "fnlwgt"]
+    assert schema.feature("hours-per-week").vocab_size == 7 and schema.feature("age").vocab_size == 11  # n buckets + id 0
+    assert float(loaded["train"].dense[:, 1].min()) == 0.0 and float(loaded["train"].dense[:, 1].max()) == 1.0
+    assert set(loaded["train"].labels) == {"income", "married"}
+    enc = load_encoders(tmp_path / "p", schema)
+    tab, unknown = encode_raw(_adult_like(tmp_path, labels=False), schema, enc, labels=False)
+    assert tab.labels == {} and torch.equal(tab.row, torch.arange(600))
+    rows = loaded["test"].row
+    assert torch.equal(tab.sparse[rows], loaded["test"].sparse) and torch.equal(tab.dense[rows], loaded["test"].dense)
+    assert torch.equal(tables["test"].sparse, loaded["test"].sparse)
+
+
+def test_nan_policy_error_counts_the_whole_file(tmp_path):
+    t = pa.table({"d": ["a"] * 50, "x": [None if i % 10 == 0 else float(i) for i in range(50)],
+                  "y": [i % 2 for i in range(50)]})
+    s = Schema.from_dict({"domain": "d", "features": [{"name": "x", "kind": "dense", "nan_policy": "error"}],
+                          "tasks": [{"name": "y"}]})
+    from dynarec.data.prepare import prepare_table
+
+    with pytest.raises(DataError, match="raw.csv: dense column 'x' has 5 NaN value"):
+        prepare_table(t, s, None, source="raw.csv")
