@@ -40,6 +40,8 @@ class SplitSpec:
         self.fractions = parse_fractions(self.fractions)
         if self.by is not None and self.method == "random":
             raise ConfigError(f"split: 'random' takes no column or task (got 'random:{self.by}')")
+        if self.method == "column" and self.fractions != (0.8, 0.1, 0.1):
+            raise ConfigError("split: 'column' takes the split from the column; fractions do not apply")
 
     def describe(self) -> str:
         by = f":{self.by}" if self.by else ""

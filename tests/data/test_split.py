@@ -28,13 +28,14 @@ METHODS = ["random", "temporal", "stratified", "stratified:click", "group", "gro
 @pytest.mark.parametrize("how", METHODS)
 def test_every_method_is_disjoint_covering_and_reproducible(how):
     t, s = _raw(), _schema()
-    idx = split_indices(t, s, how, (0.7, 0.15, 0.15), seed=4)
+    fr = (0.8, 0.1, 0.1) if how.startswith("column") else (0.7, 0.15, 0.15)
+    idx = split_indices(t, s, how, fr, seed=4)
     allidx = np.concatenate([idx[k] for k in SPLITS])
     assert len(np.unique(allidx)) == len(allidx) == t.num_rows
-    again = split_indices(t, s, how, (0.7, 0.15, 0.15), seed=4)
+    again = split_indices(t, s, how, fr, seed=4)
     assert all(np.array_equal(idx[k], again[k]) for k in SPLITS)
     if how.split(":")[0] in ("random", "stratified", "group"):
-        other = split_indices(t, s, how, (0.7, 0.15, 0.15), seed=5)
+        other = split_indices(t, s, how, fr, seed=5)
         assert not np.array_equal(idx["test"], other["test"])
 
 
@@ -103,6 +104,10 @@ def test_bad_split_options_are_config_errors():
     with pytest.raises(ConfigError, match="three positive numbers summing to 1"):
         parse_split("random", (0.9, 0.1, 0.0))
     assert parse_split("group:uid", "0.7,0.2,0.1").fractions == (0.7, 0.2, 0.1)
+    with pytest.raises(ConfigError, match="fractions do not apply"):
+        parse_split("column:fold", "0.7,0.2,0.1")
+    with pytest.raises(ConfigError, match="'random' takes no column"):
+        parse_split("random:uid")
     t, s = _raw(100), _schema()
     with pytest.raises(ConfigError, match="stratified needs a binary task; 'r' is regression"):
         split_indices(t, s, "stratified:r")
