@@ -84,7 +84,11 @@ def split_indices(t: pa.Table, schema, how: str | SplitSpec = "random", fraction
         if not col:
             raise DataError("temporal split needs 'timestamp' in the schema (or temporal:COLUMN)")
         check_columns(t, [col], where)
-        order = np.argsort(t.column(col).to_numpy(zero_copy_only=False), kind="stable")
+        ts = t.column(col)
+        if ts.null_count:
+            raise DataError(f"{where}: timestamp column '{col}' has {ts.null_count} missing value(s); a temporal "
+                            f"split needs a time for every row")
+        order = np.argsort(ts.to_numpy(zero_copy_only=False), kind="stable")
         a, b = _cuts(n, spec.fractions)
         idx = {"train": order[:a], "valid": order[a:b], "test": order[b:]}
     elif m == "stratified":

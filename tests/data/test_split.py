@@ -115,3 +115,6 @@ def test_bad_split_options_are_config_errors():
         split_indices(t, s, "stratified:clik")
     with pytest.raises(DataError, match="missing column 'nope'"):
         split_indices(t, s, "column:nope")
+    t4 = t.set_column(t.column_names.index("ts"), "ts", pa.array([None] + list(range(99)), pa.int64()))
+    with pytest.raises(DataError, match="timestamp column 'ts' has 1 missing value"):
+        split_indices(t4, s, "temporal")
