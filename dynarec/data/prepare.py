@@ -132,12 +132,24 @@ def load_prepared(path: str | Path, splits=SPLITS) -> tuple[Schema, dict[str, Te
                 cols[name] = np.require(c.flatten().to_numpy().reshape(len(c), c.type.list_size), requirements="W")
             else:
                 cols[name] = np.require(c.to_numpy(zero_copy_only=False), requirements="W")  # torch needs writable
+        need = [f.name for f in schema.features] + schema.task_names
+        missing = [c for c in need if c not in cols]
+        if missing:
+            raise DataError(f"{f}: no column '{missing[0]}' although schema.json declares it (a folder mixing "
+                            f"two preparations?); prepare it again")
         out[s] = to_tensor_table(schema, cols)
     return schema, out
 
 
 def load_encoders(path: str | Path, schema: Schema) -> Encoders:
-    return Encoders.from_dict(schema, json.loads((Path(path) / "encoders.json").read_text()))
+    f = Path(path) / "encoders.json"
+    if not f.is_file():
+        raise DataError(f"{f}: missing (not a complete prepared folder); run `dynarec data prepare` again")
+    try:
+        d = json.loads(f.read_text())
+        return Encoders.from_dict(schema, d)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise DataError(f"{f}: truncated or not an encoders file ({type(e).__name__}: {e})") from None
 
 
 def synthetic_tables(rows: int = 20_000, seed: int = 0, split_seed: int | None = None, **kw):

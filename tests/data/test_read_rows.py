@@ -157,3 +157,26 @@ def test_nan_policy_error_counts_the_whole_file(tmp_path):
 
     with pytest.raises(DataError, match="raw.csv: dense column 'x' has 5 NaN value"):
         prepare_table(t, s, None, source="raw.csv")
+
+
+def test_broken_prepared_folders_name_the_file(files):
+    from dynarec.errors import DynarecError
+
+    s = Schema.load(files / "schema.json")
+    prepare_file(files / "adult.csv", s, files / "p", seed=0)
+    schema, _ = load_prepared(files / "p")
+    (files / "p" / "encoders.json").write_text('{"categorical": {"job": ["a"')
+    with pytest.raises(DataError, match="encoders.json: truncated or not an encoders file"):
+        load_encoders(files / "p", schema)
+    (files / "p" / "encoders.json").unlink()
+    with pytest.raises(DataError, match="encoders.json: missing"):
+        load_encoders(files / "p", schema)
+    text = (files / "p" / "schema.json").read_text()
+    (files / "p" / "schema.json").write_text(text[: len(text) // 2])
+    with pytest.raises(DynarecError, match="schema.json: not a valid JSON schema"):
+        load_prepared(files / "p")
+    (files / "p" / "schema.json").write_text(text)
+    f = files / "p" / "valid.parquet"
+    pq.write_table(pq.read_table(f).drop_columns(["age"]), f)
+    with pytest.raises(DataError, match="valid.parquet: no column 'age'"):
+        load_prepared(files / "p")
