@@ -129,6 +129,8 @@ class Task:
         where = f"task '{self.name}'"
         if not isinstance(self.name, str) or not self.name:
             raise SchemaError(f"task: key 'name' expects a non-empty string, got {self.name!r}")
+        if self.name in RESERVED:
+            raise SchemaError(f"{where}: the name '{self.name}' is reserved (the prepared folder's raw row index)")
         check_fields(self, _TASK_SPEC, where)
         if self.positive is not None and self.threshold is not None:
             raise SchemaError(f"{where}: give 'positive' or 'threshold', not both")

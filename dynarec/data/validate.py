@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import difflib
 import math
+import numbers
 import re
 from dataclasses import fields
 from typing import Any, Callable, Sequence
+
+import numpy as np
 
 from dynarec.errors import SchemaError
 
@@ -17,9 +20,9 @@ _NUM = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
 def _number(v) -> float:
-    if isinstance(v, bool):
+    if isinstance(v, (bool, np.bool_)):
         raise ValueError
-    if isinstance(v, (int, float)):
+    if isinstance(v, numbers.Real):  # numpy scalars too
         x = float(v)
     elif isinstance(v, str) and _NUM.match(v.strip()):  # PyYAML reads `1e-3` as a string
         x = float(v)
@@ -88,6 +91,8 @@ def scalars(nullable: bool = True) -> Checker:
 
 
 def _as_text(x) -> str:
+    if isinstance(x, np.generic):
+        x = x.item()
     if isinstance(x, bool):
         return str(x).lower()
     if isinstance(x, float) and x.is_integer():
