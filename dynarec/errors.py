@@ -5,13 +5,13 @@ class DynarecError(Exception):
     """Base class for mistakes in user input (data, schema, config); never a bug in dynarec."""
 
 
-class SchemaError(DynarecError):
+class ConfigError(DynarecError):
     pass
+
+
+class SchemaError(ConfigError):
+    """A bad schema file or value (a ConfigError: the schema is configuration)."""
 
 
 class DataError(DynarecError):
-    pass
-
-
-class ConfigError(DynarecError):
     pass

@@ -1,8 +1,9 @@
 """Encoders fitted on the TRAIN split only, vectorised with pyarrow.compute.
 
 categorical -> int ids, 0 reserved for unknown / rare (< min_count) / padding; unknown values at
-inference map to 0 and are counted. dense -> float32 with an explicit NaN policy (fill + optional
-missing indicator, or error) and optional z-normalisation. sequences -> padded ids [N, max_len]."""
+inference map to 0 and are counted. dense -> float32 (``numeric.py``: fill in raw units, clip, log1p,
+scaling) or bucket ids; NaN policy fill (+ optional missing indicator) or error. sequences -> padded ids
+[N, max_len]. Labels come from ``labels.py``."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -12,22 +13,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dynarec.data.labels import label_column
+from dynarec.data.numeric import NumericEncoder
+from dynarec.data.read import as_text as _as_str
+from dynarec.data.read import null_tokens
 from dynarec.data.schema import Feature, Schema
 from dynarec.errors import DataError
-
-
-def _as_str(col: pa.ChunkedArray | pa.Array) -> pa.Array:
-    if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks()
-    if pa.types.is_dictionary(col.type):
-        col = col.dictionary_decode()
-    if pa.types.is_floating(col.type):
-        # 3.0 and "3" should be the same category: integral floats print without the fraction
-        arr = col.to_numpy(zero_copy_only=False)
-        ok = ~np.isnan(arr)
-        if ok.all() and np.all(arr == np.round(arr)):
-            col = pa.array(arr.astype(np.int64))
-    return pc.cast(col, pa.string())
 
 
 def _seq_values(col, sep: str) -> tuple[pa.Array, np.ndarray]:
@@ -71,20 +62,16 @@ class CategoricalEncoder:
         return ids, unknown
 
 
-@dataclass
-class DenseEncoder:
-    mean: float = 0.0
-    std: float = 1.0
+DenseEncoder = NumericEncoder  # the name before numeric transforms and buckets
 
-    def fit(self, x: np.ndarray, f: Feature) -> DenseEncoder:
-        ok = x[~np.isnan(x)]
-        if f.normalize and ok.size:
-            self.mean, self.std = float(ok.mean()), float(ok.std() or 1.0)
-        return self
+
+def column(table: pa.Table, f: Feature) -> pa.Array:
+    """The raw column of ``f`` with its ``null_values`` set to null."""
+    return null_tokens(table.column(f.name), f.null_values)
 
 
 def dense_column(table: pa.Table, f: Feature, where: str) -> np.ndarray:
-    col = table.column(f.name)
+    col = column(table, f)
     try:
         x = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
@@ -104,48 +91,56 @@ class Encoders:
         self.dense: dict[str, DenseEncoder] = {}
         self.unknown_counts: dict[str, int] = {}
 
+    def _categorical(self, table: pa.Table, f: Feature) -> tuple[pa.Array, np.ndarray | None]:
+        """(string values, sequence offsets or None) of a sparse or sequence feature."""
+        if f.kind == "sparse":
+            return _as_str(column(table, f)), None
+        flat, offs = _seq_values(table.column(f.name), f.separator)
+        return null_tokens(flat, f.null_values), offs
+
     def fit(self, table: pa.Table, where: str = "train") -> Encoders:
         by_table: dict[str, list[pa.Array]] = {}
         min_count: dict[str, int] = {}
-        for f in self.schema.fields:
-            col = table.column(f.name)
-            vals = _as_str(col) if f.kind == "sparse" else _seq_values(col, f.separator)[0]
-            by_table.setdefault(f.table, []).append(vals)
+        cat_fields = [f for f in self.schema.fields if not f.bucketised]
+        for f in cat_fields:
+            by_table.setdefault(f.table, []).append(self._categorical(table, f)[0])
             min_count[f.table] = max(min_count.get(f.table, 1), f.min_count)
         for t, arrs in by_table.items():
             self.cat[t] = CategoricalEncoder().fit(pa.concat_arrays(arrs), min_count[t])
-        for f in self.schema.fields:
+        for f in cat_fields:
             f.vocab_size = self.cat[f.table].size
         self.schema.domain_values = list(self.cat[self.schema.feature(self.schema.domain).table].vocab)
-        for f in self.schema.dense:
-            self.dense[f.name] = DenseEncoder().fit(dense_column(table, f, where), f)
+        for f in self.schema.features:
+            if f.kind == "dense":
+                self.dense[f.name] = NumericEncoder().fit(dense_column(table, f, where), f, where)
+        for f in self.schema.fields:  # features sharing a table (bucketised ones too) get its largest size
+            if f.bucketised:
+                f.vocab_size = self.dense[f.name].num_buckets + 1
         return self
 
-    def transform(self, table: pa.Table, where: str) -> dict[str, np.ndarray]:
-        """Encoded columns: '<name>' for each feature (int32 ids, float32, or [N, L] int32), labels,
-        '__user__' (int64 group ids for gAUC). Records unknown counts per feature."""
+    def transform(self, table: pa.Table, where: str, labels: bool = True) -> dict[str, np.ndarray]:
+        """Encoded columns: '<name>' for each feature (int32 ids, float32, or [N, L] int32), labels (unless
+        ``labels`` is false: unlabeled rows), '__user__' (int64 group ids for gAUC). Records unknown
+        counts per feature."""
         out: dict[str, np.ndarray] = {}
         self.unknown_counts = {}
-        for f in self.schema.sparse:
-            out[f.name], self.unknown_counts[f.name] = self.cat[f.table].transform(_as_str(table.column(f.name)))
-        for f in self.schema.sequences:
-            flat, offs = _seq_values(table.column(f.name), f.separator)
-            ids, self.unknown_counts[f.name] = self.cat[f.table].transform(flat)
-            out[f.name] = pad_sequences(ids, offs, f.max_len)
-        for f in self.schema.dense:
-            x = dense_column(table, f, where)
-            nan = np.isnan(x)
-            if nan.any() and f.nan_policy == "error":
-                raise DataError(f"{where}: dense column '{f.name}' has {int(nan.sum())} NaN value(s) and its "
-                                f"nan_policy is 'error' (use nan_policy: fill to fill them with fill_value)")
-            e = self.dense[f.name]
-            if f.normalize:
-                x = (x - e.mean) / e.std
-            x[nan] = f.fill_value
-            out[f.name] = x.astype(np.float32)
-            if f.missing_indicator:
-                out[f.name + "__missing"] = nan.astype(np.float32)
-        for t in self.schema.tasks:
+        for f in self.schema.features:
+            if f.kind == "sequence":
+                flat, offs = self._categorical(table, f)
+                ids, self.unknown_counts[f.name] = self.cat[f.table].transform(flat)
+                out[f.name] = pad_sequences(ids, offs, f.max_len)
+            elif f.kind == "sparse":
+                out[f.name], self.unknown_counts[f.name] = self.cat[f.table].transform(self._categorical(table, f)[0])
+            else:
+                x = dense_column(table, f, where)
+                nan = np.isnan(x)
+                if nan.any() and f.nan_policy == "error":
+                    raise DataError(f"{where}: dense column '{f.name}' has {int(nan.sum())} NaN value(s) and its "
+                                    f"nan_policy is 'error' (use nan_policy: fill to fill them with fill_value)")
+                out[f.name] = self.dense[f.name].transform(x, f, where)
+                if f.missing_indicator:
+                    out[f.name + "__missing"] = nan.astype(np.float32)
+        for t in self.schema.tasks if labels else ():
             out[t.name] = label_column(table, t, where)
         if self.schema.user:
             u = table.column(self.schema.user)
@@ -155,13 +150,13 @@ class Encoders:
 
     def to_dict(self) -> dict[str, Any]:
         return {"categorical": {t: e.vocab for t, e in self.cat.items()},
-                "dense": {n: {"mean": e.mean, "std": e.std} for n, e in self.dense.items()}}
+                "dense": {n: e.to_dict() for n, e in self.dense.items()}}
 
     @classmethod
     def from_dict(cls, schema: Schema, d: dict[str, Any]) -> Encoders:
         enc = cls(schema)
         enc.cat = {t: CategoricalEncoder(list(v)) for t, v in d["categorical"].items()}
-        enc.dense = {n: DenseEncoder(**v) for n, v in d["dense"].items()}
+        enc.dense = {n: NumericEncoder.from_dict(v) for n, v in d["dense"].items()}
         return enc
 
 
@@ -175,19 +170,3 @@ def pad_sequences(ids: np.ndarray, offsets: np.ndarray, max_len: int) -> np.ndar
     out[rows, pos] = ids[np.repeat(offsets[:-1], lens) + pos]
     return out
 
-
-def label_column(table: pa.Table, task, where: str) -> np.ndarray:
-    col = table.column(task.name)
-    try:
-        y = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        raise DataError(f"{where}: label column '{task.name}' has type {col.type}; expected numbers") from None
-    y = np.asarray(y, dtype=np.float64)
-    if np.isnan(y).any():
-        raise DataError(f"{where}: label column '{task.name}' has {int(np.isnan(y).sum())} missing value(s)")
-    if task.type == "binary":
-        bad = ~np.isin(y, (0.0, 1.0))
-        if bad.any():
-            raise DataError(f"{where}: label column '{task.name}' must be binary 0/1 but has value "
-                            f"{y[bad][0]!r} (declare type: regression for a continuous target)")
-    return y.astype(np.float32)

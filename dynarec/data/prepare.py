@@ -1,95 +1,84 @@
-"""Read raw CSV / Parquet, split (random or temporal), fit encoders on train, write a prepared folder:
-``train.parquet``, ``valid.parquet``, ``test.parquet`` (encoded columns), ``schema.json``, ``encoders.json``.
-Preparation runs once; training and evaluation load tensors straight from the prepared folder."""
+"""Read raw CSV / Parquet, split (``split.py``), fit encoders on train, write a prepared folder:
+``train.parquet``, ``valid.parquet``, ``test.parquet`` (encoded columns + ``_row``, the raw row index),
+``schema.json``, ``encoders.json``, ``split.json`` (how it was split). Preparation runs once; training and
+evaluation load tensors straight from the prepared folder."""
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import torch
 
-from dynarec.data.encode import Encoders
+from dynarec.data.encode import Encoders, dense_column
+from dynarec.data.labels import check_label_rules
+from dynarec.data.read import check_columns, read_table
 from dynarec.data.schema import Schema
+from dynarec.data.split import SPLITS, SplitSpec, parse_split, split_indices
 from dynarec.data.table import TensorTable
 from dynarec.errors import DataError
 
-SPLITS = ("train", "valid", "test")
+ROW = "_row"  # raw row index of each prepared row (not a feature)
+__all__ = ["prepare_table", "prepare_file", "read_raw", "encode_raw", "read_table", "split_indices", "load_prepared",
+           "load_encoders", "to_tensor_table", "synthetic_tables", "SPLITS", "ROW"]
 
 
-def read_table(path: str | Path, fmt: str | None = None, columns: list[str] | None = None) -> pa.Table:
-    """Read a CSV or Parquet file with pyarrow; clear errors for missing / empty / truncated files."""
-    p = Path(path)
-    if not p.exists():
-        raise DataError(f"{p}: file not found")
-    fmt = fmt or ("parquet" if p.suffix in (".parquet", ".pq") else "csv")
-    if p.is_file() and p.stat().st_size == 0:
-        raise DataError(f"{p}: file is empty")
-    try:
-        if fmt == "parquet":
-            t = pq.read_table(p)
-        elif fmt == "csv":
-            t = pacsv.read_csv(p)
-        else:
-            raise DataError(f"{p}: unknown format '{fmt}' (expected csv or parquet)")
-    except (pa.ArrowInvalid, OSError) as e:
-        msg = str(e).splitlines()[0]
-        kind = "truncated or not a parquet file" if fmt == "parquet" else "not a readable CSV file"
-        raise DataError(f"{p}: {kind} ({msg})") from None
-    if t.num_rows == 0:
-        raise DataError(f"{p}: file has no rows")
-    if columns:
-        check_columns(t, columns, str(p))
-    return t
+def read_raw(path: str | Path, schema: Schema, fmt: str | None = None, labels: bool = True) -> pa.Table:
+    """A raw file read with the schema's ``read:`` options; checks the columns the schema needs (the
+    label columns only when ``labels``)."""
+    cols = schema.columns()
+    if not labels:
+        sources = {t.source for t in schema.tasks}
+        cols = [c for c in cols if c not in sources or c in {f.name for f in schema.features}]
+    return read_table(path, fmt, columns=cols, options=schema.read)
 
 
-def check_columns(t: pa.Table, columns: list[str], where: str) -> None:
-    have = set(t.column_names)
-    for c in columns:
-        if c not in have:
-            import difflib
-
-            close = difflib.get_close_matches(c, list(have), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise DataError(f"{where}: missing column '{c}' required by the schema{hint}")
-
-
-def split_indices(t: pa.Table, schema: Schema, how: str = "random", fractions=(0.8, 0.1, 0.1),
-                  seed: int = 0) -> dict[str, np.ndarray]:
-    """Disjoint train / valid / test row indices; ``temporal`` orders by ``schema.timestamp``."""
-    n = t.num_rows
-    if how == "random":
-        order = np.random.default_rng(seed).permutation(n)
-    elif how == "temporal":
-        if not schema.timestamp:
-            raise DataError("temporal split needs 'timestamp' in the schema")
-        check_columns(t, [schema.timestamp], "data")
-        order = np.argsort(t.column(schema.timestamp).to_numpy(zero_copy_only=False), kind="stable")
-    else:
-        raise DataError(f"unknown split '{how}' (expected random or temporal)")
-    a = int(round(fractions[0] * n))
-    b = a + int(round(fractions[1] * n))
-    return {"train": np.sort(order[:a]) if how == "random" else order[:a],
-            "valid": order[a:b], "test": order[b:]}
+def encode_raw(path: str | Path, schema: Schema, enc: Encoders, labels: bool = True,
+               fmt: str | None = None) -> tuple[TensorTable, dict[str, int]]:
+    """A raw file encoded with fitted encoders (evaluate / predict): (table whose ``row`` is the raw row
+    index, unknown-value counts per feature). ``labels=False``: unlabeled rows (no label columns needed)."""
+    t = read_raw(path, schema, fmt, labels)
+    cols = enc.transform(t, str(path), labels=labels)
+    cols[ROW] = np.arange(t.num_rows, dtype=np.int64)
+    return to_tensor_table(schema, cols), dict(enc.unknown_counts)
 
 
-def prepare_table(t: pa.Table, schema: Schema, out: str | Path | None = None, split: str = "random",
-                  fractions=(0.8, 0.1, 0.1), seed: int = 0) -> dict[str, TensorTable]:
-    """Split, fit on train, encode every split; write the prepared folder when ``out`` is given."""
-    check_columns(t, schema.columns(), "data")
-    idx = split_indices(t, schema, split, fractions, seed)
+def prepare_file(path: str | Path, schema: Schema, out: str | Path | None = None, split: str | SplitSpec = "random",
+                 fractions=(0.8, 0.1, 0.1), seed: int = 0, fmt: str | None = None) -> dict[str, TensorTable]:
+    """``read_raw`` + ``prepare_table``; errors name the file."""
+    return prepare_table(read_raw(path, schema, fmt), schema, out, split, fractions, seed, source=str(path))
+
+
+def prepare_table(t: pa.Table, schema: Schema, out: str | Path | None = None, split: str | SplitSpec = "random",
+                  fractions=(0.8, 0.1, 0.1), seed: int = 0, source: str = "data") -> dict[str, TensorTable]:
+    """Split, fit on train, encode every split; write the prepared folder when ``out`` is given.
+
+    ``split``: a method (``random``, ``temporal``, ``stratified:TASK``, ``group:COL``, ``column:COL``) or
+    a SplitSpec. Each split keeps the raw row index of its rows (``_row``, never a model input)."""
+    check_columns(t, schema.columns(), source)
+    check_label_rules(t, schema, source)
+    for f in schema.dense + [f for f in schema.sparse if f.bucketised]:
+        nan = int(np.isnan(dense_column(t, f, source)).sum())  # counted over the whole file, not one split
+        if nan and f.nan_policy == "error":
+            raise DataError(f"{source}: dense column '{f.name}' has {nan} NaN value(s) and its nan_policy is "
+                            f"'error' (use nan_policy: fill, with a fill_value in raw units)")
+    spec = parse_split(split, fractions, seed)
+    idx = split_indices(t, schema, spec, where=source)
     enc = Encoders(schema).fit(t.take(pa.array(idx["train"])), "train")
     encoded = {s: enc.transform(t.take(pa.array(idx[s])), s) for s in SPLITS}
+    for s in SPLITS:
+        encoded[s][ROW] = idx[s].astype(np.int64)
     if out is not None:
-        write_prepared(out, schema, enc, encoded)
+        write_prepared(out, schema, enc, encoded, spec)
     return {s: to_tensor_table(schema, encoded[s]) for s in SPLITS}
 
 
-def write_prepared(out: str | Path, schema: Schema, enc: Encoders, encoded: dict[str, dict[str, np.ndarray]]) -> None:
+def write_prepared(out: str | Path, schema: Schema, enc: Encoders, encoded: dict[str, dict[str, np.ndarray]],
+                   spec: SplitSpec | None = None) -> None:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for s, cols in encoded.items():
@@ -104,10 +93,12 @@ def write_prepared(out: str | Path, schema: Schema, enc: Encoders, encoded: dict
         os.replace(tmp, out / f"{s}.parquet")
     schema.save(out / "schema.json")
     (out / "encoders.json").write_text(json.dumps(enc.to_dict()))
+    if spec is not None:
+        (out / "split.json").write_text(json.dumps({**asdict(spec), "rows": {s: len(c[ROW]) for s, c in encoded.items()}}))
 
 
 def to_tensor_table(schema: Schema, cols: dict[str, np.ndarray]) -> TensorTable:
-    n = len(cols[schema.task_names[0]])
+    n = len(cols[schema.domain])
     sparse = torch.from_numpy(np.stack([cols[f.name] for f in schema.sparse], 1).astype(np.int64)) \
         if schema.sparse else torch.zeros(n, 0, dtype=torch.long)
     dense_cols = []
@@ -117,9 +108,10 @@ def to_tensor_table(schema: Schema, cols: dict[str, np.ndarray]) -> TensorTable:
             dense_cols.append(cols[f.name + "__missing"])
     dense = torch.from_numpy(np.stack(dense_cols, 1)) if dense_cols else torch.zeros(n, 0)
     seqs = {f.name: torch.from_numpy(cols[f.name].astype(np.int64)) for f in schema.sequences}
-    labels = {t: torch.from_numpy(cols[t]) for t in schema.task_names}
+    labels = {t: torch.from_numpy(cols[t]) for t in schema.task_names if t in cols}  # none: unlabeled rows
     user = torch.from_numpy(cols["__user__"]) if "__user__" in cols else None
-    return TensorTable(schema, sparse, dense, labels, seqs, user)
+    row = torch.from_numpy(np.asarray(cols[ROW], dtype=np.int64)) if ROW in cols else None
+    return TensorTable(schema, sparse, dense, labels, seqs, user, row=row)
 
 
 def load_prepared(path: str | Path, splits=SPLITS) -> tuple[Schema, dict[str, TensorTable]]:
@@ -140,12 +132,24 @@ def load_prepared(path: str | Path, splits=SPLITS) -> tuple[Schema, dict[str, Te
                 cols[name] = np.require(c.flatten().to_numpy().reshape(len(c), c.type.list_size), requirements="W")
             else:
                 cols[name] = np.require(c.to_numpy(zero_copy_only=False), requirements="W")  # torch needs writable
+        need = [f.name for f in schema.features] + schema.task_names
+        missing = [c for c in need if c not in cols]
+        if missing:
+            raise DataError(f"{f}: no column '{missing[0]}' although schema.json declares it (a folder mixing "
+                            f"two preparations?); prepare it again")
         out[s] = to_tensor_table(schema, cols)
     return schema, out
 
 
 def load_encoders(path: str | Path, schema: Schema) -> Encoders:
-    return Encoders.from_dict(schema, json.loads((Path(path) / "encoders.json").read_text()))
+    f = Path(path) / "encoders.json"
+    if not f.is_file():
+        raise DataError(f"{f}: missing (not a complete prepared folder); run `dynarec data prepare` again")
+    try:
+        d = json.loads(f.read_text())
+        return Encoders.from_dict(schema, d)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise DataError(f"{f}: truncated or not an encoders file ({type(e).__name__}: {e})") from None
 
 
 def synthetic_tables(rows: int = 20_000, seed: int = 0, split_seed: int | None = None, **kw):

@@ -3,17 +3,18 @@ column and the task labels. Saved as JSON next to prepared data (DESIGN.md, "The
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from dynarec.data.validate import boolean, bounds, check_fields, check_keys, increasing, integer, mapping, number, \
+    scalars, text
 from dynarec.errors import SchemaError
-
-from dataclasses import MISSING as _MISSING
 
 KINDS = ("sparse", "dense", "sequence")
 GROUPS = ("user", "item", "author", "context", "domain", "position")
 TASK_TYPES = ("binary", "regression")
+RESERVED = ("_row",)  # prepared-folder columns that are not features
 
 
 @dataclass
@@ -21,9 +22,17 @@ class Feature:
     """One input column.
 
     kind: ``sparse`` (categorical id), ``dense`` (float) or ``sequence`` (variable-length ids).
-    group: one of ``GROUPS``; models resolve their inputs by group (SPEC §1).
+    group: one of ``GROUPS``; models resolve their inputs by group.
     table: embedding table name; features naming the same table share it (default: own name).
     vocab_size: set by the encoder at preparation (ids 0..vocab_size-1, 0 = unknown/rare/padding).
+    null_values: values of this column read as missing (``['?', -1]``), on top of the file's.
+
+    Dense features, in this order (all fitted on the train split): missing -> ``fill_value`` in raw units
+    (unset: missing stays missing and becomes 0 after scaling, i.e. the train mean when standardised);
+    ``clip: [low, high]`` (raw units, either side null); ``transform: log1p``; then ``normalize``
+    (``true`` / ``standard``: z-score, ``minmax``: to [0, 1], ``false``: none). ``buckets: n`` (train
+    quantiles) or ``boundaries: [b1, ...]`` (raw units) turn the column into an embedded sparse field
+    instead (ids 1..n_buckets; 0 = missing when no fill_value is set).
     """
 
     name: str
@@ -32,42 +41,143 @@ class Feature:
     table: str | None = None
     min_count: int = 1
     vocab_size: int = 0
+    null_values: list[str] | None = None
     # dense options
     nan_policy: str = "fill"  # fill | error
-    fill_value: float = 0.0
+    fill_value: float | None = None
     missing_indicator: bool = False
-    normalize: bool = True
+    normalize: bool | str = True
+    clip: list[float | None] | None = None
+    transform: str | None = None
+    buckets: int | None = None
+    boundaries: list[float] | None = None
     # sequence options
     max_len: int = 20
     separator: str = "|"
     pooling: str = "mean"  # mean | sum
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise SchemaError(f"feature '{self.name}': kind must be one of {KINDS}, got '{self.kind}'")
-        if self.group not in GROUPS:
-            raise SchemaError(f"feature '{self.name}': group must be one of {GROUPS}, got '{self.group}'")
-        if self.nan_policy not in ("fill", "error"):
-            raise SchemaError(f"feature '{self.name}': nan_policy must be 'fill' or 'error', got '{self.nan_policy}'")
-        if self.pooling not in ("mean", "sum"):
-            raise SchemaError(f"feature '{self.name}': pooling must be 'mean' or 'sum', got '{self.pooling}'")
+        where = f"feature '{self.name}'"
+        if not isinstance(self.name, str) or not self.name:
+            raise SchemaError(f"feature: key 'name' expects a non-empty string, got {self.name!r}")
+        if self.name in RESERVED:
+            raise SchemaError(f"{where}: the name '{self.name}' is reserved (the prepared folder's raw row index)")
+        check_fields(self, _FEATURE_SPEC, where)
+        if self.kind != "dense":
+            for k in _DENSE_ONLY:
+                if getattr(self, k) != _DEFAULTS[k] and not (k == "fill_value" and self.fill_value == 0.0):
+                    # (schema.json files written before fill_value defaulted to null hold 0.0 for every feature)
+                    raise SchemaError(f"{where}: key '{k}' applies to dense features only (this one is {self.kind})")
+        if self.buckets is not None and self.boundaries is not None:
+            raise SchemaError(f"{where}: give 'buckets' (train quantiles) or 'boundaries', not both")
+        if self.bucketised:
+            for k, why in (("transform", "buckets do not change under a monotone transform"),
+                           ("missing_indicator", "missing values get their own id 0 when fill_value is unset")):
+                if getattr(self, k) != _DEFAULTS[k]:
+                    raise SchemaError(f"{where}: key '{k}' has no effect on a bucketised feature ({why})")
+            if self.normalize not in (True, False, "standard"):
+                raise SchemaError(f"{where}: key 'normalize' has no effect on a bucketised feature")
+            if self.table not in (None, self.name):
+                raise SchemaError(f"{where}: key 'table' cannot share a table: a bucketised feature's ids are its own")
         if self.table is None:
             self.table = self.name
+
+    @property
+    def bucketised(self) -> bool:
+        """A dense column cut into buckets: embedded like a sparse id feature."""
+        return self.kind == "dense" and (self.buckets is not None or self.boundaries is not None)
+
+    @property
+    def embedded(self) -> bool:
+        return self.kind == "sparse" or self.bucketised
+
+    @property
+    def scaling(self) -> str:
+        """'standard', 'minmax' or 'none' (``normalize: true`` means standard)."""
+        return {True: "standard", False: "none"}.get(self.normalize, self.normalize)
+
+
+_FEATURE_SPEC = {
+    "kind": text(KINDS), "group": text(GROUPS), "table": text(nullable=True), "min_count": integer(1),
+    "vocab_size": integer(0), "null_values": scalars(), "nan_policy": text(("fill", "error")),
+    "fill_value": number(nullable=True), "missing_indicator": boolean,
+    "normalize": lambda v: v if isinstance(v, bool) else text(("standard", "minmax", "none"))(v),
+    "clip": bounds, "transform": text(("log1p",), nullable=True), "buckets": integer(2, nullable=True),
+    "boundaries": increasing(1), "max_len": integer(1), "separator": text(), "pooling": text(("mean", "sum")),
+}
+_DEFAULTS = {f.name: f.default for f in fields(Feature)}
+_DENSE_ONLY = ("fill_value", "missing_indicator", "clip", "transform", "buckets", "boundaries")
+_FEATURE_ALIASES = {"type": "kind", "dtype": "kind", "na_values": "null_values", "nulls": "null_values",
+                    "missing": "null_values", "bins": "buckets", "n_buckets": "buckets", "num_buckets": "buckets",
+                    "fill": "fill_value", "log": "transform", "scale": "normalize", "embedding": "table"}
 
 
 @dataclass
 class Task:
+    """One prediction target. ``column``: the source column (default: ``name``; several tasks may read one
+    column). Binary rules: ``positive: [values]`` (those -> 1, the rest -> 0) or ``threshold: x``
+    (value > x -> 1); without a rule the column must hold 0/1. Regression: ``transform: log1p``."""
+
     name: str
     type: str = "binary"
+    column: str | None = None
+    positive: list[str] | None = None
+    threshold: float | None = None
+    transform: str | None = None
 
     def __post_init__(self) -> None:
-        if self.type not in TASK_TYPES:
-            raise SchemaError(f"task '{self.name}': type must be one of {TASK_TYPES}, got '{self.type}'")
+        where = f"task '{self.name}'"
+        if not isinstance(self.name, str) or not self.name:
+            raise SchemaError(f"task: key 'name' expects a non-empty string, got {self.name!r}")
+        if self.name in RESERVED:
+            raise SchemaError(f"{where}: the name '{self.name}' is reserved (the prepared folder's raw row index)")
+        check_fields(self, _TASK_SPEC, where)
+        if self.positive is not None and self.threshold is not None:
+            raise SchemaError(f"{where}: give 'positive' or 'threshold', not both")
+        if self.type == "regression" and (self.positive is not None or self.threshold is not None):
+            raise SchemaError(f"{where}: 'positive' / 'threshold' make a binary label; this task is type regression")
+        if self.type == "binary" and self.transform is not None:
+            raise SchemaError(f"{where}: 'transform' applies to regression tasks (this one is binary)")
+
+    @property
+    def source(self) -> str:
+        return self.column or self.name
+
+
+_TASK_SPEC = {"type": text(TASK_TYPES), "column": text(nullable=True), "positive": scalars(),
+              "threshold": number(nullable=True), "transform": text(("log1p",), nullable=True)}
+_TASK_ALIASES = {"kind": "type", "label": "column", "source": "column", "positives": "positive",
+                 "positive_values": "positive", "cutoff": "threshold"}
+
+
+@dataclass
+class ReadOptions:
+    """How to read the raw file (the schema's ``read:`` section). ``delimiter``: one character (``tab``
+    allowed) for CSV; ``null_values``: tokens read as missing in every column (added to pyarrow's defaults:
+    empty, NA, NULL, NaN, ...); ``encoding`` of a CSV file; ``rename``: raw column -> schema name."""
+
+    delimiter: str = ","
+    null_values: list[str] | None = None
+    encoding: str = "utf-8"
+    rename: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.delimiter in ("tab", "\\t"):
+            self.delimiter = "\t"
+        check_fields(self, _READ_SPEC, "read")
+        if len(self.delimiter) != 1:
+            raise SchemaError(f"read: key 'delimiter' expects one character (or 'tab'), got {self.delimiter!r}")
+
+
+_READ_SPEC = {"delimiter": text(), "null_values": scalars(), "encoding": text(), "rename": mapping}
+_READ_ALIASES = {"sep": "delimiter", "separator": "delimiter", "na_values": "null_values", "nulls": "null_values",
+                 "columns": "rename", "charset": "encoding"}
 
 
 @dataclass
 class Schema:
-    """Features + domain column + task labels (+ optional user column for gAUC and timestamp for splits)."""
+    """Features + domain column + task labels (+ optional user column for gAUC and timestamp for splits,
+    + how to read the raw file)."""
 
     features: list[Feature]
     tasks: list[Task]
@@ -75,17 +185,31 @@ class Schema:
     user: str | None = None
     timestamp: str | None = None
     domain_values: list[str] = field(default_factory=list)  # decoded names of domain ids 1..D-1 (0 = unknown)
+    read: ReadOptions = field(default_factory=ReadOptions)
 
     def __post_init__(self) -> None:
-        self.features = [f if isinstance(f, Feature) else _build(Feature, f, "feature") for f in self.features]
-        self.tasks = [t if isinstance(t, Task) else _build(Task, t, "task") for t in self.tasks]
+        for key in ("features", "tasks"):
+            if not isinstance(getattr(self, key), list):
+                raise SchemaError(f"schema: key '{key}' expects a list, got {type(getattr(self, key)).__name__}")
+        check_fields(self, _SCHEMA_SPEC, "schema")
+        self.features = [f if isinstance(f, Feature) else _build(Feature, f, _item_where("feature", f, i),
+                                                                   _FEATURE_ALIASES)
+                         for i, f in enumerate(self.features)]
+        self.tasks = [t if isinstance(t, Task) else _build(Task, t, _item_where("task", t, i), _TASK_ALIASES)
+                      for i, t in enumerate(self.tasks)]
+        if not isinstance(self.read, ReadOptions):
+            self.read = _build(ReadOptions, {} if self.read is None else self.read, "read", _READ_ALIASES)
         if not self.tasks:
             raise SchemaError("schema: at least one task label column is required under 'tasks'")
         names = [f.name for f in self.features]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise SchemaError(f"schema: feature declared twice: {sorted(dup)}")
-        labels = {t.name for t in self.tasks}
+        tnames = self.task_names
+        dup = {n for n in tnames if tnames.count(n) > 1}
+        if dup:
+            raise SchemaError(f"schema: task declared twice: {sorted(dup)}")
+        labels = {t.source for t in self.tasks} | set(tnames)
         bad = labels & set(names)
         if bad:
             raise SchemaError(f"schema: label column '{sorted(bad)[0]}' is also declared as a feature; a label cannot be an input")
@@ -106,13 +230,21 @@ class Schema:
                 return f
         raise SchemaError(f"schema: no feature named '{name}'")
 
+    def task(self, name: str) -> Task:
+        for t in self.tasks:
+            if t.name == name:
+                return t
+        raise SchemaError(f"schema: no task named '{name}' (tasks: {', '.join(self.task_names)})")
+
     @property
     def sparse(self) -> list[Feature]:
-        return [f for f in self.features if f.kind == "sparse"]
+        """Embedded id columns in declaration order: sparse features and bucketised dense ones."""
+        return [f for f in self.features if f.embedded]
 
     @property
     def dense(self) -> list[Feature]:
-        return [f for f in self.features if f.kind == "dense"]
+        """Float columns fed as they are (bucketised dense features are in ``sparse``)."""
+        return [f for f in self.features if f.kind == "dense" and not f.bucketised]
 
     @property
     def sequences(self) -> list[Feature]:
@@ -139,12 +271,12 @@ class Schema:
         return {f.group for f in self.features}
 
     def columns(self) -> list[str]:
-        """Raw columns needed to prepare data with this schema."""
-        cols = [f.name for f in self.features] + self.task_names
+        """Raw columns needed to prepare data with this schema (after ``read.rename``)."""
+        cols = [f.name for f in self.features] + [t.source for t in self.tasks]
         for c in (self.user, self.timestamp):
-            if c and c not in cols:
+            if c:
                 cols.append(c)
-        return cols
+        return list(dict.fromkeys(cols))
 
     # ---- io ------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -154,7 +286,11 @@ class Schema:
     def from_dict(cls, d: dict[str, Any], source: str = "schema") -> Schema:
         if not isinstance(d, dict):
             raise SchemaError(f"{source}: expected a mapping with keys features, tasks, domain")
-        return _build(cls, d, source)
+        try:
+            return _build(cls, d, "schema")
+        except SchemaError as e:
+            msg = str(e)
+            raise SchemaError(msg if msg.startswith(source) else f"{source}: {msg.removeprefix('schema: ')}") from None
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))
@@ -164,33 +300,37 @@ class Schema:
         p = Path(path)
         if not p.exists():
             raise SchemaError(f"{p}: schema file not found")
-        text = p.read_text()
-        if p.suffix in (".yaml", ".yml"):
-            import yaml
+        if not p.is_file():
+            raise SchemaError(f"{p}: expected a schema file, got a directory")
+        try:
+            text = p.read_text()
+            if p.suffix in (".yaml", ".yml"):
+                import yaml
 
-            d = yaml.safe_load(text)
-        else:
-            d = json.loads(text)
+                d = yaml.safe_load(text)
+            else:
+                d = json.loads(text)
+        except Exception as e:  # yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise SchemaError(f"{p}: not a valid {'YAML' if p.suffix in ('.yaml', '.yml') else 'JSON'} "
+                              f"schema ({first})") from None
         return cls.from_dict(d, str(p))
 
 
-def _build(cls, d: Any, where: str):
-    """Instantiate a dataclass from a dict, naming unknown keys with the closest valid one."""
-    import difflib
+_SCHEMA_SPEC = {"domain": text(), "user": text(nullable=True), "timestamp": text(nullable=True),
+                "domain_values": lambda v: scalars(nullable=False)(v) if v else []}
 
-    if not isinstance(d, dict):
-        raise SchemaError(f"{where}: expected a mapping, got {type(d).__name__}")
-    valid = [f.name for f in fields(cls)]
-    for k in d:
-        if k not in valid:
-            close = difflib.get_close_matches(k, valid, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else f" (valid: {', '.join(valid)})"
-            raise SchemaError(f"{where}: unknown key '{k}'{hint}")
-    missing = [f.name for f in fields(cls) if f.name not in d and f.default is _MISSING and f.default_factory is _MISSING]
+
+def _item_where(kind: str, d: Any, i: int) -> str:
+    name = d.get("name") if isinstance(d, dict) else None
+    return f"{kind} '{name}'" if isinstance(name, str) and name else f"{kind}s[{i}]"
+
+
+def _build(cls, d: Any, where: str, aliases: dict[str, str] | None = None):
+    """Instantiate a schema dataclass from a mapping: unknown keys (with the closest valid one), missing
+    required keys, then every value through the class's checkers (in its ``__post_init__``)."""
+    check_keys(cls, d, where, aliases)
+    missing = [f.name for f in fields(cls) if f.name not in d and f.default is MISSING and f.default_factory is MISSING]
     if missing:
         raise SchemaError(f"{where}: missing required key '{missing[0]}'")
-    try:
-        return cls(**d)
-    except TypeError as e:
-        raise SchemaError(f"{where}: {e}") from None
-
+    return cls(**d)

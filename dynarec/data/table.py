@@ -38,8 +38,9 @@ class TensorTable:
 
     def __init__(self, schema: Schema, sparse: torch.Tensor, dense: torch.Tensor,
                  labels: dict[str, torch.Tensor], sequences: dict[str, torch.Tensor] | None = None,
-                 user: torch.Tensor | None = None):
+                 user: torch.Tensor | None = None, row: torch.Tensor | None = None):
         self.schema = schema
+        self.row = row  # Long [N]: raw row index of each row (prepared folders); never part of a Batch
         self.sparse = sparse.long()
         self.dense = dense.float()
         self.labels = {k: v.float() for k, v in labels.items()}
@@ -65,7 +66,8 @@ class TensorTable:
 
     def subset(self, idx: torch.Tensor) -> TensorTable:
         b = self.take(idx)
-        return TensorTable(self.schema, b.sparse, b.dense, b.labels, b.sequences, b.user)
+        return TensorTable(self.schema, b.sparse, b.dense, b.labels, b.sequences, b.user,
+                           None if self.row is None else self.row[idx])
 
     def batches(self, batch_size: int, shuffle: bool = False,
                 generator: torch.Generator | None = None) -> Iterator[Batch]:

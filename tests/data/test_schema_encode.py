@@ -29,7 +29,7 @@ def test_label_used_as_feature_is_an_error():
 def test_unknown_schema_key_names_the_closest_key():
     with pytest.raises(SchemaError, match="unknown key 'tsks'.*'tasks'"):
         Schema.from_dict({"features": [], "tsks": [], "domain": "d"})
-    with pytest.raises(SchemaError, match="kind must be one of"):
+    with pytest.raises(SchemaError, match="key .kind. expects one of sparse, dense, sequence"):
         Feature("x", kind="categorical")
 
 

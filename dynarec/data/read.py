@@ -1,0 +1,143 @@
+"""Read a raw CSV / Parquet file with the schema's ``read:`` options (delimiter, null tokens, encoding,
+column renames) and a column's own ``null_values``; every failure is one DataError naming the file."""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from dynarec.errors import DataError
+
+_PYARROW_NULLS = list(pacsv.ConvertOptions().null_values)  # '', 'NA', 'NULL', 'NaN', 'nan', 'N/A', ...
+
+
+def read_table(path: str | Path, fmt: str | None = None, columns: list[str] | None = None,
+               options=None) -> pa.Table:
+    """Read a CSV or Parquet file with pyarrow; ``options``: a ``ReadOptions`` (the schema's ``read:``).
+
+    Clear errors for missing / empty / truncated files, duplicate column names and missing ``columns``
+    (checked after the renames)."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{p}: file not found")
+    if p.is_dir() and fmt != "parquet" and p.suffix not in (".parquet", ".pq"):
+        raise DataError(f"{p}: expected a csv or parquet file, got a directory")
+    fmt = fmt or ("parquet" if p.suffix in (".parquet", ".pq") else "csv")
+    if p.is_file() and p.stat().st_size == 0:
+        raise DataError(f"{p}: file is empty")
+    nulls = list(options.null_values or []) if options is not None else []
+    try:
+        if fmt == "parquet":
+            t = pq.read_table(p)
+        elif fmt == "csv":
+            t = pacsv.read_csv(p, **_csv_options(options, nulls))
+        else:
+            raise DataError(f"{p}: unknown format '{fmt}' (expected csv or parquet)")
+    except (pa.ArrowInvalid, OSError, LookupError, UnicodeDecodeError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        kind = "truncated or not a parquet file" if fmt == "parquet" else "not a readable CSV file"
+        raise DataError(f"{p}: {kind} ({msg})") from None
+    names = t.column_names
+    dup = sorted({c for c in names if names.count(c) > 1})
+    if dup:
+        raise DataError(f"{p}: duplicate column name '{dup[0]}'")
+    if t.num_rows == 0:
+        raise DataError(f"{p}: file has no rows")
+    if fmt == "parquet" and nulls:
+        t = pa.table({c: null_tokens(t.column(c), nulls) for c in names})
+    if options is not None and options.rename:
+        t = rename_columns(t, options.rename, str(p))
+    if columns:
+        check_columns(t, columns, str(p))
+    return t
+
+
+def _csv_options(options, nulls: list[str]) -> dict:
+    if options is None:
+        return {}
+    read = pacsv.ReadOptions(encoding=options.encoding)
+    parse = pacsv.ParseOptions(delimiter=options.delimiter)
+    conv = pacsv.ConvertOptions(null_values=_PYARROW_NULLS + nulls, strings_can_be_null=True) if nulls \
+        else pacsv.ConvertOptions()
+    return {"read_options": read, "parse_options": parse, "convert_options": conv}
+
+
+def rename_columns(t: pa.Table, rename: dict[str, str], where: str) -> pa.Table:
+    missing = [c for c in rename if c not in t.column_names]
+    if missing:
+        close = difflib.get_close_matches(missing[0], t.column_names, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise DataError(f"{where}: read.rename names column '{missing[0]}', which the file does not have{hint}")
+    names = [rename.get(c, c) for c in t.column_names]
+    dup = sorted({c for c in names if names.count(c) > 1})
+    if dup:
+        raise DataError(f"{where}: read.rename gives two columns the name '{dup[0]}'")
+    return t.rename_columns(names)
+
+
+def check_columns(t: pa.Table, columns: list[str], where: str) -> None:
+    have = set(t.column_names)
+    for c in columns:
+        if c not in have:
+            close = difflib.get_close_matches(c, list(have), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise DataError(f"{where}: missing column '{c}' required by the schema{hint}")
+
+
+def null_tokens(col: pa.ChunkedArray | pa.Array, tokens: list[str] | None) -> pa.Array:
+    """``col`` with the values equal to one of ``tokens`` set to null. Text columns compare as text;
+    numeric columns compare numerically with the tokens that are numbers (``-1`` matches ``-1.0``)."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if not tokens:
+        return col
+    typ = col.type.value_type if pa.types.is_dictionary(col.type) else col.type
+    if pa.types.is_string(typ) or pa.types.is_large_string(typ):
+        hit = pc.is_in(col, value_set=pa.array(tokens, typ))
+    elif pa.types.is_integer(typ) or pa.types.is_floating(typ):
+        nums = []
+        for s in tokens:
+            try:
+                nums.append(float(s))
+            except ValueError:
+                pass
+        if not nums:
+            return col
+        hit = pc.is_in(pc.cast(col, pa.float64()), value_set=pa.array(nums, pa.float64()))
+    else:
+        return col
+    mask = pc.fill_null(hit, False)
+    if not pc.any(mask).as_py():
+        return col
+    return pc.if_else(mask, pa.scalar(None, col.type), col)
+
+
+
+def as_text(col: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """A column as strings, the way categories are named: integral floats print without the fraction
+    (3.0 and "3" are the same category)."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if pa.types.is_dictionary(col.type):
+        col = col.dictionary_decode()
+    if pa.types.is_floating(col.type):
+        arr = col.to_numpy(zero_copy_only=False)
+        ok = ~np.isnan(arr)
+        if ok.all() and np.all(arr == np.round(arr)):
+            col = pa.array(arr.astype(np.int64))
+    return pc.cast(col, pa.string())
+
+
+def values_seen(col, k: int = 8) -> str:
+    """The ``k`` most frequent values of a column, for error messages: ``'a', 'b' (+3 more)``."""
+    vc = pc.value_counts(pc.drop_null(as_text(col)))
+    v = vc.field("values").to_pylist()
+    c = vc.field("counts").to_numpy()
+    order = np.argsort(-c, kind="stable")
+    shown = ", ".join(repr(v[i]) for i in order[:k])
+    return (shown or "none") + (f" (+{len(v) - k} more)" if len(v) > k else "")
