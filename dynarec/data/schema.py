@@ -305,9 +305,9 @@ class Schema:
         try:
             text = p.read_text()
             if p.suffix in (".yaml", ".yml"):
-                import yaml
+                from dynarec import yamlio
 
-                d = yaml.safe_load(text)
+                d = yamlio.load(text)
             else:
                 d = json.loads(text)
         except Exception as e:  # yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError
