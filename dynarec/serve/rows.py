@@ -2,8 +2,8 @@
 
 A row is an object ``{feature: value}`` holding every raw feature column of the schema (extra keys, such as
 labels or ids, are ignored). Values: sparse features take a string or an integer (``3`` and ``"3"`` are the
-same category, as when a CSV column is read); dense features a number or ``null`` (= missing, handled by the
-feature's ``nan_policy``); sequence features a list of strings / integers or one string joined by the
+same category, as when a CSV column is read) or ``null``; dense features (bucketised ones too) a number or
+``null`` (= missing, handled by the feature's ``nan_policy``); sequence features a list of strings / integers or one string joined by the
 feature's ``separator``. Anything else is a :class:`RowError` naming the row and the feature."""
 from __future__ import annotations
 
@@ -23,9 +23,11 @@ def raw_columns(schema) -> list[str]:
     return [f.name for f in schema.features]
 
 
-def _category(v, name: str, i: int) -> str:
+def _category(v, name: str, i: int) -> str | None:
+    if v is None:
+        return None  # missing: id 0, as an empty CSV cell
     if isinstance(v, bool) or not isinstance(v, (str, int)):
-        raise RowError(f"rows[{i}].{name}: expected a string or an integer (a category), got {_tname(v)}")
+        raise RowError(f"rows[{i}].{name}: expected a string, an integer or null (a category), got {_tname(v)}")
     return str(v)
 
 
