@@ -61,7 +61,9 @@ class TrainStep:
 
     def state_dict(self) -> dict:
         """What a resumed run needs besides the model's weights: every optimizer's state (Adagrad
-        accumulators, Adam moments, step counts) and the task weighting's parameters."""
+        accumulators, Adam moments, step counts) and the task weighting's parameters. Like torch's
+        ``state_dict`` it holds references to the live tensors: ``torch.save`` it (or deep-copy it) to keep a
+        snapshot."""
         return {"optimizers": [o.state_dict() for o in self.optimizers],
                 "weighting": self.weighting.state_dict()}
 
