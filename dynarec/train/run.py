@@ -7,11 +7,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dynarec.config import TrainerConfig, build_dataclass, to_dict
+from dynarec.config import build_dataclass, to_dict
 from dynarec.metrics import evaluate_model
 from dynarec.models import build_model
 from dynarec.train.checkpoint import save_checkpoint
-from dynarec.train.trainer import History, Trainer
+from dynarec.train.config import TrainerConfig
+from dynarec.train.loop import History
+from dynarec.train.trainer import Trainer
 
 
 @dataclass

@@ -1,0 +1,146 @@
+"""The loop's callbacks (:class:`dynarec.train.loop.Callback`): validation, early stopping with best-state
+reload, a rich progress bar, the per-epoch CSV log and a checkpoint hook."""
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+from dynarec.errors import ConfigError
+from dynarec.metrics import evaluate_model
+from dynarec.train.loop import Callback
+
+
+def monitor_value(metrics: dict, monitor: str, tasks: list[str]) -> tuple[float, bool]:
+    """(value, higher_is_better) of ``monitor`` ("auc", "logloss", "gauc", optionally ":task")."""
+    name, _, task = monitor.partition(":")
+    task = task or tasks[0]
+    if name not in ("auc", "logloss", "gauc", "rmse"):
+        raise ConfigError(f"trainer.monitor: expected auc | logloss | gauc | rmse[:task], got '{monitor}'")
+    if task not in tasks:
+        raise ConfigError(f"trainer.monitor: unknown task '{task}' (tasks: {', '.join(tasks)})")
+    v = metrics.get(name, {}).get(task, {}).get("all")
+    if v is None and name == "auc" and "rmse" in metrics and task in metrics["rmse"]:
+        name, v = "rmse", metrics["rmse"][task]["all"]
+    higher = name in ("auc", "gauc")
+    return (float("nan") if v is None else float(v)), higher
+
+
+class Validation(Callback):
+    """After each epoch: metrics on ``valid`` (skipped when it is empty), ``valid_<monitor>`` and
+    ``valid_<auc|logloss|rmse>_<task>`` in the epoch's row, ``loop.monitor`` set for early stopping."""
+
+    def __init__(self, valid, monitor: str = "auc", eval_batch_size: int = 65536):
+        self.valid, self.monitor, self.eval_batch_size = valid, monitor, eval_batch_size
+
+    def on_epoch_end(self, loop, row: dict) -> None:
+        if self.valid is None or not len(self.valid):
+            return
+        m = evaluate_model(loop.model, self.valid, self.eval_batch_size)
+        score, higher = monitor_value(m, self.monitor, loop.model.tasks)
+        row["valid_" + self.monitor] = score
+        for t in loop.model.tasks:
+            for k in ("auc", "logloss", "rmse"):
+                if t in m.get(k, {}):
+                    row[f"valid_{k}_{t}"] = m[k][t]["all"]
+        loop.monitor = (score, higher)
+
+
+class EarlyStopping(Callback):
+    """Keeps a copy of the model's state at the best ``loop.monitor`` (the first epoch always counts as
+    the best so far; a NaN never improves), stops after ``patience`` epochs without improvement and reloads
+    the best state at the end (``history.best_epoch`` / ``best_score``)."""
+
+    def __init__(self, patience: int):
+        self.patience = patience
+        self.best, self.bad, self.best_state = None, 0, None
+
+    def on_epoch_end(self, loop, row: dict) -> None:
+        if loop.monitor is not None:
+            score, higher = loop.monitor
+            best = self.best
+            if best is None or (not math.isnan(score) and (score > best if higher else score < best)):
+                self.best, self.bad, loop.history.best_epoch = score, 0, loop.epoch
+                self.best_state = copy.deepcopy(loop.model.state_dict())
+            else:
+                self.bad += 1
+        if self.bad >= self.patience:
+            loop.stop = True
+
+    def on_fit_end(self, loop) -> None:
+        if self.best_state is not None:
+            loop.model.load_state_dict(self.best_state)
+            loop.history.best_score = self.best
+
+
+class ProgressBar(Callback):
+    """One rich progress bar per epoch (on stderr unless ``console`` is given) with rows/s and the running
+    loss, then the validation value (named ``monitor``) when there is one."""
+
+    def __init__(self, console=None, monitor: str = "auc"):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), TextColumn("{task.fields[rate]}"),
+                            console=console or Console(stderr=True), transient=False)
+        self.monitor, self.started = monitor, False
+
+    def on_fit_start(self, loop) -> None:
+        self.bar.start()
+        self.started = True
+
+    def on_epoch_start(self, loop, epoch: int) -> None:
+        self.task = self.bar.add_task(f"epoch {epoch}/{loop.epochs}", total=loop.rows, rate="")
+        self.t0, self.loss_sum, self.steps = time.perf_counter(), 0.0, 0
+
+    def on_batch_end(self, loop, rows: int, loss: float) -> None:
+        self.loss_sum += loss
+        self.steps += 1
+        el = time.perf_counter() - self.t0
+        self.bar.update(self.task, advance=rows, rate=f"{(self.steps * loop.batch_size) / max(el, 1e-9):,.0f} "
+                        f"rows/s loss {self.loss_sum / self.steps:.4f}")
+
+    def on_epoch_end(self, loop, row: dict) -> None:
+        if loop.monitor is not None:
+            self.bar.update(self.task, rate=f"{row['rows_per_s']:,.0f} rows/s  valid {self.monitor} "
+                            f"{loop.monitor[0]:.4f}")
+
+    def close(self, loop) -> None:
+        if self.started:
+            self.bar.stop()
+            self.started = False
+
+
+class CsvLog(Callback):
+    """Appends each epoch's row to ``path`` (a CSV with a header, written when the file is new)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def on_epoch_end(self, loop, row: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        new = not self.path.exists()
+        with open(self.path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+
+class Checkpointing(Callback):
+    """The checkpoint hook: ``save(loop)`` after every ``every``-th epoch and after the last one, once the
+    other callbacks have seen the epoch (put it last). ``loop.step.state_dict()`` holds the optimizers'
+    state, ``loop.model.state_dict()`` the weights."""
+
+    def __init__(self, save: Callable, every: int = 1):
+        if every < 1:
+            raise ConfigError(f"checkpoint every: expected an integer >= 1, got {every}")
+        self.save, self.every = save, every
+
+    def on_epoch_end(self, loop, row: dict) -> None:
+        if loop.epoch % self.every == 0 or loop.epoch == loop.epochs or loop.stop:
+            self.save(loop)
