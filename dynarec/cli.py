@@ -183,7 +183,7 @@ def cmd_demo(a) -> int:
 
 def cmd_benchmark(a) -> int:
     try:
-        from dynarec.bench.harness import run_suite
+        from dynarec.bench import run_suite
     except ImportError:
         raise DynarecError("benchmark harness is not available in this build") from None
     return run_suite(a.suite, a.out, check=a.check)
