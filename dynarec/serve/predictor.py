@@ -150,6 +150,15 @@ class Predictor:
 
         return predict_table(self.model, encoded.table, batch_size)
 
+    def predict_mc(self, encoded: Encoded, n_passes: int, batch_size: int = 65536,
+                   seed: int | None = 0) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """MC-dropout (Gal & Ghahramani, ICML 2016): -> (task -> mean Float64[N], task -> variance Float64[N])
+        over ``n_passes`` stochastic passes (``dynarec.uncertainty.mc_dropout_predict``)."""
+        from dynarec.uncertainty import mc_dropout_predict
+
+        mean, var = mc_dropout_predict(self.model, encoded.table, n_passes, batch_size, seed)
+        return ({t: v.double().numpy() for t, v in mean.items()}, {t: v.double().numpy() for t, v in var.items()})
+
     def predict_rows(self, rows: list[dict], batch_size: int = 65536) -> tuple[dict[str, np.ndarray], dict[str, int]]:
         """-> (task -> predictions, feature -> unknown count) for JSON-like rows (labels ignored)."""
         enc = self.encode_rows(rows, labels=False)

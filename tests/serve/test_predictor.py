@@ -95,3 +95,16 @@ def test_bad_rows_fail_with_one_clear_line(trained):
     meta = p.metadata()
     assert meta["tasks"] == ["click", "conversion"] and "item_price" in meta["features"]
     assert len(meta["version"]) == 12 and meta["model"] == "dnn"
+
+
+def test_mc_dropout_without_dropout_is_the_point_prediction(trained):
+    """The trained dnn has no dropout: every pass is the same, so the MC mean is the eval prediction (a
+    probability, not a logit) and the variance is exactly 0."""
+    d, test_rows, _ = trained
+    p = Predictor.load(d / "ck")
+    enc = p.encode(test_rows)
+    mean, var = p.predict_mc(enc, 3)
+    point = p.predict(enc)
+    for t in p.tasks:
+        np.testing.assert_allclose(mean[t], point[t], atol=1e-6)
+        assert (var[t] == 0).all()
