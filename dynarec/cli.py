@@ -44,21 +44,12 @@ def cmd_models(a) -> int:
 
 
 def cmd_data_synthetic(a) -> int:
-    import numpy as np
-
-    from dynarec.data.prepare import prepare_table, split_indices
-    from dynarec.data.synthetic import generate, synthetic_schema
+    from dynarec.bench.workflow import write_synthetic
 
     if a.rows < 100:
         raise DynarecError(f"--rows: need at least 100 rows, got {a.rows}")
-    t, truth = generate(a.rows, a.seed)
-    out = Path(a.out)
-    schema = synthetic_schema()
-    prepare_table(t, schema, out, split=a.split, seed=a.seed)
-    idx = split_indices(t, schema, a.split, seed=a.seed)
-    for s, ix in idx.items():  # the true probabilities, row-aligned with each prepared split
-        np.savez(out / f"truth_{s}.npz", p_click=truth["p_click"][ix], p_conversion=truth["p_conversion"][ix])
-    print(f"wrote {a.rows:,} synthetic rows to {out} (train/valid/test parquet + schema.json + encoders.json; "
+    write_synthetic(a.out, a.rows, a.seed, a.split)
+    print(f"wrote {a.rows:,} synthetic rows to {Path(a.out)} (train/valid/test parquet + schema.json + encoders.json; "
           f"true probabilities in truth_<split>.npz)")
     return 0
 
@@ -76,19 +67,9 @@ def _parse_options(opts: list[str] | None) -> dict:
 
 
 def cmd_data_prepare(a) -> int:
-    from dynarec.data.prepare import prepare_table, read_table
-    from dynarec.data.schema import Schema
+    from dynarec.bench.workflow import prepare_input
 
-    if a.raw:  # a named public dataset
-        from dynarec.datasets import load_dataset
-
-        table, schema = load_dataset(a.input, a.raw, **_parse_options(a.option))
-    else:
-        if not a.schema:
-            raise DynarecError("data prepare: --schema FILE is required for a data file (or give a dataset name and --raw DIR)")
-        schema = Schema.load(a.schema)
-        table = read_table(a.input, a.format, columns=schema.columns())
-    tables = prepare_table(table, schema, a.out, split=a.split, seed=a.seed)
+    tables = prepare_input(a.input, a.out, a.schema, a.raw, a.format, _parse_options(a.option), a.split, a.seed)
     print(f"prepared {sum(len(t) for t in tables.values()):,} rows into {a.out}: "
           + ", ".join(f"{k} {len(v):,}" for k, v in tables.items()))
     return 0
@@ -111,66 +92,30 @@ def _print_result(summary: dict, as_json: bool, unknown: dict | None = None) -> 
 
 
 def cmd_train(a) -> int:
-    from dynarec.config import load_experiment, to_dict
-    from dynarec.data.prepare import load_prepared
-    from dynarec.train.run import train_model
+    from dynarec.bench.workflow import train_experiment
+    from dynarec.config import load_experiment
 
     trainer_over = {"trainer.epochs": a.epochs, "trainer.batch_size": a.batch_size, "trainer.lr": a.lr}
     cfg = load_experiment(a.config, {"model": a.model, "data.path": a.data, "seed": a.seed, "out": a.out,
                                      **trainer_over}, a.set)
-    if not cfg.data.path:
-        raise DynarecError("train: no data; give --data DIR (a prepared folder) or data.path in the config")
-    schema, tables = load_prepared(cfg.data.path)
-    enc = json.loads((Path(cfg.data.path) / "encoders.json").read_text())
     if a.json:
         cfg.trainer.progress = cfg.trainer.progress and sys.stderr.isatty()
-    res = train_model(cfg.model, schema, tables, cfg.params, cfg.trainer, cfg.seed, cfg.out, enc, console=_console())
-    Path(cfg.out, "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+    res = train_experiment(cfg, console=_console())
     _print_result(res.summary(cfg.model, cfg.data.path), a.json)
     if not a.json:
         print(f"checkpoint: {res.checkpoint}  ({res.train_rows_per_s:,.0f} train rows/s, best epoch {res.history.best_epoch})")
     return 0
 
 
-def load_eval_table(data: str, split: str, schema, encoders: dict):
-    """A prepared folder (its ``split``) or a raw csv/parquet file encoded with the checkpoint's encoders.
-    Returns (table, unknown counts per feature)."""
-    from dynarec.data.encode import Encoders
-    from dynarec.data.prepare import load_prepared, read_table, to_tensor_table
-
-    p = Path(data)
-    if p.is_dir():
-        ps, tables = load_prepared(p, (split,))
-        if [f.vocab_size for f in ps.fields] != [f.vocab_size for f in schema.fields]:
-            raise DynarecError(f"{p}: prepared with other encoders than the checkpoint's (vocab sizes differ); "
-                               "pass the raw data file instead")
-        return tables[split], {}
-    if encoders is None:
-        raise DynarecError("checkpoint has no encoders; evaluate it on a prepared folder")
-    enc = Encoders.from_dict(schema, encoders)
-    cols = [f.name for f in schema.features] + schema.task_names + ([schema.user] if schema.user else [])
-    t = read_table(p, columns=list(dict.fromkeys(cols)))
-    encoded = enc.transform(t, str(p))
-    return to_tensor_table(schema, encoded), enc.unknown_counts
-
-
 def cmd_evaluate(a) -> int:
-    from dynarec.metrics import evaluate_model
-    from dynarec.train.checkpoint import load_checkpoint
+    from dynarec.serve.predictor import Predictor
 
-    model, blob = load_checkpoint(a.checkpoint)
-    table, unknown = load_eval_table(a.data, a.split, model.schema, blob.get("encoders"))
-    metrics = evaluate_model(model, table)
-    summary = {"model": blob["model"], "data": a.data, "metrics": metrics, "checkpoint": str(a.checkpoint),
-               "rows": len(table), "unknown": {k: v for k, v in unknown.items() if v}}
-    dom_unknown = unknown.get(model.schema.domain, 0)
-    if dom_unknown:
-        print(f"warning: {dom_unknown:,} row(s) have a '{model.schema.domain}' value unseen in training; "
+    predictor = Predictor.load(a.checkpoint)
+    summary = predictor.evaluate(a.data, a.split, a.mc_dropout)
+    domain = predictor.schema.domain
+    if summary["unknown"].get(domain):
+        print(f"warning: {summary['unknown'][domain]:,} row(s) have a '{domain}' value unseen in training; "
               f"mapped to id 0 and reported as domain=<unknown>", file=sys.stderr)
-    if a.mc_dropout:
-        from dynarec.uncertainty import mc_dropout_report
-
-        summary["mc_dropout"] = mc_dropout_report(model, table, a.mc_dropout)
     _print_result(summary, a.json)
     return 0
 
@@ -183,7 +128,7 @@ def cmd_demo(a) -> int:
 
 def cmd_benchmark(a) -> int:
     try:
-        from dynarec.bench.harness import run_suite
+        from dynarec.bench import run_suite
     except ImportError:
         raise DynarecError("benchmark harness is not available in this build") from None
     return run_suite(a.suite, a.out, check=a.check)

@@ -1,4 +1,5 @@
-"""Human-facing output: AUC tables per task × domain (rich), CSV rows and per-domain bar plots."""
+"""Human-facing output: AUC tables per task × domain (rich), CSV rows and the per-domain bar plot shared by
+the demo and the benchmark report."""
 from __future__ import annotations
 
 import csv
@@ -70,13 +71,53 @@ def gate_usage_table(usage: dict[str, dict]):
     return t
 
 
-def plot_domain_auc(results: dict[str, dict], task: str, path: str | Path, counts: dict | None = None,
-                    errors: dict[str, dict] | None = None, title: str | None = None) -> None:
-    """Grouped bars: x = slice (all + domains, with row counts), one bar per model (+ error bars)."""
+def plot_slice_bars(path: str | Path, slices: list[str], values: dict[str, list[float]], *, ylabel: str,
+                    title: str, figsize: tuple[float, float], errors: dict[str, list[float]] | None = None,
+                    ylim: tuple[float, float] | None = None, tick_labels: list[str] | None = None,
+                    tick_rotation: float | None = None, title_size: float | None = None, grid: bool = False,
+                    hatched: tuple[str, ...] = ()) -> None:
+    """The one bar plot of dynarec's reports (demo and benchmark): grouped bars, x = slices ('all' and the
+    domains), one bar per model, written as a PNG (matplotlib, Agg).
+
+    Args:
+        path: the PNG to write.
+        slices: the x positions, in order.
+        values: model -> one value per slice (NaN: no bar).
+        errors: model -> one error-bar half-height per slice (models left out get no error bars).
+        ylim / tick_labels / tick_rotation / title_size / grid: axis details (matplotlib defaults when None).
+        hatched: models drawn grey and hatched (reference rows such as the true probabilities).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
+
+    models = list(values)
+    x = np.arange(len(slices))
+    w = 0.8 / max(len(models), 1)
+    fig, ax = plt.subplots(figsize=figsize)
+    for i, name in enumerate(models):
+        style = {"color": "0.8", "hatch": "//", "edgecolor": "0.5"} if name in hatched else {}
+        ax.bar(x + (i - (len(models) - 1) / 2) * w, values[name], w, yerr=(errors or {}).get(name), label=name,
+               capsize=2, **style)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.set_xticks(x, tick_labels or slices, fontsize=8, **({} if tick_rotation is None else {"rotation": tick_rotation}))
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, **({} if title_size is None else {"fontsize": title_size}))
+    ax.legend(fontsize=7, ncol=min(len(models), 4))
+    if grid:
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_domain_auc(results: dict[str, dict], task: str, path: str | Path, counts: dict | None = None,
+                    errors: dict[str, dict] | None = None, title: str | None = None) -> None:
+    """AUC of ``task`` per slice (all + domains, with row counts in the labels), one bar per model of
+    ``results`` (model -> metrics dict), ``errors`` (model -> slice -> error) as error bars."""
     import numpy as np
 
     models = list(results)
@@ -87,26 +128,11 @@ def plot_domain_auc(results: dict[str, dict], task: str, path: str | Path, count
                 slices.append(s)
     if not slices:
         return
-    x = np.arange(len(slices))
-    w = 0.8 / max(len(models), 1)
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(slices) + 0.3 * len(models)), 4))
-    lo = 1.0
-    for i, name in enumerate(models):
-        vals = [results[name].get("auc", {}).get(task, {}).get(s) or np.nan for s in slices]
-        err = None
-        if errors and name in errors:
-            err = [errors[name].get(s, 0.0) or 0.0 for s in slices]
-        style = {"color": "0.8", "hatch": "//", "edgecolor": "0.5"} if name.startswith("bayes") else {}
-        ax.bar(x + (i - (len(models) - 1) / 2) * w, vals, w, yerr=err, label=name, capsize=2, **style)
-        finite = [v for v in vals if not np.isnan(v)]
-        lo = min([lo] + finite)
+    values = {name: [results[name].get("auc", {}).get(task, {}).get(s) or np.nan for s in slices] for name in models}
+    errs = {name: [errors[name].get(s, 0.0) or 0.0 for s in slices] for name in models if errors and name in errors}
+    lo = min([1.0] + [v for vs in values.values() for v in vs if not np.isnan(v)])
     labels = [s.replace("domain=", "") + (f"\n(n={counts[s]:,})" if counts and s in counts else "") for s in slices]
-    ax.set_xticks(x, labels, fontsize=8)
-    ax.set_ylim(max(0.0, lo - 0.05), 1.0)
-    ax.set_ylabel(f"AUC ({task})")
-    ax.set_title(title or f"AUC per domain — {task}")
-    ax.legend(fontsize=7, ncol=min(len(models), 4))
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plot_slice_bars(path, slices, values, errors=errs, ylim=(max(0.0, lo - 0.05), 1.0), tick_labels=labels,
+                    ylabel=f"AUC ({task})", title=title or f"AUC per domain — {task}", grid=True,
+                    figsize=(max(6, 1.2 * len(slices) + 0.3 * len(models)), 4),
+                    hatched=tuple(m for m in models if m.startswith("bayes")))

@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from dynarec.bench.harness import PeakMemory, aggregate, check_expected, load_suite, render_results, run_suite
+from dynarec.bench import render_results, run_suite
+from dynarec.bench.report import check_expected
+from dynarec.bench.runner import PeakMemory, aggregate
+from dynarec.bench.suite import load_suite
 from dynarec.errors import ConfigError
 
 TINY = """

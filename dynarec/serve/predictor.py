@@ -1,0 +1,186 @@
+"""A trained checkpoint as a predictor: raw rows (a list of dicts, a pyarrow table, a CSV / Parquet file) or
+a prepared folder -> the model's tensors (the checkpoint's own encoders) -> predictions and metrics.
+
+Shared by ``dynarec evaluate`` on raw files, ``dynarec predict`` and the HTTP server. Unknown categories
+(values unseen in training, mapped to id 0) are counted per feature on every encode."""
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from dynarec.errors import DataError
+
+
+@dataclass
+class Encoded:
+    """Rows turned into the model's tensors.
+
+    Attributes:
+        table: a ``TensorTable`` (N rows, the model's schema).
+        unknown: feature -> number of non-null values unseen in training (mapped to id 0); every sparse and
+            sequence feature is present (0 when none); empty for a prepared folder.
+        has_labels: False when the rows carried no labels (the label tensors are zeros then).
+    """
+
+    table: object
+    unknown: dict[str, int] = field(default_factory=dict)
+    has_labels: bool = True
+
+
+class Predictor:
+    """A model in eval mode with its schema and encoders; ``Predictor.load(checkpoint_dir)``.
+
+    Args:
+        model: the trained model (eval mode, inference form).
+        encoders: the checkpoint's ``Encoders`` (None: it can score prepared folders only).
+        name: the registered model name.
+        version: a short checksum of the checkpoint file ('' when built in memory).
+        checkpoint: where it was loaded from ('' when built in memory).
+    """
+
+    def __init__(self, model, encoders=None, name: str = "", version: str = "", checkpoint: str = ""):
+        self.model = model
+        self.schema = model.schema
+        self.encoders = encoders
+        self.name = name or getattr(model, "registry_name", "")
+        self.version = version
+        self.checkpoint = checkpoint
+        self._lock = threading.Lock()  # Encoders.transform keeps its unknown counts on the instance
+
+    @classmethod
+    def load(cls, checkpoint: str | Path) -> Predictor:
+        """The checkpoint folder (or its ``model.pt``) -> a predictor."""
+        from dynarec.data.encode import Encoders
+        from dynarec.train.checkpoint import load_checkpoint
+
+        model, blob = load_checkpoint(checkpoint)
+        enc = Encoders.from_dict(model.schema, blob["encoders"]) if blob.get("encoders") is not None else None
+        p = Path(checkpoint)
+        f = p / "model.pt" if p.is_dir() else p
+        return cls(model, enc, blob["model"], hashlib.sha256(f.read_bytes()).hexdigest()[:12], str(checkpoint))
+
+    # ------------------------------------------------------------------------------------- metadata
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.schema.task_names)
+
+    def feature_columns(self) -> list[str]:
+        """The raw columns every row must have (sparse, sequence and dense features)."""
+        return [f.name for f in self.schema.features]
+
+    def metadata(self) -> dict:
+        """``{model, version, tasks, features, domain, domains}`` (what a server's /metadata shows)."""
+        return {"model": self.name, "version": self.version, "tasks": self.tasks, "features": self.feature_columns(),
+                "domain": self.schema.domain, "domains": list(self.schema.domain_values)}
+
+    # ------------------------------------------------------------------------------------- encoding
+    def encode(self, table: pa.Table, where: str = "rows", labels: bool | None = None) -> Encoded:
+        """Raw rows -> the model's tensors with the checkpoint's encoders.
+
+        Args:
+            table: raw columns (features; labels and the user column optional unless ``labels`` is True).
+            where: names the source in error messages (a file path, 'rows').
+            labels: True: every task's label column (and the user column) is required; False: labels are
+                ignored; None: used when all are present.
+        """
+        from dynarec.data.prepare import check_columns, to_tensor_table
+
+        if self.encoders is None:
+            raise DataError("checkpoint has no encoders; evaluate it on a prepared folder")
+        if table.num_rows == 0:
+            raise DataError(f"{where}: no rows")
+        check_columns(table, self.feature_columns(), where)
+        extra = self.schema.task_names + ([self.schema.user] if self.schema.user else [])
+        if labels:
+            check_columns(table, extra, where)
+        has = bool(labels) or (labels is None and all(c in table.column_names for c in extra))
+        if not has:  # placeholder labels / user ids: the encoders expect the columns, nothing reads them
+            table = table.drop_columns([c for c in extra if c in table.column_names and c not in self.feature_columns()])
+            for t in self.schema.task_names:
+                table = table.append_column(t, pa.array(np.zeros(table.num_rows)))
+            if self.schema.user and self.schema.user not in table.column_names:
+                table = table.append_column(self.schema.user, pa.array([""] * table.num_rows))
+        with self._lock:
+            cols = self.encoders.transform(table, where)
+            unknown = dict(self.encoders.unknown_counts)
+        return Encoded(to_tensor_table(self.schema, cols), unknown, has)
+
+    def encode_rows(self, rows: list[dict], labels: bool | None = None) -> Encoded:
+        """JSON-like rows (``[{"user_id": "u1", "item_price": 3.5, ...}]``) -> the model's tensors."""
+        if not rows:
+            raise DataError("rows: no rows")
+        try:
+            table = pa.Table.from_pylist(list(rows))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as e:
+            raise DataError(f"rows: values of one column have mixed types ({str(e).splitlines()[0]})") from None
+        return self.encode(table, "rows", labels)
+
+    def encode_file(self, path: str | Path, labels: bool | None = None) -> Encoded:
+        """A raw CSV / Parquet file -> the model's tensors."""
+        from dynarec.data.prepare import read_table
+
+        if self.encoders is None:
+            raise DataError("checkpoint has no encoders; evaluate it on a prepared folder")
+        cols = self.feature_columns() + (self.schema.task_names + ([self.schema.user] if self.schema.user else [])
+                                         if labels else [])
+        return self.encode(read_table(path, columns=list(dict.fromkeys(cols))), str(path), labels)
+
+    def load_data(self, data: str | Path, split: str = "test", labels: bool | None = True) -> Encoded:
+        """A prepared folder (its ``split``, which must use the checkpoint's encoders) or a raw file."""
+        from dynarec.data.prepare import load_prepared
+
+        p = Path(data)
+        if not p.is_dir():
+            return self.encode_file(p, labels)
+        ps, tables = load_prepared(p, (split,))
+        if [f.vocab_size for f in ps.fields] != [f.vocab_size for f in self.schema.fields]:
+            raise DataError(f"{p}: prepared with other encoders than the checkpoint's (vocab sizes differ); "
+                            "pass the raw data file instead")
+        return Encoded(tables[split], {}, True)
+
+    # ------------------------------------------------------------------------------------- scoring
+    def predict(self, encoded: Encoded, batch_size: int = 65536) -> dict[str, np.ndarray]:
+        """task -> Float64[N]: probabilities for binary tasks, values for regression, in row order."""
+        from dynarec.metrics import predict_table
+
+        return predict_table(self.model, encoded.table, batch_size)
+
+    def predict_mc(self, encoded: Encoded, n_passes: int, batch_size: int = 65536,
+                   seed: int | None = 0) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """MC-dropout (Gal & Ghahramani, ICML 2016): -> (task -> mean Float64[N], task -> variance Float64[N])
+        over ``n_passes`` stochastic passes (``dynarec.uncertainty.mc_dropout_predict``)."""
+        from dynarec.uncertainty import mc_dropout_predict
+
+        mean, var = mc_dropout_predict(self.model, encoded.table, n_passes, batch_size, seed)
+        return ({t: v.double().numpy() for t, v in mean.items()}, {t: v.double().numpy() for t, v in var.items()})
+
+    def predict_rows(self, rows: list[dict], batch_size: int = 65536) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+        """-> (task -> predictions, feature -> unknown count) for JSON-like rows (labels ignored)."""
+        enc = self.encode_rows(rows, labels=False)
+        return self.predict(enc, batch_size), enc.unknown
+
+    def metrics(self, encoded: Encoded, batch_size: int = 65536) -> dict:
+        """Metrics per task × domain (``dynarec.metrics.evaluate_model``); the rows need labels."""
+        from dynarec.metrics import evaluate_model
+
+        if not encoded.has_labels:
+            raise DataError("metrics need labels; these rows have none (predict them instead)")
+        return evaluate_model(self.model, encoded.table, batch_size)
+
+    def evaluate(self, data: str | Path, split: str = "test", mc_dropout: int = 0) -> dict:
+        """The summary ``dynarec evaluate`` prints: ``{model, data, metrics, checkpoint, rows, unknown}``
+        (``unknown`` keeps the features with unseen values) plus ``mc_dropout`` with N > 0 passes."""
+        enc = self.load_data(data, split)
+        summary = {"model": self.name, "data": str(data), "metrics": self.metrics(enc),
+                   "checkpoint": self.checkpoint, "rows": len(enc.table),
+                   "unknown": {k: v for k, v in enc.unknown.items() if v}}
+        if mc_dropout:
+            from dynarec.uncertainty import mc_dropout_report
+
+            summary["mc_dropout"] = mc_dropout_report(self.model, enc.table, mc_dropout)
+        return summary

@@ -1,0 +1,110 @@
+"""The checkpoint predictor: raw rows give the metrics of the prepared folder for the same rows, unknown
+categories are counted as a hand count finds them, and unlabeled rows get the labeled rows' predictions."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from dynarec.bench.workflow import write_synthetic
+from dynarec.data.prepare import load_prepared, split_indices
+from dynarec.data.synthetic import generate, synthetic_schema
+from dynarec.errors import DataError
+from dynarec.metrics import evaluate_model
+from dynarec.serve import Predictor
+from dynarec.train.run import train_model
+
+ROWS, SEED = 3000, 0
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pred")
+    write_synthetic(d / "data", ROWS, SEED)
+    schema, tables = load_prepared(d / "data")
+    enc = json.loads((d / "data" / "encoders.json").read_text())
+    train_model("dnn", schema, tables, {"hidden": [8], "embed_dim": 4},
+                {"epochs": 1, "batch_size": 512, "progress": False}, 0, d / "ck", enc)
+    raw, _ = generate(ROWS, SEED)
+    test_rows = raw.take(pa.array(split_indices(raw, synthetic_schema(), "random", seed=SEED)["test"]))
+    return d, test_rows, enc
+
+
+def test_raw_test_rows_give_the_prepared_folders_metrics(trained, tmp_path):
+    d, test_rows, _ = trained
+    pq.write_table(test_rows, tmp_path / "test.parquet")
+    p = Predictor.load(d / "ck")
+    from_raw = p.evaluate(tmp_path / "test.parquet")
+    from_folder = p.evaluate(d / "data")
+    assert from_raw["rows"] == from_folder["rows"] == len(test_rows)
+    assert from_raw["metrics"] == from_folder["metrics"]
+    assert from_raw["metrics"] == evaluate_model(p.model, load_prepared(d / "data", ("test",))[1]["test"])
+    assert set(from_raw["metrics"]) >= {"auc", "gauc", "logloss"}
+
+
+def test_unknown_counts_equal_a_hand_count(trained):
+    d, test_rows, enc = trained
+    rows = test_rows.slice(0, 200).to_pylist()
+    for i in range(13):
+        rows[i]["user_id"] = 10**9 + i  # never seen
+    for i in range(5, 12):
+        rows[i]["item_category"] = "no-such-category"
+        rows[i]["hist_categories"] = "c1|no-such-category|other-new"
+    rows[20]["device"] = None  # missing values are not unknown categories
+    p = Predictor.load(d / "ck")
+    got = p.encode_rows(rows).unknown
+    by_hand = {}
+    for f in p.schema.fields:
+        vocab = set(enc["categorical"][f.table])
+        vals = [r[f.name] for r in rows if r[f.name] is not None]
+        if f.kind == "sequence":
+            vals = [v for s in vals for v in str(s).split(f.separator)]
+        by_hand[f.name] = sum(str(v) not in vocab for v in vals)
+    assert got == by_hand
+    assert by_hand["user_id"] >= 13 and by_hand["hist_categories"] >= 14 and by_hand["item_category"] >= 7
+
+
+def test_unlabeled_rows_get_the_labeled_rows_predictions(trained):
+    d, test_rows, _ = trained
+    p = Predictor.load(d / "ck")
+    labeled = p.predict(p.encode(test_rows))
+    preds, unknown = p.predict_rows(test_rows.drop_columns(["click", "conversion"]).to_pylist())
+    assert set(preds) == set(p.tasks) == {"click", "conversion"}
+    for t in p.tasks:
+        np.testing.assert_array_equal(preds[t], labeled[t])
+        assert preds[t].shape == (len(test_rows),) and ((preds[t] > 0) & (preds[t] < 1)).all()
+    assert unknown == p.encode(test_rows).unknown
+    enc = p.encode(test_rows.drop_columns(["click"]))
+    assert not enc.has_labels
+    with pytest.raises(DataError, match="metrics need labels"):
+        p.metrics(enc)
+
+
+def test_bad_rows_fail_with_one_clear_line(trained):
+    d, test_rows, _ = trained
+    p = Predictor.load(d / "ck")
+    with pytest.raises(DataError, match="missing column 'item_price'"):
+        p.encode_rows(test_rows.drop_columns(["item_price"]).to_pylist())
+    with pytest.raises(DataError, match="rows: no rows"):
+        p.encode_rows([])
+    with pytest.raises(DataError, match="missing column 'click'"):
+        p.encode(test_rows.drop_columns(["click"]), labels=True)
+    meta = p.metadata()
+    assert meta["tasks"] == ["click", "conversion"] and "item_price" in meta["features"]
+    assert len(meta["version"]) == 12 and meta["model"] == "dnn"
+
+
+def test_mc_dropout_without_dropout_is_the_point_prediction(trained):
+    """The trained dnn has no dropout: every pass is the same, so the MC mean is the eval prediction (a
+    probability, not a logit) and the variance is exactly 0."""
+    d, test_rows, _ = trained
+    p = Predictor.load(d / "ck")
+    enc = p.encode(test_rows)
+    mean, var = p.predict_mc(enc, 3)
+    point = p.predict(enc)
+    for t in p.tasks:
+        np.testing.assert_allclose(mean[t], point[t], atol=1e-6)
+        assert (var[t] == 0).all()
