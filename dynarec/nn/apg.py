@@ -111,7 +111,6 @@ class APGLinear(nn.Module):
         if len(dims) > 1 and output_aggregation == "attention":
             self.attn_proj = nn.Linear(out_dim, attention_dim)
             self.attn_q = nn.Linear(attention_dim, 1, bias=False)
-        self._uv_cache: tuple | None = None
         self.last_attention: torch.Tensor | None = None
 
     def extra_repr(self) -> str:
@@ -137,16 +136,11 @@ class APGLinear(nn.Module):
         return out
 
     def static_uv(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The shared U (d_in×K) and V (K×d_out) of v4/v5. Unmerged v5 multiplies its factors; in eval mode
-        without grad the product is cached (keyed on the factors' versions), so inference costs v4's."""
+        """The shared U (d_in×K) and V (K×d_out) of v4/v5. Unmerged v5 multiplies its factors at every call
+        (never cached: an in-place optimiser step, e.g. torch's fused Adam, does not bump a tensor's version,
+        so no cache key can see it); :meth:`merge_for_inference` folds them once for serving."""
         if self.version == "v4" or self.merged:
             return self.U, self.V
-        ps = (self.U_l, self.U_r, self.V_l, self.V_r)
-        if not self.training and not torch.is_grad_enabled():
-            key = tuple((p._version, p.data_ptr()) for p in ps)
-            if self._uv_cache is None or self._uv_cache[0] != key:
-                self._uv_cache = (key, self.U_l @ self.U_r, self.V_l @ self.V_r)
-            return self._uv_cache[1], self._uv_cache[2]
         return self.U_l @ self.U_r, self.V_l @ self.V_r
 
     def apply_generated(self, x: torch.Tensor, g: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -228,7 +222,7 @@ class APGLinear(nn.Module):
         for name in ("U_l", "U_r", "V_l", "V_r"):
             delattr(self, name)
         self.U, self.V = nn.Parameter(U.contiguous()), nn.Parameter(V.contiguous())
-        self.merged, self._uv_cache = True, None
+        self.merged = True
         return self
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
