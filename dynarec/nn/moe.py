@@ -114,6 +114,11 @@ class SoftmaxGate(nn.Module):
         self.last = g.detach()
         return g
 
+    @property
+    def mc_dropout(self) -> bool:
+        """Whether MC dropout (:mod:`dynarec.uncertainty`) keeps this gate in training mode (expert dropout on)."""
+        return self.p > 0
+
 
 def mix(gates: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
     """``Σ_i gates[:, i] · experts[:, i, :]``: ``[B, n] × [B, n, d] -> [B, d]``."""

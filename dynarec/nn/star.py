@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from dynarec.nn.mlp import activation as make_activation
@@ -148,21 +147,21 @@ class STARMLP(nn.Module):
         self.layers = nn.ModuleList()
         self.norms = nn.ModuleList()
         self.acts = nn.ModuleList()
+        self.drops = nn.ModuleList()  # nn.Dropout modules, so MC dropout (dynarec.uncertainty) can switch them on
         d = in_dim
         for h in hidden:
             self.layers.append(STARLinear(d, h, num_domains, mode))
             self.norms.append(PartitionedNorm(h, num_domains, norm_decay, norm_eps) if norm else nn.Identity())
             self.acts.append(make_activation(act))
+            self.drops.append(nn.Dropout(dropout) if dropout > 0 else nn.Identity())
             d = h
         self.dropout = dropout
         self.out = STARLinear(d, out_dim, num_domains, mode) if out_dim is not None else None
         self.out_features = out_dim if out_dim is not None else d
 
     def forward(self, x: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
-        for lin, norm, act in zip(self.layers, self.norms, self.acts):
+        for lin, norm, act, drop in zip(self.layers, self.norms, self.acts, self.drops):
             x = lin(x, domain)
             x = norm(x, domain) if isinstance(norm, PartitionedNorm) else x
-            x = act(x)
-            if self.dropout > 0:
-                x = F.dropout(x, self.dropout, self.training)
+            x = drop(act(x))
         return self.out(x, domain) if self.out is not None else x

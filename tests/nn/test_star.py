@@ -214,3 +214,18 @@ def test_partitioned_norm_running_stats_are_bias_corrected_early():
     z = pn(batches[-1], dom)
     assert 0.7 < z.std(0).mean() < 1.3  # ~unit scale; the init Var = 1 would give ~0.1
     assert z.mean(0).abs().max() < 0.5  # centred; the init E = 0 would leave it at ~20
+
+
+def test_starmlp_dropout_is_a_module_mc_dropout_can_switch_on():
+    """STARMLP's dropout lives in ``nn.Dropout`` modules: in eval mode with only those in training mode
+    (what MC dropout does), two passes differ; fully in eval mode they are equal."""
+    torch.manual_seed(0)
+    mlp = STARMLP(6, [16, 8], 1, num_domains=2, dropout=0.5).eval()
+    x, dom = torch.randn(32, 6), torch.randint(0, 2, (32,))
+    with torch.no_grad():
+        assert torch.equal(mlp(x, dom), mlp(x, dom))
+        drops = [m for m in mlp.modules() if isinstance(m, torch.nn.Dropout)]
+        assert len(drops) == 2
+        for m in drops:
+            m.train()
+        assert not torch.equal(mlp(x, dom), mlp(x, dom))
