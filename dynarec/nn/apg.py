@@ -1,8 +1,10 @@
-"""APG: Adaptive Parameter Generation (Yan et al., NeurIPS 2022, arXiv 2203.16218); SPEC §2.1.
+"""APG: Adaptive Parameter Generation (Yan et al., "APG: Adaptive Parameter Generation Network for Click-Through
+Rate Prediction", NeurIPS 2022, arXiv 2203.16218; docs/models.md "apg_<backbone>").
 
 Each instance gets its own weights generated from a condition z_i by a hyper-network G (an MLP whose last
-hidden width is the paper's D). Convention (SPEC §2.1, as FuxiCTR): ``out_i = ((x_i U) S_i) V + b_i`` with
-U: d_in×K, S_i: K×K, V: K×d_out.
+hidden width is the paper's D). Convention (as FuxiCTR's APG.py): ``out_i = ((x_i U) S_i) V + b_i`` with
+U: d_in×K, S_i: K×K, V: K×d_out (the paper's figure applies its V first, so this U is the paper's Vᵀ; the
+costs are symmetric).
 
 | version | generated per instance | forward                                                             |
 |---------|------------------------|---------------------------------------------------------------------|
@@ -39,7 +41,7 @@ GROUPED_MAX_COLS = 1024  # index= path: one [K, G·K] product for all groups whi
 
 
 class APGLinear(nn.Module):
-    """A linear layer whose weights are generated per instance (SPEC §2.1).
+    """A linear layer whose weights are generated per instance (Yan et al., NeurIPS 2022, versions V1–V5).
 
     Args:
         in_dim, out_dim: the layer's widths.
@@ -248,7 +250,7 @@ def merge_for_inference(module: nn.Module) -> int:
 
 
 class InputAggregation(nn.Module):
-    """Mix-wise input aggregation ``z = R(z^1..z^c)`` (SPEC §2.1).
+    """Mix-wise input aggregation ``z = R(z^1..z^c)`` (Yan et al., NeurIPS 2022, mix-wise condition).
 
     ``concat``: z = z^1 ⊕ ... ⊕ z^c. ``mean``: each factor projected to ``width`` then averaged.
     ``attention``: projected factors p^j combined as ``Σ_j softmax_j(qᵀ tanh(W_a p^j)) p^j`` (dynarec choice).
