@@ -1,4 +1,4 @@
-"""APGLinear (SPEC §2.1): versions, conditions, exact inference merge, no (B, d_in, d_out) tensors."""
+"""APGLinear (Yan et al., APG, NeurIPS 2022): versions, conditions, exact inference merge, no (B, d_in, d_out) tensors."""
 import io
 
 import pytest
