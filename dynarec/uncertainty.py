@@ -14,12 +14,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dynarec.nn.moe import SoftmaxGate
-
 
 def _mc_modules(model: nn.Module) -> list[nn.Module]:
+    """The modules MC dropout runs in training mode: every torch dropout module (``nn.Dropout``, ``Dropout1d..3d``,
+    ``AlphaDropout``, ...) and any module declaring ``mc_dropout = True`` (the MMoE gate with expert dropout).
+    A functional dropout call that follows ``self.training`` cannot be switched alone, so layers use modules (tested)."""
     return [m for m in model.modules()
-            if isinstance(m, nn.modules.dropout._DropoutNd) or (isinstance(m, SoftmaxGate) and m.p > 0)]
+            if isinstance(m, nn.modules.dropout._DropoutNd) or getattr(m, "mc_dropout", False) is True]
 
 
 def _task_types(model) -> dict[str, str]:

@@ -1,8 +1,10 @@
-"""APG: Adaptive Parameter Generation (Yan et al., NeurIPS 2022, arXiv 2203.16218); SPEC §2.1.
+"""APG: Adaptive Parameter Generation (Yan et al., "APG: Adaptive Parameter Generation Network for Click-Through
+Rate Prediction", NeurIPS 2022, arXiv 2203.16218; docs/models.md "apg_<backbone>").
 
 Each instance gets its own weights generated from a condition z_i by a hyper-network G (an MLP whose last
-hidden width is the paper's D). Convention (SPEC §2.1, as FuxiCTR): ``out_i = ((x_i U) S_i) V + b_i`` with
-U: d_in×K, S_i: K×K, V: K×d_out.
+hidden width is the paper's D). Convention (as FuxiCTR's APG.py): ``out_i = ((x_i U) S_i) V + b_i`` with
+U: d_in×K, S_i: K×K, V: K×d_out (the paper's figure applies its V first, so this U is the paper's Vᵀ; the
+costs are symmetric).
 
 | version | generated per instance | forward                                                             |
 |---------|------------------------|---------------------------------------------------------------------|
@@ -39,7 +41,7 @@ GROUPED_MAX_COLS = 1024  # index= path: one [K, G·K] product for all groups whi
 
 
 class APGLinear(nn.Module):
-    """A linear layer whose weights are generated per instance (SPEC §2.1).
+    """A linear layer whose weights are generated per instance (Yan et al., NeurIPS 2022, versions V1–V5).
 
     Args:
         in_dim, out_dim: the layer's widths.
@@ -111,7 +113,6 @@ class APGLinear(nn.Module):
         if len(dims) > 1 and output_aggregation == "attention":
             self.attn_proj = nn.Linear(out_dim, attention_dim)
             self.attn_q = nn.Linear(attention_dim, 1, bias=False)
-        self._uv_cache: tuple | None = None
         self.last_attention: torch.Tensor | None = None
 
     def extra_repr(self) -> str:
@@ -137,16 +138,11 @@ class APGLinear(nn.Module):
         return out
 
     def static_uv(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The shared U (d_in×K) and V (K×d_out) of v4/v5. Unmerged v5 multiplies its factors; in eval mode
-        without grad the product is cached (keyed on the factors' versions), so inference costs v4's."""
+        """The shared U (d_in×K) and V (K×d_out) of v4/v5. Unmerged v5 multiplies its factors at every call
+        (never cached: an in-place optimiser step, e.g. torch's fused Adam, does not bump a tensor's version,
+        so no cache key can see it); :meth:`merge_for_inference` folds them once for serving."""
         if self.version == "v4" or self.merged:
             return self.U, self.V
-        ps = (self.U_l, self.U_r, self.V_l, self.V_r)
-        if not self.training and not torch.is_grad_enabled():
-            key = tuple((p._version, p.data_ptr()) for p in ps)
-            if self._uv_cache is None or self._uv_cache[0] != key:
-                self._uv_cache = (key, self.U_l @ self.U_r, self.V_l @ self.V_r)
-            return self._uv_cache[1], self._uv_cache[2]
         return self.U_l @ self.U_r, self.V_l @ self.V_r
 
     def apply_generated(self, x: torch.Tensor, g: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -228,7 +224,7 @@ class APGLinear(nn.Module):
         for name in ("U_l", "U_r", "V_l", "V_r"):
             delattr(self, name)
         self.U, self.V = nn.Parameter(U.contiguous()), nn.Parameter(V.contiguous())
-        self.merged, self._uv_cache = True, None
+        self.merged = True
         return self
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -254,7 +250,7 @@ def merge_for_inference(module: nn.Module) -> int:
 
 
 class InputAggregation(nn.Module):
-    """Mix-wise input aggregation ``z = R(z^1..z^c)`` (SPEC §2.1).
+    """Mix-wise input aggregation ``z = R(z^1..z^c)`` (Yan et al., NeurIPS 2022, mix-wise condition).
 
     ``concat``: z = z^1 ⊕ ... ⊕ z^c. ``mean``: each factor projected to ``width`` then averaged.
     ``attention``: projected factors p^j combined as ``Σ_j softmax_j(qᵀ tanh(W_a p^j)) p^j`` (dynarec choice).

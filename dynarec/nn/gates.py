@@ -1,17 +1,18 @@
-"""Gate layers that rescale hidden units or embeddings by priors (SPEC §1 "Gates", §2.2–2.6).
+"""Gate layers that rescale hidden units or embeddings by priors (LHUC, PPNet, PEPNet, POSO; docs/models.md
+"Gate-based dynamic weights").
 
 All layers take plain tensors, so they drop into any network:
 
-* :class:`GateNU` — ``δ = γ·σ(ReLU(xW1 + b1)W2 + b2)`` (PEPNet's Gate NU, SPEC §2.4; also PPNet's and
-  POSO's gate networks).
-* :class:`LHUC` — ``2σ(r_g) ⊙ h`` with one learned vector per group (Swietojanski et al., TASLP 2016, SPEC §2.2).
-* :class:`EPNet` — ``O_ep = GateNU(E(F_d) ⊕ sg(E)) ⊙ E`` (PEPNet §3 EPNet, SPEC §2.5).
+* :class:`GateNU` — ``δ = γ·σ(ReLU(xW1 + b1)W2 + b2)`` (Chang et al., PEPNet, KDD 2023, Gate NU; also
+  PPNet's and POSO's gate networks).
+* :class:`LHUC` — ``2σ(r_g) ⊙ h`` with one learned vector per group (Swietojanski et al., TASLP 2016).
+* :class:`EPNet` — ``O_ep = GateNU(E(F_d) ⊕ sg(E)) ⊙ E`` (Chang et al., KDD 2023, EPNet).
 * :class:`LayerGates` — one GateNU per layer of a :class:`GatedMLP`, optionally split into per-task chunks
-  (PPNet / PEPNet, SPEC §2.3, §2.6).
+  (PPNet, Kuaishou 2019; PEPNet's PPNet, Chang et al., KDD 2023).
 * :class:`GatedMLP` — an MLP whose layer inputs (``position="input"``) or hidden outputs (``"output"``) are
   multiplied by gates computed elsewhere.
 
-Initialisation (SPEC §1, "dynarec uses"): the last gate layer is zero-initialised, so every gate starts at
+Initialisation (dynarec choice): the last gate layer is zero-initialised, so every gate starts at
 exactly 1 and a gated network starts as its backbone. For γ = 2 this is a zero weight and a zero bias; for
 another γ > 1 the bias is set to ``logit(1/γ)`` so the gate still starts at 1. ``zero_init_last=False``
 keeps PyTorch's default initialisation.
@@ -37,10 +38,10 @@ def gate_start_bias(gamma: float) -> float:
 
 
 class GateNU(nn.Module):
-    """Gate Neural Unit (PEPNet, KDD 2023, Gate NU eq.; SPEC §2.4): ``γ·σ(ReLU(xW1+b1)W2+b2)`` in (0, γ).
+    """Gate Neural Unit (Chang et al., PEPNet, KDD 2023, Gate NU): ``γ·σ(ReLU(xW1+b1)W2+b2)`` in (0, γ).
 
     ``hidden_dim`` defaults to ``out_dim`` (as in the official-style code). ``zero_init_last`` makes the
-    gate exactly 1 at initialisation (SPEC §1)."""
+    gate exactly 1 at initialisation (dynarec choice: a gated network starts as its backbone)."""
 
     def __init__(self, in_dim: int, out_dim: int, hidden_dim: int | None = None, gamma: float = 2.0,
                  zero_init_last: bool = True):
@@ -58,7 +59,7 @@ class GateNU(nn.Module):
 
 
 class LHUC(nn.Module):
-    """Learning Hidden Unit Contributions (Swietojanski, Li, Renals, TASLP 2016; SPEC §2.2).
+    """Learning Hidden Unit Contributions (Swietojanski, Li, Renals, IEEE/ACM TASLP 2016).
 
     ``forward(h, group) = γσ(r_group) ⊙ h`` with ``r ∈ R^{num_groups × dim}``, r initialised so the gate
     is 1 (r = 0 for γ = 2). Only the rows of groups present in the batch receive gradient."""
@@ -77,7 +78,7 @@ class LHUC(nn.Module):
 
 
 class EPNet(nn.Module):
-    """Embedding Personalized Network (PEPNet, KDD 2023, EPNet eq.; SPEC §2.5).
+    """Embedding Personalized Network (Chang et al., PEPNet, KDD 2023, EPNet).
 
     ``forward(emb [B,F,d], domain_x [B,d_dom]) -> O_ep [B,F,d]`` with
     ``O_ep = GateNU(domain_x ⊕ sg(E)) ⊙ E``, ``E = emb.flatten(1)``; the gate hidden width is d_E = F·d.
@@ -85,7 +86,7 @@ class EPNet(nn.Module):
     ``granularity``: ``"field"`` (default) gives one gate per field, broadcast over its d dimensions — the
     paper writes δ_domain ∈ R^k with k the number of features and a feature-wise product (read from the
     paper through secondary sources, unverified); ``"dim"`` gives one gate per dimension of E, as the
-    official-style fun-rec code and SPEC §2.5's (0,2)^{d_E} do.
+    official-style fun-rec code does (a gate in (0,2)^{d_E}).
     ``gate_input``: ``"full"`` (default, the code's ``E(F_d) ⊕ sg(E)``) or ``"domain_only"`` (E(F_d)).
     The stop-gradient keeps the gate from pulling on E through its input; E itself still trains through
     the scaled output ``δ ⊙ E``."""
@@ -116,7 +117,7 @@ class EPNet(nn.Module):
 
 
 class LayerGates(nn.Module):
-    """One GateNU per gated layer (PPNet / PEPNet, SPEC §2.3, §2.6).
+    """One GateNU per gated layer (PPNet, Kuaishou 2019; PEPNet's PPNet, Chang et al., KDD 2023).
 
     ``forward(x) -> list`` of gates, one per width in ``widths``; with ``chunks = T > 1`` each GateNU
     emits ``T·w_l`` values returned as [B, T, w_l] (chunk t for task t)."""
@@ -139,7 +140,7 @@ class LayerGates(nn.Module):
 class GatedMLP(nn.Module):
     """An MLP multiplied by externally computed gates.
 
-    ``position="input"`` (PPNet / PEPNet as the paper writes, SPEC §2.3): ``H_{l+1} = f((δ_l ⊙ H_l)W_l + b_l)``
+    ``position="input"`` (PPNet / PEPNet as the PEPNet paper writes): ``H_{l+1} = f((δ_l ⊙ H_l)W_l + b_l)``
     for every layer including the output layer, so ``gate_dims = [in_dim, h_1, ..., h_{L}]`` (the last only
     with ``out_dim``). ``position="output"`` (LHUC, MLP-POSO, FuxiCTR's PPNet): ``h_{l+1} = δ_l ⊙ φ(h_l W_l + b_l)``
     on hidden layers only, the output layer is not gated: ``gate_dims = [h_1, ..., h_L]``.

@@ -1,5 +1,5 @@
 """M2M layers (Zhang et al., "Leaving No One Behind: A Multi-Scenario Multi-Task Meta Learning Approach
-for Advertiser Modeling", WSDM 2022, arXiv 2201.06814; SPEC §2.8).
+for Advertiser Modeling", WSDM 2022, arXiv 2201.06814; equations as in the fun-rec chapter; docs/models.md "M2M").
 
 * :class:`MetaUnit` — K layers whose weights and biases are generated per sample from a condition
   ``S̃``: ``W_k = reshape(V_w^k S̃ + v_w^k) ∈ R^{B×d_{k-1}×d_k}``, ``b_k = V_b^k S̃ + v_b^k``,
@@ -8,7 +8,7 @@ for Advertiser Modeling", WSDM 2022, arXiv 2201.06814; SPEC §2.8).
   of ONE sample.
 * :class:`MetaTower` — ``L^0 = R``, ``L^j = act(Meta^j(L^{j-1}) + L^{j-1})``.
 * :class:`SequenceSelfAttention` — multi-head self-attention over the tokens of each sample's behaviour
-  sequence (``[B, L, d]``, padding masked), mean-pooled over valid tokens. SPEC §4: a public port fed a
+  sequence (``[B, L, d]``, padding masked), mean-pooled over valid tokens. A public port fed a
   2-D ``[B, d]`` tensor to a transformer, so every sample attended to the rest of its batch; here the
   attention axis is always the sequence axis of one sample.
 
@@ -86,7 +86,7 @@ class MetaUnit(nn.Module):
 
 
 class MetaAttention(nn.Module):
-    """Meta attention over the experts of each sample (SPEC §2.8):
+    """Meta attention over the experts of each sample (Zhang et al., WSDM 2022, meta attention module):
     ``α_i = softmax_i(vᵀ Meta(E_i ⊕ T))``, ``R = Σ_i α_i E_i``. Returns ``(R [B, d], α [B, n])``."""
 
     def __init__(self, expert_dim: int, task_dim: int, cond_dim: int, widths: list[int], act: str = "sigmoid"):

@@ -1,16 +1,17 @@
-"""Mixture-of-experts layers on plain tensors (SPEC §2.12–2.14).
+"""Mixture-of-experts layers on plain tensors (MMoE, PLE, noisy top-k MoE; docs/models.md "Multi-task and
+mixture-of-experts models").
 
-* :class:`Experts` — ``n`` expert MLPs held as registered tensors with a leading expert axis
-  (SPEC §1), evaluated with one ``einsum`` per layer: ``x [B, d_in]`` (or ``[B, n, d_in]``) -> ``[B, n, d]``.
+* :class:`Experts` — ``n`` expert MLPs held as registered tensors with a leading expert axis (so the optimiser
+  sees them), evaluated with one ``einsum`` per layer: ``x [B, d_in]`` (or ``[B, n, d_in]``) -> ``[B, n, d]``.
 * :func:`expert_dropout` / :class:`SoftmaxGate` — the MMoE gate ``softmax(x W_g)`` (Ma et al., KDD 2018) with
   the YouTube "expert dropout" (Zhao et al., RecSys 2019): in training each expert's gate weight is zeroed
   with probability ``p`` and the row renormalised to sum to 1; a row that would lose every expert keeps
-  its gates (SPEC §2.12, "dynarec uses").
+  its gates (dynarec choice).
 * :class:`MMoELayer` — experts + one gate per task: ``h_t = Σ_i g_t(x)_i f_i(x)``.
 * :class:`CGC` / :class:`PLELayer` — Customized Gate Control levels stacked into Progressive Layered
-  Extraction (Tang et al., RecSys 2020; SPEC §2.13).
-* :class:`NoisyTopKGate` / :class:`NoisyTopKMoE` — sparsely-gated noisy top-k MoE (Shazeer et al., ICLR 2017;
-  SPEC §2.14, following the tensor2tensor / davidmrau port): ``G = softmax(KeepTopK(H, k))``,
+  Extraction (Tang et al., RecSys 2020).
+* :class:`NoisyTopKGate` / :class:`NoisyTopKMoE` — sparsely-gated noisy top-k MoE (Shazeer et al., ICLR 2017,
+  arXiv 1701.06538, following the tensor2tensor / davidmrau port): ``G = softmax(KeepTopK(H, k))``,
   ``H = xW_g + ε·(softplus(xW_noise) + 1e-2)`` (noise in training only), importance + load balance losses
   with the load estimated through the normal CDF.
 * :func:`gate_usage_stats` — per-expert usage of a gate (mean weight, top-1 share, normalised entropy,
@@ -83,7 +84,7 @@ def expert_dropout(gates: torch.Tensor, p: float, training: bool = True,
                    generator: torch.Generator | None = None) -> torch.Tensor:
     """Zero each expert's gate weight with probability ``p`` (independently per row), renormalise each
     row to sum to 1. Rows that would lose every expert keep all their gates. Identity when not
-    ``training`` or ``p == 0`` (SPEC §2.12)."""
+    ``training`` or ``p == 0`` (Zhao et al., RecSys 2019, expert dropout)."""
     if not training or p <= 0:
         return gates
     if not 0 <= p < 1:
@@ -113,6 +114,11 @@ class SoftmaxGate(nn.Module):
         g = expert_dropout(torch.softmax(self.linear(x), -1), self.p, self.training)
         self.last = g.detach()
         return g
+
+    @property
+    def mc_dropout(self) -> bool:
+        """Whether MC dropout (:mod:`dynarec.uncertainty`) keeps this gate in training mode (expert dropout on)."""
+        return self.p > 0
 
 
 def mix(gates: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
@@ -201,7 +207,7 @@ class CGC(nn.Module):
 
 
 class PLELayer(nn.Module):
-    """``levels`` stacked CGC levels; the last level has no shared gate (PLE, SPEC §2.13).
+    """``levels`` stacked CGC levels; the last level has no shared gate (PLE, Tang et al., RecSys 2020).
 
     forward: ``x [B, d_in]`` -> list of T tensors ``[B, hidden[-1]]``."""
 
@@ -240,7 +246,7 @@ def cv_squared(x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
 
 
 class NoisyTopKGate(nn.Module):
-    """Noisy top-k gating (Shazeer et al. 2017, SPEC §2.14).
+    """Noisy top-k gating (Shazeer et al., ICLR 2017, noisy top-k gating and the load-balancing losses).
 
     ``H = xW_g + ε·(softplus(xW_noise) + 1e-2)`` with ε ~ N(0,1) only in training (when ``noisy``);
     ``G = softmax(KeepTopK(H, k))`` — exactly k non-zero gates per row, summing to 1. W_g and W_noise start
@@ -290,7 +296,8 @@ class NoisyTopKGate(nn.Module):
 
     def _prob_in_top_k(self, clean, noisy, noise_std, top_vals):
         """P(expert i is in the top k of row x, re-drawing only its own noise): Φ((clean_i − thr)/std_i),
-        thr = the (k+1)-th noisy value if i is in the top k, else the k-th (kth_excl, SPEC §2.14)."""
+        thr = the (k+1)-th noisy value if i is in the top k, else the k-th (``kth_excl`` of the
+        tensor2tensor port)."""
         thr_in = top_vals[:, self.k:self.k + 1]
         thr_out = top_vals[:, self.k - 1:self.k]
         is_in = noisy > thr_in

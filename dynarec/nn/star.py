@@ -1,22 +1,23 @@
 """STAR layers (Sheng et al., "One Model to Serve All: Star Topology Adaptive Recommender for
-Multi-Domain CTR Prediction", CIKM 2021, arXiv 2101.11427; SPEC §2.9).
+Multi-Domain CTR Prediction", CIKM 2021, arXiv 2101.11427; docs/models.md "STAR").
 
 * :class:`STARLinear` — star-topology fully connected layer, ``W*_p = W_p ⊙ W``, ``b*_p = b_p + b``,
   ``out = x W*_p + b*_p`` for a row of domain ``p`` (no activation here; :class:`STARMLP` adds it).
 * :class:`PartitionedNorm` — ``z' = (γ ⊙ γ_p)(z − μ_p)/sqrt(σ_p² + ε) + (β + β_p)`` with per-domain
   batch statistics in training and per-domain running statistics at inference.
 * :class:`STARMLP` — a stack of STARLinear (+ optional PartitionedNorm) layers whose last layer has
-  no activation, so a logit can take either sign (SPEC §4: one public port puts a ReLU on the logit).
+  no activation, so a logit can take either sign (one public port puts a ReLU on the logit, so each domain
+  could only emit a non-negative logit).
 
 All layers take plain tensors: ``x [B, d]`` and ``domain Long [B]`` with ids in ``0..num_domains-1``.
-Per-domain parameters are single registered tensors with a leading domain axis (SPEC §1).
+Per-domain parameters are single registered tensors with a leading domain axis (one public port keeps them in
+a plain list, where the optimiser never sees them).
 """
 from __future__ import annotations
 
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from dynarec.nn.mlp import activation as make_activation
@@ -26,9 +27,11 @@ MODES = ("group", "gather")
 
 class STARLinear(nn.Module):
     """Star-topology linear layer: shared ``W [in, out]``, ``b [out]`` and per-domain ``W_p [D, in, out]``
-    (init 1), ``b_p [D, out]`` (init 0), combined as ``x (W_p ⊙ W) + (b_p + b)`` (SPEC §2.9, product form).
+    (init 1), ``b_p [D, out]`` (init 0), combined as ``x (W_p ⊙ W) + (b_p + b)`` (Sheng et al., CIKM 2021,
+    star topology FCN ``W*_p = W_p ⊙ W``, ``b*_p = b_p + b``: the product form, as MMLRec's
+    ``SharedSpecificLinear``, not an additive ``W + ΔW_p``).
 
-    ``mode="group"`` (default, SPEC "a loop over the domains present in the batch") sorts the rows by
+    ``mode="group"`` (default: a loop over the domains present in the batch) sorts the rows by
     domain and runs one matmul per present domain; ``mode="gather"`` gathers each row's ``[in, out]``
     weight and uses one ``bmm`` (materialises ``B × in × out``; see benchmarks/star_gather_vs_group.py).
     Only domains present in the batch receive gradient in ``W_p``/``b_p``.
@@ -83,7 +86,7 @@ class STARLinear(nn.Module):
 
 
 class PartitionedNorm(nn.Module):
-    """Partitioned normalisation (STAR §3.3; SPEC §2.9).
+    """Partitioned normalisation (Sheng et al., CIKM 2021, section "Partitioned Normalization").
 
     ``z' = (γ ⊙ γ_p) (z − μ) / sqrt(σ² + ε) + (β + β_p)`` where, for a row of domain p,
     * training: μ, σ² are the (biased) statistics of domain p's rows in this batch, and they update the
@@ -92,7 +95,7 @@ class PartitionedNorm(nn.Module):
       choice), so eval after a short training already uses that domain's statistics, not the init 0/1;
       a domain with fewer than 2 rows in the batch uses its running statistics and does not update them;
     * eval: μ = E_p, σ² = Var_p — a row's output never depends on the other rows of its batch.
-    Defaults decay 0.99 and ε 1e-3 follow MMLRec ``DomainBatchNorm`` (SPEC §2.9).
+    Defaults decay 0.99 and ε 1e-3 follow MMLRec ``DomainBatchNorm``.
     """
 
     def __init__(self, num_features: int, num_domains: int, decay: float = 0.99, eps: float = 1e-3):
@@ -139,7 +142,8 @@ class PartitionedNorm(nn.Module):
 
 class STARMLP(nn.Module):
     """Star-topology FCN: ``[STARLinear -> (PartitionedNorm) -> act -> (dropout)] × len(hidden)`` then,
-    if ``out_dim`` is given, a final STARLinear with NO activation (a logit layer; SPEC §4)."""
+    if ``out_dim`` is given, a final STARLinear with NO activation (a logit layer, which must be able to take
+    either sign)."""
 
     def __init__(self, in_dim: int, hidden: list[int], out_dim: int | None, num_domains: int,
                  act: str = "relu", dropout: float = 0.0, norm: bool = False, mode: str = "group",
@@ -148,21 +152,21 @@ class STARMLP(nn.Module):
         self.layers = nn.ModuleList()
         self.norms = nn.ModuleList()
         self.acts = nn.ModuleList()
+        self.drops = nn.ModuleList()  # nn.Dropout modules, so MC dropout (dynarec.uncertainty) can switch them on
         d = in_dim
         for h in hidden:
             self.layers.append(STARLinear(d, h, num_domains, mode))
             self.norms.append(PartitionedNorm(h, num_domains, norm_decay, norm_eps) if norm else nn.Identity())
             self.acts.append(make_activation(act))
+            self.drops.append(nn.Dropout(dropout) if dropout > 0 else nn.Identity())
             d = h
         self.dropout = dropout
         self.out = STARLinear(d, out_dim, num_domains, mode) if out_dim is not None else None
         self.out_features = out_dim if out_dim is not None else d
 
     def forward(self, x: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
-        for lin, norm, act in zip(self.layers, self.norms, self.acts):
+        for lin, norm, act, drop in zip(self.layers, self.norms, self.acts, self.drops):
             x = lin(x, domain)
             x = norm(x, domain) if isinstance(norm, PartitionedNorm) else x
-            x = act(x)
-            if self.dropout > 0:
-                x = F.dropout(x, self.dropout, self.training)
+            x = drop(act(x))
         return self.out(x, domain) if self.out is not None else x

@@ -1,4 +1,4 @@
-"""APGLinear (SPEC §2.1): versions, conditions, exact inference merge, no (B, d_in, d_out) tensors."""
+"""APGLinear (Yan et al., APG, NeurIPS 2022): versions, conditions, exact inference merge, no (B, d_in, d_out) tensors."""
 import io
 
 import pytest
@@ -71,7 +71,7 @@ def test_v5_merge_exact_idempotent_no_P_dim_and_v4_param_count():
     x, z = torch.randn(9, 12), torch.randn(9, 5)
     before = layer(x, z)
     with torch.no_grad():
-        before_nograd = layer(x, z)  # cached-product eval path
+        before_nograd = layer(x, z)  # eval path without autograd
     layer.merge_for_inference()
     after = layer(x, z)
     torch.testing.assert_close(after, before, atol=ATOL, rtol=RTOL)
@@ -108,15 +108,37 @@ def test_v5_merged_checkpoint_loads_into_unmerged_layer_and_back():
     torch.testing.assert_close(m2(x, z), ref, atol=ATOL, rtol=RTOL)
 
 
-def test_v5_eval_cache_follows_parameter_updates():
+def _fused_adam(params):
+    try:
+        return torch.optim.Adam(params, lr=0.1, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(params, lr=0.1)
+
+
+@pytest.mark.parametrize("update", ["add_", "data", "fused_adam"])
+def test_v5_eval_follows_every_parameter_update(update):
+    """Eval-mode v5 output always uses the current factors, also after updates that do not bump a tensor's
+    version counter (``p.data`` writes, torch's fused CPU Adam: they made a version-keyed cache stale)."""
     layer = _layer("v5").eval()
     x, z = torch.randn(3, 12), torch.randn(3, 5)
     with torch.no_grad():
         y0 = layer(x, z)
-        layer.U_r.add_(0.5)  # in-place update must invalidate the cached product
+    if update == "add_":
+        with torch.no_grad():
+            layer.U_r.add_(0.5)
+    elif update == "data":
+        layer.U_r.data.add_(0.5)
+    else:
+        opt = _fused_adam([layer.U_l, layer.U_r, layer.V_l, layer.V_r])
+        layer.train()
+        layer(x, z).sum().backward()
+        opt.step()
+        layer.eval()
+    with torch.no_grad():
         y1 = layer(x, z)
-    with torch.enable_grad():
-        ref = layer(x, z)
+        U, V = layer.U_l @ layer.U_r, layer.V_l @ layer.V_r
+        g = layer.generate(z)
+        ref = torch.bmm((x @ U).unsqueeze(1), g["S"]).squeeze(1) @ V + g["b"]
     assert not torch.allclose(y0, y1)
     torch.testing.assert_close(y1, ref, atol=ATOL, rtol=RTOL)
 

@@ -1,4 +1,4 @@
-"""CAN co-action unit / layer (SPEC §2.10)."""
+"""CAN co-action unit / layer (Bian et al., CAN, WSDM 2022; layout of alibaba/DeepRec's CAN model)."""
 import pytest
 import torch
 
@@ -9,8 +9,8 @@ ATOL = 1e-5
 
 def test_param_width_and_output_width_match_the_reference_defaults():
     unit = CoActionUnit()
-    assert unit.param_dim == 16 * 8 + 8 * 4 == 160  # SPEC §2.10 test 1
-    assert unit.out_dim == 36  # 3 orders × (8 + 4), SPEC §2.10 test 3
+    assert unit.param_dim == 16 * 8 + 8 * 4 == 160  # Σ(d_{l-1}·d_l) of weight_emb_w [[16, 8], [8, 4]], no biases
+    assert unit.out_dim == 36  # 3 orders × (8 + 4)
     assert coaction_param_dim([[16, 8], [8, 4]], [8, 4], 3, True) == 3 * (160 + 12)
     assert CoActionUnit(orders=3, order_indep=True).param_dim == 480
 

@@ -1,4 +1,4 @@
-"""Latent Cross (SPEC §2.11): identity at zero embeddings, exact residual form, gradient to every context."""
+"""Latent Cross (Beutel et al., WSDM 2018): identity at zero embeddings, exact residual form, gradient to every context."""
 import torch
 
 from dynarec.nn.cross import LatentCross

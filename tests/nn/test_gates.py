@@ -1,4 +1,5 @@
-"""Defining properties of the gate layers (SPEC §1 Gates, §2.2 LHUC, §2.4 GateNU, §2.5 EPNet)."""
+"""Defining properties of the gate layers (LHUC: Swietojanski et al., TASLP 2016; Gate NU and
+EPNet: Chang et al., PEPNet, KDD 2023; gates start at exactly 1, a dynarec choice)."""
 import pytest
 import torch
 from torch import nn

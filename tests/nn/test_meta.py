@@ -1,4 +1,5 @@
-"""M2M meta unit / attention / tower and the per-sample sequence attention (SPEC §2.8, §4)."""
+"""M2M meta unit / attention / tower and the per-sample sequence attention (Zhang et al., M2M, WSDM 2022);
+no sample attends to the other samples of its batch (a public port's bug)."""
 import torch
 
 from dynarec.nn.meta import MetaAttention, MetaTower, MetaUnit, SequenceSelfAttention

@@ -1,4 +1,5 @@
-"""Experts, MMoE gates with expert dropout, CGC/PLE and noisy top-k MoE (SPEC §2.12–2.14)."""
+"""Experts, MMoE gates with expert dropout, CGC/PLE and noisy top-k MoE (Ma et al., KDD 2018; Zhao et al.,
+RecSys 2019; Tang et al., RecSys 2020; Shazeer et al., ICLR 2017)."""
 import math
 
 import pytest

@@ -1,4 +1,5 @@
-"""STARLinear / PartitionedNorm / STARMLP (SPEC §2.9, §4)."""
+"""STARLinear / PartitionedNorm / STARMLP (Sheng et al., STAR, CIKM 2021), and two public ports' bugs made
+impossible: a ReLU on the logit, batch statistics over the whole mixed batch at evaluation."""
 import pytest
 import torch
 from torch import nn
@@ -61,7 +62,7 @@ def test_star_linear_group_and_gather_agree_and_keep_row_order():
 def test_star_linear_per_domain_params_registered_and_only_present_domains_get_gradient(mode):
     layer = STARLinear(4, 3, 5, mode=mode)
     names = {n for n, _ in layer.named_parameters()}
-    assert {"domain_weight", "domain_bias"} <= names  # not a plain list (SPEC §1, §4)
+    assert {"domain_weight", "domain_bias"} <= names  # registered tensors, not a plain list the optimiser never sees
     x = torch.randn(10, 4)
     dom = torch.tensor([1, 3] * 5)
     layer(x, dom).pow(2).sum().backward()
@@ -156,7 +157,7 @@ def test_star_mlp_last_layer_has_no_activation():
     with torch.no_grad():
         mlp.out.bias.fill_(-50.0)
     y = mlp(torch.randn(16, 6), torch.randint(0, 2, (16,)))
-    assert (y < 0).all()  # a ReLU on the logit would clamp these to 0 (SPEC §4)
+    assert (y < 0).all()  # a ReLU on the logit would clamp these to 0
     with torch.no_grad():
         mlp.out.bias.fill_(50.0)
     assert (mlp(torch.randn(16, 6), torch.randint(0, 2, (16,))) > 0).all()
@@ -214,3 +215,18 @@ def test_partitioned_norm_running_stats_are_bias_corrected_early():
     z = pn(batches[-1], dom)
     assert 0.7 < z.std(0).mean() < 1.3  # ~unit scale; the init Var = 1 would give ~0.1
     assert z.mean(0).abs().max() < 0.5  # centred; the init E = 0 would leave it at ~20
+
+
+def test_starmlp_dropout_is_a_module_mc_dropout_can_switch_on():
+    """STARMLP's dropout lives in ``nn.Dropout`` modules: in eval mode with only those in training mode
+    (what MC dropout does), two passes differ; fully in eval mode they are equal."""
+    torch.manual_seed(0)
+    mlp = STARMLP(6, [16, 8], 1, num_domains=2, dropout=0.5).eval()
+    x, dom = torch.randn(32, 6), torch.randint(0, 2, (32,))
+    with torch.no_grad():
+        assert torch.equal(mlp(x, dom), mlp(x, dom))
+        drops = [m for m in mlp.modules() if isinstance(m, torch.nn.Dropout)]
+        assert len(drops) == 2
+        for m in drops:
+            m.train()
+        assert not torch.equal(mlp(x, dom), mlp(x, dom))
