@@ -1,6 +1,7 @@
-"""`dynarec` command line: demo, models, data prepare / synthetic, train, evaluate, benchmark.
+"""`dynarec` command line: demo, models, data prepare / synthetic, train, evaluate, predict, export, serve,
+benchmark. Each verb parses its arguments, calls ONE library function and prints its result.
 
-User mistakes (bad data, schema, config) print one line on stderr and exit with code 2."""
+User mistakes (bad data, schema, config, arguments) print one line on stderr and exit with code 2."""
 from __future__ import annotations
 
 import argparse
@@ -43,12 +44,18 @@ def cmd_models(a) -> int:
     return 0
 
 
+def _fractions(text: str | None):
+    from dynarec.data.split import parse_fractions
+
+    return parse_fractions(text) if text else (0.8, 0.1, 0.1)
+
+
 def cmd_data_synthetic(a) -> int:
-    from dynarec.bench.workflow import write_synthetic
+    from dynarec.data.prepare import write_synthetic
 
     if a.rows < 100:
         raise DynarecError(f"--rows: need at least 100 rows, got {a.rows}")
-    write_synthetic(a.out, a.rows, a.seed, a.split)
+    write_synthetic(a.out, a.rows, a.seed, a.split, _fractions(a.fractions))
     print(f"wrote {a.rows:,} synthetic rows to {Path(a.out)} (train/valid/test parquet + schema.json + encoders.json; "
           f"true probabilities in truth_<split>.npz)")
     return 0
@@ -67,9 +74,10 @@ def _parse_options(opts: list[str] | None) -> dict:
 
 
 def cmd_data_prepare(a) -> int:
-    from dynarec.bench.workflow import prepare_input
+    from dynarec.data.prepare import prepare_input
 
-    tables = prepare_input(a.input, a.out, a.schema, a.raw, a.format, _parse_options(a.option), a.split, a.seed)
+    tables = prepare_input(a.input, a.out, a.schema, a.raw, a.format, _parse_options(a.option), a.split,
+                           _fractions(a.fractions), a.seed)
     print(f"prepared {sum(len(t) for t in tables.values()):,} rows into {a.out}: "
           + ", ".join(f"{k} {len(v):,}" for k, v in tables.items()))
     return 0
@@ -92,8 +100,8 @@ def _print_result(summary: dict, as_json: bool, unknown: dict | None = None) -> 
 
 
 def cmd_train(a) -> int:
-    from dynarec.bench.workflow import train_experiment
     from dynarec.config import load_experiment
+    from dynarec.train.run import train_experiment
 
     trainer_over = {"trainer.epochs": a.epochs, "trainer.batch_size": a.batch_size, "trainer.lr": a.lr}
     cfg = load_experiment(a.config, {"model": a.model, "data.path": a.data, "seed": a.seed, "out": a.out,
@@ -110,13 +118,45 @@ def cmd_train(a) -> int:
 def cmd_evaluate(a) -> int:
     from dynarec.serve.predictor import Predictor
 
+    if a.mc_dropout < 0:
+        raise DynarecError(f"--mc-dropout: expected a number of passes >= 0, got {a.mc_dropout}")
+    if a.split is not None and not Path(a.data).is_dir():
+        raise DynarecError(f"--split applies to a prepared folder; {a.data} is a raw file (all its rows are scored)")
     predictor = Predictor.load(a.checkpoint)
-    summary = predictor.evaluate(a.data, a.split, a.mc_dropout)
+    summary = predictor.evaluate(a.data, a.split or "test", a.mc_dropout)
     domain = predictor.schema.domain
     if summary["unknown"].get(domain):
         print(f"warning: {summary['unknown'][domain]:,} row(s) have a '{domain}' value unseen in training; "
               f"mapped to id 0 and reported as domain=<unknown>", file=sys.stderr)
     _print_result(summary, a.json)
+    return 0
+
+
+def cmd_predict(a) -> int:
+    from dynarec.serve.predictor import write_predictions
+
+    res = write_predictions(a.checkpoint, a.data, a.out, a.id_column, a.mc_dropout)
+    for feat, n in res["unknown"].items():
+        print(f"note: {n:,} value(s) of '{feat}' unseen in training (mapped to the unknown id)", file=sys.stderr)
+    print(f"wrote {res['rows']:,} predictions to {res['out']}")
+    return 0
+
+
+def cmd_export(a) -> int:
+    from dynarec.serve.export import export_bundle
+
+    m = export_bundle(a.checkpoint, a.out, a.format)
+    worst = {b: max(v.values()) for b, v in m["parity"].items()}
+    print(f"exported {m['model']} {m['model_version']} to {a.out} ({', '.join(m['backends'])}; max |exported - eager| "
+          + (", ".join(f"{b} {v:.1e}" for b, v in worst.items()) or "n/a") + ")")
+    return 0
+
+
+def cmd_serve(a) -> int:
+    from dynarec.serve.server import ServerConfig, serve
+
+    cfg = ServerConfig(max_batch=a.max_batch, max_wait_ms=a.max_wait_ms, max_rows=a.max_rows, queue_size=a.queue_size)
+    serve(a.model, a.host, a.port, a.backend, a.watch, cfg, a.threads)
     return 0
 
 
@@ -135,9 +175,19 @@ def cmd_benchmark(a) -> int:
 
 
 # ---- parser ---------------------------------------------------------------------------------------
+class UsageError(DynarecError):
+    """A bad command line (argparse's own errors, turned into the one-line form)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit code 2, like every other user mistake
+        where = self.prog.removeprefix("dynarec").strip()
+        raise UsageError(f"{where}: {message}" if where else message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dynarec", description="Multi-domain, multi-task CTR prediction with dynamic weights")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    p = _Parser(prog="dynarec", description="Multi-domain, multi-task CTR prediction with dynamic weights")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
 
     d = sub.add_parser("demo", help="generate the built-in synthetic data, train models, write a report")
     d.add_argument("--quick", action="store_true", help="small run (< 60 s on 2 cores)")
@@ -150,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(fn=cmd_models)
 
     data = sub.add_parser("data", help="prepare data")
-    dsub = data.add_subparsers(dest="data_cmd", required=True)
+    dsub = data.add_subparsers(dest="data_cmd", required=True, parser_class=_Parser)
     pr = dsub.add_parser("prepare", help="encode a csv/parquet file (with --schema) or a public dataset (with --raw)")
     pr.add_argument("input", help="data file, or a dataset name with --raw")
     pr.add_argument("--format", choices=["csv", "parquet"], default=None)
@@ -158,13 +208,16 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--raw", help="folder with a public dataset's raw files")
     pr.add_argument("--option", action="append", metavar="KEY=VALUE", help="dataset loader option")
     pr.add_argument("--out", required=True)
-    pr.add_argument("--split", choices=["random", "temporal"], default="random")
+    pr.add_argument("--split", default="random", metavar="METHOD",
+                    help="random | temporal[:COL] | stratified[:TASK] | group[:COL] | column:COL")
+    pr.add_argument("--fractions", metavar="TRAIN,VALID,TEST", help="default 0.8,0.1,0.1")
     pr.add_argument("--seed", type=int, default=0)
     pr.set_defaults(fn=cmd_data_prepare)
     sy = dsub.add_parser("synthetic", help="write the built-in synthetic data as a prepared folder")
     sy.add_argument("--rows", type=int, default=100_000)
     sy.add_argument("--seed", type=int, default=0)
-    sy.add_argument("--split", choices=["random", "temporal"], default="random")
+    sy.add_argument("--split", default="random", metavar="METHOD", help="random | temporal | stratified[:TASK]")
+    sy.add_argument("--fractions", metavar="TRAIN,VALID,TEST", help="default 0.8,0.1,0.1")
     sy.add_argument("--out", required=True)
     sy.set_defaults(fn=cmd_data_synthetic)
 
@@ -184,10 +237,38 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="score data with a checkpoint")
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--data", required=True, help="prepared folder or raw csv/parquet file")
-    e.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    e.add_argument("--split", default=None, choices=["train", "valid", "test"],
+                   help="split of a prepared folder (default test)")
     e.add_argument("--mc-dropout", type=int, default=0, metavar="N", help="MC-dropout passes (ECE + variance)")
     e.add_argument("--json", action="store_true")
     e.set_defaults(fn=cmd_evaluate)
+
+    pd = sub.add_parser("predict", help="score an unlabeled raw file: one row per input row, one column per task")
+    pd.add_argument("--checkpoint", required=True)
+    pd.add_argument("--data", required=True, help="raw csv/parquet file (labels not needed)")
+    pd.add_argument("--out", required=True, help="FILE.parquet or FILE.csv")
+    pd.add_argument("--id-column", help="copy this input column to the output (default: _row, the raw row index)")
+    pd.add_argument("--mc-dropout", type=int, default=0, metavar="N", help="MC-dropout passes: mean + <task>_var")
+    pd.set_defaults(fn=cmd_predict)
+
+    ex = sub.add_parser("export", help="export a checkpoint to a serving bundle (torch.export + ONNX)")
+    ex.add_argument("--checkpoint", required=True)
+    ex.add_argument("--out", required=True, help="bundle folder")
+    ex.add_argument("--format", default="all", choices=["torch", "onnx", "all"])
+    ex.set_defaults(fn=cmd_export)
+
+    sv = sub.add_parser("serve", help="HTTP predictor on raw feature values over an exported bundle")
+    sv.add_argument("--model", required=True, help="bundle folder (from `dynarec export`)")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--backend", default="onnx", choices=["torch", "onnx", "eager"])
+    sv.add_argument("--watch", help="folder where new bundles appear (hot reload)")
+    sv.add_argument("--max-batch", type=int, default=256, help="rows per inference call (micro-batching)")
+    sv.add_argument("--max-wait-ms", type=float, default=2.0, help="wait at most this long to fill a batch")
+    sv.add_argument("--max-rows", type=int, default=4096, help="rows per request")
+    sv.add_argument("--queue-size", type=int, default=1024, help="pending requests before 503")
+    sv.add_argument("--threads", type=int, default=0, help="torch / ONNX Runtime threads (0 = default)")
+    sv.set_defaults(fn=cmd_serve)
 
     b = sub.add_parser("benchmark", help="run a benchmark suite (models × datasets × seeds)")
     b.add_argument("--suite", required=True)
@@ -198,8 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         return int(args.fn(args) or 0)
     except DynarecError as e:
         print(f"dynarec: error: {e}", file=sys.stderr)

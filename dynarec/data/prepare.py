@@ -72,8 +72,11 @@ def prepare_table(t: pa.Table, schema: Schema, out: str | Path | None = None, sp
     encoded = {s: enc.transform(t.take(pa.array(idx[s])), s) for s in SPLITS}
     for s in SPLITS:
         encoded[s][ROW] = idx[s].astype(np.int64)
-    if out is not None:
-        write_prepared(out, schema, enc, encoded, spec)
+    if out is not None:  # written aside and swapped in: no stale file of an earlier dataset, nothing lost on error
+        from dynarec.outdir import atomic_dir
+
+        with atomic_dir(out, ("schema.json",), "prepared data") as tmp:
+            write_prepared(tmp, schema, enc, encoded, spec)
     return {s: to_tensor_table(schema, encoded[s]) for s in SPLITS}
 
 
@@ -150,6 +153,44 @@ def load_encoders(path: str | Path, schema: Schema) -> Encoders:
         return Encoders.from_dict(schema, d)
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise DataError(f"{f}: truncated or not an encoders file ({type(e).__name__}: {e})") from None
+
+
+def write_synthetic(out: str | Path, rows: int, seed: int = 0, split: str | SplitSpec = "random",
+                    fractions=(0.8, 0.1, 0.1)) -> dict[str, TensorTable]:
+    """The built-in synthetic data as a prepared folder in ``out`` plus its true probabilities
+    ``truth_<split>.npz`` (``p_click``, ``p_conversion``), row-aligned with each prepared split.
+
+    Args:
+        rows: raw rows before the split. seed: the generator's and the split's seed.
+        split, fractions: as :func:`prepare_table`.
+    Returns: {split: TensorTable}."""
+    from dynarec.data.synthetic import generate, synthetic_schema
+
+    t, truth = generate(rows, seed)
+    tables = prepare_table(t, synthetic_schema(), out, split, fractions, seed, source="synthetic data")
+    for s, tt in tables.items():
+        ix = tt.row.numpy()
+        np.savez(Path(out) / f"truth_{s}.npz", p_click=truth["p_click"][ix], p_conversion=truth["p_conversion"][ix])
+    return tables
+
+
+def prepare_input(source: str, out: str | Path, schema_file: str | None = None, raw: str | None = None,
+                  fmt: str | None = None, options: dict | None = None, split: str | SplitSpec = "random",
+                  fractions=(0.8, 0.1, 0.1), seed: int = 0) -> dict[str, TensorTable]:
+    """``dynarec data prepare``: a prepared folder in ``out`` from a data file with its schema (``schema_file``,
+    whose ``read:`` options apply) or from a public dataset (``source`` = its loader name, ``raw`` = its folder,
+    ``options`` for the loader). Returns: {split: TensorTable}."""
+    if raw:
+        from dynarec.datasets import load_dataset
+
+        table, schema = load_dataset(source, raw, **(options or {}))
+        return prepare_table(table, schema, out, split, fractions, seed, source=str(raw))
+    if not schema_file:
+        raise DataError("data prepare: --schema FILE is required for a data file (or give a dataset name and --raw DIR)")
+    if options:
+        raise DataError("data prepare: --option applies to a named dataset (with --raw); a data file takes its "
+                        "reading options from the schema's read: section")
+    return prepare_file(source, Schema.load(schema_file), out, split, fractions, seed, fmt)
 
 
 def synthetic_tables(rows: int = 20_000, seed: int = 0, split_seed: int | None = None, **kw):

@@ -95,18 +95,12 @@ class Predictor:
         if table.num_rows == 0:
             raise DataError(f"{where}: no rows")
         check_columns(table, self.feature_columns(), where)
-        extra = self.schema.task_names + ([self.schema.user] if self.schema.user else [])
+        extra = [t.source for t in self.schema.tasks] + ([self.schema.user] if self.schema.user else [])
         if labels:
             check_columns(table, extra, where)
         has = bool(labels) or (labels is None and all(c in table.column_names for c in extra))
-        if not has:  # placeholder labels / user ids: the encoders expect the columns, nothing reads them
-            table = table.drop_columns([c for c in extra if c in table.column_names and c not in self.feature_columns()])
-            for t in self.schema.task_names:
-                table = table.append_column(t, pa.array(np.zeros(table.num_rows)))
-            if self.schema.user and self.schema.user not in table.column_names:
-                table = table.append_column(self.schema.user, pa.array([""] * table.num_rows))
         with self._lock:
-            cols = self.encoders.transform(table, where)
+            cols = self.encoders.transform(table, where, labels=has)
             unknown = dict(self.encoders.unknown_counts)
         return Encoded(to_tensor_table(self.schema, cols), unknown, has)
 
@@ -122,13 +116,16 @@ class Predictor:
 
     def encode_file(self, path: str | Path, labels: bool | None = None) -> Encoded:
         """A raw CSV / Parquet file -> the model's tensors."""
-        from dynarec.data.prepare import read_table
+        from dynarec.data.prepare import read_raw
 
         if self.encoders is None:
             raise DataError("checkpoint has no encoders; evaluate it on a prepared folder")
-        cols = self.feature_columns() + (self.schema.task_names + ([self.schema.user] if self.schema.user else [])
-                                         if labels else [])
-        return self.encode(read_table(path, columns=list(dict.fromkeys(cols))), str(path), labels)
+        table = read_raw(path, self.schema, labels=labels is not False)
+        enc = self.encode(table, str(path), labels)
+        import torch
+
+        enc.table.row = torch.arange(table.num_rows)  # the raw row index of every row
+        return enc
 
     def load_data(self, data: str | Path, split: str = "test", labels: bool | None = True) -> Encoded:
         """A prepared folder (its ``split``, which must use the checkpoint's encoders) or a raw file."""
@@ -184,3 +181,50 @@ class Predictor:
 
             summary["mc_dropout"] = mc_dropout_report(self.model, enc.table, mc_dropout)
         return summary
+
+
+def write_predictions(checkpoint: str | Path, data: str | Path, out: str | Path, id_column: str | None = None,
+                      mc_dropout: int = 0, batch_size: int = 65536) -> dict:
+    """``dynarec predict``: one output row per input row of the raw file ``data`` (no labels needed), one
+    probability (binary) / value (regression) column per task — the MC-dropout mean plus ``<task>_var`` with
+    ``mc_dropout`` passes — and the raw row index ``_row`` (or ``id_column`` copied from the input).
+    ``out`` ends in .parquet or .csv; written to a temporary file and renamed. -> {rows, unknown, out}."""
+    import os
+
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from dynarec.data.prepare import read_table
+
+    out = Path(out)
+    if out.suffix not in (".parquet", ".csv"):
+        raise DataError(f"--out {out}: expected a .parquet or .csv file name")
+    if out.is_dir():
+        raise DataError(f"--out {out}: is a folder; expected a .parquet or .csv file name")
+    if mc_dropout < 0:
+        raise DataError(f"--mc-dropout: expected a number of passes >= 0, got {mc_dropout}")
+    p = Path(data)
+    if p.is_dir():
+        raise DataError(f"{p}: predict reads a raw CSV / Parquet file, got a folder")
+    pred = Predictor.load(checkpoint)
+    ids = None
+    if id_column:
+        raw = read_table(p, columns=None, options=pred.schema.read)
+        if id_column not in raw.column_names:
+            raise DataError(f"{p}: --id-column '{id_column}' is not a column (have: {', '.join(raw.column_names)})")
+        ids = raw.column(id_column)
+    enc = pred.encode_file(p, labels=False)
+    cols = {id_column: ids} if ids is not None else {"_row": pa.array(enc.table.row.numpy())}
+    if mc_dropout:
+        mean, var = pred.predict_mc(enc, mc_dropout, batch_size)
+        for t in pred.tasks:
+            cols[t], cols[f"{t}_var"] = pa.array(mean[t]), pa.array(var[t])
+    else:
+        for t, v in pred.predict(enc, batch_size).items():
+            cols[t] = pa.array(v)
+    table = pa.table(cols)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    (pq.write_table if out.suffix == ".parquet" else pacsv.write_csv)(table, tmp)
+    os.replace(tmp, out)
+    return {"rows": table.num_rows, "unknown": {k: v for k, v in enc.unknown.items() if v}, "out": str(out)}

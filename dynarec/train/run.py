@@ -73,3 +73,20 @@ def train_model(model_name: str, schema, tables: dict, params: dict | None = Non
             (Path(out) / "gate_usage.json").write_text(json.dumps(usage, indent=2))
     return Result(model, metrics, hist, hist.train_rows_per_s, params, ckpt, eval_rows_per_s=eval_rps,
                   gate_usage=usage)
+
+
+def train_experiment(cfg, console=None) -> Result:
+    """``dynarec train``: train ``cfg`` (an ``ExperimentConfig``) on its prepared folder; checkpoint (with the
+    folder's encoders), log and ``config.json`` in ``cfg.out``. Returns the ``train_model`` result."""
+    from dynarec.config import to_dict
+    from dynarec.data.prepare import load_encoders, load_prepared
+    from dynarec.errors import DynarecError
+
+    if not cfg.data.path:
+        raise DynarecError("train: no data; give --data DIR (a prepared folder) or data.path in the config")
+    schema, tables = load_prepared(cfg.data.path)
+    load_encoders(cfg.data.path, schema)  # a missing / broken encoders.json is a one-line error
+    enc = json.loads((Path(cfg.data.path) / "encoders.json").read_text())
+    res = train_model(cfg.model, schema, tables, cfg.params, cfg.trainer, cfg.seed, cfg.out, enc, console=console)
+    Path(cfg.out, "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+    return res

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dynarec.bench.workflow import write_synthetic
+from dynarec.data.prepare import write_synthetic
 from dynarec.data.prepare import load_prepared, split_indices
 from dynarec.data.synthetic import generate, synthetic_schema
 from dynarec.errors import DataError

@@ -6,7 +6,8 @@ import json
 
 import numpy as np
 
-from dynarec.bench.workflow import train_experiment, write_synthetic
+from dynarec.data.prepare import write_synthetic
+from dynarec.train.run import train_experiment
 from dynarec.config import load_experiment
 from dynarec.data.prepare import load_prepared, split_indices
 from dynarec.data.synthetic import generate, synthetic_schema
