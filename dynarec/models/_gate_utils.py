@@ -8,7 +8,6 @@ stop-gradient inputs and must get none)."""
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from dynarec.errors import ConfigError
 
@@ -50,31 +49,6 @@ def dense_index(schema, groups) -> list[int]:
             out.extend(range(j, j + w))
         j += w
     return out
-
-
-class PriorEmbedding(nn.Module):
-    """Gate-only embedding tables for prior id features (PPNet's uid / pid / aid tables, SPEC §2.3).
-
-    ``forward(sparse Long [B, S]) -> [B, len(cols)·dim]``. Fields naming the same schema ``table`` share
-    rows. Dense gradients (these tables are small, gate_emb_dim wide), so any optimizer can train them."""
-
-    def __init__(self, schema, cols: list[int], dim: int, init_std: float = 1e-2):
-        super().__init__()
-        feats = [schema.sparse[i] for i in cols]
-        offsets, total = {}, 0
-        for f in feats:
-            if f.table not in offsets:
-                offsets[f.table] = total
-                total += max(f.vocab_size, 1)
-        self.register_buffer("cols", torch.tensor(cols, dtype=torch.long), persistent=False)
-        self.register_buffer("offsets", torch.tensor([offsets[f.table] for f in feats], dtype=torch.long),
-                             persistent=False)
-        self.table = nn.Embedding(total, dim)
-        nn.init.normal_(self.table.weight, std=init_std)
-        self.out_dim = len(cols) * dim
-
-    def forward(self, sparse: torch.Tensor) -> torch.Tensor:
-        return self.table(sparse[:, self.cols] + self.offsets).flatten(1)
 
 
 class GateRecorder:

@@ -34,6 +34,7 @@ from dynarec.models.registry import register
 from dynarec.models.wdl import WDL
 from dynarec.nn.apg import APGMLP, INPUT_AGGREGATIONS, VERSIONS, InputAggregation, merge_for_inference
 from dynarec.nn.mlp import MLP
+from dynarec.tables.spec import TableSpec
 
 PAPER = "Yan et al., APG: Adaptive Parameter Generation Network for Click-Through Rate Prediction, NeurIPS 2022"
 CONDITION_MODES = ("group-wise", "mix-wise", "self-wise")
@@ -91,8 +92,9 @@ class APGMixin:
         dims = []
         for g in groups:
             if g == "domain":
-                self.apg_domain_table = nn.Embedding(self.num_domains, c.condition_dim)
-                nn.init.normal_(self.apg_domain_table.weight, std=1.0)
+                # APG's own condition table of the domain id (dense optimizer, undetached)
+                self.tables.add(TableSpec("apg_domain", self.num_domains, c.condition_dim, 1.0, "dense",
+                                          (self.schema.domain,)), legacy="apg_domain_table")
                 dom_field = [f.name for f in self.schema.fields].index(self.schema.domain)
                 idx = [i for i in self.field_index("domain", "apg condition") if i != dom_field]
                 dims.append(c.condition_dim + len(idx) * c.embed_dim)
@@ -126,6 +128,13 @@ class APGMixin:
             raise ConfigError(f"model.{self.registry_name}.hidden: APG needs at least one hidden layer to generate")
         return APGMLP(in_dim, list(hidden), self._apg_cond_dim, None, c.activation, c.dropout, c.batch_norm,
                       **self._apg_kwargs())
+
+    @property
+    def apg_domain_table(self) -> nn.Embedding:
+        """APG's condition table of the domain id (``group-wise`` / ``mix-wise`` with the domain group)."""
+        if "apg_domain" not in self.tables:
+            raise AttributeError("apg_domain_table")
+        return self.tables["apg_domain"]
 
     def apg_condition(self, batch, emb: torch.Tensor):
         """The condition for this batch: None (self-wise), a tensor, or a list of factors (output aggregation)."""
@@ -218,7 +227,7 @@ class APGMultiTask(APGMixin, CTRBackbone):
         self.towers = nn.ModuleDict({t: self.build_deep(self.bottom.out_features, c.tower_hidden) for t in self.tasks})
         self.heads = nn.ModuleDict({t: nn.Linear(self.towers[t].out_features, 1) for t in self.tasks})
 
-    def forward(self, batch):
+    def compute(self, batch):
         emb = self.embed(batch)
         x = self.bottom(self.flat_input(batch, emb))
         z, index = self.apg_condition_args(batch, emb)

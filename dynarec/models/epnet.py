@@ -75,7 +75,7 @@ class EPNetModel(DomainSide, GateRecorder, BaseModel):
         self._build_epnet(c, "model.epnet", check_gate_common("model.epnet", c))
         self.mlp = MLP(self.input_dim, c.hidden, len(self.tasks), c.activation, c.dropout, c.batch_norm)
 
-    def forward(self, batch):
+    def compute(self, batch):
         self._start_record()
         out = self.mlp(self.flat_input(batch, self.epnet_embed(batch)))
         return {t: out[:, i] for i, t in enumerate(self.tasks)}

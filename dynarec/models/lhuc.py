@@ -45,7 +45,7 @@ class LHUCModel(BaseModel):
             for m in self.lhuc:
                 nn.init.normal_(m.r, std=0.1)
 
-    def forward(self, batch):
+    def compute(self, batch):
         g = batch.sparse[:, self.group_col]
         out = self.mlp(self.flat_input(batch), [m.gate(g) for m in self.lhuc])
         return {t: out[:, i] for i, t in enumerate(self.tasks)}

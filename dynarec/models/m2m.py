@@ -20,6 +20,7 @@ from dynarec.models.base import BaseModel, ModelConfig
 from dynarec.models.registry import register
 from dynarec.nn.meta import MetaAttention, MetaTower, SequenceSelfAttention
 from dynarec.nn.mlp import ACTIVATIONS, MLP
+from dynarec.tables.spec import TableSpec
 
 
 @register("m2m", paper="Zhang et al., Leaving No One Behind: A Multi-Scenario Multi-Task Meta Learning Approach "
@@ -67,7 +68,8 @@ class M2M(BaseModel):
                                 c.activation)
         d_s = self.scenario_mlp.out_features
         T = len(self.tasks)
-        self.task_emb = nn.Embedding(T, c.task_embed_dim)
+        # task embedding Emb(t): torch's default N(0, 1) init, dense optimizer
+        self.tables.add(TableSpec("m2m_task", T, c.task_embed_dim), legacy="task_emb")
         self.task_mlp = MLP(c.task_embed_dim, c.task_hidden, None, c.activation)
         d_t = self.task_mlp.out_features
         act = c.meta_activation
@@ -94,11 +96,11 @@ class M2M(BaseModel):
         x = torch.cat(parts, 1)
         return torch.stack([e(x) for e in self.experts], 1)
 
-    def forward(self, batch):
+    def compute(self, batch):
         emb = self.embed(batch)
         s = self.scenario_summary(emb)
         ex = self.expert_outputs(batch, emb)
-        task_vecs = self.task_mlp(self.task_emb.weight)  # [T, d_t]
+        task_vecs = self.task_mlp(self.tables["m2m_task"].weight)  # [T, d_t]
         out = {}
         for i, t in enumerate(self.tasks):
             r, alpha = self.attention[t](ex, task_vecs[i], s)

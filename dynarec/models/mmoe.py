@@ -48,6 +48,6 @@ class MMoE(MTLModel):
     def gate_modules(self):
         return dict(zip(self.tasks, self.mmoe.gates))
 
-    def forward(self, batch):
+    def compute(self, batch):
         hs = self.mmoe(self.main_input(batch))
         return self.finish(batch, {t: self.towers[t](h) for t, h in zip(self.tasks, hs)})

@@ -86,7 +86,8 @@ class MTLModel(BaseModel):
         self.pos_tasks = list(c.position_tasks or self.tasks)
         sizes = [max(self.schema.feature(n).vocab_size, 1) for n in c.position_cross]
         self.position_tower = PositionBiasTower(max(self.schema.feature(pos_name).vocab_size, 2), len(self.pos_tasks),
-                                                sizes, hidden=c.position_hidden, dropout=c.position_dropout)
+                                                sizes, hidden=c.position_hidden, dropout=c.position_dropout,
+                                                tables=self.tables, legacy="position_tower")
         # the main towers never see the position (it is explained by the shallow tower only)
         pos_groups = {f.name for f in self.schema.fields if f.group == "position"} | {pos_name}
         self.main_fields = [i for i, f in enumerate(self.schema.fields) if f.name not in pos_groups]
@@ -198,6 +199,6 @@ class SparseMoE(MTLModel):
     def gate_modules(self):
         return {"moe": self.moe.gate}
 
-    def forward(self, batch):
+    def compute(self, batch):
         h = self.moe(self.main_input(batch))
         return self.finish(batch, {t: tw(h) for t, tw in self.towers.items()})

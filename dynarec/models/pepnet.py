@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from dynarec.models._gate_utils import (GateRecorder, PriorEmbedding, check_choice, check_gate_common,
+from dynarec.models._gate_utils import (GateRecorder, check_choice, check_gate_common,
                                         default_prior_groups, sparse_fields)
 from dynarec.models.base import BaseModel, ModelConfig
 from dynarec.models.epnet import DomainSide, EPNetOptions
@@ -49,14 +49,14 @@ class PEPNet(DomainSide, GateRecorder, BaseModel):
         self._build_epnet(c, where, zero)
         self.prior_fields = sparse_fields(self, default_prior_groups(schema, c.gate_groups), c.gate_features,
                                           f"{where} gate_groups")
-        self.priors = PriorEmbedding(schema, self.prior_fields, c.gate_emb_dim)
+        self.priors = self.prior_embedding(self.prior_fields, c.gate_emb_dim)
         self.towers = nn.ModuleDict({t: GatedMLP(self.input_dim, c.tower_hidden, 1, c.activation, c.dropout,
                                                  c.batch_norm, c.gate_position) for t in self.tasks})
         dims = self.towers[self.tasks[0]].gate_dims
         self.ppnet = LayerGates(self.priors.out_dim + self.input_dim, dims, c.gate_hidden_dim or None, c.gamma,
                                 len(self.tasks), zero)
 
-    def forward(self, batch):
+    def compute(self, batch):
         self._start_record()
         x = self.flat_input(batch, self.epnet_embed(batch))
         gates = self.ppnet(torch.cat([self.priors(batch.sparse), x.detach()], 1))  # each [B, T, w_l]

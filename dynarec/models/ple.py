@@ -42,6 +42,6 @@ class PLE(MTLModel):
                 out[f"level{i}/shared"] = lvl.shared_gate
         return out
 
-    def forward(self, batch):
+    def compute(self, batch):
         hs = self.ple(self.main_input(batch))
         return self.finish(batch, {t: self.towers[t](h) for t, h in zip(self.tasks, hs)})

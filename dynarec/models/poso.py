@@ -87,7 +87,7 @@ class POSO(GateRecorder, BaseModel):
             parts.append(emb[:, self._pc_fields].detach().flatten(1))
         return torch.cat(parts, 1)
 
-    def forward(self, batch):
+    def compute(self, batch):
         self._start_record()
         emb = self.embed(batch)
         x = self.flat_input(batch, emb)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from dynarec.models._gate_utils import (GateRecorder, PriorEmbedding, check_choice, check_gate_common,
+from dynarec.models._gate_utils import (GateRecorder, check_choice, check_gate_common,
                                         default_prior_groups, sparse_fields)
 from dynarec.models.base import BaseModel, ModelConfig
 from dynarec.models.registry import register
@@ -47,13 +47,13 @@ class PPNet(GateRecorder, BaseModel):
         check_choice("model.ppnet", "gate_position", c.gate_position, ("input", "output"))
         self.prior_fields = sparse_fields(self, default_prior_groups(schema, c.gate_groups), c.gate_features,
                                           "model.ppnet gate_groups")
-        self.priors = PriorEmbedding(schema, self.prior_fields, c.gate_emb_dim)
+        self.priors = self.prior_embedding(self.prior_fields, c.gate_emb_dim)
         self.mlp = GatedMLP(self.input_dim, c.hidden, len(self.tasks), c.activation, c.dropout, c.batch_norm,
                             c.gate_position)
         self.gates = LayerGates(self.priors.out_dim + self.input_dim, self.mlp.gate_dims, c.gate_hidden_dim,
                                 c.gamma, 1, zero)
 
-    def forward(self, batch):
+    def compute(self, batch):
         self._start_record()
         x = self.flat_input(batch)
         gates = self.gates(torch.cat([x.detach(), self.priors(batch.sparse)], 1))

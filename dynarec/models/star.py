@@ -86,7 +86,7 @@ class STAR(BaseModel):
             return None
         return self.aux_net(emb[:, self.aux_fields].flatten(1))
 
-    def forward(self, batch):
+    def compute(self, batch):
         emb = self.embed(batch)
         s = self.main_logits(batch, emb)
         a = self.aux_logits(batch, emb)
