@@ -10,7 +10,7 @@
   forward contract is unchanged (``{task: mean logit / value}``); ``self.last_log_var`` holds s per task and
   :meth:`task_loss` uses the heteroscedastic loss (regression) or logit sampling (binary).
 * **balance loss**: noisy top-k gates report theirs through ``extra_loss()``.
-* **gate usage**: :meth:`gate_usage` runs the model over a table and summarises every gate.
+* **gate usage**: :meth:`gate_modules` names the gates that ``BaseModel.gate_usage`` summarises.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from dynarec.errors import ConfigError
 from dynarec.models.base import BaseModel, ModelConfig
 from dynarec.models.registry import register
 from dynarec.nn.mlp import MLP
-from dynarec.nn.moe import NoisyTopKMoE, gate_usage_stats
+from dynarec.nn.moe import NoisyTopKMoE
 from dynarec.nn.position import PositionBiasTower
 
 
@@ -150,26 +150,6 @@ class MTLModel(BaseModel):
     def extra_loss(self) -> torch.Tensor | None:
         ls = [m.balance_loss for m in self.balance_modules() if m.balance_loss is not None]
         return torch.stack(ls).sum() if ls else None
-
-    # ---- gate statistics -----------------------------------------------------------------------
-    def gate_modules(self) -> dict[str, nn.Module]:
-        """Named gates whose ``.last`` holds the gate weights of the last forward."""
-        return {}
-
-    @torch.no_grad()
-    def gate_usage(self, table, batch_size: int = 65536) -> dict[str, dict]:
-        """Per gate (e.g. per task): mean weight per expert, top-1 share, entropy, polarisation,
-        measured in eval mode over ``table``."""
-        was = self.training
-        self.eval()
-        gates = self.gate_modules()
-        acc: dict[str, list[torch.Tensor]] = {k: [] for k in gates}
-        for b in table.batches(batch_size):
-            self(b)
-            for k, g in gates.items():
-                acc[k].append(g.last)
-        self.train(was)
-        return {k: gate_usage_stats(torch.cat(v)) for k, v in acc.items()}
 
 
 @register("sparse_moe", paper="Shazeer et al., Outrageously Large Neural Networks: The Sparsely-Gated "
