@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from dynarec.models.base import ModelConfig
-from dynarec.models.ctr_base import CTRBackbone
+from dynarec.models.ctr_backbone import CTRBackbone
 from dynarec.models.registry import register
 from dynarec.nn.interaction import BilinearInteraction, SENet
 

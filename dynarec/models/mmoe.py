@@ -7,14 +7,14 @@
   with that probability and the gate renormalised (a row never loses every expert). Off in eval.
 * ``gate: noisy_topk`` replaces each task's softmax gate with a noisy top-k gate (Shazeer et al. 2017,
   ``top_k``, ``balance_coef``; balance loss via ``extra_loss()``); expert dropout then does not apply.
-* The shallow position tower and aleatoric heads of :class:`~dynarec.models.moe.MTLModel`.
+* The shallow position tower and aleatoric heads of :class:`~dynarec.models.multitask.MTLModel`.
 * ``gate_usage(table)`` reports per-task gate statistics (mean weight, top-1 share, entropy, polarised).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dynarec.models.moe import MTLConfig, MTLModel
+from dynarec.models.multitask import MTLConfig, MTLModel
 from dynarec.models.registry import register
 from dynarec.nn.moe import MMoELayer
 

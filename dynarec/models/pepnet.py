@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from dynarec.models._gate_utils import (GateRecorder, check_choice, check_gate_common,
-                                        default_prior_groups, sparse_fields)
+from dynarec.models.gate_checks import check_choice, check_gate_common
+from dynarec.models.gate_recorder import GateRecorder
+from dynarec.models.schema_index import default_prior_groups, sparse_fields
 from dynarec.models.base import BaseModel, ModelConfig
 from dynarec.models.epnet import DomainSide, EPNetOptions
 from dynarec.models.registry import register

@@ -5,13 +5,13 @@
 experts (none in the last level). Defaults (dynarec choice): 2 levels, 1 specific + 1 shared expert,
 experts ``hidden``, towers ``tower_hidden``. Optional ``expert_dropout`` on every gate (default 0).
 With one level and ``n_specific: 0`` it is exactly MMoE. Also: shallow position tower, aleatoric heads
-(:class:`~dynarec.models.moe.MTLModel`), ``gate_usage(table)`` per level and gate.
+(:class:`~dynarec.models.multitask.MTLModel`), ``gate_usage(table)`` per level and gate.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dynarec.models.moe import MTLConfig, MTLModel
+from dynarec.models.multitask import MTLConfig, MTLModel
 from dynarec.models.registry import register
 from dynarec.nn.moe import PLELayer
 

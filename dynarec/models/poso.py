@@ -21,12 +21,9 @@ import torch
 from torch import nn
 
 from dynarec.errors import ConfigError
-from dynarec.models._gate_utils import (
-    GateRecorder,
-    check_choice,
-    check_gate_common,
-    dense_index,
-)
+from dynarec.models.gate_checks import check_choice, check_gate_common
+from dynarec.models.gate_recorder import GateRecorder
+from dynarec.models.schema_index import dense_index
 from dynarec.models.base import BaseModel, ModelConfig, task_heads
 from dynarec.models.registry import register
 from dynarec.nn.gates import GatedMLP, GateNU

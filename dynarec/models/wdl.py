@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dynarec.models.base import ModelConfig
-from dynarec.models.ctr_base import CTRBackbone
+from dynarec.models.ctr_backbone import CTRBackbone
 from dynarec.models.registry import register
 
 

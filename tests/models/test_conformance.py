@@ -6,7 +6,7 @@ without writing a test) plus a few non-default variants must pass
 * gradient reach — after one backward every trainable parameter and every embedding table gets a
   non-zero gradient (catches PPNet's detached main path, SPEC §4);
 * stop-gradient gates — for models recording their gates (``record_gates``, see
-  ``dynarec/models/_gate_utils.py``), no gradient reaches a shared embedding row through a gate except
+  ``dynarec/models/gate_recorder.py``), no gradient reaches a shared embedding row through a gate except
   rows of the fields the model declares as non-detached gate inputs;
 * signed logits — the model can emit negative and positive logits (catches a ReLU on the logit, SPEC §4);
 * save → load gives identical outputs; building and training are deterministic under a seed;

@@ -1,4 +1,4 @@
-"""Multi-task model plumbing shared by ``mmoe``, ``ple`` and ``sparse_moe``, and the ``sparse_moe`` model.
+"""Multi-task model base shared by ``mmoe``, ``ple`` and ``sparse_moe`` (registers no model).
 
 :class:`MTLModel` adds to :class:`BaseModel`, configured through :class:`MTLConfig`:
 
@@ -21,9 +21,7 @@ from torch import nn
 
 from dynarec.errors import ConfigError
 from dynarec.models.base import BaseModel, ModelConfig
-from dynarec.models.registry import register
 from dynarec.nn.mlp import MLP
-from dynarec.nn.moe import NoisyTopKMoE
 from dynarec.nn.position import PositionBiasTower
 
 
@@ -150,35 +148,3 @@ class MTLModel(BaseModel):
     def extra_loss(self) -> torch.Tensor | None:
         ls = [m.balance_loss for m in self.balance_modules() if m.balance_loss is not None]
         return torch.stack(ls).sum() if ls else None
-
-
-@register("sparse_moe", paper="Shazeer et al., Outrageously Large Neural Networks: The Sparsely-Gated "
-          "Mixture-of-Experts Layer, ICLR 2017", multi_task=True)
-class SparseMoE(MTLModel):
-    """Noisy top-k MoE as the shared bottom (an MLP replacement), then one tower per task (SPEC §2.14).
-    Each expert is an MLP ``hidden``; the balance loss (importance + load, weight ``balance_coef``) is
-    returned by ``extra_loss()``."""
-
-    @dataclass
-    class Config(MTLConfig):
-        num_experts: int = 8
-        top_k: int = 2
-        balance_coef: float = 1e-2
-        noisy: bool = True
-
-    def __init__(self, schema, config):
-        super().__init__(schema, config)
-        c = config
-        self.moe = NoisyTopKMoE(self.input_dim, c.hidden, c.num_experts, c.top_k, c.activation, c.dropout,
-                                c.batch_norm, c.noisy, c.balance_coef)
-        self.towers = self.make_towers(self.moe.out_features)
-
-    def balance_modules(self):
-        return [self.moe]
-
-    def gate_modules(self):
-        return {"moe": self.moe.gate}
-
-    def compute(self, batch):
-        h = self.moe(self.main_input(batch))
-        return self.finish(batch, {t: tw(h) for t, tw in self.towers.items()})
