@@ -11,7 +11,7 @@ from torch import nn
 from dynarec.errors import ConfigError
 from dynarec.models.apg_mixin import APGMixin, APGOptions
 from dynarec.models.autoint import AutoInt
-from dynarec.models.base import ModelConfig
+from dynarec.models.base import ModelConfig, task_heads
 from dynarec.models.ctr_backbone import CTRBackbone
 from dynarec.models.dcn import DCN
 from dynarec.models.dcnv2 import DCNv2
@@ -141,7 +141,7 @@ class APGMultiTask(APGMixin, CTRBackbone):
         c = config
         self.bottom = MLP(self.input_dim, list(c.hidden), None, c.activation, c.dropout, c.batch_norm)
         self.towers = nn.ModuleDict({t: self.build_deep(self.bottom.out_features, c.tower_hidden) for t in self.tasks})
-        self.heads = nn.ModuleDict({t: nn.Linear(self.towers[t].out_features, 1) for t in self.tasks})
+        self.heads = task_heads({t: tw.out_features for t, tw in self.towers.items()}, self.tasks)
 
     def compute(self, batch):
         emb = self.embed(batch)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from dynarec.errors import ConfigError
-from dynarec.models.base import BaseModel, ModelConfig
+from dynarec.models.base import BaseModel, ModelConfig, task_heads
 from dynarec.models.registry import register
 from dynarec.nn.coaction import CoActionUnit, check_coaction_shapes
 from dynarec.nn.mlp import MLP
@@ -73,7 +73,7 @@ class CAN(BaseModel):
         d_in = self.input_dim + self.coaction_dim
         self.input_norm = nn.BatchNorm1d(d_in) if c.input_bn else nn.Identity()
         self.mlp = MLP(d_in, c.hidden, None, c.activation, c.dropout, c.batch_norm)
-        self.heads = nn.ModuleDict({t: nn.Linear(self.mlp.out_features, 1) for t in self.tasks})
+        self.heads = task_heads(self.mlp.out_features, self.tasks)
 
     @property
     def induction_table(self) -> nn.Embedding:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dynarec.models.base import BaseModel
+from dynarec.models.base import BaseModel, task_heads
 from dynarec.nn.embedding import FeatureEmbedding
 from dynarec.nn.mlp import MLP
 from dynarec.tables.fused import fused_layout, schema_fields
@@ -56,7 +56,7 @@ class CTRBackbone(BaseModel):
         return self.mlp(x)
 
     def build_heads(self, in_dim: int) -> None:
-        self.heads = nn.ModuleDict({t: nn.Linear(in_dim, 1) for t in self.tasks})
+        self.heads = task_heads(in_dim, self.tasks)
 
     def represent(self, batch, emb) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(representation fed to the task heads [B, h], extra logits [B, T] or [B, 1] or None)."""

@@ -8,9 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
-from dynarec.models.base import BaseModel, ModelConfig
+from dynarec.models.base import BaseModel, ModelConfig, task_heads
 from dynarec.models.registry import register
 from dynarec.nn.mlp import MLP
 
@@ -26,7 +25,7 @@ class DNN(BaseModel):
         super().__init__(schema, config)
         c = config
         self.mlp = MLP(self.input_dim, c.hidden, None, c.activation, c.dropout, c.batch_norm)
-        self.heads = nn.ModuleDict({t: nn.Linear(self.mlp.out_features, 1) for t in self.tasks})
+        self.heads = task_heads(self.mlp.out_features, self.tasks)
         self.latent_cross = None
         if c.latent_cross:
             from dynarec.nn.cross import LatentCross

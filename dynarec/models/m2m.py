@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from dynarec.errors import ConfigError
-from dynarec.models.base import BaseModel, ModelConfig
+from dynarec.models.base import BaseModel, ModelConfig, task_heads
 from dynarec.models.registry import register
 from dynarec.nn.meta import MetaAttention, MetaTower, SequenceSelfAttention
 from dynarec.nn.mlp import ACTIVATIONS, MLP
@@ -76,7 +76,7 @@ class M2M(BaseModel):
         self.attention = nn.ModuleDict({t: MetaAttention(d_e, d_t, d_s, c.meta_widths, act) for t in self.tasks})
         self.meta_towers = nn.ModuleDict({t: MetaTower(d_e, d_s, c.tower_layers, c.meta_widths[:-1], act)
                                           for t in self.tasks})
-        self.heads = nn.ModuleDict({t: nn.Linear(d_e, 1) for t in self.tasks})
+        self.heads = task_heads(d_e, self.tasks)
         self.last_attention: dict[str, torch.Tensor] = {}
 
     def scenario_summary(self, emb: torch.Tensor) -> torch.Tensor:

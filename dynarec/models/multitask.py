@@ -20,8 +20,7 @@ import torch
 from torch import nn
 
 from dynarec.errors import ConfigError
-from dynarec.models.base import BaseModel, ModelConfig
-from dynarec.nn.mlp import MLP
+from dynarec.models.base import BaseModel, ModelConfig, task_heads
 from dynarec.nn.position import PositionBiasTower
 
 
@@ -108,7 +107,7 @@ class MTLModel(BaseModel):
     def make_towers(self, in_dim: int) -> nn.ModuleDict:
         c = self.config
         out = 2 if c.aleatoric else 1
-        return nn.ModuleDict({t: MLP(in_dim, c.tower_hidden, out, c.activation, c.dropout) for t in self.tasks})
+        return task_heads(in_dim, self.tasks, c.tower_hidden, c.activation, c.dropout, out)
 
     def finish(self, batch, tower_out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Split (mean, log-variance) heads, add the position bias; ``{task: [B]}``."""
