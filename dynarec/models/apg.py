@@ -1,4 +1,5 @@
-"""APG models (Yan et al., NeurIPS 2022, arXiv 2203.16218; docs/models.md "apg_<backbone>"): ``apg_<backbone>``
+"""APG models (Yan et al., NeurIPS 2022, arXiv 2203.16218; docs/models.md "apg_<backbone> — APG: Adaptive Parameter
+Generation"): ``apg_<backbone>``
 for backbone in dnn, wdl, deepfm, dcn, dcnv2, pnn, fibinet, autoint — the backbone's deep MLP becomes APG
 layers (:class:`~dynarec.models.apg_mixin.APGMixin`), everything else of the backbone is unchanged — and
 ``apg_multitask``: PEPNet-style per-task towers (shared across domains) made of APG layers."""
@@ -11,7 +12,8 @@ from torch import nn
 from dynarec.errors import ConfigError
 from dynarec.models.apg_mixin import APGMixin, APGOptions
 from dynarec.models.autoint import AutoInt
-from dynarec.models.base import ModelConfig, task_heads
+from dynarec.models.base import ModelConfig
+from dynarec.models.heads import task_heads
 from dynarec.models.ctr_backbone import CTRBackbone
 from dynarec.models.dcn import DCN
 from dynarec.models.dcnv2 import DCNv2
@@ -126,7 +128,7 @@ class APGAutoInt(APGMixin, AutoInt):
 @register("apg_multitask", paper=f"{PAPER}; towers as in Chang et al., PEPNet, KDD 2023", needs=("domain",),
           multi_task=True, multi_domain=True, tags=("apg",))
 class APGMultiTask(APGMixin, CTRBackbone):
-    """PEPNet-style multi-task towers (SPEC §2.6 layout) with APG layers: an optional static shared bottom
+    """PEPNet-style multi-task towers (PEPNet, KDD 2023, layout) with APG layers: an optional static shared bottom
     (``hidden``, default none) on E ⊕ dense, then per task a tower of APG layers (``tower_hidden``, PEPNet's
     [100, 64]) ending in a static linear logit; towers are shared across domains, the condition (default the
     domain) personalises them."""

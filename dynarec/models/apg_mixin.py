@@ -1,5 +1,6 @@
 """APG's condition design and layers as a mixin for the CTR backbones (Yan et al., NeurIPS 2022,
-arXiv 2203.16218; docs/models.md "apg_<backbone>"): :class:`APGOptions` (the hyper-parameters) and
+arXiv 2203.16218; docs/models.md "apg_<backbone> — APG: Adaptive Parameter Generation"): :class:`APGOptions` (the
+hyper-parameters) and
 :class:`APGMixin`, which overrides a :class:`~dynarec.models.ctr_backbone.CTRBackbone`'s ``build_deep`` /
 ``deep`` hooks so its deep MLP becomes APG layers (:class:`dynarec.nn.apg.APGMLP`). Registers no model.
 
@@ -29,7 +30,7 @@ CONDITION_MODES = ("group-wise", "mix-wise", "self-wise")
 
 @dataclass
 class APGOptions:
-    """APG hyper-parameters (defaults: Yan et al., NeurIPS 2022, Sec. 4.1 / docs/models.md "apg_<backbone>")."""
+    """APG hyper-parameters (defaults: docs/models.md "apg_<backbone> — APG: Adaptive Parameter Generation")."""
 
     version: str = "v5"  # v1 | v2 | v3 | v4 | v5
     rank_k: int = 32

@@ -1,11 +1,12 @@
-"""CAN (Bian et al., WSDM 2022, arXiv 2011.05625; SPEC §2.10): co-action units next to a DNN.
+"""CAN (Bian et al., WSDM 2022, arXiv 2011.05625; docs/models.md "CAN — `can`"): co-action units next to a DNN.
 
 For every induction field i (sparse fields of ``induction_groups``, default the item id and category)
 and every feed field j (sparse and sequence fields of ``feed_groups``, default the user id, user
 segment and the behaviour sequence), ``co_ij = CoActionUnit(θ_i, P_j, mask_j)`` (36 dims with the
 defaults, sum-pooled over the sequence, padding masked). θ comes from CAN's own induction table
 (``param_dim`` = 160 wide with the defaults) and P from CAN's own feed table (16 wide); both are
-``nn.Embedding(sparse=True)`` separate from the fused feature embedding (SPEC §2.10 test 4).
+``nn.Embedding(sparse=True)`` separate from the fused feature embedding (the paper keeps
+co-action parameters apart from the feature embeddings).
 The DNN reads ``[E ⊕ dense ⊕ co_11 ⊕ ... ⊕ co_IJ]``: (BN →) ``hidden`` (PReLU) → one logit per task.
 """
 from __future__ import annotations
@@ -16,7 +17,8 @@ import torch
 from torch import nn
 
 from dynarec.errors import ConfigError
-from dynarec.models.base import BaseModel, ModelConfig, task_heads
+from dynarec.models.base import BaseModel, ModelConfig
+from dynarec.models.heads import task_heads
 from dynarec.models.registry import register
 from dynarec.nn.coaction import CoActionUnit, check_coaction_shapes
 from dynarec.nn.mlp import MLP
@@ -56,7 +58,8 @@ class CAN(BaseModel):
         feed = [f for f in schema.fields if f.group in c.feed_groups]
         self.ind_cols = [sparse_pos[f.name] for f in ind]
         self.feed_specs = [(f.name, f.kind == "sequence", sparse_pos.get(f.name, -1)) for f in feed]
-        ind_off, feed_off = _offsets([max(f.vocab_size, 1) for f in ind]), _offsets([max(f.vocab_size, 1) for f in feed])
+        ind_off = _offsets([max(f.vocab_size, 1) for f in ind])
+        feed_off = _offsets([max(f.vocab_size, 1) for f in feed])
         self.register_buffer("ind_offsets", torch.tensor(ind_off[:-1], dtype=torch.long), persistent=False)
         self.feed_offsets = feed_off[:-1]
         # CAN's own tables, in the embedding optimizer group (sparse gradients), apart from the feature table.

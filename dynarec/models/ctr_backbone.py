@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dynarec.models.base import BaseModel, task_heads
+from dynarec.models.base import BaseModel
+from dynarec.models.heads import task_heads
 from dynarec.nn.embedding import FeatureEmbedding
 from dynarec.nn.mlp import MLP
 from dynarec.tables.fused import fused_layout, schema_fields

@@ -1,6 +1,7 @@
 """DNN: one shared MLP over [embeddings ⊕ dense], one linear logit per task.
 
-Option ``latent_cross`` (Beutel et al., WSDM 2018; SPEC §2.11): the last hidden layer becomes
+Option ``latent_cross`` (Beutel et al., WSDM 2018; docs/models.md "Latent Cross — the `latent_cross` option of
+`dnn`"): the last hidden layer becomes
 ``(1 + Σ_c Emb_c(context_c)) ⊙ h`` over the sparse features of the ``context`` group (zero-initialised
 context embeddings, so the option starts as the plain DNN)."""
 from __future__ import annotations
@@ -9,7 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-from dynarec.models.base import BaseModel, ModelConfig, task_heads
+from dynarec.models.base import BaseModel, ModelConfig
+from dynarec.models.heads import task_heads
 from dynarec.models.registry import register
 from dynarec.nn.mlp import MLP
 

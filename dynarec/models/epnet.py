@@ -1,4 +1,5 @@
-"""EPNet — Embedding Personalized Network (Chang et al., PEPNet, KDD 2023, EPNet eq.; SPEC §2.5), on a DNN.
+"""EPNet — Embedding Personalized Network (Chang et al., PEPNet, KDD 2023, EPNet eq.; docs/models.md "epnet — EPNet
+on a DNN"), on a DNN.
 
 ``O_ep = GateNU(E(F_d) ⊕ sg(E)) ⊙ E`` rescales the general embeddings per domain, then a shared MLP with
 one logit per task reads ``flat(O_ep) ⊕ dense``. F_d = the embedded features of ``domain_groups`` (default:
@@ -6,8 +7,8 @@ the domain id) ⊕ their dense features (per-domain statistics, if the schema ha
 shared table and is not detached; E is detached in the gate input only.
 
 Options: ``epnet_granularity`` "field" (default, one gate per field — the paper's feature-wise product,
-unverified) | "dim" (one gate per embedding dimension, the fun-rec code and SPEC's (0,2)^{d_E});
-``epnet_input`` "full" (``E(F_d) ⊕ sg(E)``, SPEC "dynarec uses") | "domain_only" (``E(F_d)``)."""
+unverified) | "dim" (one gate per embedding dimension, the fun-rec code and (0,2)^{d_E});
+``epnet_input`` "full" (``E(F_d) ⊕ sg(E)``, dynarec default) | "domain_only" (``E(F_d)``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field

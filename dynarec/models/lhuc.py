@@ -1,5 +1,5 @@
 """LHUC on a DNN (Swietojanski, Li, Renals, "Learning Hidden Unit Contributions for Unsupervised Acoustic
-Model Adaptation", TASLP 2016; SPEC §2.2).
+Model Adaptation", TASLP 2016; docs/models.md "lhuc — LHUC on a DNN").
 
 Each hidden layer's units are rescaled per group: ``h^l = 2σ(r_g^l) ⊙ φ(h^{l−1}W^l + b^l)``, r initialised
 to 0 (the model starts as the plain DNN). The group is the value of a sparse feature, by default the

@@ -1,4 +1,5 @@
-"""M2M (Zhang et al., WSDM 2022, arXiv 2201.06814; SPEC §2.8): multi-scenario multi-task meta learning.
+"""M2M (Zhang et al., WSDM 2022, arXiv 2201.06814; docs/models.md "M2M — `m2m`"): multi-scenario multi-task meta
+learning.
 
 * experts ``E_i = MLP_i(SelfAttn(X_seq) ⊕ X_other)`` (``hidden`` widths; the attention runs over each
   sample's own behaviour tokens, never across the batch);
@@ -16,7 +17,8 @@ import torch
 from torch import nn
 
 from dynarec.errors import ConfigError
-from dynarec.models.base import BaseModel, ModelConfig, task_heads
+from dynarec.models.base import BaseModel, ModelConfig
+from dynarec.models.heads import task_heads
 from dynarec.models.registry import register
 from dynarec.nn.meta import MetaAttention, MetaTower, SequenceSelfAttention
 from dynarec.nn.mlp import ACTIVATIONS, MLP
@@ -37,7 +39,7 @@ class M2M(BaseModel):
         task_hidden: list[int] = field(default_factory=lambda: [32])  # T_t = MLP(Emb(t))
         scenario_groups: list[str] = field(default_factory=lambda: ["domain"])
         user_groups: list[str] = field(default_factory=lambda: ["user"])
-        meta_activation: str = "relu"  # the σ of SPEC §2.8; "sigmoid" stalls the residual tower (docs)
+        meta_activation: str = "relu"  # the σ of the meta units (M2M); "sigmoid" stalls the residual tower (docs)
         seq_heads: int = 2
 
     def __init__(self, schema, config):

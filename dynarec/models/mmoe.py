@@ -1,4 +1,4 @@
-"""MMoE (Ma et al., KDD 2018) with the YouTube additions (Zhao et al., RecSys 2019; SPEC §2.12).
+"""MMoE (Ma et al., KDD 2018) with the YouTube additions (Zhao et al., RecSys 2019; docs/models.md "MMoE (`mmoe`)").
 
 ``h_t = Σ_i g_t(x)_i f_i(x)``, ``g_t = softmax(x W_t)``; ``y_t = tower_t(h_t)``. Experts are MLPs
 ``hidden`` (default 4 × [256, 128]), towers ``tower_hidden`` ([64]).

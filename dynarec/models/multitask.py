@@ -2,11 +2,13 @@
 
 :class:`MTLModel` adds to :class:`BaseModel`, configured through :class:`MTLConfig`:
 
-* **position-bias tower** (``position_tower: true``; SPEC §2.12): the schema's ``position`` feature is
+* **position-bias tower** (``position_tower: true``; Zhao et al., RecSys 2019; docs/models.md "Shallow
+  position-bias tower"): the schema's ``position`` feature is
   removed from the main input and fed to a :class:`~dynarec.nn.position.PositionBiasTower` whose logit is
   added to each task in ``position_tasks`` (default: all). Position dropout ``position_dropout`` (0.1) in
   training; at inference the position is always "missing", so predictions do not depend on it.
-* **aleatoric heads** (``aleatoric: true``; SPEC §2.16): every tower outputs (mean, s = log σ̂²). The
+* **aleatoric heads** (``aleatoric: true``; Kendall & Gal, NeurIPS 2017; docs/models.md "Aleatoric and epistemic
+  uncertainty"): every tower outputs (mean, s = log σ̂²). The
   forward contract is unchanged (``{task: mean logit / value}``); ``self.last_log_var`` holds s per task and
   :meth:`task_loss` uses the heteroscedastic loss (regression) or logit sampling (binary).
 * **balance loss**: noisy top-k gates report theirs through ``extra_loss()``.
@@ -20,20 +22,21 @@ import torch
 from torch import nn
 
 from dynarec.errors import ConfigError
-from dynarec.models.base import BaseModel, ModelConfig, task_heads
+from dynarec.models.base import BaseModel, ModelConfig
+from dynarec.models.heads import task_heads
 from dynarec.nn.position import PositionBiasTower
 
 
 @dataclass
 class MTLConfig(ModelConfig):
-    # shallow position-bias tower (SPEC §2.12)
+    # shallow position-bias tower (Zhao et al., RecSys 2019)
     position_tower: bool = False
     position_feature: str = ""  # default: the schema's single sparse feature of group 'position'
     position_cross: list[str] = field(default_factory=list)  # sparse features crossed with position, e.g. [device]
     position_dropout: float = 0.1
     position_hidden: list[int] = field(default_factory=list)  # [] = linear shallow tower
     position_tasks: list[str] = field(default_factory=list)  # [] = every task
-    # aleatoric heads (SPEC §2.16)
+    # aleatoric heads (Kendall & Gal, NeurIPS 2017)
     aleatoric: bool = False
     logit_samples: int = 10
 

@@ -1,4 +1,5 @@
-"""PEPNet — Parameter and Embedding Personalized Network (Chang et al., KDD 2023, arXiv 2302.01115; SPEC §2.6).
+"""PEPNet — Parameter and Embedding Personalized Network (Chang et al., KDD 2023, arXiv 2302.01115; docs/models.md
+"pepnet — PEPNet (multi-domain, multi-task)").
 
 * EPNet: ``O_ep = GateNU(E(F_d) ⊕ sg(E)) ⊙ E`` (see :mod:`dynarec.models.epnet`).
 * PPNet: ``O_prior = E_g(F_u) ⊕ E_g(F_i) ⊕ E_g(F_a)`` from gate-only tables (priors: sparse features of
@@ -9,7 +10,8 @@
 
 So the PPNet gates get no gradient from EPNet or the shared tables (both behind ``sg``); E and EPNet train
 through the towers. Defaults: towers ``tower_hidden=[100, 64]`` (official-style code), γ = 2, GateNU hidden
-width = its output width (SPEC §2.4). ``hidden`` is unused (there is no shared bottom). The logit is
+width = its output width (PEPNet's Gate NU; docs/models.md "Layers"). ``hidden`` is unused (there is no shared
+bottom). The logit is
 returned without the sigmoid (BCE-with-logits)."""
 from __future__ import annotations
 

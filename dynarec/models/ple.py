@@ -1,4 +1,4 @@
-"""PLE — Progressive Layered Extraction (Tang et al., RecSys 2020; SPEC §2.13).
+"""PLE — Progressive Layered Extraction (Tang et al., RecSys 2020; docs/models.md "PLE (`ple`)").
 
 ``levels`` stacked CGC levels. In each level task t has ``n_specific`` own experts and a gate over
 [own ⊕ ``n_shared`` shared experts]; a shared gate over all experts feeds the next level's shared

@@ -1,9 +1,10 @@
-"""POSO — Personalized Cold Start Modules (Dai et al., arXiv 2108.04690, Kuaishou; SPEC §2.7).
+"""POSO — Personalized Cold Start Modules (Dai et al., arXiv 2108.04690, Kuaishou; docs/models.md "poso — POSO
+(MLP-POSO and MMoE-POSO)").
 
 Gates computed from user-group features x^pc rescale the main network, so rare user groups (new users)
 are not submerged. x^pc = the dense features of ``pc_groups`` (raw scalars such as activity) ⊕, with
 ``pc_embeddings``, stop-gradient copies of their sparse embeddings (e.g. the uid). Gates are C·σ
-(C = ``gamma`` = 2, SPEC "dynarec uses": no softmax), computed by ``σ(MLP_{d_pc→gate_hidden→w})``; the
+(C = ``gamma`` = 2; dynarec uses no softmax), computed by ``σ(MLP_{d_pc→gate_hidden→w})``; the
 last layer is zero-initialised so the model starts as its backbone.
 
 One registered name, two forms (``form``):
@@ -24,7 +25,8 @@ from dynarec.errors import ConfigError
 from dynarec.models.gate_checks import check_choice, check_gate_common
 from dynarec.models.gate_recorder import GateRecorder
 from dynarec.models.schema_index import dense_index
-from dynarec.models.base import BaseModel, ModelConfig, task_heads
+from dynarec.models.base import BaseModel, ModelConfig
+from dynarec.models.heads import task_heads
 from dynarec.models.registry import register
 from dynarec.nn.gates import GatedMLP, GateNU
 from dynarec.nn.mlp import MLP

@@ -1,11 +1,11 @@
 """PPNet — Parameter Personalized Network (Kuaishou 2019; no paper, described in Kuaishou articles and
-in PEPNet, KDD 2023; SPEC §2.3).
+in PEPNet, KDD 2023; docs/models.md "ppnet — PPNet (Kuaishou 2019)").
 
 Every layer of the DNN has its own Gate NU (Linear → ReLU → Linear → γσ, γ = 2). The gate input is
 ``sg(E) ⊕ E_g(priors)``: the id priors (by default every sparse feature of the groups user / item / author)
 come from gate-only tables that train through the gates, while the general embeddings E are detached in the
 gate input only — they still train through the main path (the Scenario-Wise-Rec bug detached the main path,
-SPEC §4). E here is the flat input (embeddings ⊕ dense features).
+docs/models.md "Tests"). E here is the flat input (embeddings ⊕ dense features).
 
 ``gate_position="input"`` (dynarec default, as the articles write): ``H_{l+1} = f((δ_l ⊙ H_l)W_l + b_l)``
 for every layer including the logit layer (one logit per task: a ``Linear(d, T)`` equals T linear heads).

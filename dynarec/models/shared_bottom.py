@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dynarec.models.base import BaseModel, ModelConfig, task_heads
+from dynarec.models.base import BaseModel, ModelConfig
+from dynarec.models.heads import task_heads
 from dynarec.models.registry import register
 from dynarec.nn.mlp import MLP
 

@@ -1,4 +1,4 @@
-"""Sparsely-gated noisy top-k MoE (Shazeer et al., ICLR 2017, Eq. 3-5; balance losses Eq. 6-10) as the shared
+"""Sparsely-gated noisy top-k MoE (Shazeer et al., ICLR 2017; balance losses as in the paper) as the shared
 bottom of a multi-task model."""
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from dynarec.nn.moe import NoisyTopKMoE
 @register("sparse_moe", paper="Shazeer et al., Outrageously Large Neural Networks: The Sparsely-Gated "
           "Mixture-of-Experts Layer, ICLR 2017", multi_task=True)
 class SparseMoE(MTLModel):
-    """Noisy top-k MoE as the shared bottom (an MLP replacement), then one tower per task (SPEC §2.14).
+    """Noisy top-k MoE as the shared bottom (an MLP replacement), then one tower per task (docs/models.md
+    "Sparsely-gated noisy top-k MoE").
     Each expert is an MLP ``hidden``; the balance loss (importance + load, weight ``balance_coef``) is
     returned by ``extra_loss()``."""
 

@@ -1,5 +1,6 @@
 """Latent Cross (Beutel et al., "Latent Cross: Making Use of Context in Recurrent Recommender Systems",
-WSDM 2018, Sec. 5, Eq. 5): ``h' = (1 + Σ_c w_c) ⊙ h`` with ``w_c = Emb_c(context_c)``.
+WSDM 2018; docs/models.md "Latent Cross — the `latent_cross` option of `dnn`"): ``h' = (1 + Σ_c w_c) ⊙ h`` with
+``w_c = Emb_c(context_c)``.
 
 Context embeddings are summed (the paper: adding trains more easily than multiplying) and initialised to
 0 (dynarec choice), so the layer starts as the identity."""

@@ -4,7 +4,7 @@ Runs a :class:`~dynarec.tables.fused.FusedLayout`: tables laid end to end in one
 the model's :class:`~dynarec.tables.TableCollection`; each field adds its table's offset to its ids, so
 fields naming the same ``table`` share rows. Sequence fields are pooled (mean/sum, padding id 0 masked)
 with ``embedding_bag`` on the same weight. Sparse gradients let the trainer put the table in its own
-row-wise Adagrad group (Chang et al., PEPNet, KDD 2023, "deployment"; docs/models.md "Training")."""
+row-wise Adagrad group (Chang et al., PEPNet, KDD 2023, deployment)."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
-"""Shallow position-bias tower (Zhao et al., "Recommending What Video to Watch Next", RecSys 2019; docs/models.md "Shallow position-bias tower").
+"""Shallow position-bias tower (Zhao et al., "Recommending What Video to Watch Next", RecSys 2019; docs/models.md
+"Shallow position-bias tower").
 
 A small tower on position ids (optionally crossed with other context ids such as device) whose logit is
 ADDED to the main model's task logits in training, so the position (selection) bias is explained by the

@@ -1,5 +1,5 @@
-"""PriorEmbedding: gate-only embedding tables for prior id features (PPNet's uid / pid / aid tables;
-Chang et al., PEPNet, KDD 2023, Sec. 3.3 "PPNet": the gate input ``E_g(priors)``)."""
+"""PriorEmbedding: gate-only embedding tables for prior id features (PPNet's uid / pid / aid tables,
+as described in Chang et al., PEPNet, KDD 2023: the gate input ``E_g(priors)``)."""
 from __future__ import annotations
 
 import torch

@@ -57,5 +57,5 @@ def load_checkpoint(path: str | Path, merge: bool = True):
     model.load_state_dict(blob["state_dict"])
     model.eval()
     if merge:
-        model.merge_for_inference()  # e.g. APG v5 -> v4 form (Yan et al., NeurIPS 2022, Sec. 3.3)
+        model.merge_for_inference()  # e.g. APG v5 -> v4 form (Yan et al., NeurIPS 2022, merged form)
     return model, blob

@@ -1,5 +1,6 @@
-"""Two optimizer groups, as PEPNet's deployment (Chang et al., KDD 2023, Sec. 4 "deployment";
-docs/models.md): the embedding tables (row-wise Adagrad by default) and the dense parameters (Adam by default).
+"""Two optimizer groups, as PEPNet's deployment (Chang et al., PEPNet, KDD 2023, deployment;
+docs/models.md "pepnet — PEPNet (multi-domain, multi-task)"): the embedding tables (row-wise Adagrad by default)
+and the dense parameters (Adam by default).
 
 Which parameters are tables and how they are updated is asked of the model's
 :class:`~dynarec.tables.TableCollection` (``model.tables``): the tables of its ``embedding`` optimizer group
