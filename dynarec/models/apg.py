@@ -13,12 +13,12 @@ from dynarec.errors import ConfigError
 from dynarec.models.apg_mixin import APGMixin, APGOptions
 from dynarec.models.autoint import AutoInt
 from dynarec.models.base import ModelConfig
-from dynarec.models.heads import task_heads
 from dynarec.models.ctr_backbone import CTRBackbone
 from dynarec.models.dcn import DCN
 from dynarec.models.dcnv2 import DCNv2
 from dynarec.models.deepfm import DeepFM
 from dynarec.models.fibinet import FiBiNET
+from dynarec.models.heads import task_heads
 from dynarec.models.pnn import PNN
 from dynarec.models.registry import register
 from dynarec.models.wdl import WDL

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from dynarec.models.base import BaseModel, ModelConfig
 from dynarec.models.gate_checks import check_choice, check_gate_common
 from dynarec.models.gate_recorder import GateRecorder
-from dynarec.models.schema_index import dense_index
-from dynarec.models.base import BaseModel, ModelConfig
 from dynarec.models.registry import register
+from dynarec.models.schema_index import dense_index
 from dynarec.nn.gates import EPNet as EPNetLayer
 from dynarec.nn.mlp import MLP
 

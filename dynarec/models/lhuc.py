@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from torch import nn
 
 from dynarec.errors import ConfigError
-from dynarec.models.gate_checks import check_gate_common
 from dynarec.models.base import BaseModel, ModelConfig
+from dynarec.models.gate_checks import check_gate_common
 from dynarec.models.registry import register
 from dynarec.nn.gates import LHUC, GatedMLP
 

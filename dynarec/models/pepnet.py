@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from dynarec.models.gate_checks import check_choice, check_gate_common
-from dynarec.models.gate_recorder import GateRecorder
-from dynarec.models.schema_index import default_prior_groups, sparse_fields
 from dynarec.models.base import BaseModel, ModelConfig
 from dynarec.models.epnet import DomainSide, EPNetOptions
+from dynarec.models.gate_checks import check_choice, check_gate_common
+from dynarec.models.gate_recorder import GateRecorder
 from dynarec.models.registry import register
+from dynarec.models.schema_index import default_prior_groups, sparse_fields
 from dynarec.nn.gates import GatedMLP, LayerGates
 
 

@@ -22,12 +22,12 @@ import torch
 from torch import nn
 
 from dynarec.errors import ConfigError
+from dynarec.models.base import BaseModel, ModelConfig
 from dynarec.models.gate_checks import check_choice, check_gate_common
 from dynarec.models.gate_recorder import GateRecorder
-from dynarec.models.schema_index import dense_index
-from dynarec.models.base import BaseModel, ModelConfig
 from dynarec.models.heads import task_heads
 from dynarec.models.registry import register
+from dynarec.models.schema_index import dense_index
 from dynarec.nn.gates import GatedMLP, GateNU
 from dynarec.nn.mlp import MLP
 
