@@ -17,16 +17,18 @@ import torch
 from torch import nn
 
 from dynarec.config import TrainerConfig
+from dynarec.tables import TableCollection, TableSpec
 from dynarec.train.optim import DENSE_TABLE_FLOATS, build_optimizers
 
 
 class Table(nn.Module):
     def __init__(self, rows: int, dim: int):
         super().__init__()
-        self.emb = nn.Embedding(rows, dim, sparse=True)
+        self.tables = TableCollection()  # build_optimizers asks model.tables which parameters are tables
+        self.tables.add(TableSpec("emb", rows, dim, None, "embedding"))
 
     def forward(self, ids):
-        return self.emb(ids)
+        return self.tables["emb"](ids)
 
 
 def step_ms(rows: int, dim: int, batch: int, lookups: int, grad: str, reps: int) -> float:

@@ -97,7 +97,11 @@ def sampled_logit_bce(logit: torch.Tensor, log_var: torch.Tensor, target: torch.
 
 def model_task_losses(model: nn.Module, outputs: dict[str, torch.Tensor], labels: dict[str, torch.Tensor],
                       types: dict[str, str]) -> dict[str, torch.Tensor]:
-    """Per-task losses for ``model``'s last forward: the model's own ``task_loss`` when it defines one
-    (e.g. aleatoric heads: heteroscedastic / logit-sampling losses), else :func:`task_losses`."""
-    fn = getattr(model, "task_loss", None)
-    return fn(outputs, labels, types) if callable(fn) else task_losses(outputs, labels, types)
+    """Per-task losses for ``model``'s last forward: the model's ``task_loss`` hook (declared on BaseModel:
+    :func:`task_losses` by default; e.g. aleatoric heads override it with heteroscedastic / logit-sampling
+    losses). A module that is not a dynarec model gets :func:`task_losses`."""
+    from dynarec.models.base import BaseModel
+
+    if isinstance(model, BaseModel):
+        return model.task_loss(outputs, labels, types)
+    return task_losses(outputs, labels, types)

@@ -54,7 +54,7 @@ def mc_dropout_predict(model: nn.Module, table, n_passes: int = 20, batch_size: 
             alea: dict[str, list[torch.Tensor]] = {}
             for _ in range(n_passes):
                 out = model(batch)
-                lv = getattr(model, "last_log_var", {}) or {}
+                lv = model.last_log_var  # BaseModel hook: {} unless the model has aleatoric heads
                 for t, y in out.items():
                     binary = types.get(t, "binary") == "binary"
                     passes.setdefault(t, []).append(torch.sigmoid(y) if binary else y)

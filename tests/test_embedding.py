@@ -2,6 +2,7 @@ import torch
 
 from dynarec.data.schema import Feature, Schema, Task
 from dynarec.nn.embedding import FeatureEmbedding
+from dynarec.tables.fused import fused_layout, schema_fields
 
 
 def _schema():
@@ -15,8 +16,12 @@ def _schema():
     return s
 
 
+def _emb():
+    return FeatureEmbedding(fused_layout("features", schema_fields(_schema()), 4))
+
+
 def test_shared_tables_share_rows_and_one_fused_weight():
-    emb = FeatureEmbedding(_schema(), 4)
+    emb = _emb()
     assert emb.weight.weight.shape[0] == 3 + 10 + 5  # table t counted once
     sp = torch.tensor([[1, 7, 7, 2]])
     seqs = {"seq": torch.tensor([[7, 0, 0]]), "seq2": torch.tensor([[2, 0]])}
@@ -28,7 +33,7 @@ def test_shared_tables_share_rows_and_one_fused_weight():
 
 
 def test_sequence_pooling_masks_padding():
-    emb = FeatureEmbedding(_schema(), 4)
+    emb = _emb()
     sp = torch.tensor([[1, 1, 1, 1]])
     seqs = {"seq": torch.tensor([[3, 4, 0]]), "seq2": torch.tensor([[1, 2]])}
     out = emb(sp, seqs)
@@ -39,7 +44,7 @@ def test_sequence_pooling_masks_padding():
 
 
 def test_gradients_are_sparse_and_touch_only_used_rows():
-    emb = FeatureEmbedding(_schema(), 4)
+    emb = _emb()
     out = emb(torch.tensor([[1, 2, 3, 4]]), {"seq": torch.tensor([[5, 0, 0]]), "seq2": torch.tensor([[0, 0]])})
     out.sum().backward()
     g = emb.weight.weight.grad
@@ -48,3 +53,10 @@ def test_gradients_are_sparse_and_touch_only_used_rows():
     rows = set(torch.nonzero(dense.abs().sum(1)).flatten().tolist())
     o = emb.table_offsets
     assert rows == {o["d"] + 1, o["t"] + 2, o["t"] + 3, o["c"] + 4, o["t"] + 5}  # padding ids get no gradient
+
+
+def test_layer_used_alone_owns_its_table_in_a_private_collection():
+    emb = _emb()
+    assert emb.tables.owns(emb.weight) and list(emb.tables.specs) == ["features"]
+    assert list(emb.state_dict()) == ["tables.features.weight"]  # the table is stored once
+    assert emb.layout.spec.rows == 18 and emb.layout.spec.features == ("d", "a", "b", "c", "seq", "seq2")

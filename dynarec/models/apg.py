@@ -1,162 +1,35 @@
-"""APG wrappers (Yan et al., NeurIPS 2022, arXiv 2203.16218; SPEC §2.1): the deep MLP of a backbone becomes
-APG layers (:class:`dynarec.nn.apg.APGMLP`), everything else of the backbone is unchanged.
-
-Registered as ``apg_<backbone>`` for backbone in dnn, wdl, deepfm, dcn, dcnv2, pnn, fibinet, autoint, and
-``apg_multitask``: PEPNet-style per-task towers (shared across domains) made of APG layers.
-
-Condition design (config, resolved against the schema's groups):
-  * ``condition_mode: group-wise`` — z = Emb(group id) for the single group in ``condition_groups``. For
-    ``domain`` it is APG's own (undetached) table of the domain id, width ``condition_dim``, ⊕ the shared
-    embeddings of any other ``domain``-group features; for another group (``user``, ``item``, ...) it is the
-    concatenated shared embeddings of that group's fields.
-  * ``condition_mode: mix-wise`` — one factor per group in ``condition_groups`` (≥ 2), combined
-    ``aggregate_at: input`` by ``aggregation`` concat | mean | attention, or ``aggregate_at: output`` (one S^j
-    per factor, outputs combined by mean | attention; concat is rejected).
-  * ``condition_mode: self-wise`` — each layer's own input (FuxiCTR's default); no condition features.
-"""
+"""APG models (Yan et al., NeurIPS 2022, arXiv 2203.16218; docs/models.md "apg_<backbone> — APG: Adaptive Parameter
+Generation"): ``apg_<backbone>``
+for backbone in dnn, wdl, deepfm, dcn, dcnv2, pnn, fibinet, autoint — the backbone's deep MLP becomes APG
+layers (:class:`~dynarec.models.apg_mixin.APGMixin`), everything else of the backbone is unchanged — and
+``apg_multitask``: PEPNet-style per-task towers (shared across domains) made of APG layers."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 from torch import nn
 
 from dynarec.errors import ConfigError
+from dynarec.models.apg_mixin import APGMixin, APGOptions
 from dynarec.models.autoint import AutoInt
 from dynarec.models.base import ModelConfig
-from dynarec.models.ctr_base import CTRBackbone
+from dynarec.models.ctr_backbone import CTRBackbone
 from dynarec.models.dcn import DCN
 from dynarec.models.dcnv2 import DCNv2
 from dynarec.models.deepfm import DeepFM
 from dynarec.models.fibinet import FiBiNET
+from dynarec.models.heads import task_heads
 from dynarec.models.pnn import PNN
 from dynarec.models.registry import register
 from dynarec.models.wdl import WDL
-from dynarec.nn.apg import APGMLP, INPUT_AGGREGATIONS, VERSIONS, InputAggregation, merge_for_inference
 from dynarec.nn.mlp import MLP
 
 PAPER = "Yan et al., APG: Adaptive Parameter Generation Network for Click-Through Rate Prediction, NeurIPS 2022"
-CONDITION_MODES = ("group-wise", "mix-wise", "self-wise")
 
 
-@dataclass
-class APGOptions:
-    """APG hyper-parameters (SPEC §2.1 defaults)."""
-
-    version: str = "v5"  # v1 | v2 | v3 | v4 | v5
-    rank_k: int = 32
-    overparam_p: int = 128
-    hypernet_hidden: list[int] = field(default_factory=lambda: [64])
-    generate_bias: bool = True
-    condition_mode: str = "group-wise"  # group-wise | mix-wise | self-wise
-    condition_groups: list[str] = field(default_factory=lambda: ["domain"])
-    aggregation: str = "concat"  # concat | mean | attention
-    aggregate_at: str = "input"  # input | output
-    condition_dim: int = 16  # APG's own domain-id table width; the mean/attention projection width
-    detach_condition: bool = False
-
-
-class APGMixin:
-    """Overrides a :class:`CTRBackbone`'s ``build_deep`` / ``deep`` hooks with APG layers."""
-
-    def _apg_setup(self) -> None:
-        c = self.config
-        if c.version not in VERSIONS:
-            raise ConfigError(f"model.{self.registry_name}.version: expected one of {', '.join(VERSIONS)}, got '{c.version}'")
-        if c.condition_mode not in CONDITION_MODES:
-            raise ConfigError(f"model.{self.registry_name}.condition_mode: expected one of "
-                              f"{', '.join(CONDITION_MODES)}, got '{c.condition_mode}'")
-        if c.aggregation not in INPUT_AGGREGATIONS:
-            raise ConfigError(f"model.{self.registry_name}.aggregation: expected one of "
-                              f"{', '.join(INPUT_AGGREGATIONS)}, got '{c.aggregation}'")
-        if c.aggregate_at not in ("input", "output"):
-            raise ConfigError(f"model.{self.registry_name}.aggregate_at: expected 'input' or 'output', got '{c.aggregate_at}'")
-        groups = list(dict.fromkeys(c.condition_groups))
-        self._apg_mode = c.condition_mode
-        self._apg_groups: list[str] = []
-        self._apg_fields: dict[str, list[int]] = {}
-        self.apg_input_agg = None
-        self.apg_per_group = False
-        if c.condition_mode == "self-wise":
-            self._apg_cond_dim = None
-            return
-        if c.condition_mode == "group-wise" and len(groups) != 1:
-            raise ConfigError(f"model.{self.registry_name}.condition_groups: group-wise needs exactly one group, got "
-                              f"{groups}; use condition_mode: mix-wise for several")
-        if c.condition_mode == "mix-wise" and len(groups) < 2:
-            raise ConfigError(f"model.{self.registry_name}.condition_groups: mix-wise needs >= 2 groups, got {groups}")
-        if c.condition_mode == "mix-wise" and c.aggregate_at == "output" and c.aggregation == "concat":
-            raise ConfigError(f"model.{self.registry_name}.aggregation: 'concat' cannot aggregate outputs "
-                              "(aggregate_at: output); use mean or attention")
-        dims = []
-        for g in groups:
-            if g == "domain":
-                self.apg_domain_table = nn.Embedding(self.num_domains, c.condition_dim)
-                nn.init.normal_(self.apg_domain_table.weight, std=1.0)
-                dom_field = [f.name for f in self.schema.fields].index(self.schema.domain)
-                idx = [i for i in self.field_index("domain", "apg condition") if i != dom_field]
-                dims.append(c.condition_dim + len(idx) * c.embed_dim)
-            else:
-                idx = self.field_index(g, f"apg condition (model.{self.registry_name}.condition_groups)")
-                dims.append(len(idx) * c.embed_dim)
-            self._apg_groups.append(g)
-            self._apg_fields[g] = idx
-        if c.condition_mode == "group-wise":
-            self._apg_cond_dim = dims[0]
-            # z = Emb(domain id) alone: run G once per domain row of the table, gather per sample (exact)
-            self.apg_per_group = groups == ["domain"] and not self._apg_fields["domain"]
-        elif c.aggregate_at == "input":
-            self.apg_input_agg = InputAggregation(dims, c.aggregation, c.condition_dim)
-            self._apg_cond_dim = self.apg_input_agg.out_dim
-        else:
-            self._apg_cond_dim = dims
-
-    def _apg_kwargs(self) -> dict:
-        c = self.config
-        return dict(version=c.version, rank_k=c.rank_k, overparam_p=c.overparam_p,
-                    hypernet_hidden=list(c.hypernet_hidden), generate_bias=c.generate_bias,
-                    output_aggregation=c.aggregation if c.aggregate_at == "output" else "mean",
-                    detach_condition=c.detach_condition)
-
-    def build_deep(self, in_dim: int, hidden) -> nn.Module:
-        if not hasattr(self, "_apg_mode"):
-            self._apg_setup()
-        c = self.config
-        if not hidden:
-            raise ConfigError(f"model.{self.registry_name}.hidden: APG needs at least one hidden layer to generate")
-        return APGMLP(in_dim, list(hidden), self._apg_cond_dim, None, c.activation, c.dropout, c.batch_norm,
-                      **self._apg_kwargs())
-
-    def apg_condition(self, batch, emb: torch.Tensor):
-        """The condition for this batch: None (self-wise), a tensor, or a list of factors (output aggregation)."""
-        if self._apg_mode == "self-wise":
-            return None
-        factors = []
-        for g in self._apg_groups:
-            idx = self._apg_fields[g]
-            parts = [self.apg_domain_table(batch.domain)] if g == "domain" else []
-            if idx:
-                parts.append(emb[:, idx].flatten(1))
-            factors.append(torch.cat(parts, 1) if len(parts) > 1 else parts[0])
-        if self._apg_mode == "group-wise":
-            return factors[0]
-        if self.apg_input_agg is not None:
-            return self.apg_input_agg(factors)
-        return factors
-
-    def apg_condition_args(self, batch, emb) -> tuple:
-        """(condition, index) for APGMLP: with ``apg_per_group`` the condition is the domain table itself."""
-        if self.apg_per_group:
-            return self.apg_domain_table.weight, batch.domain
-        return self.apg_condition(batch, emb), None
-
-    def deep(self, x, batch, emb):
-        return self.mlp(x, *self.apg_condition_args(batch, emb))
-
-    def merge_for_inference(self):
-        """Fold every v5 layer's U_l U_r, V_l V_r into v4 form (exact, idempotent); returns self."""
-        merge_for_inference(self)
-        return self
+def _register_apg(backbone: str):
+    return register(f"apg_{backbone}", paper=f"{PAPER} (backbone: {backbone})", needs=("domain",),
+                    multi_task=True, multi_domain=True, tags=("apg",))
 
 
 class _DNNBackbone(CTRBackbone):
@@ -175,33 +48,87 @@ class _DNNBackbone(CTRBackbone):
         return self.deep(self.flat_input(batch, emb), batch, emb), None
 
 
-BACKBONES = {"dnn": _DNNBackbone, "wdl": WDL, "deepfm": DeepFM, "dcn": DCN, "dcnv2": DCNv2, "pnn": PNN,
-             "fibinet": FiBiNET, "autoint": AutoInt}
+@_register_apg("dnn")
+class APGDNN(APGMixin, _DNNBackbone):
+    """APG on dnn: its deep MLP made of APG layers."""
+
+    @dataclass
+    class Config(APGOptions, _DNNBackbone.Config):
+        pass
 
 
-def _make(backbone: str, base: type) -> type:
-    cfg = dataclass(type("Config", (APGOptions, base.Config), {"__module__": __name__,
-                                                               "__qualname__": f"APG_{backbone}.Config"}))
+@_register_apg("wdl")
+class APGWDL(APGMixin, WDL):
+    """APG on wdl: its deep MLP made of APG layers."""
+
+    @dataclass
+    class Config(APGOptions, WDL.Config):
+        pass
+
+
+@_register_apg("deepfm")
+class APGDeepFM(APGMixin, DeepFM):
+    """APG on deepfm: its deep MLP made of APG layers."""
+
+    @dataclass
+    class Config(APGOptions, DeepFM.Config):
+        pass
+
+
+@_register_apg("dcn")
+class APGDCN(APGMixin, DCN):
+    """APG on dcn: its deep MLP made of APG layers."""
+
+    @dataclass
+    class Config(APGOptions, DCN.Config):
+        pass
+
+
+@_register_apg("dcnv2")
+class APGDCNv2(APGMixin, DCNv2):
+    """APG on dcnv2: its deep MLP made of APG layers."""
+
+    @dataclass
+    class Config(APGOptions, DCNv2.Config):
+        pass
+
+
+@_register_apg("pnn")
+class APGPNN(APGMixin, PNN):
+    """APG on pnn: its deep MLP made of APG layers."""
+
+    @dataclass
+    class Config(APGOptions, PNN.Config):
+        pass
+
+
+@_register_apg("fibinet")
+class APGFiBiNET(APGMixin, FiBiNET):
+    """APG on fibinet: its deep MLP made of APG layers."""
+
+    @dataclass
+    class Config(APGOptions, FiBiNET.Config):
+        pass
+
+
+@_register_apg("autoint")
+class APGAutoInt(APGMixin, AutoInt):
+    """APG on autoint: its deep MLP made of APG layers."""
+
+    @dataclass
+    class Config(APGOptions, AutoInt.Config):
+        pass
 
     def __init__(self, schema, config):
-        if backbone == "autoint" and not config.use_dnn:
+        if not config.use_dnn:
             raise ConfigError("model.apg_autoint.use_dnn: APG replaces the MLP of AutoInt+, so use_dnn must be true")
-        base.__init__(self, schema, config)
-
-    cls = type(f"APG_{backbone}", (APGMixin, base), {"Config": cfg, "__init__": __init__, "__module__": __name__,
-                                                     "__doc__": f"APG on {backbone}: its MLP made of APG layers."})
-    return register(f"apg_{backbone}", paper=f"{PAPER} (backbone: {backbone})", needs=("domain",),
-                    multi_task=True, multi_domain=True, tags=("apg",))(cls)
-
-
-for _name, _base in BACKBONES.items():
-    globals()[f"APG_{_name}"] = _make(_name, _base)
+        super().__init__(schema, config)
 
 
 @register("apg_multitask", paper=f"{PAPER}; towers as in Chang et al., PEPNet, KDD 2023", needs=("domain",),
           multi_task=True, multi_domain=True, tags=("apg",))
 class APGMultiTask(APGMixin, CTRBackbone):
-    """PEPNet-style multi-task towers (SPEC §2.6 layout) with APG layers: an optional static shared bottom
+    """PEPNet-style multi-task towers (PEPNet, KDD 2023, layout) with APG layers: an optional static shared bottom
     (``hidden``, default none) on E ⊕ dense, then per task a tower of APG layers (``tower_hidden``, PEPNet's
     [100, 64]) ending in a static linear logit; towers are shared across domains, the condition (default the
     domain) personalises them."""
@@ -216,9 +143,9 @@ class APGMultiTask(APGMixin, CTRBackbone):
         c = config
         self.bottom = MLP(self.input_dim, list(c.hidden), None, c.activation, c.dropout, c.batch_norm)
         self.towers = nn.ModuleDict({t: self.build_deep(self.bottom.out_features, c.tower_hidden) for t in self.tasks})
-        self.heads = nn.ModuleDict({t: nn.Linear(self.towers[t].out_features, 1) for t in self.tasks})
+        self.heads = task_heads({t: tw.out_features for t, tw in self.towers.items()}, self.tasks)
 
-    def forward(self, batch):
+    def compute(self, batch):
         emb = self.embed(batch)
         x = self.bottom(self.flat_input(batch, emb))
         z, index = self.apg_condition_args(batch, emb)

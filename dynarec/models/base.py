@@ -1,10 +1,25 @@
 """BaseModel: the contract every model follows (DESIGN.md "Contracts worth keeping stable").
 
-A model is built from ``(schema, config)``; ``forward(batch) -> {task: logits [B]}``. Which schema
-groups feed which part is configuration, resolved here with a clear error for a missing group."""
+A model is built from ``(schema, config)``. Its entry on plain tensors (stable names, for torch.export /
+ONNX and serving) is::
+
+    forward_tensors(sparse, dense, domain, sequences) -> {task: logits Float [B]}
+
+* ``sparse``: Long [B, S], one id column per ``schema.sparse`` feature (0 = unknown);
+* ``dense``: Float [B, D], ``schema.dense_dim`` columns (missing indicators included; D may be 0);
+* ``domain``: Long [B], domain ids (0 = unknown, 1..D-1);
+* ``sequences``: a tuple of Long [B, L_j], one per ``schema.sequences`` feature in schema order (0 = padding).
+
+``forward(batch)`` is a thin wrapper over it, defined here once; a model implements :meth:`compute` on
+:class:`ModelInputs` (the same tensors by name). Every id-indexed table of a model is owned by
+``self.tables`` (:class:`~dynarec.tables.TableCollection`). The optional hooks (``extra_loss``, ``task_loss``,
+``gate_modules`` / ``gate_usage``, ``merge_for_inference``, ``prepare_for_load``, ``last_log_var``) are
+declared here with defaults. Which schema groups feed which part is configuration, resolved here with a
+clear error for a missing group."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -13,6 +28,8 @@ from dynarec.data.schema import Schema
 from dynarec.data.table import Batch
 from dynarec.errors import ConfigError
 from dynarec.nn.embedding import FeatureEmbedding
+from dynarec.tables import TableCollection
+from dynarec.tables.fused import fused_layout, schema_fields
 
 
 @dataclass
@@ -28,6 +45,16 @@ class ModelConfig:
     embedding_init_std: float = 1e-2  # N(0, std) for the embedding tables (FuxiCTR / torch-rechub use 1e-4)
 
 
+class ModelInputs(NamedTuple):
+    """The tensors of one forward, by name (a :class:`~dynarec.data.table.Batch` without labels):
+    ``sparse`` Long [B, S], ``dense`` Float [B, D], ``domain`` Long [B], ``sequences`` {name: Long [B, L]}."""
+
+    sparse: torch.Tensor
+    dense: torch.Tensor
+    domain: torch.Tensor
+    sequences: dict
+
+
 class BaseModel(nn.Module):
     Config = ModelConfig
     registry_name = "base"
@@ -38,7 +65,12 @@ class BaseModel(nn.Module):
         self.config = config
         self.tasks = schema.task_names
         self.num_domains = max(schema.num_domains, 1)
-        self.embedding = FeatureEmbedding(schema, config.embed_dim, init_std=config.embedding_init_std)
+        self.tables = TableCollection()  # owns every id-indexed table of the model
+        self.embedding = FeatureEmbedding(fused_layout("features", schema_fields(schema), config.embed_dim,
+                                                       config.embedding_init_std, "embedding"),
+                                          self.tables, legacy="embedding")
+        self.sequence_names = [f.name for f in schema.sequences]
+        self.last_log_var: dict[str, torch.Tensor] = {}
         self.num_fields = self.embedding.num_fields
         self.dense_dim = schema.dense_dim
         self.input_dim = self.num_fields * config.embed_dim + self.dense_dim
@@ -74,18 +106,78 @@ class BaseModel(nn.Module):
                                   f"(have: {', '.join(pos)})")
         return [pos[n] for n in names]
 
+    def prior_embedding(self, cols: list[int], dim: int):
+        """Gate-only prior tables (table ``prior`` of ``self.tables``) for the sparse columns ``cols``."""
+        from dynarec.nn.prior import PriorEmbedding
+
+        feats = [self.schema.sparse[i] for i in cols]
+        return PriorEmbedding(cols, [(f.table, f.vocab_size) for f in feats], dim, collection=self.tables,
+                              features=tuple(f.name for f in feats), legacy="priors")
+
     def flat_input(self, batch: Batch, emb: torch.Tensor | None = None) -> torch.Tensor:
         """Flattened embeddings ⊕ dense features: [B, input_dim]."""
         e = self.embed(batch) if emb is None else emb
         return torch.cat([e.flatten(1), batch.dense], 1) if self.dense_dim else e.flatten(1)
 
     # ---- outputs ---------------------------------------------------------------------------------
-    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
+    def forward_tensors(self, sparse: torch.Tensor, dense: torch.Tensor, domain: torch.Tensor,
+                        sequences: tuple[torch.Tensor, ...] = ()) -> dict[str, torch.Tensor]:
+        """``{task: logits Float [B]}`` from plain tensors (see the module docstring for names and shapes)."""
+        return self.compute(ModelInputs(sparse, dense, domain, dict(zip(self.sequence_names, sequences))))
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """``forward_tensors`` on the tensors of ``batch``."""
+        return self.forward_tensors(batch.sparse, batch.dense, batch.domain,
+                                    tuple(batch.sequences[n] for n in self.sequence_names))
+
+    def compute(self, x: ModelInputs) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
+        """The model's computation on named tensors; ``{task: logits [B]}``."""
         raise NotImplementedError
 
+    # ---- optional hooks (defaults) ---------------------------------------------------------------
     def extra_loss(self) -> torch.Tensor | None:
         """Auxiliary loss of the last forward (e.g. MoE balance); added to the task loss in training."""
         return None
+
+    def task_loss(self, outputs: dict[str, torch.Tensor], labels: dict[str, torch.Tensor],
+                  types: dict[str, str] | None = None) -> dict[str, torch.Tensor]:
+        """Per-task losses of the last forward (default: BCE / MSE per task type)."""
+        from dynarec.losses import task_losses
+
+        return task_losses(outputs, labels, types or {t.name: t.type for t in self.schema.tasks})
+
+    def gate_modules(self) -> dict[str, nn.Module]:
+        """Named softmax / top-k gates whose ``.last`` holds the gate weights of the last forward (none)."""
+        return {}
+
+    @torch.no_grad()
+    def gate_usage(self, table, batch_size: int = 65536) -> dict[str, dict]:
+        """Per gate of :meth:`gate_modules`: mean weight per expert, top-1 share, entropy, polarisation,
+        measured in eval mode over ``table`` (``{}`` for a model without gates)."""
+        from dynarec.nn.moe import gate_usage_stats
+
+        gates = self.gate_modules()
+        if not gates:
+            return {}
+        was = self.training
+        self.eval()
+        acc: dict[str, list[torch.Tensor]] = {k: [] for k in gates}
+        for b in table.batches(batch_size):
+            self(b)
+            for k, g in gates.items():
+                acc[k].append(g.last)
+        self.train(was)
+        return {k: gate_usage_stats(torch.cat(v)) for k, v in acc.items()}
+
+    def merge_for_inference(self) -> BaseModel:
+        """Switch to the inference form (e.g. APG v5 -> v4); exact and idempotent. Default: nothing to do."""
+        return self
+
+    def prepare_for_load(self, state_dict: dict) -> None:
+        """Adapt the model (or, in place, ``state_dict``) before ``load_state_dict``: renames the table keys
+        of checkpoints written before the table collection (``embedding.weight.weight`` ->
+        ``tables.features.weight``, ...)."""
+        self.tables.rename_legacy_keys(state_dict)
 
     def predict(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Probabilities per task (binary) or values (regression), eval mode, no grad."""
@@ -96,10 +188,3 @@ class BaseModel(nn.Module):
         self.train(was)
         types = {t.name: t.type for t in self.schema.tasks}
         return {k: torch.sigmoid(v) if types.get(k, "binary") == "binary" else v for k, v in out.items()}
-
-
-def task_heads(in_dim: int, tasks: list[str], hidden: list[int], act: str = "relu", dropout: float = 0.0) -> nn.ModuleDict:
-    """One tower (MLP ending in a single logit) per task."""
-    from dynarec.nn.mlp import MLP
-
-    return nn.ModuleDict({t: MLP(in_dim, hidden, 1, act, dropout) for t in tasks})

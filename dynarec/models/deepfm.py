@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dynarec.models.base import ModelConfig
-from dynarec.models.ctr_base import CTRBackbone, FirstOrder
+from dynarec.models.ctr_backbone import CTRBackbone
 from dynarec.models.registry import register
 from dynarec.nn.interaction import FM
 
@@ -20,7 +20,7 @@ class DeepFM(CTRBackbone):
 
     def __init__(self, schema, config):
         super().__init__(schema, config)
-        self.first = FirstOrder(schema, len(self.tasks))
+        self.build_first_order("first")
         self.fm = FM()
         self.mlp = self.build_deep(self.input_dim, config.hidden)
         self.build_heads(self.mlp.out_features)

@@ -1,6 +1,7 @@
 """DNN: one shared MLP over [embeddings ⊕ dense], one linear logit per task.
 
-Option ``latent_cross`` (Beutel et al., WSDM 2018; SPEC §2.11): the last hidden layer becomes
+Option ``latent_cross`` (Beutel et al., WSDM 2018; docs/models.md "Latent Cross — the `latent_cross` option of
+`dnn`"): the last hidden layer becomes
 ``(1 + Σ_c Emb_c(context_c)) ⊙ h`` over the sparse features of the ``context`` group (zero-initialised
 context embeddings, so the option starts as the plain DNN)."""
 from __future__ import annotations
@@ -8,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from dynarec.models.base import BaseModel, ModelConfig
+from dynarec.models.heads import task_heads
 from dynarec.models.registry import register
 from dynarec.nn.mlp import MLP
 
@@ -26,7 +27,7 @@ class DNN(BaseModel):
         super().__init__(schema, config)
         c = config
         self.mlp = MLP(self.input_dim, c.hidden, None, c.activation, c.dropout, c.batch_norm)
-        self.heads = nn.ModuleDict({t: nn.Linear(self.mlp.out_features, 1) for t in self.tasks})
+        self.heads = task_heads(self.mlp.out_features, self.tasks)
         self.latent_cross = None
         if c.latent_cross:
             from dynarec.nn.cross import LatentCross
@@ -38,9 +39,10 @@ class DNN(BaseModel):
 
                 raise ConfigError("model.dnn.latent_cross: needs a sparse feature in group 'context'")
             self.register_buffer("_ctx_cols", torch.tensor(cols, dtype=torch.long), persistent=False)
-            self.latent_cross = LatentCross([schema.sparse[i].vocab_size for i in cols], self.mlp.out_features)
+            self.latent_cross = LatentCross([schema.sparse[i].vocab_size for i in cols], self.mlp.out_features,
+                                            tables=self.tables, legacy="latent_cross")
 
-    def forward(self, batch):
+    def compute(self, batch):
         h = self.mlp(self.flat_input(batch))
         if self.latent_cross is not None:
             h = self.latent_cross(h, batch.sparse[:, self._ctx_cols])

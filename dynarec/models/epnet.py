@@ -1,4 +1,5 @@
-"""EPNet — Embedding Personalized Network (Chang et al., PEPNet, KDD 2023, EPNet eq.; SPEC §2.5), on a DNN.
+"""EPNet — Embedding Personalized Network (Chang et al., PEPNet, KDD 2023, EPNet eq.; docs/models.md "epnet — EPNet
+on a DNN"), on a DNN.
 
 ``O_ep = GateNU(E(F_d) ⊕ sg(E)) ⊙ E`` rescales the general embeddings per domain, then a shared MLP with
 one logit per task reads ``flat(O_ep) ⊕ dense``. F_d = the embedded features of ``domain_groups`` (default:
@@ -6,17 +7,19 @@ the domain id) ⊕ their dense features (per-domain statistics, if the schema ha
 shared table and is not detached; E is detached in the gate input only.
 
 Options: ``epnet_granularity`` "field" (default, one gate per field — the paper's feature-wise product,
-unverified) | "dim" (one gate per embedding dimension, the fun-rec code and SPEC's (0,2)^{d_E});
-``epnet_input`` "full" (``E(F_d) ⊕ sg(E)``, SPEC "dynarec uses") | "domain_only" (``E(F_d)``)."""
+unverified) | "dim" (one gate per embedding dimension, the fun-rec code and (0,2)^{d_E});
+``epnet_input`` "full" (``E(F_d) ⊕ sg(E)``, dynarec default) | "domain_only" (``E(F_d)``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import torch
 
-from dynarec.models._gate_utils import GateRecorder, check_choice, check_gate_common, dense_index
 from dynarec.models.base import BaseModel, ModelConfig
+from dynarec.models.gate_checks import check_choice, check_gate_common
+from dynarec.models.gate_recorder import GateRecorder
 from dynarec.models.registry import register
+from dynarec.models.schema_index import dense_index
 from dynarec.nn.gates import EPNet as EPNetLayer
 from dynarec.nn.mlp import MLP
 
@@ -75,7 +78,7 @@ class EPNetModel(DomainSide, GateRecorder, BaseModel):
         self._build_epnet(c, "model.epnet", check_gate_common("model.epnet", c))
         self.mlp = MLP(self.input_dim, c.hidden, len(self.tasks), c.activation, c.dropout, c.batch_norm)
 
-    def forward(self, batch):
+    def compute(self, batch):
         self._start_record()
         out = self.mlp(self.flat_input(batch, self.epnet_embed(batch)))
         return {t: out[:, i] for i, t in enumerate(self.tasks)}

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from dynarec.models.base import ModelConfig
-from dynarec.models.ctr_base import CTRBackbone, FirstOrder
+from dynarec.models.ctr_backbone import CTRBackbone
 from dynarec.models.registry import register
 from dynarec.nn.interaction import BilinearInteraction, SENet
 
@@ -24,7 +24,7 @@ class FiBiNET(CTRBackbone):
     def __init__(self, schema, config):
         super().__init__(schema, config)
         c, F = config, self.num_fields
-        self.first = FirstOrder(schema, len(self.tasks))
+        self.build_first_order("first")
         self.senet = SENet(F, c.senet_reduction)
         self.bilinear = BilinearInteraction(F, c.embed_dim, c.bilinear_type)
         in_dim = 2 * self.bilinear.num_pairs * c.embed_dim + self.dense_dim

@@ -1,5 +1,5 @@
 """LHUC on a DNN (Swietojanski, Li, Renals, "Learning Hidden Unit Contributions for Unsupervised Acoustic
-Model Adaptation", TASLP 2016; SPEC §2.2).
+Model Adaptation", TASLP 2016; docs/models.md "lhuc — LHUC on a DNN").
 
 Each hidden layer's units are rescaled per group: ``h^l = 2σ(r_g^l) ⊙ φ(h^{l−1}W^l + b^l)``, r initialised
 to 0 (the model starts as the plain DNN). The group is the value of a sparse feature, by default the
@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from torch import nn
 
 from dynarec.errors import ConfigError
-from dynarec.models._gate_utils import check_gate_common
 from dynarec.models.base import BaseModel, ModelConfig
+from dynarec.models.gate_checks import check_gate_common
 from dynarec.models.registry import register
 from dynarec.nn.gates import LHUC, GatedMLP
 
@@ -45,7 +45,7 @@ class LHUCModel(BaseModel):
             for m in self.lhuc:
                 nn.init.normal_(m.r, std=0.1)
 
-    def forward(self, batch):
+    def compute(self, batch):
         g = batch.sparse[:, self.group_col]
         out = self.mlp(self.flat_input(batch), [m.gate(g) for m in self.lhuc])
         return {t: out[:, i] for i, t in enumerate(self.tasks)}

@@ -1,4 +1,5 @@
-"""M2M (Zhang et al., WSDM 2022, arXiv 2201.06814; SPEC §2.8): multi-scenario multi-task meta learning.
+"""M2M (Zhang et al., WSDM 2022, arXiv 2201.06814; docs/models.md "M2M — `m2m`"): multi-scenario multi-task meta
+learning.
 
 * experts ``E_i = MLP_i(SelfAttn(X_seq) ⊕ X_other)`` (``hidden`` widths; the attention runs over each
   sample's own behaviour tokens, never across the batch);
@@ -17,9 +18,11 @@ from torch import nn
 
 from dynarec.errors import ConfigError
 from dynarec.models.base import BaseModel, ModelConfig
+from dynarec.models.heads import task_heads
 from dynarec.models.registry import register
 from dynarec.nn.meta import MetaAttention, MetaTower, SequenceSelfAttention
 from dynarec.nn.mlp import ACTIVATIONS, MLP
+from dynarec.tables.spec import TableSpec
 
 
 @register("m2m", paper="Zhang et al., Leaving No One Behind: A Multi-Scenario Multi-Task Meta Learning Approach "
@@ -36,7 +39,7 @@ class M2M(BaseModel):
         task_hidden: list[int] = field(default_factory=lambda: [32])  # T_t = MLP(Emb(t))
         scenario_groups: list[str] = field(default_factory=lambda: ["domain"])
         user_groups: list[str] = field(default_factory=lambda: ["user"])
-        meta_activation: str = "relu"  # the σ of SPEC §2.8; "sigmoid" stalls the residual tower (docs)
+        meta_activation: str = "relu"  # the σ of the meta units (M2M); "sigmoid" stalls the residual tower (docs)
         seq_heads: int = 2
 
     def __init__(self, schema, config):
@@ -67,14 +70,15 @@ class M2M(BaseModel):
                                 c.activation)
         d_s = self.scenario_mlp.out_features
         T = len(self.tasks)
-        self.task_emb = nn.Embedding(T, c.task_embed_dim)
+        # task embedding Emb(t): torch's default N(0, 1) init, dense optimizer
+        self.tables.add(TableSpec("m2m_task", T, c.task_embed_dim), legacy="task_emb")
         self.task_mlp = MLP(c.task_embed_dim, c.task_hidden, None, c.activation)
         d_t = self.task_mlp.out_features
         act = c.meta_activation
         self.attention = nn.ModuleDict({t: MetaAttention(d_e, d_t, d_s, c.meta_widths, act) for t in self.tasks})
         self.meta_towers = nn.ModuleDict({t: MetaTower(d_e, d_s, c.tower_layers, c.meta_widths[:-1], act)
                                           for t in self.tasks})
-        self.heads = nn.ModuleDict({t: nn.Linear(d_e, 1) for t in self.tasks})
+        self.heads = task_heads(d_e, self.tasks)
         self.last_attention: dict[str, torch.Tensor] = {}
 
     def scenario_summary(self, emb: torch.Tensor) -> torch.Tensor:
@@ -94,11 +98,11 @@ class M2M(BaseModel):
         x = torch.cat(parts, 1)
         return torch.stack([e(x) for e in self.experts], 1)
 
-    def forward(self, batch):
+    def compute(self, batch):
         emb = self.embed(batch)
         s = self.scenario_summary(emb)
         ex = self.expert_outputs(batch, emb)
-        task_vecs = self.task_mlp(self.task_emb.weight)  # [T, d_t]
+        task_vecs = self.task_mlp(self.tables["m2m_task"].weight)  # [T, d_t]
         out = {}
         for i, t in enumerate(self.tasks):
             r, alpha = self.attention[t](ex, task_vecs[i], s)

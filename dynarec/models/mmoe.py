@@ -1,4 +1,4 @@
-"""MMoE (Ma et al., KDD 2018) with the YouTube additions (Zhao et al., RecSys 2019; SPEC §2.12).
+"""MMoE (Ma et al., KDD 2018) with the YouTube additions (Zhao et al., RecSys 2019; docs/models.md "MMoE (`mmoe`)").
 
 ``h_t = Σ_i g_t(x)_i f_i(x)``, ``g_t = softmax(x W_t)``; ``y_t = tower_t(h_t)``. Experts are MLPs
 ``hidden`` (default 4 × [256, 128]), towers ``tower_hidden`` ([64]).
@@ -7,14 +7,14 @@
   with that probability and the gate renormalised (a row never loses every expert). Off in eval.
 * ``gate: noisy_topk`` replaces each task's softmax gate with a noisy top-k gate (Shazeer et al. 2017,
   ``top_k``, ``balance_coef``; balance loss via ``extra_loss()``); expert dropout then does not apply.
-* The shallow position tower and aleatoric heads of :class:`~dynarec.models.moe.MTLModel`.
+* The shallow position tower and aleatoric heads of :class:`~dynarec.models.multitask.MTLModel`.
 * ``gate_usage(table)`` reports per-task gate statistics (mean weight, top-1 share, entropy, polarised).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dynarec.models.moe import MTLConfig, MTLModel
+from dynarec.models.multitask import MTLConfig, MTLModel
 from dynarec.models.registry import register
 from dynarec.nn.moe import MMoELayer
 
@@ -48,6 +48,6 @@ class MMoE(MTLModel):
     def gate_modules(self):
         return dict(zip(self.tasks, self.mmoe.gates))
 
-    def forward(self, batch):
+    def compute(self, batch):
         hs = self.mmoe(self.main_input(batch))
         return self.finish(batch, {t: self.towers[t](h) for t, h in zip(self.tasks, hs)})

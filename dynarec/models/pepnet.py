@@ -1,4 +1,5 @@
-"""PEPNet — Parameter and Embedding Personalized Network (Chang et al., KDD 2023, arXiv 2302.01115; SPEC §2.6).
+"""PEPNet — Parameter and Embedding Personalized Network (Chang et al., KDD 2023, arXiv 2302.01115; docs/models.md
+"pepnet — PEPNet (multi-domain, multi-task)").
 
 * EPNet: ``O_ep = GateNU(E(F_d) ⊕ sg(E)) ⊙ E`` (see :mod:`dynarec.models.epnet`).
 * PPNet: ``O_prior = E_g(F_u) ⊕ E_g(F_i) ⊕ E_g(F_a)`` from gate-only tables (priors: sparse features of
@@ -9,7 +10,8 @@
 
 So the PPNet gates get no gradient from EPNet or the shared tables (both behind ``sg``); E and EPNet train
 through the towers. Defaults: towers ``tower_hidden=[100, 64]`` (official-style code), γ = 2, GateNU hidden
-width = its output width (SPEC §2.4). ``hidden`` is unused (there is no shared bottom). The logit is
+width = its output width (PEPNet's Gate NU; docs/models.md "Layers"). ``hidden`` is unused (there is no shared
+bottom). The logit is
 returned without the sigmoid (BCE-with-logits)."""
 from __future__ import annotations
 
@@ -18,11 +20,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from dynarec.models._gate_utils import (GateRecorder, PriorEmbedding, check_choice, check_gate_common,
-                                        default_prior_groups, sparse_fields)
 from dynarec.models.base import BaseModel, ModelConfig
 from dynarec.models.epnet import DomainSide, EPNetOptions
+from dynarec.models.gate_checks import check_choice, check_gate_common
+from dynarec.models.gate_recorder import GateRecorder
 from dynarec.models.registry import register
+from dynarec.models.schema_index import default_prior_groups, sparse_fields
 from dynarec.nn.gates import GatedMLP, LayerGates
 
 
@@ -49,14 +52,14 @@ class PEPNet(DomainSide, GateRecorder, BaseModel):
         self._build_epnet(c, where, zero)
         self.prior_fields = sparse_fields(self, default_prior_groups(schema, c.gate_groups), c.gate_features,
                                           f"{where} gate_groups")
-        self.priors = PriorEmbedding(schema, self.prior_fields, c.gate_emb_dim)
+        self.priors = self.prior_embedding(self.prior_fields, c.gate_emb_dim)
         self.towers = nn.ModuleDict({t: GatedMLP(self.input_dim, c.tower_hidden, 1, c.activation, c.dropout,
                                                  c.batch_norm, c.gate_position) for t in self.tasks})
         dims = self.towers[self.tasks[0]].gate_dims
         self.ppnet = LayerGates(self.priors.out_dim + self.input_dim, dims, c.gate_hidden_dim or None, c.gamma,
                                 len(self.tasks), zero)
 
-    def forward(self, batch):
+    def compute(self, batch):
         self._start_record()
         x = self.flat_input(batch, self.epnet_embed(batch))
         gates = self.ppnet(torch.cat([self.priors(batch.sparse), x.detach()], 1))  # each [B, T, w_l]

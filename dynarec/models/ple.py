@@ -1,17 +1,17 @@
-"""PLE — Progressive Layered Extraction (Tang et al., RecSys 2020; SPEC §2.13).
+"""PLE — Progressive Layered Extraction (Tang et al., RecSys 2020; docs/models.md "PLE (`ple`)").
 
 ``levels`` stacked CGC levels. In each level task t has ``n_specific`` own experts and a gate over
 [own ⊕ ``n_shared`` shared experts]; a shared gate over all experts feeds the next level's shared
 experts (none in the last level). Defaults (dynarec choice): 2 levels, 1 specific + 1 shared expert,
 experts ``hidden``, towers ``tower_hidden``. Optional ``expert_dropout`` on every gate (default 0).
 With one level and ``n_specific: 0`` it is exactly MMoE. Also: shallow position tower, aleatoric heads
-(:class:`~dynarec.models.moe.MTLModel`), ``gate_usage(table)`` per level and gate.
+(:class:`~dynarec.models.multitask.MTLModel`), ``gate_usage(table)`` per level and gate.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dynarec.models.moe import MTLConfig, MTLModel
+from dynarec.models.multitask import MTLConfig, MTLModel
 from dynarec.models.registry import register
 from dynarec.nn.moe import PLELayer
 
@@ -42,6 +42,6 @@ class PLE(MTLModel):
                 out[f"level{i}/shared"] = lvl.shared_gate
         return out
 
-    def forward(self, batch):
+    def compute(self, batch):
         hs = self.ple(self.main_input(batch))
         return self.finish(batch, {t: self.towers[t](h) for t, h in zip(self.tasks, hs)})

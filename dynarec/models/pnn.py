@@ -10,7 +10,7 @@ import torch
 
 from dynarec.errors import ConfigError
 from dynarec.models.base import ModelConfig
-from dynarec.models.ctr_base import CTRBackbone
+from dynarec.models.ctr_backbone import CTRBackbone
 from dynarec.models.registry import register
 from dynarec.nn.interaction import InnerProduct, OuterProduct
 

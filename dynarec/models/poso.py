@@ -1,9 +1,10 @@
-"""POSO — Personalized Cold Start Modules (Dai et al., arXiv 2108.04690, Kuaishou; SPEC §2.7).
+"""POSO — Personalized Cold Start Modules (Dai et al., arXiv 2108.04690, Kuaishou; docs/models.md "poso — POSO
+(MLP-POSO and MMoE-POSO)").
 
 Gates computed from user-group features x^pc rescale the main network, so rare user groups (new users)
 are not submerged. x^pc = the dense features of ``pc_groups`` (raw scalars such as activity) ⊕, with
 ``pc_embeddings``, stop-gradient copies of their sparse embeddings (e.g. the uid). Gates are C·σ
-(C = ``gamma`` = 2, SPEC "dynarec uses": no softmax), computed by ``σ(MLP_{d_pc→gate_hidden→w})``; the
+(C = ``gamma`` = 2; dynarec uses no softmax), computed by ``σ(MLP_{d_pc→gate_hidden→w})``; the
 last layer is zero-initialised so the model starts as its backbone.
 
 One registered name, two forms (``form``):
@@ -21,14 +22,12 @@ import torch
 from torch import nn
 
 from dynarec.errors import ConfigError
-from dynarec.models._gate_utils import (
-    GateRecorder,
-    check_choice,
-    check_gate_common,
-    dense_index,
-)
-from dynarec.models.base import BaseModel, ModelConfig, task_heads
+from dynarec.models.base import BaseModel, ModelConfig
+from dynarec.models.gate_checks import check_choice, check_gate_common
+from dynarec.models.gate_recorder import GateRecorder
+from dynarec.models.heads import task_heads
 from dynarec.models.registry import register
+from dynarec.models.schema_index import dense_index
 from dynarec.nn.gates import GatedMLP, GateNU
 from dynarec.nn.mlp import MLP
 
@@ -87,7 +86,7 @@ class POSO(GateRecorder, BaseModel):
             parts.append(emb[:, self._pc_fields].detach().flatten(1))
         return torch.cat(parts, 1)
 
-    def forward(self, batch):
+    def compute(self, batch):
         self._start_record()
         emb = self.embed(batch)
         x = self.flat_input(batch, emb)

@@ -1,11 +1,11 @@
 """PPNet — Parameter Personalized Network (Kuaishou 2019; no paper, described in Kuaishou articles and
-in PEPNet, KDD 2023; SPEC §2.3).
+in PEPNet, KDD 2023; docs/models.md "ppnet — PPNet (Kuaishou 2019)").
 
 Every layer of the DNN has its own Gate NU (Linear → ReLU → Linear → γσ, γ = 2). The gate input is
 ``sg(E) ⊕ E_g(priors)``: the id priors (by default every sparse feature of the groups user / item / author)
 come from gate-only tables that train through the gates, while the general embeddings E are detached in the
 gate input only — they still train through the main path (the Scenario-Wise-Rec bug detached the main path,
-SPEC §4). E here is the flat input (embeddings ⊕ dense features).
+docs/models.md "Tests"). E here is the flat input (embeddings ⊕ dense features).
 
 ``gate_position="input"`` (dynarec default, as the articles write): ``H_{l+1} = f((δ_l ⊙ H_l)W_l + b_l)``
 for every layer including the logit layer (one logit per task: a ``Linear(d, T)`` equals T linear heads).
@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from dynarec.models._gate_utils import (GateRecorder, PriorEmbedding, check_choice, check_gate_common,
-                                        default_prior_groups, sparse_fields)
 from dynarec.models.base import BaseModel, ModelConfig
+from dynarec.models.gate_checks import check_choice, check_gate_common
+from dynarec.models.gate_recorder import GateRecorder
 from dynarec.models.registry import register
+from dynarec.models.schema_index import default_prior_groups, sparse_fields
 from dynarec.nn.gates import GatedMLP, LayerGates
 
 
@@ -47,13 +48,13 @@ class PPNet(GateRecorder, BaseModel):
         check_choice("model.ppnet", "gate_position", c.gate_position, ("input", "output"))
         self.prior_fields = sparse_fields(self, default_prior_groups(schema, c.gate_groups), c.gate_features,
                                           "model.ppnet gate_groups")
-        self.priors = PriorEmbedding(schema, self.prior_fields, c.gate_emb_dim)
+        self.priors = self.prior_embedding(self.prior_fields, c.gate_emb_dim)
         self.mlp = GatedMLP(self.input_dim, c.hidden, len(self.tasks), c.activation, c.dropout, c.batch_norm,
                             c.gate_position)
         self.gates = LayerGates(self.priors.out_dim + self.input_dim, self.mlp.gate_dims, c.gate_hidden_dim,
                                 c.gamma, 1, zero)
 
-    def forward(self, batch):
+    def compute(self, batch):
         self._start_record()
         x = self.flat_input(batch)
         gates = self.gates(torch.cat([x.detach(), self.priors(batch.sparse)], 1))

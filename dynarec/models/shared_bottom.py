@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dynarec.models.base import BaseModel, ModelConfig, task_heads
+from dynarec.models.base import BaseModel, ModelConfig
+from dynarec.models.heads import task_heads
 from dynarec.models.registry import register
 from dynarec.nn.mlp import MLP
 
@@ -20,6 +21,6 @@ class SharedBottom(BaseModel):
         self.bottom = MLP(self.input_dim, c.hidden, None, c.activation, c.dropout, c.batch_norm)
         self.towers = task_heads(self.bottom.out_features, self.tasks, c.tower_hidden, c.activation, c.dropout)
 
-    def forward(self, batch):
+    def compute(self, batch):
         h = self.bottom(self.flat_input(batch))
         return {t: tower(h).squeeze(-1) for t, tower in self.towers.items()}

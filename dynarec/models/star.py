@@ -1,4 +1,4 @@
-"""STAR (Sheng et al., CIKM 2021, arXiv 2101.11427; SPEC §2.9).
+"""STAR (Sheng et al., CIKM 2021, arXiv 2101.11427; docs/models.md "STAR — `star`").
 
 ``x = PN(E ⊕ dense; p)`` (partitioned normalisation of the concatenated input, per domain p),
 ``s_main = StarFCN(x; p)`` (STARLinear layers ``W_p ⊙ W``, ``b_p + b``; the LAST layer has no activation),
@@ -27,7 +27,7 @@ from dynarec.nn.star import MODES, PartitionedNorm, STARMLP
 class STAR(BaseModel):
     @dataclass
     class Config(ModelConfig):
-        hidden: list[int] = field(default_factory=lambda: [256, 128, 64])  # star FCN (SPEC §2.9 widths)
+        hidden: list[int] = field(default_factory=lambda: [256, 128, 64])  # star FCN (the paper's widths)
         tower_hidden: list[int] = field(default_factory=lambda: [32])  # only with task_towers
         aux_hidden: list[int] = field(default_factory=lambda: [64])
         aux_groups: list[str] = field(default_factory=lambda: ["domain"])  # x_aux: fields fed to the aux net
@@ -86,7 +86,7 @@ class STAR(BaseModel):
             return None
         return self.aux_net(emb[:, self.aux_fields].flatten(1))
 
-    def forward(self, batch):
+    def compute(self, batch):
         emb = self.embed(batch)
         s = self.main_logits(batch, emb)
         a = self.aux_logits(batch, emb)

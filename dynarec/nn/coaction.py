@@ -16,6 +16,8 @@ import torch
 from torch import nn
 
 from dynarec.nn.mlp import activation as make_activation
+from dynarec.tables.collection import TableCollection, borrow, borrowed, table_for
+from dynarec.tables.spec import TableSpec
 
 
 def coaction_param_dim(weight_emb_w, weight_emb_b, orders: int = 3, order_indep: bool = False) -> int:
@@ -121,18 +123,28 @@ def check_coaction_shapes(weight_emb_w, weight_emb_b, orders: int, where: str = 
 class CoActionLayer(nn.Module):
     """Co-action with its own tables: ``induction_ids Long [B]`` look up θ in an ``[num_induction,
     param_dim]`` table, ``feed_ids Long [B, L]`` (0 = padding, masked) look up ``P`` in a separate
-    ``[num_feed, feed_dim]`` table -> ``[B, out_dim]``. Tables are ``nn.Embedding(sparse=True)``."""
+    ``[num_feed, feed_dim]`` table -> ``[B, out_dim]``. Both tables are in the ``embedding`` optimizer group
+    (sparse gradients) of ``tables`` (the model's collection; ``None``: a private one), named
+    ``<name>_induction`` and ``<name>_feed``."""
 
     def __init__(self, num_induction: int, num_feed: int, weight_emb_w=((16, 8), (8, 4)), weight_emb_b=(0, 0),
                  orders: int = 3, order_indep: bool = False, act: str = "tanh", init_std: float = 0.1,
-                 sparse: bool = True):
+                 tables: TableCollection | None = None, name: str = "coaction"):
         super().__init__()
         self.unit = CoActionUnit(weight_emb_w, weight_emb_b, orders, order_indep, act)
-        self.induction = nn.Embedding(num_induction, self.unit.param_dim, sparse=sparse)
-        self.feed = nn.Embedding(num_feed, self.unit.feed_dim, sparse=sparse)
-        nn.init.normal_(self.induction.weight, std=init_std)
-        nn.init.normal_(self.feed.weight, std=init_std)
+        ind = table_for(tables, self, TableSpec(f"{name}_induction", num_induction, self.unit.param_dim, init_std,
+                                                "embedding"))
+        feed = table_for(tables, self, TableSpec(f"{name}_feed", num_feed, self.unit.feed_dim, init_std, "embedding"))
+        borrow(self, (ind, feed))
         self.out_dim = self.unit.out_dim
+
+    @property
+    def induction(self) -> nn.Embedding:
+        return borrowed(self)[0]
+
+    @property
+    def feed(self) -> nn.Embedding:
+        return borrowed(self)[1]
 
     def forward(self, induction_ids: torch.Tensor, feed_ids: torch.Tensor) -> torch.Tensor:
         if feed_ids.dim() == 1:

@@ -1,5 +1,6 @@
 """Latent Cross (Beutel et al., "Latent Cross: Making Use of Context in Recurrent Recommender Systems",
-WSDM 2018; SPEC §2.11): ``h' = (1 + Σ_c w_c) ⊙ h`` with ``w_c = Emb_c(context_c)``.
+WSDM 2018; docs/models.md "Latent Cross — the `latent_cross` option of `dnn`"): ``h' = (1 + Σ_c w_c) ⊙ h`` with
+``w_c = Emb_c(context_c)``.
 
 Context embeddings are summed (the paper: adding trains more easily than multiplying) and initialised to
 0 (dynarec choice), so the layer starts as the identity."""
@@ -10,6 +11,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from dynarec.tables.collection import TableCollection, borrow, borrowed, table_for
+from dynarec.tables.spec import TableSpec
+
 __all__ = ["LatentCross"]
 
 
@@ -17,20 +21,24 @@ class LatentCross(nn.Module):
     """``forward(h [B, dim], context Long [B, C]) -> (1 + Σ_c Emb_c(context[:, c])) ⊙ h``.
 
     ``cardinalities[c]`` is the vocabulary size of context field c; one fused table holds all fields.
-    ``cross(h, w)`` applies an already summed context vector ``w`` ([B, dim])."""
+    ``cross(h, w)`` applies an already summed context vector ``w`` ([B, dim]). ``tables``: the model's table
+    collection, which gets the table ``name`` (``None``: a private one); ``legacy``: this layer's module path
+    in checkpoints older than the collection."""
 
-    def __init__(self, cardinalities: Sequence[int], dim: int, init_std: float = 0.0):
+    def __init__(self, cardinalities: Sequence[int], dim: int, init_std: float = 0.0,
+                 tables: TableCollection | None = None, name: str = "latent_cross", legacy: str | None = None):
         super().__init__()
         sizes = [max(int(n), 1) for n in cardinalities]
         offs = [0]
         for n in sizes[:-1]:
             offs.append(offs[-1] + n)
         self.register_buffer("offsets", torch.tensor(offs, dtype=torch.long), persistent=False)
-        self.table = nn.Embedding(sum(sizes), dim)
-        if init_std > 0:
-            nn.init.normal_(self.table.weight, std=init_std)
-        else:
-            nn.init.zeros_(self.table.weight)
+        spec = TableSpec(name, sum(sizes), dim, init_std if init_std > 0 else 0.0, "dense")
+        borrow(self, table_for(tables, self, spec, legacy and legacy + ".table"))
+
+    @property
+    def table(self) -> nn.Embedding:
+        return borrowed(self)
 
     def context_vector(self, context: torch.Tensor) -> torch.Tensor:
         """Σ_c w_c: [B, dim]."""

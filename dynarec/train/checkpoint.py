@@ -37,8 +37,8 @@ def save_checkpoint(path: str | Path, model, params: dict, encoders: dict | None
 
 
 def load_checkpoint(path: str | Path, merge: bool = True):
-    """-> (model in eval mode, blob). Accepts the folder or the model.pt file. With ``merge`` a model
-    that defines ``merge_for_inference()`` is switched to its inference form."""
+    """-> (model in eval mode, blob). Accepts the folder or the model.pt file. With ``merge`` the model is
+    switched to its inference form (``merge_for_inference()``; a no-op for most models)."""
     from dynarec.models import build_model
 
     p = Path(path)
@@ -53,10 +53,9 @@ def load_checkpoint(path: str | Path, merge: bool = True):
         raise DataError(f"{f}: not a dynarec checkpoint")
     schema = Schema.from_dict(blob["schema"], str(f))
     model = build_model(blob["model"], schema, blob["params"])
-    if hasattr(model, "prepare_for_load"):
-        model.prepare_for_load(blob["state_dict"])
+    model.prepare_for_load(blob["state_dict"])  # e.g. table keys of checkpoints older than model.tables
     model.load_state_dict(blob["state_dict"])
     model.eval()
-    if merge and hasattr(model, "merge_for_inference"):
-        model.merge_for_inference()  # e.g. APG V5 -> V4 form (SPEC §2.1 "Merge")
+    if merge:
+        model.merge_for_inference()  # e.g. APG v5 -> v4 form (Yan et al., NeurIPS 2022, merged form)
     return model, blob

@@ -1,8 +1,12 @@
-"""Two optimizer groups, as PEPNet's deployment (SPEC §2.18): the embedding tables (row-wise Adagrad by
-default) and the dense parameters (Adam by default).
+"""Two optimizer groups, as PEPNet's deployment (Chang et al., PEPNet, KDD 2023, deployment;
+docs/models.md "pepnet — PEPNet (multi-domain, multi-task)"): the embedding tables (row-wise Adagrad by default)
+and the dense parameters (Adam by default).
 
-The tables are the ``nn.Embedding`` / ``nn.EmbeddingBag`` modules built with ``sparse=True``. How their
-gradient is formed is the trainer's choice (``trainer.embedding_grad``):
+Which parameters are tables and how they are updated is asked of the model's
+:class:`~dynarec.tables.TableCollection` (``model.tables``): the tables of its ``embedding`` optimizer group
+go to the embedding optimizer; its ``dense``-group tables train with the dense parameters. How the
+embedding group's gradient is formed is the trainer's choice (``trainer.embedding_grad``), set through
+:meth:`TableCollection.set_gradient_form`:
 
 * ``sparse`` — only the batch's rows, as a sparse tensor (coalesced by a sort every step);
 * ``dense`` — a dense gradient with zeros elsewhere. For Adagrad and SGD this is EXACTLY the same update
@@ -21,31 +25,27 @@ import torch
 from torch import nn
 
 from dynarec.errors import ConfigError
+from dynarec.tables import TableCollection
 
 EMBEDDING_OPTIMIZERS = ("adagrad", "sgd", "sparse_adam", "adam")
 EMBEDDING_GRADS = ("auto", "sparse", "dense")
 DENSE_TABLE_FLOATS = 4_000_000  # auto: dense gradients up to this many table numbers (250k rows at d = 16)
 
 
-def _tables(model: nn.Module) -> list[nn.Module]:
-    """Embedding modules built with sparse gradients (marked ``dynarec_table`` once the trainer has switched
-    one to dense gradients, so a second call still finds it)."""
-    return [m for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))
-            and m.weight.requires_grad and (m.sparse or getattr(m, "dynarec_table", False))]
+def table_collection(model: nn.Module) -> TableCollection:
+    """The model's table collection (``model.tables``); a module without one has no tables."""
+    tables = model._modules.get("tables")
+    return tables if isinstance(tables, TableCollection) else TableCollection()
 
 
 def split_parameters(model: nn.Module, densify: bool = False) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """(embedding table weights, all other trainable parameters). The tables get sparse gradients, or dense
-    ones with ``densify``."""
-    table_ids, tables = set(), []
-    for m in _tables(model):
-        m.dynarec_table = True
-        m.sparse = not densify
-        if id(m.weight) not in table_ids:
-            table_ids.add(id(m.weight))
-            tables.append(m.weight)
-    dense = [p for p in model.parameters() if p.requires_grad and id(p) not in table_ids]
-    return tables, dense
+    """(embedding-group table weights, all other trainable parameters). The tables form sparse gradients,
+    or dense ones with ``densify``."""
+    tables = table_collection(model)
+    tables.set_gradient_form(dense=densify)
+    emb = tables.parameters_of("embedding")
+    ids = {id(p) for p in emb}
+    return emb, [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
 
 
 def dense_table_gradients(model: nn.Module, cfg) -> bool:
@@ -57,7 +57,7 @@ def dense_table_gradients(model: nn.Module, cfg) -> bool:
     if cfg.embedding_optimizer == "sparse_adam":
         return False  # lazy Adam only exists in sparse form
     if cfg.embedding_grad == "auto":
-        return sum(m.weight.numel() for m in _tables(model)) <= DENSE_TABLE_FLOATS
+        return table_collection(model).numel("embedding") <= DENSE_TABLE_FLOATS
     return cfg.embedding_grad == "dense"
 
 

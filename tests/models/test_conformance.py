@@ -6,11 +6,15 @@ without writing a test) plus a few non-default variants must pass
 * gradient reach — after one backward every trainable parameter and every embedding table gets a
   non-zero gradient (catches PPNet's detached main path, SPEC §4);
 * stop-gradient gates — for models recording their gates (``record_gates``, see
-  ``dynarec/models/_gate_utils.py``), no gradient reaches a shared embedding row through a gate except
+  ``dynarec/models/gate_recorder.py``), no gradient reaches a shared embedding row through a gate except
   rows of the fields the model declares as non-detached gate inputs;
 * signed logits — the model can emit negative and positive logits (catches a ReLU on the logit, SPEC §4);
 * save → load gives identical outputs; building and training are deterministic under a seed;
-* it learns: AUC on the synthetic data clearly above 0.5 after one short epoch.
+* it learns: AUC on the synthetic data clearly above 0.5 after one short epoch;
+* table ownership — every ``nn.Embedding`` / ``nn.EmbeddingBag`` among the model's modules is owned by its
+  table collection ``model.tables`` (no table is trained silently as a dense parameter or missed by
+  eviction / sharding / export);
+* plain-tensor entry — ``forward(batch)`` equals ``forward_tensors(sparse, dense, domain, sequences)``.
 
 Gates are zero-initialised (SPEC §1), so at initialisation a gate's first layer gets no gradient and a
 batch-mixing bug inside a gate would be invisible; every check therefore runs after a couple of optimiser
@@ -28,6 +32,7 @@ import torch
 from dynarec.config import TrainerConfig
 from dynarec.losses import task_losses
 from dynarec.models import build_model, get_model_info, list_models
+from dynarec.models.base import BaseModel
 from dynarec.train.trainer import Trainer
 
 # Small dimensions for every model; a key is applied only where the model's Config has it with a
@@ -113,8 +118,7 @@ def _warmed(name, schema, params, table):
         _WARM_CACHE[key] = copy.deepcopy(model.state_dict())
     else:
         sd = copy.deepcopy(_WARM_CACHE[key])
-        if hasattr(model, "prepare_for_load"):
-            model.prepare_for_load(sd)
+        model.prepare_for_load(sd)
         model.load_state_dict(sd)
     return model
 
@@ -251,7 +255,7 @@ def test_save_load_identical(data, name, params, tmp_path):
     got = _outputs(loaded, batch)
     for t in ref:
         assert torch.equal(ref[t], got[t]), f"{name}/{t}: outputs changed after save -> load"
-    if hasattr(model, "merge_for_inference"):
+    if type(model).merge_for_inference is not BaseModel.merge_for_inference:
         merged, _ = load_checkpoint(tmp_path, merge=True)
         for t, v in _outputs(merged, batch).items():
             torch.testing.assert_close(v, ref[t], atol=1e-5, rtol=1e-5)
@@ -261,8 +265,7 @@ def test_save_load_identical(data, name, params, tmp_path):
     other = _build(name, schema, params, seed=7)
     buf.seek(0)
     sd = torch.load(buf)
-    if hasattr(other, "prepare_for_load"):
-        other.prepare_for_load(sd)
+    other.prepare_for_load(sd)
     other.load_state_dict(sd)
     for t, v in _outputs(other, batch).items():
         assert torch.equal(v, ref[t])
@@ -297,6 +300,42 @@ def test_learns_on_synthetic(data, name):
     assert a > need, f"{name}: click AUC {a:.3f} after one epoch (need > {need})"
 
 
+def check_tables_owned(model, name=""):
+    from dynarec.tables import TableCollection, unowned_tables
+
+    assert isinstance(model.tables, TableCollection), f"{name}: model.tables is not a TableCollection"
+    stray = unowned_tables(model, model.tables)
+    assert not stray, f"{name}: id-indexed tables not owned by model.tables: {stray}"
+    keys = [k for k in model.state_dict() if k.startswith("tables.")]
+    assert sorted(keys) == sorted(f"tables.{n}.weight" for n in model.tables.specs), f"{name}: {keys}"
+
+
+@pytest.mark.parametrize("name,params", CASES)
+def test_tables_owned_by_the_collection(data, name, params):
+    schema, _, _ = data
+    check_tables_owned(_build(name, schema, params), name)
+
+
+def check_forward_tensors(model, table, name=""):
+    batch = table.take(torch.arange(64))
+    seqs = tuple(batch.sequences[f.name] for f in model.schema.sequences)
+    model.eval()
+    with torch.no_grad():
+        ref = model(batch)
+        got = model.forward_tensors(batch.sparse, batch.dense, batch.domain, seqs)
+    assert set(got) == set(ref) == set(model.tasks), f"{name}: tasks {sorted(got)} vs {sorted(ref)}"
+    for t in ref:
+        assert torch.equal(ref[t], got[t]), f"{name}/{t}: forward(batch) differs from forward_tensors(...)"
+
+
+@pytest.mark.parametrize("name,params", CASES)
+def test_forward_equals_forward_tensors(data, name, params):
+    schema, tables, _ = data
+    model = _warmed(name, schema, params, tables["train"])
+    assert type(model).forward is BaseModel.forward, f"{name}: forward(batch) must stay BaseModel's thin wrapper"
+    check_forward_tensors(model, tables["test"], name)
+
+
 # ---- the suite itself catches the public bugs of SPEC §4 -------------------------------------------
 def _bugged(kind, schema):
     from dynarec.models.dnn import DNN
@@ -311,14 +350,24 @@ def _bugged(kind, schema):
                 return {t: v + 0.1 * v.mean() for t, v in out.items()}
             if kind == "relu_logit":  # STAR: ReLU on the output logit
                 return {t: torch.relu(v) for t, v in out.items()}
-            raise ValueError(kind)
+            if kind == "forward_not_tensors":  # forward(batch) with logic forward_tensors does not have
+                return {t: v + batch.labels[t] for t, v in out.items()}
+            return out
 
     torch.manual_seed(0)
-    return Bugged(schema, DNN.Config(embed_dim=4, hidden=[16, 8]))
+    model = Bugged(schema, DNN.Config(embed_dim=4, hidden=[16, 8]))
+    if kind == "stray_table":  # an id table outside the collection: trained as a dense parameter, never evicted
+        model.stray = torch.nn.Embedding(10, 4, sparse=True)
+    if kind == "layer_private_table":  # a layer built without the model's collection (a private one)
+        from dynarec.nn.cross import LatentCross
+
+        model.cross = LatentCross([5], 4)
+    return model
 
 
 @pytest.mark.parametrize("kind,check", [("batch_mixing", "batch"), ("detached_main_path", "grad"),
-                                        ("relu_logit", "sign")])
+                                        ("relu_logit", "sign"), ("stray_table", "tables"),
+                                        ("layer_private_table", "tables"), ("forward_not_tensors", "tensors")])
 def test_suite_catches_known_bugs(data, kind, check):
     schema, tables, _ = data
     with pytest.raises(AssertionError):
@@ -328,5 +377,9 @@ def test_suite_catches_known_bugs(data, kind, check):
             check_batch_independence(model, tables["test"], kind)
         elif check == "grad":
             check_gradient_reach(_bugged(kind, schema), tables["train"], kind)
+        elif check == "tables":
+            check_tables_owned(_bugged(kind, schema), kind)
+        elif check == "tensors":
+            check_forward_tensors(_bugged(kind, schema), tables["test"], kind)
         else:
             check_signed_logits(lambda: _bugged(kind, schema), tables["train"], kind)

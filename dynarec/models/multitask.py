@@ -1,16 +1,18 @@
-"""Multi-task model plumbing shared by ``mmoe``, ``ple`` and ``sparse_moe``, and the ``sparse_moe`` model.
+"""Multi-task model base shared by ``mmoe``, ``ple`` and ``sparse_moe`` (registers no model).
 
 :class:`MTLModel` adds to :class:`BaseModel`, configured through :class:`MTLConfig`:
 
-* **position-bias tower** (``position_tower: true``; SPEC §2.12): the schema's ``position`` feature is
+* **position-bias tower** (``position_tower: true``; Zhao et al., RecSys 2019; docs/models.md "Shallow
+  position-bias tower"): the schema's ``position`` feature is
   removed from the main input and fed to a :class:`~dynarec.nn.position.PositionBiasTower` whose logit is
   added to each task in ``position_tasks`` (default: all). Position dropout ``position_dropout`` (0.1) in
   training; at inference the position is always "missing", so predictions do not depend on it.
-* **aleatoric heads** (``aleatoric: true``; SPEC §2.16): every tower outputs (mean, s = log σ̂²). The
+* **aleatoric heads** (``aleatoric: true``; Kendall & Gal, NeurIPS 2017; docs/models.md "Aleatoric and epistemic
+  uncertainty"): every tower outputs (mean, s = log σ̂²). The
   forward contract is unchanged (``{task: mean logit / value}``); ``self.last_log_var`` holds s per task and
   :meth:`task_loss` uses the heteroscedastic loss (regression) or logit sampling (binary).
 * **balance loss**: noisy top-k gates report theirs through ``extra_loss()``.
-* **gate usage**: :meth:`gate_usage` runs the model over a table and summarises every gate.
+* **gate usage**: :meth:`gate_modules` names the gates that ``BaseModel.gate_usage`` summarises.
 """
 from __future__ import annotations
 
@@ -21,22 +23,20 @@ from torch import nn
 
 from dynarec.errors import ConfigError
 from dynarec.models.base import BaseModel, ModelConfig
-from dynarec.models.registry import register
-from dynarec.nn.mlp import MLP
-from dynarec.nn.moe import NoisyTopKMoE, gate_usage_stats
+from dynarec.models.heads import task_heads
 from dynarec.nn.position import PositionBiasTower
 
 
 @dataclass
 class MTLConfig(ModelConfig):
-    # shallow position-bias tower (SPEC §2.12)
+    # shallow position-bias tower (Zhao et al., RecSys 2019)
     position_tower: bool = False
     position_feature: str = ""  # default: the schema's single sparse feature of group 'position'
     position_cross: list[str] = field(default_factory=list)  # sparse features crossed with position, e.g. [device]
     position_dropout: float = 0.1
     position_hidden: list[int] = field(default_factory=list)  # [] = linear shallow tower
     position_tasks: list[str] = field(default_factory=list)  # [] = every task
-    # aleatoric heads (SPEC §2.16)
+    # aleatoric heads (Kendall & Gal, NeurIPS 2017)
     aleatoric: bool = False
     logit_samples: int = 10
 
@@ -86,7 +86,8 @@ class MTLModel(BaseModel):
         self.pos_tasks = list(c.position_tasks or self.tasks)
         sizes = [max(self.schema.feature(n).vocab_size, 1) for n in c.position_cross]
         self.position_tower = PositionBiasTower(max(self.schema.feature(pos_name).vocab_size, 2), len(self.pos_tasks),
-                                                sizes, hidden=c.position_hidden, dropout=c.position_dropout)
+                                                sizes, hidden=c.position_hidden, dropout=c.position_dropout,
+                                                tables=self.tables, legacy="position_tower")
         # the main towers never see the position (it is explained by the shallow tower only)
         pos_groups = {f.name for f in self.schema.fields if f.group == "position"} | {pos_name}
         self.main_fields = [i for i, f in enumerate(self.schema.fields) if f.name not in pos_groups]
@@ -109,7 +110,7 @@ class MTLModel(BaseModel):
     def make_towers(self, in_dim: int) -> nn.ModuleDict:
         c = self.config
         out = 2 if c.aleatoric else 1
-        return nn.ModuleDict({t: MLP(in_dim, c.tower_hidden, out, c.activation, c.dropout) for t in self.tasks})
+        return task_heads(in_dim, self.tasks, c.tower_hidden, c.activation, c.dropout, out)
 
     def finish(self, batch, tower_out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Split (mean, log-variance) heads, add the position bias; ``{task: [B]}``."""
@@ -149,55 +150,3 @@ class MTLModel(BaseModel):
     def extra_loss(self) -> torch.Tensor | None:
         ls = [m.balance_loss for m in self.balance_modules() if m.balance_loss is not None]
         return torch.stack(ls).sum() if ls else None
-
-    # ---- gate statistics -----------------------------------------------------------------------
-    def gate_modules(self) -> dict[str, nn.Module]:
-        """Named gates whose ``.last`` holds the gate weights of the last forward."""
-        return {}
-
-    @torch.no_grad()
-    def gate_usage(self, table, batch_size: int = 65536) -> dict[str, dict]:
-        """Per gate (e.g. per task): mean weight per expert, top-1 share, entropy, polarisation,
-        measured in eval mode over ``table``."""
-        was = self.training
-        self.eval()
-        gates = self.gate_modules()
-        acc: dict[str, list[torch.Tensor]] = {k: [] for k in gates}
-        for b in table.batches(batch_size):
-            self(b)
-            for k, g in gates.items():
-                acc[k].append(g.last)
-        self.train(was)
-        return {k: gate_usage_stats(torch.cat(v)) for k, v in acc.items()}
-
-
-@register("sparse_moe", paper="Shazeer et al., Outrageously Large Neural Networks: The Sparsely-Gated "
-          "Mixture-of-Experts Layer, ICLR 2017", multi_task=True)
-class SparseMoE(MTLModel):
-    """Noisy top-k MoE as the shared bottom (an MLP replacement), then one tower per task (SPEC §2.14).
-    Each expert is an MLP ``hidden``; the balance loss (importance + load, weight ``balance_coef``) is
-    returned by ``extra_loss()``."""
-
-    @dataclass
-    class Config(MTLConfig):
-        num_experts: int = 8
-        top_k: int = 2
-        balance_coef: float = 1e-2
-        noisy: bool = True
-
-    def __init__(self, schema, config):
-        super().__init__(schema, config)
-        c = config
-        self.moe = NoisyTopKMoE(self.input_dim, c.hidden, c.num_experts, c.top_k, c.activation, c.dropout,
-                                c.batch_norm, c.noisy, c.balance_coef)
-        self.towers = self.make_towers(self.moe.out_features)
-
-    def balance_modules(self):
-        return [self.moe]
-
-    def gate_modules(self):
-        return {"moe": self.moe.gate}
-
-    def forward(self, batch):
-        h = self.moe(self.main_input(batch))
-        return self.finish(batch, {t: tw(h) for t, tw in self.towers.items()})

@@ -11,18 +11,27 @@ import torch
 from torch import nn
 
 from dynarec.models.base import BaseModel
+from dynarec.models.heads import task_heads
 from dynarec.nn.embedding import FeatureEmbedding
 from dynarec.nn.mlp import MLP
+from dynarec.tables.fused import fused_layout, schema_fields
 
 
 class FirstOrder(nn.Module):
     """First-order (wide / linear) term per task: ``Σ_fields w_{t, id} + dense · w_t``, from a fused
-    embedding table of width T (one weight per id and task) and a linear map of the dense features."""
+    embedding table of width T (one weight per id and task) and a linear map of the dense features.
 
-    def __init__(self, schema, num_tasks: int):
+    Args:
+        fields: the embedded fields (:func:`dynarec.tables.fused.schema_fields`). dense_dim: width of the
+        dense features. num_tasks: T. tables: the model's collection (gets the table ``first_order``, in the
+        ``embedding`` optimizer group). legacy: this layer's module path in older checkpoints.
+    ``forward(batch) -> [B, T]``."""
+
+    def __init__(self, fields, dense_dim: int, num_tasks: int, tables=None, legacy: str | None = None):
         super().__init__()
-        self.table = FeatureEmbedding(schema, num_tasks, init_std=1e-4)
-        self.dense = nn.Linear(schema.dense_dim, num_tasks) if schema.dense_dim else None
+        self.table = FeatureEmbedding(fused_layout("first_order", fields, num_tasks, 1e-4, "embedding"), tables,
+                                      legacy and legacy + ".table")
+        self.dense = nn.Linear(dense_dim, num_tasks) if dense_dim else None
         if self.dense is None:
             self.bias = nn.Parameter(torch.zeros(num_tasks))
 
@@ -34,6 +43,12 @@ class FirstOrder(nn.Module):
 class CTRBackbone(BaseModel):
     """Base of the CTR backbones; subclasses build their parts and implement :meth:`represent`."""
 
+    def build_first_order(self, attr: str) -> FirstOrder:
+        """The per-task first-order term, set as ``self.<attr>`` (its table in ``self.tables``)."""
+        layer = FirstOrder(schema_fields(self.schema), self.schema.dense_dim, len(self.tasks), self.tables, attr)
+        setattr(self, attr, layer)
+        return layer
+
     def build_deep(self, in_dim: int, hidden) -> nn.Module:
         c = self.config
         return MLP(in_dim, list(hidden), None, c.activation, c.dropout, c.batch_norm)
@@ -42,13 +57,13 @@ class CTRBackbone(BaseModel):
         return self.mlp(x)
 
     def build_heads(self, in_dim: int) -> None:
-        self.heads = nn.ModuleDict({t: nn.Linear(in_dim, 1) for t in self.tasks})
+        self.heads = task_heads(in_dim, self.tasks)
 
     def represent(self, batch, emb) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(representation fed to the task heads [B, h], extra logits [B, T] or [B, 1] or None)."""
         raise NotImplementedError
 
-    def forward(self, batch):
+    def compute(self, batch):
         emb = self.embed(batch)
         h, extra = self.represent(batch, emb)
         out = {}
