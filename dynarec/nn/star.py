@@ -57,10 +57,20 @@ class STARLinear(nn.Module):
         return self.domain_weight[d] * self.weight, self.domain_bias[d] + self.bias
 
     def forward(self, x: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_exporting():  # data-independent form for torch.export / ONNX (see _all_domains)
+            return self._all_domains(x, domain)
         if self.mode == "gather":
             w = self.domain_weight[domain] * self.weight  # [B, in, out]
             return torch.bmm(x.unsqueeze(1), w).squeeze(1) + self.domain_bias[domain] + self.bias
         return self._grouped(x, domain)
+
+    def _all_domains(self, x: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+        """Every domain's output ``[B, D, out]`` from one product, then each row's own: D times the FLOPs of
+        the grouped form but no data-dependent shapes, which is what an exported (serving) graph needs."""
+        w = self.domain_weight * self.weight  # [D, in, out]
+        y = torch.einsum("bi,dio->bdo", x, w)
+        idx = domain.view(-1, 1, 1).expand(-1, 1, self.out_features)
+        return y.gather(1, idx).squeeze(1) + self.domain_bias[domain] + self.bias
 
     def _grouped(self, x: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
         counts = torch.bincount(domain, minlength=self.num_domains).tolist()

@@ -47,6 +47,7 @@ class TensorEntry(nn.Module):
         self.binary = [t.type == "binary" for t in schema.tasks]
         self.tasks = [t.name for t in schema.tasks]
         self.dense_dim = schema.dense_dim
+        self.domain_col = [f.name for f in schema.sparse].index(schema.domain)
 
     def forward(self, sparse: torch.Tensor, *rest: torch.Tensor):
         if self.has_dense:
@@ -54,7 +55,7 @@ class TensorEntry(nn.Module):
         else:
             dense = sparse.new_zeros((sparse.shape[0], 0), dtype=torch.float32)
             seqs = rest
-        out = self.model.forward_tensors(sparse, dense, dict(zip(self.seq_names, seqs)))
+        out = self.model.forward_tensors(sparse, dense, sparse[:, self.domain_col], tuple(seqs))
         return tuple(torch.sigmoid(out[t]) if b else out[t] for t, b in zip(self.tasks, self.binary))
 
 

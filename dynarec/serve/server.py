@@ -12,8 +12,7 @@
   newest sub-folder with a manifest) is loaded beside the old one and swapped in with one reference assignment
   between two batches, so no request fails or mixes two models (each answer names the version that made it).
 """
-from __future__ import annotations
-
+# no `from __future__ import annotations`: FastAPI reads the handlers' annotations at run time
 import asyncio
 import json
 import threading
@@ -56,7 +55,7 @@ class Served:
         return self.manifest["model_version"]
 
     @classmethod
-    def load(cls, path: str | Path, backend: str) -> Served:
+    def load(cls, path: str | Path, backend: str) -> "Served":
         from dynarec.serve.bundle import read_bundle
         from dynarec.serve.backends import load_backend
 

@@ -77,7 +77,9 @@ def build_optimizers(model: nn.Module, cfg, extra_dense: list[nn.Parameter] | No
                           f"got '{cfg.embedding_optimizer}'")
     densify = dense_table_gradients(model, cfg)
     tables, dense = split_parameters(model, densify=densify)
-    dense = dense + list(extra_dense or [])
+    extra = list(extra_dense or [])  # loss-weighting parameters (Kendall log σ²): never weight-decayed
+    groups = [g for g in ({"params": dense}, {"params": extra, "weight_decay": 0.0}) if g["params"]]
+    dense = dense + extra
     opts = []
     if tables:
         if cfg.embedding_optimizer == "adagrad":
@@ -91,11 +93,11 @@ def build_optimizers(model: nn.Module, cfg, extra_dense: list[nn.Parameter] | No
             opts.append(_fused(torch.optim.Adam, tables, lr=cfg.embedding_lr))
     if dense:
         if cfg.dense_optimizer == "adam":
-            opts.append(_fused(torch.optim.Adam, dense, lr=cfg.lr, weight_decay=cfg.weight_decay))
+            opts.append(_fused(torch.optim.Adam, groups, lr=cfg.lr, weight_decay=cfg.weight_decay))
         elif cfg.dense_optimizer == "adamw":
-            opts.append(_fused(torch.optim.AdamW, dense, lr=cfg.lr, weight_decay=cfg.weight_decay))
+            opts.append(_fused(torch.optim.AdamW, groups, lr=cfg.lr, weight_decay=cfg.weight_decay))
         elif cfg.dense_optimizer == "sgd":
-            opts.append(torch.optim.SGD(dense, lr=cfg.lr, weight_decay=cfg.weight_decay))
+            opts.append(torch.optim.SGD(groups, lr=cfg.lr, weight_decay=cfg.weight_decay))
         else:
             raise ConfigError(f"trainer.dense_optimizer: expected adam | adamw | sgd, got '{cfg.dense_optimizer}'")
     clipped = dense + tables if cfg.embedding_optimizer == "adam" else dense

@@ -230,3 +230,15 @@ def test_starmlp_dropout_is_a_module_mc_dropout_can_switch_on():
         for m in drops:
             m.train()
         assert not torch.equal(mlp(x, dom), mlp(x, dom))
+
+
+def test_all_domains_form_used_for_export_equals_the_grouped_form():
+    from dynarec.nn.star import STARLinear
+
+    torch.manual_seed(0)
+    lin = STARLinear(6, 5, 4)
+    with torch.no_grad():
+        lin.domain_weight.normal_()
+        lin.domain_bias.normal_()
+    x, dom = torch.randn(33, 6), torch.randint(0, 4, (33,))
+    torch.testing.assert_close(lin._all_domains(x, dom), lin._grouped(x, dom), atol=1e-5, rtol=1e-5)

@@ -38,7 +38,7 @@ def test_hand_driven_steps_equal_one_epoch_of_fit(small_synth):
     a, b = fitted.state_dict(), hand.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert hist.epochs[0]["train_loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-12)
-    assert not torch.equal(a["embedding.weight.weight"], _model(schema).state_dict()["embedding.weight.weight"])
+    assert not torch.equal(a["tables.features.weight"], _model(schema).state_dict()["tables.features.weight"])
 
 
 def test_step_state_round_trip_continues_identically(small_synth):
