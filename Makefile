@@ -5,13 +5,15 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.dynarec-installed
 # torch is pinned HERE (CPU build, from the local wheel on these machines); pyproject keeps torch>=2.4.
 TORCH  ?= torch==2.13.0
+# the test suite exercises the optional extras for real (HTTP server, ONNX Runtime, FAISS); a user may install less
+EXTRAS ?= dev,serve,onnx,faiss
 
 .PHONY: demo demo-quick test bench setup clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
 setup: $(STAMP)
