@@ -5,13 +5,14 @@ Runtime, side by side in one run; plus the backends' raw inference speed at batc
 
 For each backend and rows-per-request: requests/s, rows/s, p50 / p95 / p99 latency (ms), errors. The server
 runs as a subprocess on 127.0.0.1 (a free port); the client is an asyncio httpx pool of ``concurrency``
-connections in this process. Every run stops after ``--requests`` requests or ``--max-seconds``."""
+connections in this process, or ``wrk`` (C, preferred when installed: the Python client saturates before the
+server does). Every run stops after ``--requests`` requests or ``--max-seconds``."""
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
-import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -48,6 +49,44 @@ def start_server(bundle: Path, backend: str, threads: int):
             time.sleep(0.2)
     proc.kill()
     raise RuntimeError("server did not start")
+
+
+WRK_LUA = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local bodies, n, limit, errors = {}, 0, %d, 0
+for line in io.lines("%s") do bodies[#bodies + 1] = line end
+request = function()
+  n = n + 1
+  return wrk.format(nil, nil, nil, bodies[(n %% #bodies) + 1])
+end
+response = function(status, headers, body)
+  if status ~= 200 then errors = errors + 1 end
+  if n >= limit then wrk.thread:stop() end
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('WRK {"requests": %%d, "mean": %%f, "p50": %%f, "p95": %%f, "p99": %%f, "errors": %%d}\\n',
+    summary.requests, latency.mean / 1e3, latency:percentile(50) / 1e3, latency:percentile(95) / 1e3,
+    latency:percentile(99) / 1e3, e.connect + e.read + e.write + e.timeout + e.status))
+end
+"""
+
+
+def load_wrk(url: str, bodies: list[bytes], n: int, concurrency: int, max_seconds: float, tmp: Path) -> dict:
+    """The same load from ``wrk`` (a C client: the Python client, not the server, limits the rate otherwise):
+    one thread, ``concurrency`` connections, stopped after ``n`` requests or ``max_seconds``."""
+    (tmp / "bodies.jsonl").write_bytes(b"\n".join(bodies) + b"\n")
+    (tmp / "load.lua").write_text(WRK_LUA % (n, tmp / "bodies.jsonl"))
+    seconds = max(2, min(int(max_seconds), int(n / 500) + 2))  # time bound: ~n requests at >= 500 req/s
+    out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "-s", str(tmp / "load.lua"),
+                          url + "/predict"], capture_output=True, text=True, timeout=max_seconds + 30).stdout
+    r = json.loads(next(line for line in out.splitlines() if line.startswith("WRK "))[4:])
+    # closed loop: each connection has one request in flight, so rate = connections / mean latency (Little's
+    # law; wrk keeps its clock running after the request cap stops the thread)
+    r["rps"] = concurrency / (r["mean"] / 1000)
+    r["seconds"] = r["requests"] / r["rps"]
+    return r
 
 
 async def load(url: str, bodies: list[bytes], n: int, concurrency: int, max_seconds: float) -> dict:
@@ -116,6 +155,8 @@ def main():
     ap.add_argument("--threads", type=int, default=1, help="torch / ORT threads in the server (the client takes a core)")
     ap.add_argument("--max-seconds", type=float, default=120)
     ap.add_argument("--json", type=Path, help="write the results here too")
+    ap.add_argument("--client", choices=["wrk", "httpx"], default="wrk" if shutil.which("wrk") else "httpx",
+                    help="load generator (default: wrk when installed: apt-get install wrk)")
     a = ap.parse_args()
     from dynarec.cli import main as cli
 
@@ -139,7 +180,10 @@ def main():
                 proc, url = start_server(tmp / "bundle", be, a.threads)
                 try:
                     asyncio.run(load(url, bodies[:8], 200, a.concurrency, 30))  # warm-up
-                    r = asyncio.run(load(url, bodies, a.requests, a.concurrency, a.max_seconds))
+                    if a.client == "wrk":
+                        r = load_wrk(url, bodies, a.requests, a.concurrency, a.max_seconds, tmp)
+                    else:
+                        r = asyncio.run(load(url, bodies, a.requests, a.concurrency, a.max_seconds))
                 finally:
                     proc.terminate()
                     proc.wait(10)
