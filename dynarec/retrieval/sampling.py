@@ -55,10 +55,11 @@ class StreamingFrequency(nn.Module):
         """Record one batch of item ids (Long [N]; repeats within the batch count once)."""
         self.step += 1
         t = self.step.to(self.gap.dtype)
-        for h, pos in enumerate(self.buckets(ids)):
-            pos = torch.unique(pos)
-            self.gap[h, pos] = (1 - self.alpha) * self.gap[h, pos] + self.alpha * (t - self.last_step[h, pos])
-            self.last_step[h, pos] = t
+        offsets = torch.arange(self.gap.shape[0], device=ids.device).view(-1, 1) * self.num_buckets
+        flat = torch.unique((self.buckets(ids) + offsets).view(-1))
+        gap, last = self.gap.view(-1), self.last_step.view(-1)
+        gap[flat] = (1 - self.alpha) * gap[flat] + self.alpha * (t - last[flat])
+        last[flat] = t
 
     @torch.no_grad()
     def probability(self, ids: torch.Tensor) -> torch.Tensor:
