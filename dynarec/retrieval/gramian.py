@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["gramian", "gram_penalty", "gram_surrogate", "psd_project", "SOGram", "SAGram"]
+__all__ = ["gramian", "gram_penalty", "gram_surrogate", "psd_project", "relative_error", "SOGram", "SAGram"]
 
 
 def gramian(x: torch.Tensor) -> torch.Tensor:
@@ -55,6 +55,11 @@ def psd_project(g: torch.Tensor) -> torch.Tensor:
     sym = (g + g.T) / 2
     evals, evecs = torch.linalg.eigh(sym)
     return (evecs * evals.clamp_min(0)) @ evecs.T
+
+
+def relative_error(estimate: torch.Tensor, exact: torch.Tensor) -> float:
+    """Gram estimation error ``‖Ĝ − G‖_F / ‖G‖_F`` (the quantity the paper plots for SAGram / SOGram)."""
+    return float(torch.linalg.matrix_norm(estimate - exact) / torch.linalg.matrix_norm(exact).clamp_min(1e-30))
 
 
 class SOGram(nn.Module):
@@ -139,3 +144,8 @@ class SAGram(nn.Module):
     def exact(self) -> torch.Tensor:
         """Gramian of the cache recomputed from scratch (equals Ŝ up to rounding drift)."""
         return gramian(self.cache)
+
+    @torch.no_grad()
+    def resync(self) -> None:
+        """Reset Ŝ to :meth:`exact`, removing the rounding drift of many incremental updates (O(N k²))."""
+        self.gram_avg.copy_(self.exact())

@@ -122,7 +122,19 @@ class ItemIndex:
         return scores, idx
 
     def save(self, path: str) -> None:
+        """Write the FAISS index to ``path`` (the metric and ids are the caller's to store)."""
         require_faiss().write_index(self.index, str(path))
+
+    @classmethod
+    def load(cls, path: str, metric: str = "dot", ids: torch.Tensor | None = None) -> "ItemIndex":
+        """Read an index written by :meth:`save`."""
+        faiss = require_faiss()
+        check_metric(metric)
+        self = cls.__new__(cls)
+        self.index = faiss.read_index(str(path))
+        self.kind = "hnsw" if isinstance(self.index, faiss.IndexHNSW) else "flat"
+        self.metric, self.ids = metric, None if ids is None else ids.long().cpu()
+        return self
 
 
 def ann_recall(approx_ids: torch.Tensor, exact_ids: torch.Tensor) -> float:

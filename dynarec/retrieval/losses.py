@@ -8,6 +8,11 @@ passed through :func:`dynarec.retrieval.score.prepare` (so the score is ``⟨u, 
 * :func:`sogram_loss`, :func:`sagram_loss` — observed-pairs loss plus ``λ·g`` with g estimated from Gramians
   (Krichene et al., ICLR 2019: the objective, gradient surrogate eq. 8, SAGram eq. 9, SOGram eq. 11);
   the Gram estimate comes from a separate batch, as in the paper.
+
+A training step with a Gramian loss: draw the gradient batch B′ and a Gram batch B of observed pairs; embed
+B′ with gradient and B under ``torch.no_grad()`` (or reuse the previous step's B′, detached); call
+``sogram_loss(u_B′, v_B′, u_B, v_B, est_u, est_v, lam)``. The estimators are torch modules whose
+buffers belong in the checkpoint.
 """
 from __future__ import annotations
 

@@ -105,3 +105,16 @@ def test_psd_projection():
     est, x = _stale_sagram(1.0)
     est.project = True
     assert torch.linalg.eigvalsh(est.estimate(torch.tensor([0, 1]), x[[0, 1]])).min() > -1e-10
+
+
+def test_relative_error_and_resync():
+    from dynarec.retrieval.gramian import relative_error
+
+    x = _rand(10, 3, seed=11)
+    assert relative_error(gramian(x), gramian(x)) == 0.0
+    assert relative_error(2 * gramian(x), gramian(x)) == pytest.approx(1.0)
+    est = SAGram(10, 3).double()
+    est.refresh(torch.arange(10), x)
+    est.gram_avg += 1.0                                   # simulated drift
+    est.resync()
+    assert torch.allclose(est.gram_avg, gramian(x))

@@ -65,3 +65,15 @@ def test_faiss_hnsw_recall_and_exclusion():
 
 def test_ann_recall_counts_overlap():
     assert ann_recall(torch.tensor([[1, 2, 3], [4, 5, 6]]), torch.tensor([[3, 2, 9], [7, 8, 9]])) == pytest.approx(1 / 3)
+
+
+@needs_faiss
+def test_index_save_load_round_trip(tmp_path):
+    from dynarec.retrieval.index import ItemIndex
+
+    q, v = _data(n_items=300, n_q=5)
+    idx = ItemIndex(v, "hnsw", metric="cosine")
+    idx.save(tmp_path / "items.faiss")
+    back = ItemIndex.load(tmp_path / "items.faiss", metric="cosine")
+    assert back.kind == "hnsw" and len(back) == 300
+    assert torch.equal(back.search(q, 7)[1], idx.search(q, 7)[1])
