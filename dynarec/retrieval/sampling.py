@@ -2,7 +2,7 @@
 
 * :class:`StreamingFrequency` — Yi et al., "Sampling-Bias-Corrected Neural Modeling for Large Corpus Item
   Recommendations", RecSys 2019, Algorithm 2 (streaming frequency estimation with hashed arrays A, B) and
-  its multiple-hashing variant (§5.3): the probability that an item occurs in a batch, without a vocabulary.
+  its multiple-hashing variant: the probability that an item occurs in a batch, without a vocabulary.
 * :class:`NegativeSampler` — uniform or popularity (count^power) negatives with their log-probability.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ class StreamingFrequency(nn.Module):
         A[h(y)] ← t
 
     and ``p̂(y) = 1 / B[h(y)]``. With ``num_hashes = H > 1`` there are H arrays (universal hashes with fixed
-    seeds) and ``p̂ = 1 / max_h B_h`` — collisions only shorten gaps, so the max is the least biased (§5.3).
+    seeds) and ``p̂ = 1 / max_h B_h`` — collisions only shorten gaps, so the max is the least biased (the paper's multiple hashings).
     ``B`` is read clipped at 1 (no item is in a batch more than once per batch), so p̂ ≤ 1; an item never
     seen reads p̂ = 1.
 

@@ -2,7 +2,7 @@
 
 ``metric="dot"`` leaves the vectors as they are (n = identity); ``"cosine"`` L2-normalises both (n(x) = x/‖x‖).
 The temperature τ divides the query side only, so every loss, the Gramians and the index see one plain
-inner product (Yi et al., RecSys 2019, §4 use normalised embeddings with a temperature).
+inner product (Yi et al., RecSys 2019, normalise the embeddings and divide by a temperature).
 """
 from __future__ import annotations
 

@@ -91,7 +91,7 @@ def test_streaming_frequency_more_hashes_fewer_collisions():
     items = torch.arange(60) * 104729 + 11
     one = _stream(StreamingFrequency(num_buckets=64, alpha=0.01, num_hashes=1), p, items, steps=1500)
     four = _stream(StreamingFrequency(num_buckets=64, alpha=0.01, num_hashes=4), p, items, steps=1500)
-    # collisions shorten the gaps (over-estimate p); the max over hashes (Yi et al. §5.3) removes most of it
+    # collisions shorten the gaps (over-estimate p); the max over hashes (Yi et al. 2019, multiple hashings) removes most of it
     assert float((one / p - 1).abs().mean()) > 2 * float((four / p - 1).abs().mean())
 
 
