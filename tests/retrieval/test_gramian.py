@@ -1,0 +1,120 @@
+import pytest
+import torch
+
+from dynarec.retrieval.gramian import SAGram, SOGram, gram_penalty, gram_surrogate, gramian, psd_project
+
+
+def _rand(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def test_gram_form_equals_bruteforce_double_sum():
+    u, v = _rand(7, 4, seed=1), _rand(5, 4, seed=2)
+    brute = sum(float(u[i] @ v[j]) ** 2 for i in range(7) for j in range(5)) / (7 * 5)
+    assert float(gram_penalty(gramian(u), gramian(v))) == pytest.approx(brute, rel=1e-12)
+
+
+def test_sogram_alpha_one_is_the_batch_gramian():
+    for warm in (True, False):
+        est = SOGram(3, alpha=1.0, warm_start=warm).double()
+        for s in range(3):
+            x = _rand(6, 3, seed=s)
+            assert torch.allclose(est.update(x), gramian(x))
+
+
+def test_sogram_follows_eq11():
+    est = SOGram(3, alpha=0.3, warm_start=False).double()
+    x1, x2 = _rand(6, 3, seed=1), _rand(6, 3, seed=2)
+    est.update(x1)
+    expect = 0.7 * (0.3 * gramian(x1)) + 0.3 * gramian(x2)
+    assert torch.allclose(est.update(x2), expect)
+    warm = SOGram(3, alpha=0.3).double()          # warm start: the first batch sets the estimate
+    assert torch.allclose(warm.update(x1), gramian(x1))
+
+
+def test_sagram_fully_refreshed_cache_is_exact():
+    n, k = 20, 3
+    est = SAGram(n, k, beta=1.0).double()
+    x = _rand(n, k, seed=3)
+    rows = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    for chunk in rows.split(6):
+        dup = torch.cat([chunk, chunk[:2]])               # repeats in a batch count once
+        est.refresh(dup, x[dup])
+    assert torch.allclose(est.gram_avg, gramian(x))
+    assert torch.allclose(est.exact(), gramian(x))
+    # the cache is current: the SAGA correction vanishes and the estimate is the exact Gramian
+    assert torch.allclose(est.estimate(rows[:5], x[rows[:5]]), gramian(x))
+    # new embeddings replace old contributions exactly
+    x2 = _rand(n, k, seed=4)
+    est.refresh(torch.arange(n), x2)
+    assert torch.allclose(est.gram_avg, gramian(x2))
+
+
+def _stale_sagram(beta, n=12, k=3):
+    est = SAGram(n, k, beta=beta, project=False).double()
+    est.refresh(torch.arange(n), _rand(n, k, seed=5))  # stale cache
+    return est, _rand(n, k, seed=6)                      # current embeddings
+
+
+def test_sagram_beta_one_unbiased_in_expectation():
+    est, x = _stale_sagram(1.0)
+    n = len(x)
+    target = gramian(x)
+    # exact expectation over single-row batches drawn uniformly
+    mean1 = sum(est.estimate(torch.tensor([r]), x[[r]]) for r in range(n)) / n
+    assert torch.allclose(mean1, target)
+    # Monte Carlo over random batches of 4 rows (with replacement)
+    g = torch.Generator().manual_seed(7)
+    draws = torch.stack([est.estimate(rows, x[rows]) for rows in torch.randint(0, n, (4000, 4), generator=g)])
+    mc_err = (draws.mean(0) - target).abs().max()
+    se = draws.std(0).max() / 4000 ** 0.5
+    assert mc_err < 5 * se
+    biased, _ = _stale_sagram(1.0 / n)   # the SAG form (β = 1/N) is biased towards the stale cache
+    mean_sag = sum(biased.estimate(torch.tensor([r]), x[[r]]) for r in range(n)) / n
+    assert (mean_sag - target).abs().max() > 20 * mc_err
+
+
+def test_no_gradient_reaches_gram_estimates():
+    u = _rand(8, 3, seed=8).requires_grad_()
+    v = _rand(8, 3, seed=9).requires_grad_()
+    est = SOGram(3, alpha=0.5).double()
+    g_est = est.update(u)
+    assert not g_est.requires_grad
+    sa = SAGram(8, 3).double()
+    assert not sa.step(torch.arange(8), u).requires_grad
+    gu = gramian(u.detach()).requires_grad_()
+    gv = gramian(v.detach()).requires_grad_()
+    gram_surrogate(u, v, gu, gv).backward()
+    assert gu.grad is None and gv.grad is None
+    # with exact Gramians the surrogate's gradient is the gradient of g = ⟨G_u, G_v⟩ (eq. 8)
+    gsu, gsv = u.grad.clone(), v.grad.clone()
+    u.grad = v.grad = None
+    gram_penalty(gramian(u), gramian(v)).backward()
+    assert torch.allclose(gsu, u.grad) and torch.allclose(gsv, v.grad)
+
+
+def test_psd_projection():
+    a = _rand(5, 5, seed=10)
+    sym = (a + a.T) / 2
+    assert torch.linalg.eigvalsh(sym).min() < 0
+    p = psd_project(sym)
+    assert torch.linalg.eigvalsh(p).min() > -1e-10
+    assert torch.allclose(psd_project(p), p, atol=1e-10)                 # idempotent
+    psd = a @ a.T
+    assert torch.allclose(psd_project(psd), psd, atol=1e-10)             # identity on PSD input
+    est, x = _stale_sagram(1.0)
+    est.project = True
+    assert torch.linalg.eigvalsh(est.estimate(torch.tensor([0, 1]), x[[0, 1]])).min() > -1e-10
+
+
+def test_relative_error_and_resync():
+    from dynarec.retrieval.gramian import relative_error
+
+    x = _rand(10, 3, seed=11)
+    assert relative_error(gramian(x), gramian(x)) == 0.0
+    assert relative_error(2 * gramian(x), gramian(x)) == pytest.approx(1.0)
+    est = SAGram(10, 3).double()
+    est.refresh(torch.arange(10), x)
+    est.gram_avg += 1.0                                   # simulated drift
+    est.resync()
+    assert torch.allclose(est.gram_avg, gramian(x))
