@@ -73,6 +73,58 @@ def run_model(name, schema, tables, seed, a) -> dict:
             "best_epoch": r.history.best_epoch}
 
 
+def probe(schema, tables, kind: str, seed: int, a) -> dict:
+    """Not a dynarec model: a plain MLP on the prepared tables (field embeddings of the sparse columns ⊕
+    the numeric columns fed raw (``kind='raw'``), or through ``dynarec.nn.numeric`` PLE-Q / PLR), trained on
+    ``income`` only: measures what the numeric embeddings buy before they are wired into the models."""
+    import torch
+    from torch import nn
+
+    from dynarec.metrics import auc
+    from dynarec.nn.numeric import PeriodicEmbedding, PiecewiseLinearEmbedding
+
+    torch.manual_seed(seed)
+    tr, d = tables["train"], a.embed_dim
+    nf = tr.dense.shape[1]
+    if kind == "ple":
+        q = torch.quantile(tr.dense, torch.linspace(0, 1, a.buckets + 1), dim=0).T  # [F, buckets + 1]
+        num = PiecewiseLinearEmbedding([torch.unique(e) for e in q], d, activation=True)
+    elif kind == "plr":
+        num = PeriodicEmbedding(nf, d, n_frequencies=16, sigma=a.sigma)
+    else:
+        num = None
+    vocab = [f.vocab_size for f in schema.sparse]
+    emb = nn.ModuleList([nn.Embedding(v, d) for v in vocab])
+    width = len(vocab) * d + (nf * d if num is not None else nf)
+    mlp = nn.Sequential(nn.Linear(width, a.hidden[0]), nn.ReLU(), nn.Linear(a.hidden[0], a.hidden[-1]), nn.ReLU(),
+                        nn.Linear(a.hidden[-1], 1))
+    mods = nn.ModuleList([emb, mlp] + ([num] if num is not None else []))
+    opt = torch.optim.Adam(mods.parameters(), lr=a.lr)
+
+    def logit(b):
+        x = [e(b.sparse[:, i]) for i, e in enumerate(emb)]
+        x.append(num(b.dense).flatten(1) if num is not None else b.dense)
+        return mlp(torch.cat(x, 1)).squeeze(1)
+
+    def score(t):
+        with torch.no_grad():
+            return auc(t.labels["income"].numpy(), torch.cat([logit(b) for b in t.batches(65536)]).numpy())
+
+    t0, best, gen = time.perf_counter(), (-1.0, 0.0), torch.Generator().manual_seed(seed)
+    for _ in range(a.epochs):
+        mods.train()
+        for b in tr.batches(a.batch_size, shuffle=True, generator=gen):
+            loss = nn.functional.binary_cross_entropy_with_logits(logit(b), b.labels["income"])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        mods.eval()
+        v = score(tables["valid"])
+        if v > best[0]:
+            best = (v, score(tables["test"]))
+    return {"auc": float(best[1]), "train_s": time.perf_counter() - t0}
+
+
 def raw_columns(csv: Path) -> dict[str, np.ndarray]:
     import pyarrow.csv as pc
 
@@ -151,6 +203,9 @@ def main(argv=None):
     ap.add_argument("--hidden", type=int, nargs="+", default=[256, 128])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-baselines", action="store_true")
+    ap.add_argument("--probe", nargs="*", default=[], choices=["raw", "ple", "plr"],
+                    help="plain-MLP probes of the numeric embeddings (std-prepared tables, task income)")
+    ap.add_argument("--sigma", type=float, default=1.0, help="PLR frequency init std")
     ap.add_argument("--quick", action="store_true", help="one seed, dnn only, std + buckets, 3 epochs")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
@@ -174,6 +229,12 @@ def main(argv=None):
             results[f"{name}/{tr}"] = {"runs": runs, **summary(runs)}
             print(f"{name:8s} {tr:9s} auc {results[f'{name}/{tr}']['auc_mean']:.4f} "
                   f"± {results[f'{name}/{tr}']['auc_std']:.4f}", flush=True)
+    if a.probe:
+        schema, tables = prepare(csv, "std", a.buckets, a.split_seed)
+        for kind in a.probe:
+            runs = [probe(schema, tables, kind, seed, a) for seed in a.seeds]
+            results[f"probe_mlp/{kind}"] = {"runs": runs, **summary(runs)}
+            print(f"probe    {kind:9s} auc {results[f'probe_mlp/{kind}']['auc_mean']:.4f}", flush=True)
     if not a.no_baselines:
         if rows is None:
             _, tables = prepare(csv, "std", a.buckets, a.split_seed)
