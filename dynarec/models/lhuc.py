@@ -19,7 +19,7 @@ from dynarec.nn.gates import LHUC, GatedMLP
 
 
 @register("lhuc", paper="Swietojanski, Li, Renals, Learning Hidden Unit Contributions, IEEE/ACM TASLP 2016",
-          needs=("domain",), multi_task=True, multi_domain=True, tags=("gate",))
+          multi_task=True, multi_domain=True, tags=("gate",))  # reads the schema's domain COLUMN, whatever its group
 class LHUCModel(BaseModel):
     @dataclass
     class Config(ModelConfig):

@@ -33,7 +33,7 @@ from dynarec.nn.gates import GatedMLP, LayerGates
 
 @register("pepnet", paper="Chang et al., PEPNet: Parameter and Embedding Personalized Network for Infusing with "
           "Personalized Prior Information, KDD 2023", needs=("domain", "user", "item", "author"),
-          multi_task=True, multi_domain=True, tags=("gate",))
+          optional=("user", "item", "author"), multi_task=True, multi_domain=True, tags=("gate",))
 class PEPNet(DomainSide, GateRecorder, BaseModel):
     @dataclass
     class Config(EPNetOptions, ModelConfig):

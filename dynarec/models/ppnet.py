@@ -29,7 +29,8 @@ from dynarec.nn.gates import GatedMLP, LayerGates
 
 
 @register("ppnet", paper="Kuaishou PPNet (2019), as described in Chang et al., PEPNet, KDD 2023",
-          needs=("user", "item", "author"), multi_task=True, multi_domain=False, tags=("gate",))
+          needs=("user", "item", "author"),
+          optional=("user", "item", "author"), multi_task=True, multi_domain=False, tags=("gate",))
 class PPNet(GateRecorder, BaseModel):
     @dataclass
     class Config(ModelConfig):
