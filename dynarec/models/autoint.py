@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from dynarec.errors import ConfigError
 from dynarec.models.base import COUNT, WIDTH, ModelConfig
 from dynarec.models.keys import when
 from dynarec.models.ctr_backbone import CTRBackbone
@@ -32,8 +31,6 @@ class AutoInt(CTRBackbone):
     def __init__(self, schema, config):
         super().__init__(schema, config)
         c = config
-        if c.attn_layers < 1:
-            raise ConfigError(f"model.autoint.attn_layers: expected >= 1, got {c.attn_layers}")
         layers, d = [], c.embed_dim
         for _ in range(c.attn_layers):
             layers.append(InteractingLayer(d, c.attn_dim, c.num_heads))

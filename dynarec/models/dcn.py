@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dynarec.errors import ConfigError
 from dynarec.models.base import COUNT, ModelConfig
 from dynarec.models.ctr_backbone import CTRBackbone
 from dynarec.models.registry import register
@@ -19,8 +18,6 @@ class DCN(CTRBackbone):
 
     def __init__(self, schema, config):
         super().__init__(schema, config)
-        if config.cross_layers < 1:
-            raise ConfigError(f"model.dcn.cross_layers: expected >= 1, got {config.cross_layers}")
         self.cross = CrossNetwork(self.input_dim, config.cross_layers)
         self.mlp = self.build_deep(self.input_dim, config.hidden)
         self.build_heads(self.input_dim + self.mlp.out_features)

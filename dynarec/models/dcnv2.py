@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from dynarec.errors import ConfigError
 from dynarec.checks import rule
 from dynarec.models.base import COUNT, WIDTH, ModelConfig
 from dynarec.models.ctr_backbone import CTRBackbone
@@ -26,10 +25,6 @@ class DCNv2(CTRBackbone):
     def __init__(self, schema, config):
         super().__init__(schema, config)
         c = config
-        if c.structure not in ("parallel", "stacked"):
-            raise ConfigError(f"model.dcnv2.structure: expected 'parallel' or 'stacked', got '{c.structure}'")
-        if c.cross_layers < 1:
-            raise ConfigError(f"model.dcnv2.cross_layers: expected >= 1, got {c.cross_layers}")
         self.cross = CrossNetworkV2(self.input_dim, c.cross_layers, c.low_rank)
         self.mlp = self.build_deep(self.input_dim, c.hidden)
         d = self.mlp.out_features

@@ -1,16 +1,10 @@
-"""Config checks shared by the gate models (ppnet, epnet, pepnet, poso, lhuc): one-line ConfigErrors."""
+"""Value rules shared by the gate models' configs (ppnet, epnet, pepnet, poso, lhuc; see dynarec.checks)."""
 from __future__ import annotations
 
 from dynarec.checks import rule
-from dynarec.errors import ConfigError
 
 GAMMA = rule(min=1, min_open=True)  # gates lie in (0, gamma) and start at 1
-GATE_INIT = rule(choices=("zero", "default"))
-
-
-def check_choice(where: str, key: str, value, valid) -> None:
-    if value not in valid:
-        raise ConfigError(f"{where}.{key}: expected one of {list(valid)}, got {value!r}")
+GATE_INIT = rule(choices=("zero", "default"))  # zero: the last gate layer starts at 0, so gates start at 1
 
 
 def check_gate_common(where: str, c) -> bool:

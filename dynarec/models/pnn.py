@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from dynarec.errors import ConfigError
 from dynarec.checks import rule
 from dynarec.models.base import ModelConfig
 from dynarec.models.ctr_backbone import CTRBackbone
@@ -26,8 +25,6 @@ class PNN(CTRBackbone):
     def __init__(self, schema, config):
         super().__init__(schema, config)
         c = config
-        if c.product not in ("inner", "outer", "both"):
-            raise ConfigError(f"model.pnn.product: expected 'inner', 'outer' or 'both', got '{c.product}'")
         F = self.num_fields
         self.inner = InnerProduct(F) if c.product in ("inner", "both") else None
         self.outer = OuterProduct(F, c.embed_dim) if c.product in ("outer", "both") else None
