@@ -27,19 +27,21 @@ def cmd_models(a) -> int:
 
     infos = list_models()
     if a.json:
-        print(json.dumps([{"name": i.name, "paper": i.paper, "needs": list(i.needs), "multi_task": i.multi_task,
+        # "needs": every group the model reads by default (unchanged key); "requires" / "optional" split it
+        print(json.dumps([{"name": i.name, "paper": i.paper, "needs": list(i.needs), "requires": list(i.requires),
+                           "optional": list(i.optional), "multi_task": i.multi_task,
                            "multi_domain": i.multi_domain} for i in infos]))
         return 0
     from rich.console import Console
     from rich.table import Table
 
     t = Table(title=f"dynarec models ({len(infos)})")
-    for c in ("name", "needs groups", "multi-task", "multi-domain"):
+    for c in ("name", "requires groups", "uses when present", "multi-task", "multi-domain"):
         t.add_column(c, no_wrap=True)
     t.add_column("paper", overflow="ellipsis", no_wrap=True, max_width=90)
     for i in infos:
-        t.add_row(i.name, ", ".join(i.needs) or "—", "yes" if i.multi_task else "no",
-                  "yes" if i.multi_domain else "no", i.paper)
+        t.add_row(i.name, ", ".join(i.requires) or "—", ", ".join(i.optional) or "—",
+                  "yes" if i.multi_task else "no", "yes" if i.multi_domain else "no", i.paper)
     Console(width=None if sys.stdout.isatty() else 180).print(t)
     return 0
 

@@ -12,7 +12,7 @@ from torch import nn
 from dynarec.errors import ConfigError
 from dynarec.models.apg_mixin import APGMixin, APGOptions
 from dynarec.models.autoint import AutoInt
-from dynarec.models.base import ModelConfig
+from dynarec.models.base import WIDTHS, ModelConfig
 from dynarec.models.ctr_backbone import CTRBackbone
 from dynarec.models.dcn import DCN
 from dynarec.models.dcnv2 import DCNv2
@@ -133,10 +133,12 @@ class APGMultiTask(APGMixin, CTRBackbone):
     [100, 64]) ending in a static linear logit; towers are shared across domains, the condition (default the
     domain) personalises them."""
 
+    no_effect = {"tower_hidden": None}
+
     @dataclass
     class Config(APGOptions, ModelConfig):
-        hidden: list[int] = field(default_factory=list)
-        tower_hidden: list[int] = field(default_factory=lambda: [100, 64])
+        hidden: list[int] = field(default_factory=list, metadata=WIDTHS)
+        tower_hidden: list[int] = field(default_factory=lambda: [100, 64], metadata=WIDTHS)
 
     def __init__(self, schema, config):
         super().__init__(schema, config)

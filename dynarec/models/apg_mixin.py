@@ -9,6 +9,11 @@ Condition design (config, resolved against the schema's groups):
     ``domain`` it is APG's own (undetached) table of the domain id (table ``apg_domain`` of the model's
     collection), width ``condition_dim``, ⊕ the shared embeddings of any other ``domain``-group features;
     for another group (``user``, ``item``, ...) it is the concatenated shared embeddings of that group's fields.
+    The group's dense features (e.g. per-domain statistics of the ``domain`` group) join its condition
+    (⊕ their raw values): they describe the group as its ids do (they were silently dropped before).
+  * ``detach_condition: true`` stops the gradient from G into the SHARED embeddings of the condition only;
+    APG's own domain table keeps training (it exists only for the condition). Rejected where the condition
+    has no shared embedding (the default: the domain id alone), where it would have no effect.
   * ``condition_mode: mix-wise`` — one factor per group in ``condition_groups`` (≥ 2), combined
     ``aggregate_at: input`` by ``aggregation`` concat | mean | attention, or ``aggregate_at: output`` (one S^j
     per factor, outputs combined by mean | attention; concat is rejected).
@@ -21,7 +26,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from dynarec.checks import rule
 from dynarec.errors import ConfigError
+from dynarec.models.keys import depends, when
+from dynarec.models.schema_index import dense_index
 from dynarec.nn.apg import APGMLP, INPUT_AGGREGATIONS, VERSIONS, InputAggregation, merge_for_inference
 from dynarec.tables.spec import TableSpec
 
@@ -32,38 +40,58 @@ CONDITION_MODES = ("group-wise", "mix-wise", "self-wise")
 class APGOptions:
     """APG hyper-parameters (defaults: docs/models.md "apg_<backbone> — APG: Adaptive Parameter Generation")."""
 
-    version: str = "v5"  # v1 | v2 | v3 | v4 | v5
-    rank_k: int = 32
-    overparam_p: int = 128
-    hypernet_hidden: list[int] = field(default_factory=lambda: [64])
+    version: str = field(default="v5", metadata=rule(choices=VERSIONS))
+    rank_k: int = field(default=32, metadata=rule(min=1))
+    overparam_p: int = field(default=128, metadata=rule(min=1))
+    hypernet_hidden: list[int] = field(default_factory=lambda: [64], metadata=rule(min=1))
     generate_bias: bool = True
-    condition_mode: str = "group-wise"  # group-wise | mix-wise | self-wise
-    condition_groups: list[str] = field(default_factory=lambda: ["domain"])
-    aggregation: str = "concat"  # concat | mean | attention
-    aggregate_at: str = "input"  # input | output
-    condition_dim: int = 16  # APG's own domain-id table width; the mean/attention projection width
-    detach_condition: bool = False
+    condition_mode: str = field(default="group-wise", metadata=rule(choices=CONDITION_MODES))
+    condition_groups: list[str] = field(default_factory=lambda: ["domain"], metadata=rule(nonempty=True))
+    aggregation: str = field(default="concat", metadata=rule(choices=INPUT_AGGREGATIONS))  # mix-wise only
+    aggregate_at: str = field(default="input", metadata=rule(choices=("input", "output")))  # mix-wise only
+    condition_dim: int = field(default=16, metadata=rule(min=1))  # APG's own domain-id table width; mean/attention width
+    detach_condition: bool = False  # stop the gradient from G into the SHARED embeddings (APG's own table trains)
+
+
+def _condition_dim_reason(c) -> str | None:
+    if c.condition_mode == "self-wise":
+        return "self-wise has no condition embedding"
+    if "domain" in c.condition_groups or (c.condition_mode == "mix-wise" and c.aggregate_at == "input"
+                                          and c.aggregation != "concat"):
+        return None
+    return "only the width of APG's own domain table (condition_groups with domain) or of a mix-wise mean / attention"
+
+
+def _detach_reason(c) -> str | None:
+    if c.condition_mode == "self-wise":
+        return "self-wise conditions each layer on its own input; there is no condition embedding to detach"
+    return None
+
+
+# keys of APGOptions without effect in some designs (merged into every apg_* model's no_effect)
+APG_NO_EFFECT = {
+    "rank_k": when(version=("v2", "v3", "v4", "v5")),
+    "overparam_p": when(version="v5"),
+    "condition_groups": when(condition_mode=("group-wise", "mix-wise")),
+    "aggregation": when(condition_mode="mix-wise"),
+    "aggregate_at": when(condition_mode="mix-wise"),
+    "condition_dim": depends(_condition_dim_reason),
+    "detach_condition": depends(_detach_reason),
+}
 
 
 class APGMixin:
     """Overrides a :class:`CTRBackbone`'s ``build_deep`` / ``deep`` hooks with APG layers."""
 
+    no_effect = APG_NO_EFFECT
+
     def _apg_setup(self) -> None:
-        c = self.config
-        if c.version not in VERSIONS:
-            raise ConfigError(f"model.{self.registry_name}.version: expected one of {', '.join(VERSIONS)}, got '{c.version}'")
-        if c.condition_mode not in CONDITION_MODES:
-            raise ConfigError(f"model.{self.registry_name}.condition_mode: expected one of "
-                              f"{', '.join(CONDITION_MODES)}, got '{c.condition_mode}'")
-        if c.aggregation not in INPUT_AGGREGATIONS:
-            raise ConfigError(f"model.{self.registry_name}.aggregation: expected one of "
-                              f"{', '.join(INPUT_AGGREGATIONS)}, got '{c.aggregation}'")
-        if c.aggregate_at not in ("input", "output"):
-            raise ConfigError(f"model.{self.registry_name}.aggregate_at: expected 'input' or 'output', got '{c.aggregate_at}'")
+        c = self.config  # choices and ranges: declared on APGOptions (dynarec.checks)
         groups = list(dict.fromkeys(c.condition_groups))
         self._apg_mode = c.condition_mode
         self._apg_groups: list[str] = []
         self._apg_fields: dict[str, list[int]] = {}
+        self._apg_dense: dict[str, list[int]] = {}
         self.apg_input_agg = None
         self.apg_per_group = False
         if c.condition_mode == "self-wise":
@@ -80,21 +108,28 @@ class APGMixin:
         dims = []
         for g in groups:
             if g == "domain":
-                # APG's own condition table of the domain id (dense optimizer, undetached)
+                # APG's own condition table of the domain id (dense optimizer, never detached)
                 self.tables.add(TableSpec("apg_domain", self.num_domains, c.condition_dim, 1.0, "dense",
                                           (self.schema.domain,)), legacy="apg_domain_table")
                 dom_field = [f.name for f in self.schema.fields].index(self.schema.domain)
                 idx = [i for i in self.field_index("domain", "apg condition") if i != dom_field]
-                dims.append(c.condition_dim + len(idx) * c.embed_dim)
+                width = c.condition_dim + len(idx) * c.embed_dim
             else:
                 idx = self.field_index(g, f"apg condition (model.{self.registry_name}.condition_groups)")
-                dims.append(len(idx) * c.embed_dim)
+                width = len(idx) * c.embed_dim
+            dense = dense_index(self.schema, [g])  # the group's dense features (e.g. per-domain statistics)
             self._apg_groups.append(g)
             self._apg_fields[g] = idx
+            self._apg_dense[g] = dense
+            dims.append(width + len(dense))
+        if c.detach_condition and not any(self._apg_fields.values()):
+            raise ConfigError(f"model.{self.registry_name}.detach_condition: the condition of {groups} has no shared "
+                              "embedding to detach (APG's own domain table always trains); add a feature to the "
+                              "group or drop the key")
         if c.condition_mode == "group-wise":
             self._apg_cond_dim = dims[0]
             # z = Emb(domain id) alone: run G once per domain row of the table, gather per sample (exact)
-            self.apg_per_group = groups == ["domain"] and not self._apg_fields["domain"]
+            self.apg_per_group = groups == ["domain"] and not self._apg_fields["domain"] and not self._apg_dense["domain"]
         elif c.aggregate_at == "input":
             self.apg_input_agg = InputAggregation(dims, c.aggregation, c.condition_dim)
             self._apg_cond_dim = self.apg_input_agg.out_dim
@@ -105,8 +140,7 @@ class APGMixin:
         c = self.config
         return dict(version=c.version, rank_k=c.rank_k, overparam_p=c.overparam_p,
                     hypernet_hidden=list(c.hypernet_hidden), generate_bias=c.generate_bias,
-                    output_aggregation=c.aggregation if c.aggregate_at == "output" else "mean",
-                    detach_condition=c.detach_condition)
+                    output_aggregation=c.aggregation if c.aggregate_at == "output" else "mean")
 
     def build_deep(self, in_dim: int, hidden) -> nn.Module:
         if not hasattr(self, "_apg_mode"):
@@ -130,10 +164,13 @@ class APGMixin:
             return None
         factors = []
         for g in self._apg_groups:
-            idx = self._apg_fields[g]
+            idx, dense = self._apg_fields[g], self._apg_dense[g]
             parts = [self.apg_domain_table(batch.domain)] if g == "domain" else []
             if idx:
-                parts.append(emb[:, idx].flatten(1))
+                shared = emb[:, idx].flatten(1)
+                parts.append(shared.detach() if self.config.detach_condition else shared)
+            if dense:
+                parts.append(batch.dense[:, dense])
             factors.append(torch.cat(parts, 1) if len(parts) > 1 else parts[0])
         if self._apg_mode == "group-wise":
             return factors[0]

@@ -3,13 +3,13 @@
 The heads read ``flatten(attention output) ⊕ h``. Dense features enter only the MLP."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from dynarec.errors import ConfigError
-from dynarec.models.base import ModelConfig
+from dynarec.models.base import COUNT, WIDTH, ModelConfig
+from dynarec.models.keys import when
 from dynarec.models.ctr_backbone import CTRBackbone
 from dynarec.models.registry import register
 from dynarec.nn.interaction import InteractingLayer
@@ -20,16 +20,17 @@ from dynarec.nn.interaction import InteractingLayer
 class AutoInt(CTRBackbone):
     @dataclass
     class Config(ModelConfig):
-        attn_layers: int = 3
-        attn_dim: int = 8
-        num_heads: int = 2
+        attn_layers: int = field(default=3, metadata=COUNT)
+        attn_dim: int = field(default=8, metadata=WIDTH)
+        num_heads: int = field(default=2, metadata=COUNT)
         use_dnn: bool = True  # AutoInt+
+
+    # the attention layers and the heads have no activation / dropout / norm of their own
+    no_effect = {k: when(use_dnn=True) for k in ("hidden", "activation", "dropout", "batch_norm")}
 
     def __init__(self, schema, config):
         super().__init__(schema, config)
         c = config
-        if c.attn_layers < 1:
-            raise ConfigError(f"model.autoint.attn_layers: expected >= 1, got {c.attn_layers}")
         layers, d = [], c.embed_dim
         for _ in range(c.attn_layers):
             layers.append(InteractingLayer(d, c.attn_dim, c.num_heads))

@@ -24,25 +24,37 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from dynarec.checks import rule, validate
 from dynarec.data.schema import Schema
 from dynarec.data.table import Batch
 from dynarec.errors import ConfigError
+from dynarec.nn.mlp import ACTIVATIONS
 from dynarec.nn.embedding import FeatureEmbedding
 from dynarec.tables import TableCollection
 from dynarec.tables.fused import fused_layout, schema_fields
+
+
+# value rules shared by the model configs (dynarec.checks)
+WIDTHS = rule(min=1)  # every width of a list of layer widths >= 1
+WIDTH = rule(min=1)
+COUNT = rule(min=1)
+DROPOUT = rule(min=0, max=1, max_open=True)  # 0 <= p < 1
+ACTIVATION = rule(choices=tuple(ACTIVATIONS))
+POSITIVE = rule(min=0, min_open=True)
 
 
 @dataclass
 class ModelConfig:
     """Hyper-parameters shared by all models; each model subclasses this with its own fields."""
 
-    embed_dim: int = 16
-    hidden: list[int] = field(default_factory=lambda: [256, 128])
-    tower_hidden: list[int] = field(default_factory=lambda: [64])
-    activation: str = "relu"
-    dropout: float = 0.0
+    embed_dim: int = field(default=16, metadata=rule(min=1))
+    hidden: list[int] = field(default_factory=lambda: [256, 128], metadata=WIDTHS)
+    tower_hidden: list[int] = field(default_factory=lambda: [64], metadata=WIDTHS)
+    activation: str = field(default="relu", metadata=ACTIVATION)
+    dropout: float = field(default=0.0, metadata=DROPOUT)
     batch_norm: bool = False
-    embedding_init_std: float = 1e-2  # N(0, std) for the embedding tables (FuxiCTR / torch-rechub use 1e-4)
+    # N(0, std) for the embedding tables (FuxiCTR / torch-rechub use 1e-4)
+    embedding_init_std: float = field(default=1e-2, metadata=rule(min=0, min_open=True))
 
 
 class ModelInputs(NamedTuple):
@@ -58,9 +70,16 @@ class ModelInputs(NamedTuple):
 class BaseModel(nn.Module):
     Config = ModelConfig
     registry_name = "base"
+    # config keys without effect on this model ({key: reason | keys.when(...)}; see dynarec.models.keys);
+    # a model with per-task towers sets "tower_hidden": None
+    no_effect: dict = {"tower_hidden": "it has no per-task towers"}
 
     def __init__(self, schema: Schema, config: ModelConfig):
         super().__init__()
+        from dynarec.models.keys import check_keys
+
+        validate(config, f"model.{self.registry_name}")
+        check_keys(type(self), config, self.registry_name)
         self.schema = schema
         self.config = config
         self.tasks = schema.task_names

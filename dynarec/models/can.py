@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from dynarec.errors import ConfigError
-from dynarec.models.base import BaseModel, ModelConfig
+from dynarec.models.base import ACTIVATION, COUNT, POSITIVE, WIDTHS, BaseModel, ModelConfig
 from dynarec.models.heads import task_heads
 from dynarec.models.registry import register
 from dynarec.nn.coaction import CoActionUnit, check_coaction_shapes
@@ -30,16 +30,16 @@ from dynarec.tables.spec import TableSpec
 class CAN(BaseModel):
     @dataclass
     class Config(ModelConfig):
-        hidden: list[int] = field(default_factory=lambda: [200, 80])
-        activation: str = "prelu"
+        hidden: list[int] = field(default_factory=lambda: [200, 80], metadata=WIDTHS)
+        activation: str = field(default="prelu", metadata=ACTIVATION)
         input_bn: bool = True  # BN on the DNN input, as the reference's final MLP
         induction_groups: list[str] = field(default_factory=lambda: ["item"])
         feed_groups: list[str] = field(default_factory=lambda: ["user"])
         weight_emb_w: list[list[int]] = field(default_factory=lambda: [[16, 8], [8, 4]])
         weight_emb_b: list[int] = field(default_factory=lambda: [0, 0])
-        orders: int = 3
+        orders: int = field(default=3, metadata=COUNT)
         order_indep: bool = False
-        coaction_init_std: float = 0.1
+        coaction_init_std: float = field(default=0.1, metadata=POSITIVE)
 
     def __init__(self, schema, config):
         super().__init__(schema, config)

@@ -2,10 +2,9 @@
 parallel on ``x_0 = E ⊕ dense``; the heads read ``x_L ⊕ h``."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from dynarec.errors import ConfigError
-from dynarec.models.base import ModelConfig
+from dynarec.models.base import COUNT, ModelConfig
 from dynarec.models.ctr_backbone import CTRBackbone
 from dynarec.models.registry import register
 from dynarec.nn.interaction import CrossNetwork
@@ -15,12 +14,10 @@ from dynarec.nn.interaction import CrossNetwork
 class DCN(CTRBackbone):
     @dataclass
     class Config(ModelConfig):
-        cross_layers: int = 3
+        cross_layers: int = field(default=3, metadata=COUNT)
 
     def __init__(self, schema, config):
         super().__init__(schema, config)
-        if config.cross_layers < 1:
-            raise ConfigError(f"model.dcn.cross_layers: expected >= 1, got {config.cross_layers}")
         self.cross = CrossNetwork(self.input_dim, config.cross_layers)
         self.mlp = self.build_deep(self.input_dim, config.hidden)
         self.build_heads(self.input_dim + self.mlp.out_features)

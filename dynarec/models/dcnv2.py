@@ -2,12 +2,12 @@
 or ``low_rank: r`` for W = U V) with the deep MLP ``parallel`` (heads on x_L ⊕ h) or ``stacked`` (MLP on x_L)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from dynarec.errors import ConfigError
-from dynarec.models.base import ModelConfig
+from dynarec.checks import rule
+from dynarec.models.base import COUNT, WIDTH, ModelConfig
 from dynarec.models.ctr_backbone import CTRBackbone
 from dynarec.models.registry import register
 from dynarec.nn.interaction import CrossNetworkV2
@@ -18,17 +18,13 @@ from dynarec.nn.interaction import CrossNetworkV2
 class DCNv2(CTRBackbone):
     @dataclass
     class Config(ModelConfig):
-        cross_layers: int = 3
-        low_rank: int | None = None
-        structure: str = "parallel"  # parallel | stacked
+        cross_layers: int = field(default=3, metadata=COUNT)
+        low_rank: int | None = field(default=None, metadata=WIDTH)
+        structure: str = field(default="parallel", metadata=rule(choices=("parallel", "stacked")))
 
     def __init__(self, schema, config):
         super().__init__(schema, config)
         c = config
-        if c.structure not in ("parallel", "stacked"):
-            raise ConfigError(f"model.dcnv2.structure: expected 'parallel' or 'stacked', got '{c.structure}'")
-        if c.cross_layers < 1:
-            raise ConfigError(f"model.dcnv2.cross_layers: expected >= 1, got {c.cross_layers}")
         self.cross = CrossNetworkV2(self.input_dim, c.cross_layers, c.low_rank)
         self.mlp = self.build_deep(self.input_dim, c.hidden)
         d = self.mlp.out_features

@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from dynarec.checks import rule
 from dynarec.models.base import BaseModel, ModelConfig
-from dynarec.models.gate_checks import check_choice, check_gate_common
+from dynarec.models.gate_checks import GAMMA, GATE_INIT
+from dynarec.models.gate_checks import check_gate_common
 from dynarec.models.gate_recorder import GateRecorder
 from dynarec.models.registry import register
 from dynarec.models.schema_index import dense_index
@@ -28,11 +30,11 @@ from dynarec.nn.mlp import MLP
 class EPNetOptions:
     """EPNet's config keys, shared by ``epnet`` and ``pepnet`` (both Configs inherit them)."""
 
-    domain_groups: list[str] = field(default_factory=lambda: ["domain"])
-    epnet_granularity: str = "field"  # field | dim
-    epnet_input: str = "full"  # full | domain_only
-    gamma: float = 2.0
-    gate_init: str = "zero"
+    domain_groups: list[str] = field(default_factory=lambda: ["domain"], metadata=rule(nonempty=True))
+    epnet_granularity: str = field(default="field", metadata=rule(choices=("field", "dim")))
+    epnet_input: str = field(default="full", metadata=rule(choices=("full", "domain_only")))
+    gamma: float = field(default=2.0, metadata=GAMMA)
+    gate_init: str = field(default="zero", metadata=GATE_INIT)
 
 
 class DomainSide:
@@ -40,8 +42,6 @@ class DomainSide:
     ``pepnet`` (``_build_epnet`` in the constructor, ``epnet_embed`` in forward)."""
 
     def _build_epnet(self, c, where: str, zero: bool) -> None:
-        check_choice(where, "epnet_granularity", c.epnet_granularity, ("field", "dim"))
-        check_choice(where, "epnet_input", c.epnet_input, ("full", "domain_only"))
         d_dom = self._setup_domain(c.domain_groups, f"{where} domain_groups")
         self.epnet = EPNetLayer(d_dom, self.num_fields, c.embed_dim, c.epnet_granularity, c.epnet_input,
                                 gamma=c.gamma, zero_init_last=zero)

@@ -3,11 +3,12 @@ the original and the re-weighted embeddings ``p_ij = (e_i W) ⊙ e_j``, the conc
 MLP; plus the first-order linear part per task."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from dynarec.models.base import ModelConfig
+from dynarec.checks import rule
+from dynarec.models.base import COUNT, ModelConfig
 from dynarec.models.ctr_backbone import CTRBackbone
 from dynarec.models.registry import register
 from dynarec.nn.interaction import BilinearInteraction, SENet
@@ -18,8 +19,9 @@ from dynarec.nn.interaction import BilinearInteraction, SENet
 class FiBiNET(CTRBackbone):
     @dataclass
     class Config(ModelConfig):
-        senet_reduction: int = 3
-        bilinear_type: str = "field_interaction"  # field_all | field_each | field_interaction
+        senet_reduction: int = field(default=3, metadata=COUNT)
+        bilinear_type: str = field(default="field_interaction",
+                                   metadata=rule(choices=("field_all", "field_each", "field_interaction")))
 
     def __init__(self, schema, config):
         super().__init__(schema, config)

@@ -1,17 +1,12 @@
-"""Config checks shared by the gate models (ppnet, epnet, pepnet, poso, lhuc): one-line ConfigErrors."""
+"""Value rules shared by the gate models' configs (ppnet, epnet, pepnet, poso, lhuc; see dynarec.checks)."""
 from __future__ import annotations
 
-from dynarec.errors import ConfigError
+from dynarec.checks import rule
 
-
-def check_choice(where: str, key: str, value, valid) -> None:
-    if value not in valid:
-        raise ConfigError(f"{where}.{key}: expected one of {list(valid)}, got {value!r}")
+GAMMA = rule(min=1, min_open=True)  # gates lie in (0, gamma) and start at 1
+GATE_INIT = rule(choices=("zero", "default"))  # zero: the last gate layer starts at 0, so gates start at 1
 
 
 def check_gate_common(where: str, c) -> bool:
-    """Validate ``gamma`` and ``gate_init``; returns ``zero_init_last``."""
-    if c.gamma <= 1.0:
-        raise ConfigError(f"{where}.gamma: expected a number > 1 (gates lie in (0, gamma) and start at 1), got {c.gamma}")
-    check_choice(where, "gate_init", c.gate_init, ("zero", "default"))
+    """``zero_init_last`` from ``gate_init`` (``gamma`` and ``gate_init`` are checked by their field rules)."""
     return c.gate_init == "zero"

@@ -7,25 +7,25 @@ domain id (``group_feature=""``), so this is a multi-domain DNN with per-domain 
 One linear logit per task reads the last hidden layer."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import nn
 
 from dynarec.errors import ConfigError
 from dynarec.models.base import BaseModel, ModelConfig
-from dynarec.models.gate_checks import check_gate_common
+from dynarec.models.gate_checks import GAMMA, GATE_INIT, check_gate_common
 from dynarec.models.registry import register
 from dynarec.nn.gates import LHUC, GatedMLP
 
 
 @register("lhuc", paper="Swietojanski, Li, Renals, Learning Hidden Unit Contributions, IEEE/ACM TASLP 2016",
-          needs=("domain",), multi_task=True, multi_domain=True, tags=("gate",))
+          multi_task=True, multi_domain=True, tags=("gate",))  # reads the schema's domain COLUMN, whatever its group
 class LHUCModel(BaseModel):
     @dataclass
     class Config(ModelConfig):
         group_feature: str = ""  # sparse feature giving the group id ("" = the domain column)
-        gamma: float = 2.0
-        gate_init: str = "zero"  # only "zero" (r = 0) is meaningful; "default" draws r ~ N(0, 0.1)
+        gamma: float = field(default=2.0, metadata=GAMMA)
+        gate_init: str = field(default="zero", metadata=GATE_INIT)  # only "zero" (r = 0) is meaningful; "default" draws r ~ N(0, 0.1)
 
     def __init__(self, schema, config):
         super().__init__(schema, config)

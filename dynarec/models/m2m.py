@@ -17,12 +17,16 @@ import torch
 from torch import nn
 
 from dynarec.errors import ConfigError
-from dynarec.models.base import BaseModel, ModelConfig
+from dynarec.checks import rule
+from dynarec.models.base import ACTIVATION, COUNT, WIDTH, BaseModel, ModelConfig
 from dynarec.models.heads import task_heads
 from dynarec.models.registry import register
 from dynarec.nn.meta import MetaAttention, MetaTower, SequenceSelfAttention
-from dynarec.nn.mlp import ACTIVATIONS, MLP
+from dynarec.nn.mlp import MLP
 from dynarec.tables.spec import TableSpec
+
+
+NONEMPTY_WIDTHS = rule(min=1, nonempty=True)
 
 
 @register("m2m", paper="Zhang et al., Leaving No One Behind: A Multi-Scenario Multi-Task Meta Learning Approach "
@@ -30,29 +34,24 @@ from dynarec.tables.spec import TableSpec
 class M2M(BaseModel):
     @dataclass
     class Config(ModelConfig):
-        hidden: list[int] = field(default_factory=lambda: [128, 64])  # each expert's MLP
-        num_experts: int = 4
-        meta_widths: list[int] = field(default_factory=lambda: [64, 64])  # K = 2 generated layers of width 64
-        tower_layers: int = 2  # L
-        scenario_hidden: list[int] = field(default_factory=lambda: [16])  # S̃ = MLP(S ⊕ A); cost ∝ its width
-        task_embed_dim: int = 16
-        task_hidden: list[int] = field(default_factory=lambda: [32])  # T_t = MLP(Emb(t))
-        scenario_groups: list[str] = field(default_factory=lambda: ["domain"])
+        hidden: list[int] = field(default_factory=lambda: [128, 64], metadata=NONEMPTY_WIDTHS)  # each expert's MLP
+        num_experts: int = field(default=4, metadata=COUNT)
+        # K = 2 generated layers of width 64
+        meta_widths: list[int] = field(default_factory=lambda: [64, 64], metadata=NONEMPTY_WIDTHS)
+        tower_layers: int = field(default=2, metadata=rule(min=0))  # L
+        # S̃ = MLP(S ⊕ A); cost ∝ its width
+        scenario_hidden: list[int] = field(default_factory=lambda: [16], metadata=NONEMPTY_WIDTHS)
+        task_embed_dim: int = field(default=16, metadata=WIDTH)
+        task_hidden: list[int] = field(default_factory=lambda: [32], metadata=NONEMPTY_WIDTHS)  # T_t = MLP(Emb(t))
+        scenario_groups: list[str] = field(default_factory=lambda: ["domain"], metadata=rule(nonempty=True))
         user_groups: list[str] = field(default_factory=lambda: ["user"])
-        meta_activation: str = "relu"  # the σ of the meta units (M2M); "sigmoid" stalls the residual tower (docs)
-        seq_heads: int = 2
+        # the σ of the meta units (M2M); "sigmoid" stalls the residual tower (docs)
+        meta_activation: str = field(default="relu", metadata=ACTIVATION)
+        seq_heads: int = field(default=2, metadata=COUNT)
 
     def __init__(self, schema, config):
         super().__init__(schema, config)
         c = config
-        for key in ("hidden", "meta_widths", "scenario_hidden", "task_hidden"):
-            v = getattr(c, key)
-            if not v or min(v) < 1:
-                raise ConfigError(f"model.m2m.{key}: expected a non-empty list of positive widths, got {v}")
-        if c.num_experts < 1 or c.tower_layers < 0:
-            raise ConfigError("model.m2m: num_experts must be >= 1 and tower_layers >= 0")
-        if c.meta_activation not in ACTIVATIONS:
-            raise ConfigError(f"model.m2m.meta_activation: expected one of {sorted(ACTIVATIONS)}, got '{c.meta_activation}'")
         d = c.embed_dim
         n_sparse = len(schema.sparse)
         self.n_sparse = n_sparse

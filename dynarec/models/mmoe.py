@@ -12,7 +12,12 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from dynarec.checks import rule
+from dynarec.errors import ConfigError
+from dynarec.models.base import COUNT, DROPOUT
+from dynarec.models.keys import when
 
 from dynarec.models.multitask import MTLConfig, MTLModel
 from dynarec.models.registry import register
@@ -24,15 +29,20 @@ from dynarec.nn.moe import MMoELayer
 class MMoE(MTLModel):
     @dataclass
     class Config(MTLConfig):
-        num_experts: int = 4
-        expert_dropout: float = 0.1
-        gate: str = "softmax"  # softmax | noisy_topk
-        top_k: int = 2
-        balance_coef: float = 1e-2
+        num_experts: int = field(default=4, metadata=COUNT)
+        expert_dropout: float = field(default=0.1, metadata=DROPOUT)
+        gate: str = field(default="softmax", metadata=rule(choices=("softmax", "noisy_topk")))
+        top_k: int = field(default=2, metadata=COUNT)  # <= num_experts
+        balance_coef: float = field(default=1e-2, metadata=rule(min=0))
+
+    no_effect = {"expert_dropout": when(gate="softmax"), "top_k": when(gate="noisy_topk"),
+                 "balance_coef": when(gate="noisy_topk")}
 
     def __init__(self, schema, config):
         super().__init__(schema, config)
         c = config
+        if c.gate == "noisy_topk" and c.top_k > c.num_experts:
+            raise ConfigError(f"model.mmoe.top_k: expected <= num_experts ({c.num_experts}), got {c.top_k}")
         self.mmoe = MMoELayer(self.input_dim, c.num_experts, len(self.tasks), c.hidden, c.activation, c.dropout,
                               c.batch_norm, c.expert_dropout, c.gate, c.top_k, c.balance_coef)
         self.towers = self.make_towers(self.mmoe.out_features)

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from dynarec.errors import ConfigError
-from dynarec.models.base import BaseModel, ModelConfig
+from dynarec.models.base import COUNT, DROPOUT, WIDTHS, BaseModel, ModelConfig
+from dynarec.models.keys import when
 from dynarec.models.heads import task_heads
 from dynarec.nn.position import PositionBiasTower
 
@@ -33,18 +34,21 @@ class MTLConfig(ModelConfig):
     position_tower: bool = False
     position_feature: str = ""  # default: the schema's single sparse feature of group 'position'
     position_cross: list[str] = field(default_factory=list)  # sparse features crossed with position, e.g. [device]
-    position_dropout: float = 0.1
-    position_hidden: list[int] = field(default_factory=list)  # [] = linear shallow tower
+    position_dropout: float = field(default=0.1, metadata=DROPOUT)
+    position_hidden: list[int] = field(default_factory=list, metadata=WIDTHS)  # [] = linear shallow tower
     position_tasks: list[str] = field(default_factory=list)  # [] = every task
     # aleatoric heads (Kendall & Gal, NeurIPS 2017)
     aleatoric: bool = False
-    logit_samples: int = 10
+    logit_samples: int = field(default=10, metadata=COUNT)
 
 
 class MTLModel(BaseModel):
     """Base of the multi-task expert models (see module docstring)."""
 
     Config = MTLConfig
+    no_effect = {"tower_hidden": None, "logit_samples": when(aleatoric=True),
+                 **{k: when(position_tower=True) for k in ("position_feature", "position_cross", "position_dropout",
+                                                           "position_hidden", "position_tasks")}}
 
     def __init__(self, schema, config: MTLConfig):
         super().__init__(schema, config)
@@ -54,8 +58,6 @@ class MTLModel(BaseModel):
         self.position_tower = None
         if c.position_tower:
             self._build_position_tower(c)
-        if c.logit_samples < 1:
-            raise ConfigError(f"logit_samples: expected >= 1, got {c.logit_samples}")
         self.input_dim = len(self.main_fields) * c.embed_dim + self.dense_dim
         self.last_log_var: dict[str, torch.Tensor] = {}
 

@@ -10,8 +10,8 @@
 
 So the PPNet gates get no gradient from EPNet or the shared tables (both behind ``sg``); E and EPNet train
 through the towers. Defaults: towers ``tower_hidden=[100, 64]`` (official-style code), γ = 2, GateNU hidden
-width = its output width (PEPNet's Gate NU; docs/models.md "Layers"). ``hidden`` is unused (there is no shared
-bottom). The logit is
+width = its output width (PEPNet's Gate NU; docs/models.md "Layers"). ``hidden`` is rejected (there is no
+shared bottom). The logit is
 returned without the sigmoid (BCE-with-logits)."""
 from __future__ import annotations
 
@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from dynarec.models.base import BaseModel, ModelConfig
+from dynarec.checks import rule
+from dynarec.models.base import WIDTH, WIDTHS, BaseModel, ModelConfig
 from dynarec.models.epnet import DomainSide, EPNetOptions
-from dynarec.models.gate_checks import check_choice, check_gate_common
+from dynarec.models.gate_checks import check_gate_common
+from dynarec.models.keys import unless
 from dynarec.models.gate_recorder import GateRecorder
 from dynarec.models.registry import register
 from dynarec.models.schema_index import default_prior_groups, sparse_fields
@@ -31,24 +33,27 @@ from dynarec.nn.gates import GatedMLP, LayerGates
 
 @register("pepnet", paper="Chang et al., PEPNet: Parameter and Embedding Personalized Network for Infusing with "
           "Personalized Prior Information, KDD 2023", needs=("domain", "user", "item", "author"),
-          multi_task=True, multi_domain=True, tags=("gate",))
+          optional=("user", "item", "author"), multi_task=True, multi_domain=True, tags=("gate",))
 class PEPNet(DomainSide, GateRecorder, BaseModel):
     @dataclass
     class Config(EPNetOptions, ModelConfig):
-        tower_hidden: list[int] = field(default_factory=lambda: [100, 64])
+        tower_hidden: list[int] = field(default_factory=lambda: [100, 64], metadata=WIDTHS)
         # None: the id-prior groups user / item / author that the schema has (an explicit list must all exist)
         gate_groups: list[str] | None = None
         gate_features: list[str] = field(default_factory=list)
-        gate_emb_dim: int = 16
-        gate_hidden_dim: int = 0  # 0 = the gate's output width (T·w_l), as in the official-style code
-        gate_position: str = "input"  # input | output
+        gate_emb_dim: int = field(default=16, metadata=WIDTH)
+        # 0 = the gate's output width (T·w_l), as in the official-style code
+        gate_hidden_dim: int = field(default=0, metadata=rule(min=0))
+        gate_position: str = field(default="input", metadata=rule(choices=("input", "output")))
+
+    no_effect = {"tower_hidden": None, "hidden": "it has no shared MLP; its per-task towers use tower_hidden",
+                 "gate_groups": unless("gate_features", "gate_features is set and overrides it")}
 
     def __init__(self, schema, config):
         super().__init__(schema, config)
         c = config
         where = "model.pepnet"
         zero = check_gate_common(where, c)
-        check_choice(where, "gate_position", c.gate_position, ("input", "output"))
         self._build_epnet(c, where, zero)
         self.prior_fields = sparse_fields(self, default_prior_groups(schema, c.gate_groups), c.gate_features,
                                           f"{where} gate_groups")

@@ -9,7 +9,10 @@ With one level and ``n_specific: 0`` it is exactly MMoE. Also: shallow position 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from dynarec.checks import rule
+from dynarec.models.base import COUNT, DROPOUT
 
 from dynarec.models.multitask import MTLConfig, MTLModel
 from dynarec.models.registry import register
@@ -21,10 +24,10 @@ from dynarec.nn.moe import PLELayer
 class PLE(MTLModel):
     @dataclass
     class Config(MTLConfig):
-        levels: int = 2
-        n_specific: int = 1
-        n_shared: int = 1
-        expert_dropout: float = 0.0
+        levels: int = field(default=2, metadata=COUNT)
+        n_specific: int = field(default=1, metadata=rule(min=0))
+        n_shared: int = field(default=1, metadata=rule(min=0))
+        expert_dropout: float = field(default=0.0, metadata=DROPOUT)
 
     def __init__(self, schema, config):
         super().__init__(schema, config)

@@ -4,11 +4,11 @@ features join z. The paper's first hidden layer ``l_1 = φ(l_z + l_p + b)`` is a
 what the MLP's first layer computes."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from dynarec.errors import ConfigError
+from dynarec.checks import rule
 from dynarec.models.base import ModelConfig
 from dynarec.models.ctr_backbone import CTRBackbone
 from dynarec.models.registry import register
@@ -20,13 +20,11 @@ from dynarec.nn.interaction import InnerProduct, OuterProduct
 class PNN(CTRBackbone):
     @dataclass
     class Config(ModelConfig):
-        product: str = "inner"  # inner | outer | both
+        product: str = field(default="inner", metadata=rule(choices=("inner", "outer", "both")))
 
     def __init__(self, schema, config):
         super().__init__(schema, config)
         c = config
-        if c.product not in ("inner", "outer", "both"):
-            raise ConfigError(f"model.pnn.product: expected 'inner', 'outer' or 'both', got '{c.product}'")
         F = self.num_fields
         self.inner = InnerProduct(F) if c.product in ("inner", "both") else None
         self.outer = OuterProduct(F, c.embed_dim) if c.product in ("outer", "both") else None

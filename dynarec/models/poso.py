@@ -22,8 +22,10 @@ import torch
 from torch import nn
 
 from dynarec.errors import ConfigError
-from dynarec.models.base import BaseModel, ModelConfig
-from dynarec.models.gate_checks import check_choice, check_gate_common
+from dynarec.checks import rule
+from dynarec.models.base import COUNT, WIDTH, BaseModel, ModelConfig
+from dynarec.models.gate_checks import GAMMA, GATE_INIT, check_gate_common
+from dynarec.models.keys import when
 from dynarec.models.gate_recorder import GateRecorder
 from dynarec.models.heads import task_heads
 from dynarec.models.registry import register
@@ -37,22 +39,22 @@ from dynarec.nn.mlp import MLP
 class POSO(GateRecorder, BaseModel):
     @dataclass
     class Config(ModelConfig):
-        form: str = "mlp"  # mlp (MLP-POSO) | mmoe (MMoE-POSO)
-        pc_groups: list[str] = field(default_factory=lambda: ["user"])
+        form: str = field(default="mlp", metadata=rule(choices=("mlp", "mmoe")))  # MLP-POSO | MMoE-POSO
+        pc_groups: list[str] = field(default_factory=lambda: ["user"], metadata=rule(nonempty=True))
         pc_embeddings: bool = True  # add sg-copies of the pc groups' sparse embeddings to x^pc
-        gate_hidden: int = 32
-        num_experts: int = 4  # mmoe form
-        expert_gate: str = "vector"  # mmoe form: vector | scalar
-        gamma: float = 2.0  # the paper's C
-        gate_init: str = "zero"
+        gate_hidden: int = field(default=32, metadata=WIDTH)
+        num_experts: int = field(default=4, metadata=COUNT)  # mmoe form
+        expert_gate: str = field(default="vector", metadata=rule(choices=("vector", "scalar")))  # mmoe form
+        gamma: float = field(default=2.0, metadata=GAMMA)  # the paper's C
+        gate_init: str = field(default="zero", metadata=GATE_INIT)
+
+    no_effect = {k: when(form="mmoe") for k in ("tower_hidden", "num_experts", "expert_gate")}
 
     def __init__(self, schema, config):
         super().__init__(schema, config)
         c = config
         where = "model.poso"
         zero = check_gate_common(where, c)
-        check_choice(where, "form", c.form, ("mlp", "mmoe"))
-        check_choice(where, "expert_gate", c.expert_gate, ("vector", "scalar"))
         groups = self.require_groups(c.pc_groups, f"{where}.pc_groups")  # a group may be dense-only here
         n_sparse = len(schema.sparse)
         self.pc_fields = [i for i, f in enumerate(schema.fields) if f.group in groups and i < n_sparse] \

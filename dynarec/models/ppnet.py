@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from dynarec.models.base import BaseModel, ModelConfig
-from dynarec.models.gate_checks import check_choice, check_gate_common
+from dynarec.checks import rule
+from dynarec.models.base import WIDTH, WIDTHS, BaseModel, ModelConfig
+from dynarec.models.gate_checks import GAMMA, GATE_INIT, check_gate_common
+from dynarec.models.keys import unless
 from dynarec.models.gate_recorder import GateRecorder
 from dynarec.models.registry import register
 from dynarec.models.schema_index import default_prior_groups, sparse_fields
@@ -27,25 +29,27 @@ from dynarec.nn.gates import GatedMLP, LayerGates
 
 
 @register("ppnet", paper="Kuaishou PPNet (2019), as described in Chang et al., PEPNet, KDD 2023",
-          needs=("user", "item", "author"), multi_task=True, multi_domain=False, tags=("gate",))
+          needs=("user", "item", "author"),
+          optional=("user", "item", "author"), multi_task=True, multi_domain=False, tags=("gate",))
 class PPNet(GateRecorder, BaseModel):
     @dataclass
     class Config(ModelConfig):
-        hidden: list[int] = field(default_factory=lambda: [64, 64, 64])
-        gate_hidden_dim: int = 64
-        gate_emb_dim: int = 16
+        hidden: list[int] = field(default_factory=lambda: [64, 64, 64], metadata=WIDTHS)
+        gate_hidden_dim: int = field(default=64, metadata=WIDTH)
+        gate_emb_dim: int = field(default=16, metadata=WIDTH)
         # None: the id-prior groups user / item / author that the schema has (an explicit list must all exist)
         gate_groups: list[str] | None = None
         gate_features: list[str] = field(default_factory=list)  # explicit prior features (overrides groups)
-        gate_position: str = "input"  # input | output
-        gamma: float = 2.0
-        gate_init: str = "zero"  # zero (gates start at 1) | default
+        gate_position: str = field(default="input", metadata=rule(choices=("input", "output")))
+        gamma: float = field(default=2.0, metadata=GAMMA)
+        gate_init: str = field(default="zero", metadata=GATE_INIT)  # zero (gates start at 1) | default
+
+    no_effect = {"gate_groups": unless("gate_features", "gate_features is set and overrides it")}
 
     def __init__(self, schema, config):
         super().__init__(schema, config)
         c = config
         zero = check_gate_common("model.ppnet", c)
-        check_choice("model.ppnet", "gate_position", c.gate_position, ("input", "output"))
         self.prior_fields = sparse_fields(self, default_prior_groups(schema, c.gate_groups), c.gate_features,
                                           "model.ppnet gate_groups")
         self.priors = self.prior_embedding(self.prior_fields, c.gate_emb_dim)

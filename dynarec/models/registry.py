@@ -16,23 +16,31 @@ class ModelInfo:
     cls: type
     config_cls: type
     paper: str = ""
-    needs: tuple[str, ...] = ()  # schema groups the model needs by default
+    needs: tuple[str, ...] = ()  # schema groups the model needs by default (required and optional)
     multi_task: bool = True
     multi_domain: bool = False
     tags: tuple[str, ...] = field(default_factory=tuple)
+    optional: tuple[str, ...] = ()  # groups of ``needs`` it uses when the schema has them, trains without
+
+    @property
+    def requires(self) -> tuple[str, ...]:
+        """Groups the model cannot be built without (with its default config)."""
+        return tuple(g for g in self.needs if g not in self.optional)
 
 
 REGISTRY: dict[str, ModelInfo] = {}
 
 
 def register(name: str, *, paper: str = "", needs: tuple[str, ...] = (), multi_task: bool = True,
-             multi_domain: bool = False, tags: tuple[str, ...] = ()):
-    """Class decorator. The class must define ``Config`` (a dataclass subclassing ModelConfig)."""
+             multi_domain: bool = False, tags: tuple[str, ...] = (), optional: tuple[str, ...] = ()):
+    """Class decorator. The class must define ``Config`` (a dataclass subclassing ModelConfig). ``needs``: the
+    schema groups the model reads by default; ``optional``: those of them it only uses when present."""
 
     def deco(cls):
         if name in REGISTRY and REGISTRY[name].cls is not cls:
             raise RuntimeError(f"model '{name}' registered twice")
-        REGISTRY[name] = ModelInfo(name, cls, cls.Config, paper, tuple(needs), multi_task, multi_domain, tuple(tags))
+        REGISTRY[name] = ModelInfo(name, cls, cls.Config, paper, tuple(needs), multi_task, multi_domain, tuple(tags),
+                                   tuple(optional))
         cls.registry_name = name
         return cls
 
@@ -58,9 +66,29 @@ def list_models() -> list[ModelInfo]:
 
 
 def build_model(name: str, schema, params: dict | None = None):
-    """Build a registered model from a schema and a dict of its hyper-parameters (validated)."""
+    """Build a registered model from a schema and a dict of its hyper-parameters (validated: types and values,
+    and every given key must have an effect on the model, see :mod:`dynarec.models.keys`)."""
     from dynarec.config import build_dataclass
+    from dynarec.models.keys import check_keys
 
     info = get_model_info(name)
-    cfg = build_dataclass(info.config_cls, params or {}, f"model.{name}")
+    params = params or {}
+    if isinstance(params, dict):
+        _other_models_key(info, params)
+    cfg = build_dataclass(info.config_cls, params, f"model.{name}")
+    check_keys(info.cls, cfg, name, given=list(params))
     return info.cls(schema, cfg)
+
+
+def _other_models_key(info: ModelInfo, params: dict) -> None:
+    """A key of other models' configs but not of this one: 'has no effect', naming where it belongs."""
+    import dataclasses
+
+    own = {f.name for f in dataclasses.fields(info.config_cls)}
+    for k in params:
+        if k in own:
+            continue
+        users = [m.name for m in REGISTRY.values() if k in {f.name for f in dataclasses.fields(m.config_cls)}]
+        if users:
+            shown = ", ".join(users[:4]) + (", ..." if len(users) > 4 else "")
+            raise ConfigError(f"model.{info.name}: key '{k}' has no effect on {info.name} (a key of {shown})")

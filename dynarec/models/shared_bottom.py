@@ -11,6 +11,8 @@ from dynarec.nn.mlp import MLP
 
 @register("shared_bottom", paper="Caruana, Multitask Learning, Machine Learning 1997", multi_task=True)
 class SharedBottom(BaseModel):
+    no_effect = {"tower_hidden": None}
+
     @dataclass
     class Config(ModelConfig):
         pass

@@ -2,7 +2,11 @@
 bottom of a multi-task model."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from dynarec.checks import rule
+from dynarec.errors import ConfigError
+from dynarec.models.base import COUNT
 
 from dynarec.models.multitask import MTLConfig, MTLModel
 from dynarec.models.registry import register
@@ -19,14 +23,16 @@ class SparseMoE(MTLModel):
 
     @dataclass
     class Config(MTLConfig):
-        num_experts: int = 8
-        top_k: int = 2
-        balance_coef: float = 1e-2
+        num_experts: int = field(default=8, metadata=COUNT)
+        top_k: int = field(default=2, metadata=COUNT)  # <= num_experts
+        balance_coef: float = field(default=1e-2, metadata=rule(min=0))
         noisy: bool = True
 
     def __init__(self, schema, config):
         super().__init__(schema, config)
         c = config
+        if c.top_k > c.num_experts:
+            raise ConfigError(f"model.sparse_moe.top_k: expected <= num_experts ({c.num_experts}), got {c.top_k}")
         self.moe = NoisyTopKMoE(self.input_dim, c.hidden, c.num_experts, c.top_k, c.activation, c.dropout,
                                 c.batch_norm, c.noisy, c.balance_coef)
         self.towers = self.make_towers(self.moe.out_features)

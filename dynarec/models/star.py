@@ -16,10 +16,16 @@ import torch
 from torch import nn
 
 from dynarec.errors import ConfigError
-from dynarec.models.base import BaseModel, ModelConfig
+from dynarec.checks import rule
+from dynarec.models.base import POSITIVE, WIDTHS, BaseModel, ModelConfig
+from dynarec.models.keys import depends, when
 from dynarec.models.registry import register
 from dynarec.nn.mlp import MLP
 from dynarec.nn.star import MODES, PartitionedNorm, STARMLP
+
+
+def _pn_unused(c) -> str | None:
+    return None if c.partitioned_norm or c.pn_hidden else "only used with partitioned_norm or pn_hidden: true"
 
 
 @register("star", paper="Sheng et al., One Model to Serve All: Star Topology Adaptive Recommender for "
@@ -27,30 +33,29 @@ from dynarec.nn.star import MODES, PartitionedNorm, STARMLP
 class STAR(BaseModel):
     @dataclass
     class Config(ModelConfig):
-        hidden: list[int] = field(default_factory=lambda: [256, 128, 64])  # star FCN (the paper's widths)
-        tower_hidden: list[int] = field(default_factory=lambda: [32])  # only with task_towers
-        aux_hidden: list[int] = field(default_factory=lambda: [64])
+        # star FCN (the paper's widths)
+        hidden: list[int] = field(default_factory=lambda: [256, 128, 64], metadata=rule(min=1, nonempty=True))
+        tower_hidden: list[int] = field(default_factory=lambda: [32], metadata=WIDTHS)  # only with task_towers
+        aux_hidden: list[int] = field(default_factory=lambda: [64], metadata=WIDTHS)
         aux_groups: list[str] = field(default_factory=lambda: ["domain"])  # x_aux: fields fed to the aux net
         aux: bool = True
         partitioned_norm: bool = True  # PN on the concatenated input
         pn_hidden: bool = False  # also PN after every hidden STARLinear (dynarec option)
-        pn_decay: float = 0.99
-        pn_eps: float = 1e-3
+        pn_decay: float = field(default=0.99, metadata=rule(min=0, max=1, max_open=True))
+        pn_eps: float = field(default=1e-3, metadata=POSITIVE)
         task_towers: bool = False
-        star_mode: str = "group"  # group | gather (see benchmarks/star_gather_vs_group.py)
+        # group | gather: two computations of the same outputs (speed only; benchmarks/star_gather_vs_group.py)
+        star_mode: str = field(default="group", metadata=rule(choices=MODES))
+
+    no_effect = {"tower_hidden": when(task_towers=True), "aux_hidden": when(aux=True), "aux_groups": when(aux=True),
+                 "pn_decay": depends(_pn_unused), "pn_eps": depends(_pn_unused)}
 
     def __init__(self, schema, config):
         super().__init__(schema, config)
         c = config
-        if c.star_mode not in MODES:
-            raise ConfigError(f"model.star.star_mode: expected one of {list(MODES)}, got '{c.star_mode}'")
         if c.batch_norm:
             raise ConfigError("model.star.batch_norm: STAR normalises per domain; use partitioned_norm / "
                               "pn_hidden instead of batch_norm")
-        if not 0.0 <= c.pn_decay < 1.0:
-            raise ConfigError(f"model.star.pn_decay: expected a value in [0, 1), got {c.pn_decay}")
-        if not c.hidden:
-            raise ConfigError("model.star.hidden: expected at least one hidden width")
         D, T = self.num_domains, len(self.tasks)
         self.pn = PartitionedNorm(self.input_dim, D, c.pn_decay, c.pn_eps) if c.partitioned_norm else None
         star_kw = dict(num_domains=D, act=c.activation, dropout=c.dropout, norm=c.pn_hidden, mode=c.star_mode,

@@ -7,6 +7,7 @@ import torch
 
 from dynarec.errors import ConfigError
 from dynarec.models import build_model
+from dynarec.models.keys import active_params
 from dynarec.nn.apg import APGLinear
 
 SMALL = {"embed_dim": 4, "hidden": [16, 8], "rank_k": 4, "overparam_p": 8, "hypernet_hidden": [8],
@@ -26,7 +27,8 @@ def _build(name, schema, **kw):
     if not name.startswith("apg"):
         p = {k: p[k] for k in ("embed_dim", "hidden")}
     p.update(kw)
-    return build_model(name, schema, p)
+    small = active_params(name, p)  # SMALL keys without effect in this design are left out
+    return build_model(name, schema, {k: v for k, v in p.items() if k in small or k in kw})
 
 
 def _apg_layers(model):
@@ -66,7 +68,8 @@ def test_group_wise_on_user_group_reads_user_fields_only(data):
     emb = model.embed(batch)
     z = model.apg_condition(batch, emb)
     user_idx = model.field_index("user")
-    assert z.shape == (len(batch), len(user_idx) * 4)
+    n_dense = len(model._apg_dense["user"])  # user_activity: the group's dense features join its condition
+    assert n_dense == 1 and z.shape == (len(batch), len(user_idx) * 4 + n_dense)
     emb2 = emb.clone()
     other = [i for i in range(emb.shape[1]) if i not in user_idx]
     emb2[:, other] += 1.0  # non-user fields do not move the condition
@@ -94,16 +97,18 @@ def test_mix_wise_input_vs_output_aggregation(data):
     a = _apg_layers(att)[0].last_attention
     assert a.shape == (len(batch), 3) and torch.allclose(a.sum(1), torch.ones(len(batch)))
     cat = _build("apg_dnn", schema, condition_mode="mix-wise", condition_groups=groups)
-    width = 6 + 4 * (len(cat.field_index("user")) + len(cat.field_index("item")))
+    width = 6 + 4 * (len(cat.field_index("user")) + len(cat.field_index("item"))) + 2  # + user_activity, item_price
     assert cat.apg_condition(batch, cat.embed(batch)).shape == (len(batch), width)
 
 
 def test_self_wise_needs_no_condition_features(data):
     schema, batch = data
-    # a group the schema lacks is an error for group-wise, irrelevant for self-wise
+    # a group the schema lacks is an error for group-wise; self-wise takes no condition_groups at all
     with pytest.raises(ConfigError, match="position"):
         _build("apg_dnn", schema, condition_groups=["position"])
-    model = _build("apg_dnn", schema, condition_mode="self-wise", condition_groups=["position"])
+    with pytest.raises(ConfigError, match="'condition_groups' has no effect"):
+        _build("apg_dnn", schema, condition_mode="self-wise", condition_groups=["position"])
+    model = _build("apg_dnn", schema, condition_mode="self-wise")
     assert model.apg_condition(batch, model.embed(batch)) is None
     assert not hasattr(model, "apg_domain_table")
     assert all(layer.self_wise for layer in _apg_layers(model))
@@ -181,9 +186,57 @@ def test_every_version_builds_and_backpropagates_into_the_condition_table(data, 
     model(batch)["click"].sum().backward()
     g = model.apg_domain_table.weight.grad
     assert g is not None and g[batch.domain.unique()].abs().sum() > 0
-    det = _build("apg_dnn", schema, version=version, detach_condition=True)
-    det(batch)["click"].sum().backward()
-    assert det.apg_domain_table.weight.grad is None
+    # the condition is APG's own table alone: nothing shared to detach, so detach_condition is rejected
+    with pytest.raises(ConfigError, match="detach_condition"):
+        _build("apg_dnn", schema, version=version, detach_condition=True)
+
+
+@pytest.mark.parametrize("name", ["apg_dnn", "apg_multitask"])
+def test_detach_condition_detaches_shared_embeddings_only(data, name):
+    """Issue 12 A.3: with detach_condition APG's own domain table still trains (it moves after steps) while
+    the shared embeddings of the condition get no gradient through G."""
+    from dynarec.train.trainer import Trainer
+    from dynarec.config import TrainerConfig
+
+    schema, batch = data
+    kw = dict(condition_mode="mix-wise", condition_groups=["domain", "user"])
+    det = _build(name, schema, detach_condition=True, **kw)
+    before = det.apg_domain_table.weight.detach().clone()
+    tr = Trainer(det, TrainerConfig(lr=1e-2, progress=False), seed=0)
+    det.train()
+    for _ in range(3):
+        tr._step(batch)
+    moved = (det.apg_domain_table.weight.detach() - before).abs().sum(1)
+    assert (moved[batch.domain.unique()] > 0).all(), "APG's own domain table did not train with detach_condition"
+    # gradient of the generated weights w.r.t. the shared table: none through the condition when detached
+    und = _build(name, schema, **kw)
+    for model, expect in ((det, False), (und, True)):
+        emb = model.embed(batch)
+        cond = model.apg_condition(batch, emb)
+        g = torch.autograd.grad(cond.sum(), model.embedding.weight.weight, allow_unused=True)[0]
+        got = g is not None and bool((g.to_dense() if g.is_sparse else g).abs().sum() > 0)
+        assert got == expect
+
+
+def test_dense_domain_features_join_the_condition(data):
+    """Issue 12 A.3: a dense feature of the condition group is part of the condition (was silently dropped)."""
+    import dataclasses
+
+    schema, batch = data
+    feats = [dataclasses.replace(f, group="domain") if f.name == "ctx_score" else f for f in schema.features]
+    s2 = dataclasses.replace(schema, features=feats)
+    model = _build("apg_dnn", s2).eval()
+    assert not model.apg_per_group
+    assert model._apg_cond_dim == SMALL["condition_dim"] + 1
+    j = model._apg_dense["domain"]
+    assert len(j) == 1
+    dense = batch.dense.clone()
+    dense[:, j[0]] += 3.0
+    with torch.no_grad():
+        z = model.apg_condition(batch, model.embed(batch))
+        z2 = model.apg_condition(dataclasses.replace(batch, dense=dense), model.embed(batch))
+    assert torch.equal(z[:, :-1], z2[:, :-1]) and torch.allclose(z2[:, -1] - z[:, -1], torch.full_like(z[:, -1], 3.0))
+    assert _build("apg_dnn", schema).apg_per_group  # the synthetic schema: domain id alone, per-group path kept
 
 
 @pytest.mark.parametrize("name,params", [("pnn", {"product": "both"}), ("pnn", {"product": "outer"}),

@@ -33,10 +33,11 @@ from dynarec.config import TrainerConfig
 from dynarec.losses import task_losses
 from dynarec.models import build_model, get_model_info, list_models
 from dynarec.models.base import BaseModel
+from dynarec.models.keys import active_params
 from dynarec.train.trainer import Trainer
 
 # Small dimensions for every model; a key is applied only where the model's Config has it with a
-# default of the same type.
+# default of the same type and it has an effect on the model (dynarec.models.keys).
 SMALL = {"embed_dim": 4, "hidden": [16, 8], "tower_hidden": [8], "num_experts": 2, "gate_hidden_dim": 8,
          "gate_emb_dim": 4, "gate_hidden": 8, "rank_k": 4, "overparam_p": 16, "hypernet_hidden": [8]}
 
@@ -85,7 +86,9 @@ def small_params(name: str, extra: dict | None = None) -> dict:
                 if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
     out = {k: v for k, v in SMALL.items() if k in defaults and type(defaults[k]) is type(v)}
     out.update(extra or {})
-    return out
+    # drop the small dimensions that have no effect on this model / variant (they would be rejected)
+    small = active_params(name, out)
+    return {k: v for k, v in out.items() if k in small or k in (extra or {})}
 
 
 def _build(name, schema, params, seed=0):

@@ -12,6 +12,7 @@ from dynarec.data.schema import Schema
 from dynarec.errors import ConfigError
 from dynarec.losses import task_losses
 from dynarec.models import build_model
+from dynarec.models.keys import active_params
 
 SMALL = {"embed_dim": 4, "hidden": [16, 8]}
 
@@ -28,7 +29,8 @@ def batch(data):
 
 def _build(name, schema, seed=0, **kw):
     torch.manual_seed(seed)
-    return build_model(name, schema, {**SMALL, **kw})
+    small = active_params(name, {**SMALL, **kw})  # SMALL keys without effect on the model are left out
+    return build_model(name, schema, {k: v for k, v in {**SMALL, **kw}.items() if k in small or k in kw})
 
 
 def _out(model, batch):
