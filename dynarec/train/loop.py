@@ -145,7 +145,7 @@ class Loop:
                         loss = self.step(b)
                     except FloatingPointError as e:
                         raise DivergedError(f"training diverged at epoch {epoch}, step {self.batch} of {n_steps}: "
-                                            f"{e}; likely cause: {self.hint}") from None
+                                            f"{str(e).split(' (')[0]}; likely cause: {self.hint}") from None
                     if not math.isfinite(loss):
                         raise DivergedError(f"training diverged at epoch {epoch}, step {self.batch} of "
                                             f"{n_steps}: the training loss became {loss}; likely cause: {self.hint}")
