@@ -55,15 +55,26 @@ class TrainerConfig:
                 raise ConfigError(f"trainer.loss_weights.{t}: expected a finite number >= 0, got {w!r}")
 
 
-def check_trainer(cfg: TrainerConfig, tasks: list[str], task_weighting: str | None = None) -> None:
-    """All of ``cfg``'s value rules plus the ones that need the model's ``tasks``: the monitored task exists,
-    ``loss_weights`` names existing tasks and is only given with ``task_weighting: fixed`` (where it has an
-    effect). ``task_weighting`` is the effective weighting when it overrides ``cfg.task_weighting``."""
+def check_trainer(cfg: TrainerConfig, tasks: list[str], task_weighting: str | None = None,
+                  types: dict[str, str] | None = None, has_user: bool = True) -> None:
+    """All of ``cfg``'s value rules plus the ones that need the model's ``tasks``: the monitored task exists
+    and has the monitored metric (``rmse`` for regression tasks, ``logloss`` / ``gauc`` for binary ones,
+    ``gauc`` only with a user column; ``auc`` on a regression task monitors its ``rmse``), ``loss_weights``
+    names existing tasks and is only given with ``task_weighting: fixed`` (where it has an effect).
+    ``task_weighting`` is the effective weighting when it overrides ``cfg.task_weighting``; ``types``:
+    task -> binary | regression."""
     validate(cfg, "trainer")
     cfg.__post_init__()
     name, _, task = cfg.monitor.partition(":")
     if task and task not in tasks:
         raise ConfigError(f"trainer.monitor: unknown task '{task}' in '{cfg.monitor}' (tasks: {', '.join(tasks)})")
+    kind = (types or {}).get(task or tasks[0], "binary")
+    if (name == "rmse") != (kind == "regression") and name != "auc":
+        raise ConfigError(f"trainer.monitor: '{cfg.monitor}' does not exist for the {kind} task "
+                          f"'{task or tasks[0]}' (use {'rmse' if kind == 'regression' else 'auc | logloss | gauc'})")
+    if name == "gauc" and not has_user:
+        raise ConfigError(f"trainer.monitor: '{cfg.monitor}' needs a user column (schema 'user'), and the schema "
+                          "has none")
     weighting = task_weighting or cfg.task_weighting
     if weighting not in TASK_WEIGHTINGS:
         raise ConfigError(f"trainer.task_weighting: expected one of {' | '.join(TASK_WEIGHTINGS)}, got {weighting!r}")

@@ -28,7 +28,8 @@ class Trainer:
                  task_weighting: str | None = None, console=None):
         self.model = model
         self.cfg = cfg or TrainerConfig()
-        check_trainer(self.cfg, list(model.tasks), task_weighting)
+        check_trainer(self.cfg, list(model.tasks), task_weighting, {t.name: t.type for t in model.schema.tasks},
+                      getattr(model.schema, "user", None) is not None)
         self.seed = seed
         self.log_path = Path(log_path) if log_path else None
         self.console = console

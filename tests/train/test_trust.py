@@ -64,6 +64,7 @@ def test_a_trainer_config_from_python_is_checked_too(small_synth, tmp_path):
 
 @pytest.mark.parametrize("over,msg", [
     ({"monitor": "auc:nope"}, "trainer.monitor: unknown task 'nope'"),
+    ({"monitor": "rmse:click"}, "trainer.monitor: 'rmse:click' does not exist for the binary task 'click'"),
     ({"task_weighting": "fixed", "loss_weights": {"nope": 1.0}}, "trainer.loss_weights: unknown task 'nope'"),
     ({"loss_weights": {"click": 2.0}}, "trainer.loss_weights: only used with trainer.task_weighting: fixed"),
 ])
