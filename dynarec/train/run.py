@@ -63,8 +63,9 @@ def train_model(model_name: str, schema, tables: dict, params: dict | None = Non
     ``run_config`` first, then ``log.csv`` and the resume point ``last.pt`` after every epoch, at the end
     ``model.pt``, ``metrics.json``) and replaces ``out`` only when it has succeeded, so a failing or
     refused run leaves an existing run there byte-identical, and a folder's files always describe one run.
-    A run killed on the way leaves its work folder: ``resume=True`` continues it after its last completed
-    epoch (same arguments). A run stopped by a user mistake (a diverging loss included) removes it."""
+    A run killed or interrupted after an epoch leaves its work folder: ``resume=True`` continues it after its
+    last completed epoch (same arguments). A run stopped by a user mistake (a diverging loss included), or
+    before its first epoch ended, removes it."""
     import torch
 
     if isinstance(trainer, TrainerConfig):
@@ -101,8 +102,9 @@ def train_model(model_name: str, schema, tables: dict, params: dict | None = Non
         hist = tr.fit(tables["train"], valid, [LastState(work / LAST, meta)], resume=state)
         res = _finish(model, cfg, hist, tables, params, work, encoders, seed)
         (work / LAST).unlink(missing_ok=True)
-    except DynarecError:
-        shutil.rmtree(work, ignore_errors=True)  # a refused or diverged run: nothing worth resuming
+    except BaseException as e:  # a refused or diverged run, or one that stopped before a resume point
+        if isinstance(e, DynarecError) or not (work / LAST).exists():
+            shutil.rmtree(work, ignore_errors=True)
         raise
     outdir.swap_in(work, out)
     res.checkpoint = str(out)

@@ -89,3 +89,39 @@ def test_resume_without_an_interrupted_run_is_one_line(data, tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no interrupted run to resume" in err[0] and "nothing" in err[0]
+
+
+def test_in_process_interrupt_keeps_the_resume_point_and_resume_is_exact(small_synth, tmp_path, monkeypatch):
+    """``train_model(resume=True)`` after a KeyboardInterrupt in epoch 3 (early stopping and the learned
+    uncertainty weights carried over); a resume point from other data is refused."""
+    import torch
+
+    from dynarec.errors import DataError
+    from dynarec.train.run import train_model
+    from dynarec.train.step import TrainStep
+
+    schema, tables, _ = small_synth
+    args = ("mmoe", schema, tables, {"hidden": [8], "num_experts": 2},
+            {"epochs": 4, "batch_size": 256, "lr": 0.02, "patience": 1, "progress": False,
+             "task_weighting": "uncertainty"})
+    ref = train_model(*args, seed=2, out=tmp_path / "ref")
+    real, calls = TrainStep.step, []
+
+    def flaky(self, batch):
+        calls.append(1)
+        if len(calls) == 2 * 13 + 5:  # 13 steps per epoch: inside epoch 3
+            raise KeyboardInterrupt
+        return real(self, batch)
+    monkeypatch.setattr(TrainStep, "step", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(*args, seed=2, out=tmp_path / "run")
+    monkeypatch.setattr(TrainStep, "step", real)
+    work = tmp_path / ".run.partial"
+    assert (work / "last.pt").exists() and not (tmp_path / "run").exists()
+    assert [r["epoch"] for r in _log(work)] == ["1", "2"]
+    other = {**tables, "train": tables["train"].subset(torch.arange(1000))}
+    with pytest.raises(DataError, match="train_rows"):
+        train_model(*args[:2], other, *args[3:], seed=2, out=tmp_path / "run", resume=True)
+    got = train_model(*args, seed=2, out=tmp_path / "run", resume=True)
+    assert got.metrics == ref.metrics and got.history.best_epoch == ref.history.best_epoch
+    assert [r["epoch"] for r in _log(tmp_path / "run")] == [r["epoch"] for r in _log(tmp_path / "ref")]
