@@ -2,7 +2,7 @@
 trainer config), written atomically (temp file + rename), so evaluation needs the checkpoint alone.
 
 ``model.pt`` (format ``dynarec-checkpoint-2``) is a ``torch.save`` of ``{"format", "sha256", "payload"}``:
-``payload`` is the ``torch.save`` bytes of the checkpoint itself (``model``, ``params``, ``schema``,
+``payload`` (a uint8 tensor, stored raw) holds the ``torch.save`` bytes of the checkpoint itself (``model``, ``params``, ``schema``,
 ``encoders``, ``state_dict``, ``extra``) and ``sha256`` their SHA-256, checked on every load, so a corrupted
 file (flipped or lost bytes) is a one-line :class:`~dynarec.errors.DataError` naming it instead of a model
 with wrong weights. The checksum travels with the file (a copied ``model.pt``, an export bundle). Older
@@ -53,7 +53,7 @@ def save_checkpoint(path: str | Path, model, params: dict, encoders: dict | None
         "extra": extra or {},
     })
     write_atomic(path / "model.pt", _bytes({"format": FORMAT, "sha256": hashlib.sha256(payload).hexdigest(),
-                                            "payload": payload}))
+                                            "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8)}))
     return path / "model.pt"
 
 
@@ -66,14 +66,15 @@ def read_checkpoint(f: Path) -> dict:
     fmt = blob.get("format") if isinstance(blob, dict) else None
     if fmt == FORMAT_UNVERIFIED:
         return blob
-    if fmt != FORMAT or not isinstance(blob.get("payload"), bytes):
+    if fmt != FORMAT or not isinstance(blob.get("payload"), torch.Tensor):
         raise DataError(f"{f}: not a dynarec checkpoint")
-    got = hashlib.sha256(blob["payload"]).hexdigest()
+    payload = blob["payload"].numpy().tobytes()
+    got = hashlib.sha256(payload).hexdigest()
     if got != blob.get("sha256"):
         raise DataError(f"{f}: checksum mismatch (sha256 {got[:16]}…, recorded {str(blob.get('sha256'))[:16]}…): "
                         "the file is corrupted; restore it or retrain")
     try:
-        inner = torch.load(io.BytesIO(blob["payload"]), map_location="cpu", weights_only=False)
+        inner = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
     except Exception as e:
         raise DataError(f"{f}: not a readable dynarec checkpoint ({type(e).__name__})") from None
     if not isinstance(inner, dict) or "state_dict" not in inner:

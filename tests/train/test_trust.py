@@ -166,19 +166,18 @@ def test_flipped_bytes_in_model_pt_are_a_one_line_error_naming_the_file(good_run
     f.write_bytes(bytes(b))
     with pytest.raises(DataError) as e:
         load_checkpoint(out)
-    assert str(f) in str(e.value) and "\n" not in str(e.value)
-    assert "checksum mismatch" in str(e.value) or "not a readable" in str(e.value)
+    assert str(e.value).startswith(f"{f}: checksum mismatch") and "\n" not in str(e.value)
 
 
 def test_flipping_only_weight_bytes_is_a_checksum_mismatch(good_run):
     out, _ = good_run
     f = out / "model.pt"
     blob = torch.load(f, weights_only=False)
-    payload = bytearray(blob["payload"])
+    payload = blob["payload"].clone()
     mid = len(payload) // 2
-    payload[mid: mid + 4000] = bytes(x ^ 0x01 for x in payload[mid: mid + 4000])
+    payload[mid: mid + 4000] ^= 1
     buf = io.BytesIO()
-    torch.save({**blob, "payload": bytes(payload)}, buf)
+    torch.save({**blob, "payload": payload}, buf)
     f.write_bytes(buf.getvalue())
     with pytest.raises(DataError, match=re.escape(f"{f}: checksum mismatch")):
         load_checkpoint(out)
