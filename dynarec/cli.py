@@ -103,14 +103,23 @@ def _print_result(summary: dict, as_json: bool, unknown: dict | None = None) -> 
 
 def cmd_train(a) -> int:
     from dynarec.config import load_experiment
-    from dynarec.train.run import train_experiment
+    from dynarec.train.run import load_interrupted, train_experiment
 
-    trainer_over = {"trainer.epochs": a.epochs, "trainer.batch_size": a.batch_size, "trainer.lr": a.lr}
-    cfg = load_experiment(a.config, {"model": a.model, "data.path": a.data, "seed": a.seed, "out": a.out,
-                                     **trainer_over}, a.set)
+    if a.resume is not None:
+        given = [f for f, v in (("--config", a.config), ("--model", a.model), ("--data", a.data),
+                                ("--epochs", a.epochs), ("--batch-size", a.batch_size), ("--lr", a.lr),
+                                ("--seed", a.seed), ("--out", a.out), ("--set", a.set)) if v is not None]
+        if given:
+            raise DynarecError(f"train --resume: {given[0]} cannot be combined with --resume (the config is "
+                               "taken from the interrupted run)")
+        cfg = load_interrupted(a.resume)
+    else:
+        trainer_over = {"trainer.epochs": a.epochs, "trainer.batch_size": a.batch_size, "trainer.lr": a.lr}
+        cfg = load_experiment(a.config, {"model": a.model, "data.path": a.data, "seed": a.seed, "out": a.out,
+                                         **trainer_over}, a.set)
     if a.json:
         cfg.trainer.progress = cfg.trainer.progress and sys.stderr.isatty()
-    res = train_experiment(cfg, console=_console())
+    res = train_experiment(cfg, console=_console(), resume=a.resume is not None)
     _print_result(res.summary(cfg.model, cfg.data.path), a.json)
     if not a.json:
         print(f"checkpoint: {res.checkpoint}  ({res.train_rows_per_s:,.0f} train rows/s, best epoch {res.history.best_epoch})")
@@ -231,8 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int)
     t.add_argument("--lr", type=float)
     t.add_argument("--seed", type=int)
-    t.add_argument("--out")
+    t.add_argument("--out", help="run folder (written aside and swapped in when the run succeeds)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. model.hidden=[128,64]")
+    t.add_argument("--resume", metavar="DIR", help="continue the interrupted run whose --out was DIR after its "
+                   "last completed epoch (its config is reused; no other config option)")
     t.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
     t.set_defaults(fn=cmd_train)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import csv
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -29,12 +30,42 @@ def monitor_value(metrics: dict, monitor: str, tasks: list[str]) -> tuple[float,
     return (float("nan") if v is None else float(v)), higher
 
 
+def single_class_tasks(table, tasks: list[str], types: dict[str, str]) -> dict[str, float]:
+    """{task: its one label value} for the binary tasks whose labels in ``table`` hold a single class."""
+    out = {}
+    for t in tasks:
+        y = table.labels.get(t)
+        if types.get(t, "binary") == "binary" and y is not None and len(y) and bool((y == y[0]).all()):
+            out[t] = float(y[0])
+    return out
+
+
 class Validation(Callback):
     """After each epoch: metrics on ``valid`` (skipped when it is empty), ``valid_<monitor>`` and
-    ``valid_<auc|logloss|rmse>_<task>`` in the epoch's row, ``loop.monitor`` set for early stopping."""
+    ``valid_<auc|logloss|rmse>_<task>`` in the epoch's row, ``loop.monitor`` set for early stopping.
 
-    def __init__(self, valid, monitor: str = "auc", eval_batch_size: int = 65536):
+    A binary task whose validation labels hold a single class has no AUC / GAUC: at the fit's start a warning
+    naming the task goes to stderr and, when that task is the monitored one, the fit monitors ``logloss`` of
+    the same task instead (``monitor`` becomes ``logloss:TASK``, and so does the log column)."""
+
+    def __init__(self, valid, monitor: str = "auc", eval_batch_size: int = 65536, warn=None):
         self.valid, self.monitor, self.eval_batch_size = valid, monitor, eval_batch_size
+        self.warn = warn or (lambda msg: print(msg, file=sys.stderr))
+
+    def on_fit_start(self, loop) -> None:
+        if self.valid is None or not len(self.valid):
+            return
+        model = loop.model
+        types = {t.name: t.type for t in model.schema.tasks}
+        name, _, task = self.monitor.partition(":")
+        task = task or model.tasks[0]
+        for t, v in single_class_tasks(self.valid, model.tasks, types).items():
+            fallback = t == task and name in ("auc", "gauc")
+            self.warn(f"warning: the validation labels of task '{t}' are all {v:g} (a single class): its AUC is "
+                      "undefined" + (f"; early stopping monitors logloss:{t} instead of {self.monitor}"
+                                     if fallback else ""))
+            if fallback:
+                self.monitor = f"logloss:{t}"
 
     def on_epoch_end(self, loop, row: dict) -> None:
         if self.valid is None or not len(self.valid):
@@ -57,6 +88,12 @@ class EarlyStopping(Callback):
     def __init__(self, patience: int):
         self.patience = patience
         self.best, self.bad, self.best_state = None, 0, None
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "bad": self.bad, "best_state": self.best_state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.bad, self.best_state = state["best"], state["bad"], state["best_state"]
 
     def on_epoch_end(self, loop, row: dict) -> None:
         if loop.monitor is not None:
@@ -120,6 +157,7 @@ class CsvLog(Callback):
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.rows: list[dict] = []
 
     def on_epoch_end(self, loop, row: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -129,6 +167,17 @@ class CsvLog(Callback):
             if new:
                 w.writeheader()
             w.writerow(row)
+        self.rows.append(dict(row))
+
+    def state_dict(self) -> dict:
+        return {"rows": list(self.rows)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Rewrite the file with the saved rows: a row of an epoch that did not complete is dropped."""
+        self.path.unlink(missing_ok=True)
+        for row in state["rows"]:
+            self.on_epoch_end(None, row)
+        self.rows = [dict(r) for r in state["rows"]]
 
 
 class Checkpointing(Callback):

@@ -1,7 +1,15 @@
 """Checkpoints: one folder with ``model.pt`` (weights + model name + params + schema + encoders +
-trainer config), written atomically (temp file + rename), so evaluation needs the checkpoint alone."""
+trainer config), written atomically (temp file + rename), so evaluation needs the checkpoint alone.
+
+``model.pt`` (format ``dynarec-checkpoint-2``) is a ``torch.save`` of ``{"format", "sha256", "payload"}``:
+``payload`` (a uint8 tensor, stored raw) holds the ``torch.save`` bytes of the checkpoint itself (``model``, ``params``, ``schema``,
+``encoders``, ``state_dict``, ``extra``) and ``sha256`` their SHA-256, checked on every load, so a corrupted
+file (flipped or lost bytes) is a one-line :class:`~dynarec.errors.DataError` naming it instead of a model
+with wrong weights. The checksum travels with the file (a copied ``model.pt``, an export bundle). Older
+``dynarec-checkpoint-1`` files (the checkpoint dict itself, no checksum) still load, unverified."""
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 from pathlib import Path
@@ -11,29 +19,67 @@ import torch
 from dynarec.data.schema import Schema
 from dynarec.errors import DataError
 
+FORMAT = "dynarec-checkpoint-2"
+FORMAT_UNVERIFIED = "dynarec-checkpoint-1"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file in the same folder, fsync and rename."""
+    tmp = path.parent / f".{path.name}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _bytes(obj) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
 
 def save_checkpoint(path: str | Path, model, params: dict, encoders: dict | None = None,
                     extra: dict | None = None) -> Path:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    blob = {
-        "format": "dynarec-checkpoint-1",
+    payload = _bytes({
+        "format": FORMAT,
         "model": model.registry_name,
         "params": params,
         "schema": model.schema.to_dict(),
         "encoders": encoders,
         "state_dict": model.state_dict(),
         "extra": extra or {},
-    }
-    buf = io.BytesIO()
-    torch.save(blob, buf)
-    tmp = path / ".model.pt.tmp"
-    with open(tmp, "wb") as f:
-        f.write(buf.getvalue())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path / "model.pt")
+    })
+    write_atomic(path / "model.pt", _bytes({"format": FORMAT, "sha256": hashlib.sha256(payload).hexdigest(),
+                                            "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8)}))
     return path / "model.pt"
+
+
+def read_checkpoint(f: Path) -> dict:
+    """The checkpoint dict stored in file ``f``, its checksum verified (format 2), or a one-line DataError."""
+    try:
+        blob = torch.load(f, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated / not a checkpoint
+        raise DataError(f"{f}: not a readable dynarec checkpoint ({type(e).__name__})") from None
+    fmt = blob.get("format") if isinstance(blob, dict) else None
+    if fmt == FORMAT_UNVERIFIED:
+        return blob
+    if fmt != FORMAT or not isinstance(blob.get("payload"), torch.Tensor):
+        raise DataError(f"{f}: not a dynarec checkpoint")
+    payload = blob["payload"].numpy().tobytes()
+    got = hashlib.sha256(payload).hexdigest()
+    if got != blob.get("sha256"):
+        raise DataError(f"{f}: checksum mismatch (sha256 {got[:16]}…, recorded {str(blob.get('sha256'))[:16]}…): "
+                        "the file is corrupted; restore it or retrain")
+    try:
+        inner = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise DataError(f"{f}: not a readable dynarec checkpoint ({type(e).__name__})") from None
+    if not isinstance(inner, dict) or "state_dict" not in inner:
+        raise DataError(f"{f}: not a dynarec checkpoint")
+    return inner
 
 
 def load_checkpoint(path: str | Path, merge: bool = True):
@@ -45,12 +91,7 @@ def load_checkpoint(path: str | Path, merge: bool = True):
     f = p / "model.pt" if p.is_dir() else p
     if not f.exists():
         raise DataError(f"{p}: no checkpoint found (expected {f})")
-    try:
-        blob = torch.load(f, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated / not a checkpoint
-        raise DataError(f"{f}: not a readable dynarec checkpoint ({type(e).__name__})") from None
-    if not isinstance(blob, dict) or blob.get("format") != "dynarec-checkpoint-1":
-        raise DataError(f"{f}: not a dynarec checkpoint")
+    blob = read_checkpoint(f)
     schema = Schema.from_dict(blob["schema"], str(f))
     model = build_model(blob["model"], schema, blob["params"])
     model.prepare_for_load(blob["state_dict"])  # e.g. table keys of checkpoints older than model.tables

@@ -3,10 +3,15 @@ whole fit), one :class:`~dynarec.train.step.TrainStep` call per batch, and callb
 (validation, early stopping, progress, CSV log, checkpoints: :mod:`dynarec.train.callbacks`)."""
 from __future__ import annotations
 
+import math
+import random
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
+
+from dynarec.errors import DynarecError
 
 
 @dataclass
@@ -26,6 +31,11 @@ def set_seed(seed: int) -> torch.Generator:
     return g
 
 
+class DivergedError(DynarecError, FloatingPointError):
+    """The training loss became NaN / inf: the run stops (one line naming the epoch, the step and the likely
+    cause). A :class:`FloatingPointError` too, for callers that caught the step's error."""
+
+
 class Callback:
     """Hooks of :class:`Loop`, called in list order; each gets the loop (``loop.model``, ``loop.step``,
     ``loop.history``, ``loop.epoch``, ``loop.epochs``, ``loop.rows`` = rows per epoch, ``loop.batch_size``).
@@ -33,7 +43,9 @@ class Callback:
     * ``on_epoch_end(loop, row)`` may add keys to ``row`` (the epoch's log row: epoch, train_loss, rows_per_s,
       seconds); a callback that measures the monitored value sets ``loop.monitor = (value, higher_is_better)``
       for the ones after it; setting ``loop.stop = True`` ends the fit after this epoch.
-    * ``on_fit_end`` runs after the last epoch (not after an error); ``close`` always runs, last."""
+    * ``on_fit_end`` runs after the last epoch (not after an error); ``close`` always runs, last.
+    * a callback with state that a resumed run needs (e.g. early stopping's best score and state) defines
+      ``state_dict()`` / ``load_state_dict(state)``; :meth:`Loop.state_dict` collects them."""
 
     def on_fit_start(self, loop: Loop) -> None: ...
     def on_epoch_start(self, loop: Loop, epoch: int) -> None: ...
@@ -56,6 +68,47 @@ class Loop:
         self.epoch, self.epochs, self.rows, self.batch_size = 0, 0, 0, 0
         self.monitor: tuple[float, bool] | None = None
         self.stop = False
+        self.batch = 0  # the step within the epoch (1-based) being run
+        self.generator: torch.Generator | None = None  # the batch order's generator (set by fit)
+        self.hint = "a learning rate too high, or NaN / inf values in the data"  # why a loss diverges
+
+    def state_dict(self) -> dict:
+        """Everything a resumed fit needs after the epoch just completed: the model's weights, the step's
+        state (optimizers, task weighting), the batch-order generator, torch's / numpy's / Python's global
+        random states, the history and every callback's ``state_dict()``. Holds references to live tensors:
+        ``torch.save`` it to keep a snapshot."""
+        step_state = getattr(self.step, "state_dict", None)
+        return {"epoch": self.epoch, "stop": self.stop, "model": self.model.state_dict(),
+                "step": step_state() if step_state else None,
+                "rng": {"batches": self.generator.get_state() if self.generator is not None else None,
+                        "torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                        "python": random.getstate()},
+                "history": {"epochs": list(self.history.epochs), "best_epoch": self.history.best_epoch,
+                            "best_score": self.history.best_score, "train_seconds": self.history.train_seconds},
+                "callbacks": {f"{i}:{type(cb).__name__}": cb.state_dict() for i, cb in enumerate(self.callbacks)
+                              if hasattr(cb, "state_dict")}}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` (called by :meth:`fit` with ``resume=``, after ``on_fit_start``)."""
+        self.model.load_state_dict(state["model"])
+        if state.get("step") is not None:
+            self.step.load_state_dict(state["step"])
+        rng = state["rng"]
+        if rng.get("batches") is not None and self.generator is not None:
+            self.generator.set_state(rng["batches"])
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        h = state["history"]
+        self.history.epochs = list(h["epochs"])
+        self.history.best_epoch, self.history.best_score = h["best_epoch"], h["best_score"]
+        self.history.train_seconds = h["train_seconds"]
+        saved = state.get("callbacks", {})
+        for i, cb in enumerate(self.callbacks):
+            key = f"{i}:{type(cb).__name__}"
+            if hasattr(cb, "load_state_dict") and key in saved:
+                cb.load_state_dict(saved[key])
+        self.epoch, self.stop = state["epoch"], state["stop"]
 
     def _call(self, hook: str, *args) -> None:
         for cb in self.callbacks:
@@ -63,30 +116,45 @@ class Loop:
             if fn is not None:
                 fn(self, *args)
 
-    def fit(self, train, epochs: int, batch_size: int, seed: int = 0, threads: int = 0) -> History:
+    def fit(self, train, epochs: int, batch_size: int, seed: int = 0, threads: int = 0,
+            resume: dict | None = None) -> History:
         """Up to ``epochs`` passes over ``train`` in batches of ``batch_size``, shuffled by a generator seeded
-        with ``seed`` (torch's global generator is seeded too) -> the :class:`History`."""
+        with ``seed`` (torch's global generator is seeded too) -> the :class:`History`. With ``resume`` (a
+        :meth:`state_dict` saved after epoch k) the fit continues at epoch k + 1 exactly as if it had never
+        stopped. A NaN / inf loss raises :class:`DivergedError` naming the epoch and the step."""
         if threads:
             torch.set_num_threads(threads)
-        gen = set_seed(seed)
+        gen = self.generator = set_seed(seed)
         hist = self.history
         self.epochs, self.rows, self.batch_size, self.stop = epochs, len(train), batch_size, False
-        total_time = 0.0
+        total_time, first = 0.0, 1
         try:
             self._call("on_fit_start")
-            for epoch in range(1, epochs + 1):
+            if resume is not None:
+                self.load_state_dict(resume)
+                total_time, first = hist.train_seconds, (epochs + 1 if self.stop else self.epoch + 1)
+            for epoch in range(first, epochs + 1):
                 self.epoch, self.monitor = epoch, None
                 self.model.train()
                 self._call("on_epoch_start", epoch)
                 t0 = time.perf_counter()
                 loss_sum, steps = 0.0, 0
-                for b in train.batches(batch_size, shuffle=True, generator=gen):
-                    loss = self.step(b)
+                n_steps = -(-len(train) // batch_size)
+                for self.batch, b in enumerate(train.batches(batch_size, shuffle=True, generator=gen), 1):
+                    try:
+                        loss = self.step(b)
+                    except FloatingPointError as e:
+                        raise DivergedError(f"training diverged at epoch {epoch}, step {self.batch} of {n_steps}: "
+                                            f"{str(e).split(' (')[0]}; likely cause: {self.hint}") from None
+                    if not math.isfinite(loss):
+                        raise DivergedError(f"training diverged at epoch {epoch}, step {self.batch} of "
+                                            f"{n_steps}: the training loss became {loss}; likely cause: {self.hint}")
                     loss_sum += loss
                     steps += 1
                     self._call("on_batch_end", len(b), loss)
                 dt = time.perf_counter() - t0
                 total_time += dt
+                hist.train_seconds = total_time
                 row = {"epoch": epoch, "train_loss": loss_sum / max(steps, 1), "rows_per_s": self.rows / dt,
                        "seconds": dt}
                 hist.epochs.append(row)
@@ -96,7 +164,7 @@ class Loop:
             self._call("on_fit_end")
         finally:
             self._call("close")
-        hist.train_rows_per_s = self.rows * len(hist.epochs) / max(total_time, 1e-9)
         hist.train_seconds = total_time
+        hist.train_rows_per_s = self.rows * len(hist.epochs) / max(total_time, 1e-9)
         self.model.eval()
         return hist

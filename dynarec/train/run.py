@@ -3,16 +3,21 @@ the benchmark harness and tests."""
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dynarec import outdir
+from dynarec.checks import validate
 from dynarec.config import build_dataclass, to_dict
+from dynarec.errors import DataError, DynarecError
 from dynarec.metrics import evaluate_model
 from dynarec.models import build_model
 from dynarec.train.checkpoint import save_checkpoint
 from dynarec.train.config import TrainerConfig
 from dynarec.train.loop import History
+from dynarec.train.resume import LAST, LastState, load_state
 from dynarec.train.trainer import Trainer
 
 
@@ -44,49 +49,114 @@ def gate_usage_of(model, table) -> dict:
     return model.gate_usage(table)
 
 
+MARKERS = ("model.pt",)  # what makes a folder a training run's (dynarec.outdir)
+
+
 def train_model(model_name: str, schema, tables: dict, params: dict | None = None, trainer: dict | TrainerConfig | None = None,
                 seed: int = 0, out: str | Path | None = None, encoders: dict | None = None,
-                task_weighting: str | None = None, console=None) -> Result:
+                task_weighting: str | None = None, console=None, run_config: dict | None = None,
+                resume: bool = False) -> Result:
     """Build ``model_name`` on ``schema``, train on tables['train'] with early stopping on tables['valid'],
-    evaluate on tables['test'] (or 'valid' when there is no test). With ``out``: checkpoint + log there."""
+    evaluate on tables['test'] (or 'valid' when there is no test).
+
+    With ``out``: the run writes into the work folder :func:`dynarec.outdir.work_dir` (``config.json`` =
+    ``run_config`` first, then ``log.csv`` and the resume point ``last.pt`` after every epoch, at the end
+    ``model.pt``, ``metrics.json``) and replaces ``out`` only when it has succeeded, so a failing or
+    refused run leaves an existing run there byte-identical, and a folder's files always describe one run.
+    A run killed or interrupted after an epoch leaves its work folder: ``resume=True`` continues it after its
+    last completed epoch (same arguments). A run stopped by a user mistake (a diverging loss included), or
+    before its first epoch ended, removes it."""
     import torch
 
-    cfg = trainer if isinstance(trainer, TrainerConfig) else build_dataclass(TrainerConfig, trainer or {}, "trainer")
+    if isinstance(trainer, TrainerConfig):
+        validate(trainer, "trainer")
+        cfg = trainer
+    else:
+        cfg = build_dataclass(TrainerConfig, trainer or {}, "trainer")
     params = dict(params or {})
     torch.manual_seed(seed)
     model = build_model(model_name, schema, params)
-    log = Path(out) / "log.csv" if out else None
-    if log and log.exists():
-        log.unlink()
-    hist = Trainer(model, cfg, seed, log, task_weighting, console).fit(tables["train"], tables.get("valid"))
+    valid = tables.get("valid")
+    if out is None:
+        if resume:
+            raise DynarecError("resume: needs the interrupted run's out folder")
+        hist = Trainer(model, cfg, seed, None, task_weighting, console).fit(tables["train"], valid)
+        return _finish(model, cfg, hist, tables, params, None, encoders, seed)
+    out = outdir.check_out(out, MARKERS, "training run")
+    work = outdir.work_dir(out)
+    tr = Trainer(model, cfg, seed, work / "log.csv", task_weighting, console)  # checks the config first
+    meta = {"model": model_name, "train_rows": len(tables["train"]), "valid_rows": len(valid) if valid else 0}
+    state = None
+    if resume:
+        if not (work / LAST).exists():
+            raise DynarecError(f"{out}: no interrupted run to resume (no {work / LAST})")
+        state = load_state(work / LAST, meta)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        if run_config is None:
+            run_config = {"model": model_name, "params": params, "seed": seed, "out": str(out),
+                          "trainer": {**to_dict(cfg), "task_weighting": task_weighting or cfg.task_weighting}}
+        (work / "config.json").write_text(json.dumps(run_config, indent=2))
+    try:
+        hist = tr.fit(tables["train"], valid, [LastState(work / LAST, meta)], resume=state)
+        res = _finish(model, cfg, hist, tables, params, work, encoders, seed)
+        (work / LAST).unlink(missing_ok=True)
+    except BaseException as e:  # a refused or diverged run, or one that stopped before a resume point
+        if isinstance(e, DynarecError) or not (work / LAST).exists():
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+    outdir.swap_in(work, out)
+    res.checkpoint = str(out)
+    return res
+
+
+def _finish(model, cfg, hist, tables, params, folder, encoders, seed) -> Result:
+    """Test metrics of the trained model; with ``folder``: model.pt, metrics.json (and gate_usage.json)."""
     test = tables.get("test") or tables.get("valid")
     t0 = time.perf_counter()
     metrics = evaluate_model(model, test, cfg.eval_batch_size) if test is not None else {}
     eval_rps = len(test) / max(time.perf_counter() - t0, 1e-9) if test is not None else 0.0
     usage = gate_usage_of(model, test)
-    ckpt = None
-    if out:
-        ckpt = str(save_checkpoint(out, model, params, encoders,
-                                   {"trainer": to_dict(cfg), "seed": seed, "best_epoch": hist.best_epoch}).parent)
-        (Path(out) / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if folder is not None:
+        save_checkpoint(folder, model, params, encoders,
+                        {"trainer": to_dict(cfg), "seed": seed, "best_epoch": hist.best_epoch})
+        (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
         if usage:
-            (Path(out) / "gate_usage.json").write_text(json.dumps(usage, indent=2))
-    return Result(model, metrics, hist, hist.train_rows_per_s, params, ckpt, eval_rows_per_s=eval_rps,
-                  gate_usage=usage)
+            (folder / "gate_usage.json").write_text(json.dumps(usage, indent=2))
+    return Result(model, metrics, hist, hist.train_rows_per_s, params, str(folder) if folder else None,
+                  eval_rows_per_s=eval_rps, gate_usage=usage)
 
 
-def train_experiment(cfg, console=None) -> Result:
+def train_experiment(cfg, console=None, resume: bool = False) -> Result:
     """``dynarec train``: train ``cfg`` (an ``ExperimentConfig``) on its prepared folder; checkpoint (with the
     folder's encoders), log and ``config.json`` in ``cfg.out``. Returns the ``train_model`` result."""
-    from dynarec.config import to_dict
     from dynarec.data.prepare import load_encoders, load_prepared
-    from dynarec.errors import DynarecError
 
     if not cfg.data.path:
         raise DynarecError("train: no data; give --data DIR (a prepared folder) or data.path in the config")
     schema, tables = load_prepared(cfg.data.path)
     load_encoders(cfg.data.path, schema)  # a missing / broken encoders.json is a one-line error
     enc = json.loads((Path(cfg.data.path) / "encoders.json").read_text())
-    res = train_model(cfg.model, schema, tables, cfg.params, cfg.trainer, cfg.seed, cfg.out, enc, console=console)
-    Path(cfg.out, "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
-    return res
+    return train_model(cfg.model, schema, tables, cfg.params, cfg.trainer, cfg.seed, cfg.out, enc, console=console,
+                       run_config=to_dict(cfg), resume=resume)
+
+
+def load_interrupted(out: str | Path):
+    """The ``ExperimentConfig`` of the interrupted run into ``out`` (``dynarec train --resume out``): read from
+    its work folder's ``config.json``; a one-line error when there is no interrupted run."""
+    from dynarec.config import ExperimentConfig
+
+    out = Path(out)
+    work = outdir.work_dir(out)
+    if not (work / LAST).exists():
+        done = " (the run there finished: model.pt)" if (out / "model.pt").exists() else ""
+        raise DynarecError(f"{out}: no interrupted run to resume{done}; expected {work / LAST}")
+    f = work / "config.json"
+    try:
+        d = json.loads(f.read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(f"{f}: not a readable run config ({type(e).__name__})") from None
+    cfg = build_dataclass(ExperimentConfig, d, str(f))
+    cfg.out = str(out)
+    return cfg

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dynarec.train.callbacks import CsvLog, EarlyStopping, ProgressBar, Validation, monitor_value  # noqa: F401
-from dynarec.train.config import TrainerConfig
+from dynarec.train.config import TrainerConfig, check_trainer
 from dynarec.train.loop import History, Loop, set_seed  # noqa: F401
 from dynarec.train.step import TrainStep
 
@@ -18,12 +18,18 @@ class Trainer:
         seed: seeds torch's generator and the batch order at :meth:`fit`.
         log_path: where each epoch's row is appended as CSV (none when ``None``).
         task_weighting: overrides ``cfg.task_weighting``.
-        console: the rich console of the progress bar (stderr by default)."""
+        console: the rich console of the progress bar (stderr by default).
+
+    The config is checked against the model's tasks (:func:`~dynarec.train.config.check_trainer`) before
+    anything is built; a NaN / inf loss stops :meth:`fit` with a
+    :class:`~dynarec.train.loop.DivergedError` naming the epoch, the step and the learning rates."""
 
     def __init__(self, model, cfg: TrainerConfig | None = None, seed: int = 0, log_path: str | Path | None = None,
                  task_weighting: str | None = None, console=None):
         self.model = model
         self.cfg = cfg or TrainerConfig()
+        check_trainer(self.cfg, list(model.tasks), task_weighting, {t.name: t.type for t in model.schema.tasks},
+                      getattr(model.schema, "user", None) is not None)
         self.seed = seed
         self.log_path = Path(log_path) if log_path else None
         self.console = console
@@ -60,8 +66,11 @@ class Trainer:
             cbs.append(CsvLog(self.log_path))
         return cbs
 
-    def fit(self, train, valid=None, callbacks=()) -> History:
+    def fit(self, train, valid=None, callbacks=(), resume: dict | None = None) -> History:
         """Train on ``train`` (a TensorTable) for ``cfg.epochs`` epochs, early-stopping on ``valid``; extra
-        ``callbacks`` (e.g. :class:`~dynarec.train.callbacks.Checkpointing`) run after the standard ones."""
+        ``callbacks`` (e.g. :class:`~dynarec.train.callbacks.Checkpointing`) run after the standard ones.
+        ``resume``: a saved :meth:`Loop.state_dict` to continue from (same model, config and data)."""
         loop = Loop(self.model, self.step, self.callbacks(valid) + list(callbacks))
-        return loop.fit(train, self.cfg.epochs, self.cfg.batch_size, self.seed, self.cfg.threads)
+        loop.hint = (f"trainer.lr {self.cfg.lr:g} / trainer.embedding_lr {self.cfg.embedding_lr:g} too high "
+                     "(try 10x lower), or NaN / inf values in the data")
+        return loop.fit(train, self.cfg.epochs, self.cfg.batch_size, self.seed, self.cfg.threads, resume=resume)
