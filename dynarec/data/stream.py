@@ -19,7 +19,7 @@ millions of distinct ids generated on the fly (for memory benchmarks of dynamic 
 """
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -46,8 +46,13 @@ def stream_schema() -> Schema:
 
 
 def save_schema_yaml(schema: Schema, path: str | Path) -> None:
-    """Write ``schema`` as YAML (loadable with ``Schema.load``)."""
-    Path(path).write_text(yaml.safe_dump(schema.to_dict(), sort_keys=False))
+    """Write ``schema`` as YAML (loadable with ``Schema.load``), each feature / task with its non-default keys."""
+    def short(obj) -> dict:
+        return {f.name: getattr(obj, f.name) for f in fields(obj)
+                if f.name == "name" or getattr(obj, f.name) != f.default and not (f.name == "table" and obj.table == obj.name)}
+    d = schema.to_dict()
+    d["features"], d["tasks"] = [short(f) for f in schema.features], [short(t) for t in schema.tasks]
+    Path(path).write_text(yaml.safe_dump(d, sort_keys=False))
 
 
 class _Pool:
