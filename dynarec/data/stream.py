@@ -4,7 +4,7 @@ The click model is the one of :mod:`dynarec.data.synthetic` (shared + domain-spe
 ``logit = a_d + b_user + b_item + b_author + 2 <s_seg, M_d c_cat> + w_d · dense + c_d[device] + h[hour]
 + κ · 1[category ∈ history]``, conversion only after a click), on a world that changes pass by pass:
 
-* ids are born and die: each pass a fraction ``churn`` of the active authors retires (with their items),
+* ids are born and die: each pass a fraction ``churn`` (at least one) of the active authors retires (with their items),
   the same fraction of the active users / items retires, and as many never-seen ids are born (ids
   increase with birth), so the active pools stay the same size while the distinct ids grow linearly;
 * popularity drifts: a fraction ``drift`` of the Zipf popularity ranks is reshuffled each pass, and the
@@ -65,12 +65,14 @@ class _Pool:
         self.born = np.zeros(n, np.int64)
         self.ids = rng.permutation(n).astype(np.int64)
         self.next = n
+        self.newborn = np.arange(n, dtype=np.int64)
 
     def turn(self, retire: np.ndarray, drift: float, pass_idx: int) -> None:
         """Replace the ids at rank positions ``retire`` (bool mask) with newborns; reshuffle ``drift`` of ranks."""
         pos = np.flatnonzero(retire)
         new = np.arange(self.next, self.next + len(pos), dtype=np.int64)
         self.next += len(pos)
+        self.newborn = new
         for k, v in self.make(len(pos), self.rng).items():
             self.attr[k] = np.concatenate([self.attr[k], v])
         self.born = np.concatenate([self.born, np.full(len(pos), pass_idx, np.int64)])
@@ -80,6 +82,13 @@ class _Pool:
 
     def __getitem__(self, key: str) -> np.ndarray:
         return self.attr[key]
+
+
+def _retire(rng: np.random.Generator, n: int, churn: float) -> np.ndarray:
+    """A mask of exactly ``max(1, round(churn · n))`` random positions out of ``n``."""
+    mask = np.zeros(n, bool)
+    mask[rng.choice(n, min(n, max(1, round(churn * n))), replace=False)] = True
+    return mask
 
 
 def _zipf_ranks(rng: np.random.Generator, n: int, size: int, a: float = 1.05) -> np.ndarray:
@@ -117,9 +126,11 @@ def generate_stream(passes: int, rows_per_pass: int, seed: int = 0, churn: float
     authors = _Pool(n_authors, lambda n, r: {"bias": r.normal(0, 0.2, n)}, rng)
 
     def new_items(n, r):
-        return {"bias": r.normal(0, 0.3, n), "cat": r.integers(0, N_CATEGORIES, n),
-                "author": authors.ids[r.integers(0, len(authors.ids), n)], "price": r.lognormal(3.0, 0.8, n),
-                "cvr": r.normal(0, 0.6, n)}
+        author = authors.ids[r.integers(0, len(authors.ids), n)]
+        k = min(n, len(authors.newborn))  # every newborn author publishes at least one newborn item
+        author[r.permutation(n)[:k]] = authors.newborn[:k]
+        return {"bias": r.normal(0, 0.3, n), "cat": r.integers(0, N_CATEGORIES, n), "author": author,
+                "price": r.lognormal(3.0, 0.8, n), "cvr": r.normal(0, 0.6, n)}
 
     users = _Pool(n_users, lambda n, r: {"bias": r.normal(0, 0.3, n), "seg": r.integers(0, N_SEGMENTS, n),
                                          "hlen": r.integers(1, HIST_LEN + 1, n),
@@ -130,11 +141,11 @@ def generate_stream(passes: int, rows_per_pass: int, seed: int = 0, churn: float
     cats = pa.array([f"c{c}" for c in range(N_CATEGORIES)], pa.string())
     for p in range(passes):
         if p > 0:  # authors first: items of retired authors retire with them, newborn items pick live authors
-            dead_a = rng.random(n_authors) < churn
+            dead_a = _retire(rng, n_authors, churn)
             gone = authors.ids[dead_a]
             authors.turn(dead_a, drift, p)
-            items.turn((rng.random(n_items) < churn) | np.isin(items["author"][items.ids], gone), drift, p)
-            users.turn(rng.random(n_users) < churn, drift, p)
+            items.turn(_retire(rng, n_items, churn) | np.isin(items["author"][items.ids], gone), drift, p)
+            users.turn(_retire(rng, n_users, churn), drift, p)
         shares = DOMAIN_SHARES if p < passes // 2 else np.append(DOMAIN_SHARES * (1 - new_domain_share),
                                                                   new_domain_share)
         dom = rng.choice(len(shares), rows_per_pass, p=shares / shares.sum())
