@@ -55,6 +55,17 @@ def _fractions(text: str | None):
 def cmd_data_synthetic(a) -> int:
     from dynarec.data.prepare import write_synthetic
 
+    if a.stream:
+        from dynarec.data.stream import write_stream
+
+        if a.passes < 1:
+            raise DynarecError(f"--passes: need at least 1 pass, got {a.passes}")
+        if a.rows_per_pass < 100:
+            raise DynarecError(f"--rows-per-pass: need at least 100 rows, got {a.rows_per_pass}")
+        write_stream(a.out, a.passes, a.rows_per_pass, a.seed)
+        print(f"wrote {a.passes} passes of {a.rows_per_pass:,} rows to {Path(a.out)} (pass-NNNN.parquet + "
+              f"schema.yaml with dynamic ids; true probabilities in truth-NNNN.npz)")
+        return 0
     if a.rows < 100:
         raise DynarecError(f"--rows: need at least 100 rows, got {a.rows}")
     write_synthetic(a.out, a.rows, a.seed, a.split, _fractions(a.fractions))
@@ -230,6 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("--split", default="random", metavar="METHOD", help="random | temporal | stratified[:TASK]")
     sy.add_argument("--fractions", metavar="TRAIN,VALID,TEST", help="default 0.8,0.1,0.1")
     sy.add_argument("--out", required=True)
+    sy.add_argument("--stream", action="store_true",
+                    help="write a drifting stream of raw pass files (ids born and retired, a new domain midway)")
+    sy.add_argument("--passes", type=int, default=10, help="with --stream: number of passes (10)")
+    sy.add_argument("--rows-per-pass", type=int, default=100_000, help="with --stream: rows per pass (100000)")
     sy.set_defaults(fn=cmd_data_synthetic)
 
     t = sub.add_parser("train", help="train a model on a prepared folder")

@@ -26,6 +26,8 @@ class Feature:
     table: embedding table name; features naming the same table share it (default: own name).
     vocab_size: set by the encoder at preparation (ids 0..vocab_size-1, 0 = unknown/rare/padding).
     null_values: values of this column read as missing (``['?', -1]``), on top of the file's.
+    dynamic: a sparse / sequence feature whose raw ids go to a dynamic (evicting) table at training time
+    instead of a vocabulary fitted on the train split (online training by passes; not for dense features).
 
     Dense features, in this order (all fitted on the train split): missing -> ``fill_value`` in raw units
     (unset: missing stays missing and becomes 0 after scaling, i.e. the train mean when standardised);
@@ -55,6 +57,8 @@ class Feature:
     max_len: int = 20
     separator: str = "|"
     pooling: str = "mean"  # mean | sum
+    # online training: ids go to a dynamic table, not a fitted vocabulary
+    dynamic: bool = False
 
     def __post_init__(self) -> None:
         where = f"feature '{self.name}'"
@@ -68,6 +72,8 @@ class Feature:
                 if getattr(self, k) != _DEFAULTS[k] and not (k == "fill_value" and self.fill_value == 0.0):
                     # (schema.json files written before fill_value defaulted to null hold 0.0 for every feature)
                     raise SchemaError(f"{where}: key '{k}' applies to dense features only (this one is {self.kind})")
+        if self.dynamic and self.kind == "dense":
+            raise SchemaError(f"{where}: key 'dynamic' applies to sparse and sequence features only (this one is dense)")
         if self.buckets is not None and self.boundaries is not None:
             raise SchemaError(f"{where}: give 'buckets' (train quantiles) or 'boundaries', not both")
         if self.bucketised:
@@ -99,7 +105,7 @@ class Feature:
 
 _FEATURE_SPEC = {
     "kind": text(KINDS), "group": text(GROUPS), "table": text(nullable=True), "min_count": integer(1),
-    "vocab_size": integer(0), "null_values": scalars(), "nan_policy": text(("fill", "error")),
+    "vocab_size": integer(0), "dynamic": boolean, "null_values": scalars(), "nan_policy": text(("fill", "error")),
     "fill_value": number(nullable=True), "missing_indicator": boolean,
     "normalize": lambda v: v if isinstance(v, bool) else text(("standard", "minmax", "none"))(v),
     "clip": bounds, "transform": text(("log1p",), nullable=True), "buckets": integer(2, nullable=True),
