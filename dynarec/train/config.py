@@ -24,3 +24,7 @@ class TrainerConfig:
     task_weighting: str = "equal"  # equal | fixed | uncertainty (Kendall et al., learned log-variances)
     threads: int = 0  # 0 = torch default
     progress: bool = True
+    # where and how (dynarec.train.device / dynarec.train.distributed)
+    device: str = "auto"  # auto (CUDA when available) | cpu | cuda | cuda:N
+    precision: str = "fp32"  # fp32 | bf16 (autocast, CUDA only)
+    distributed: str = "ddp"  # ddp (under torchrun) | torchrec (not built yet)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dynarec.config import build_dataclass, to_dict
-from dynarec.metrics import evaluate_model
+from dynarec.train.distributed import evaluate_split, is_main
 from dynarec.models import build_model
 from dynarec.train.checkpoint import save_checkpoint
 from dynarec.train.config import TrainerConfig
@@ -61,11 +61,12 @@ def train_model(model_name: str, schema, tables: dict, params: dict | None = Non
     hist = Trainer(model, cfg, seed, log, task_weighting, console).fit(tables["train"], tables.get("valid"))
     test = tables.get("test") or tables.get("valid")
     t0 = time.perf_counter()
-    metrics = evaluate_model(model, test, cfg.eval_batch_size) if test is not None else {}
+    metrics = evaluate_split(model, test, cfg.eval_batch_size) if test is not None else {}  # gathered over ranks
     eval_rps = len(test) / max(time.perf_counter() - t0, 1e-9) if test is not None else 0.0
+    model.to("cpu")  # trained on trainer.device; results, gate usage and checkpoint on the host
     usage = gate_usage_of(model, test)
     ckpt = None
-    if out:
+    if out and is_main():  # several processes: rank 0 writes
         ckpt = str(save_checkpoint(out, model, params, encoders,
                                    {"trainer": to_dict(cfg), "seed": seed, "best_epoch": hist.best_epoch}).parent)
         (Path(out) / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -88,5 +89,6 @@ def train_experiment(cfg, console=None) -> Result:
     load_encoders(cfg.data.path, schema)  # a missing / broken encoders.json is a one-line error
     enc = json.loads((Path(cfg.data.path) / "encoders.json").read_text())
     res = train_model(cfg.model, schema, tables, cfg.params, cfg.trainer, cfg.seed, cfg.out, enc, console=console)
-    Path(cfg.out, "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+    if is_main():
+        Path(cfg.out, "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
     return res
