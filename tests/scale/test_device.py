@@ -75,6 +75,8 @@ def test_trainer_places_model_and_rejects_bad_values(small_synth):
         Trainer(build_model("dnn", schema, {"hidden": [8]}), TrainerConfig(device="gpu0"))
     with pytest.raises(ConfigError, match="trainer.distributed"):
         Trainer(build_model("dnn", schema, {"hidden": [8]}), TrainerConfig(distributed="horovod"))
+    with pytest.raises(ConfigError, match="torchrec is not available"):
+        Trainer(build_model("dnn", schema, {"hidden": [8]}), TrainerConfig(distributed="torchrec"))
 
 
 def test_checkpoint_of_a_model_loads_on_the_host(tmp_path, small_synth):
