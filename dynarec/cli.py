@@ -114,6 +114,7 @@ def _print_result(summary: dict, as_json: bool, unknown: dict | None = None) -> 
 
 def cmd_train(a) -> int:
     from dynarec.config import load_experiment
+    from dynarec.train import distributed
     from dynarec.train.run import load_interrupted, train_experiment
 
     if a.resume is not None:
@@ -130,7 +131,11 @@ def cmd_train(a) -> int:
                                          **trainer_over}, a.set)
     if a.json:
         cfg.trainer.progress = cfg.trainer.progress and sys.stderr.isatty()
+    if (a.nproc or 1) > 1 and not distributed.launched():  # config checked above, then N processes
+        return distributed.launch_train(a, a.nproc)
     res = train_experiment(cfg, console=_console(), resume=a.resume is not None)
+    if not distributed.is_main():  # several processes: rank 0 prints
+        return 0
     _print_result(res.summary(cfg.model, cfg.data.path), a.json)
     if not a.json:
         print(f"checkpoint: {res.checkpoint}  ({res.train_rows_per_s:,.0f} train rows/s, best epoch {res.history.best_epoch})")
@@ -260,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="DIR", help="continue the interrupted run whose --out was DIR after its "
                    "last completed epoch (its config is reused; no other config option)")
     t.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
+    t.add_argument("--nproc", type=int, help="data-parallel processes on this machine (torch.distributed.run)")
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("evaluate", help="score data with a checkpoint")

@@ -110,7 +110,7 @@ def predict_table(model, table, batch_size: int = 65536) -> dict[str, np.ndarray
         for t, v in model(b).items():
             chunks.setdefault(t, []).append(torch.sigmoid(v) if types.get(t, "binary") == "binary" else v)
     model.train(was)
-    return {t: torch.cat(v).double().numpy() for t, v in chunks.items()}
+    return {t: torch.cat(v).double().cpu().numpy() for t, v in chunks.items()}
 
 
 def evaluate_model(model, table, batch_size: int = 65536) -> dict:

@@ -42,6 +42,10 @@ class TrainerConfig:
     task_weighting: str = field(default="equal", metadata=rule(choices=TASK_WEIGHTINGS))
     threads: int = field(default=0, metadata=rule(min=0))  # 0 = torch default
     progress: bool = True
+    # where and how (dynarec.train.device / dynarec.train.distributed)
+    device: str = "auto"  # auto (CUDA when available) | cpu | cuda | cuda:N
+    precision: str = "fp32"  # fp32 | bf16 (autocast, CUDA only)
+    distributed: str = "ddp"  # ddp (under torchrun) | torchrec (not built yet)
 
     def __post_init__(self):
         name = str(self.monitor).partition(":")[0]

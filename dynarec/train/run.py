@@ -13,6 +13,7 @@ from dynarec.checks import validate
 from dynarec.config import build_dataclass, to_dict
 from dynarec.errors import DataError, DynarecError
 from dynarec.metrics import evaluate_model
+from dynarec.train.distributed import evaluate_split, is_main
 from dynarec.models import build_model
 from dynarec.train.checkpoint import save_checkpoint
 from dynarec.train.config import TrainerConfig
@@ -77,8 +78,8 @@ def train_model(model_name: str, schema, tables: dict, params: dict | None = Non
     torch.manual_seed(seed)
     model = build_model(model_name, schema, params)
     valid = tables.get("valid")
-    if out is None:
-        if resume:
+    if out is None or not is_main():  # no output folder, or a rank other than 0 of several processes
+        if resume and out is None:
             raise DynarecError("resume: needs the interrupted run's out folder")
         hist = Trainer(model, cfg, seed, None, task_weighting, console).fit(tables["train"], valid)
         return _finish(model, cfg, hist, tables, params, None, encoders, seed)
@@ -115,8 +116,9 @@ def _finish(model, cfg, hist, tables, params, folder, encoders, seed) -> Result:
     """Test metrics of the trained model; with ``folder``: model.pt, metrics.json (and gate_usage.json)."""
     test = tables.get("test") or tables.get("valid")
     t0 = time.perf_counter()
-    metrics = evaluate_model(model, test, cfg.eval_batch_size) if test is not None else {}
+    metrics = evaluate_split(model, test, cfg.eval_batch_size) if test is not None else {}  # gathered over ranks
     eval_rps = len(test) / max(time.perf_counter() - t0, 1e-9) if test is not None else 0.0
+    model.to("cpu")  # trained on trainer.device; results, gate usage and checkpoint on the host
     usage = gate_usage_of(model, test)
     if folder is not None:
         save_checkpoint(folder, model, params, encoders,

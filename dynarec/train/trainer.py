@@ -6,6 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from dynarec.train.callbacks import CsvLog, EarlyStopping, ProgressBar, Validation, monitor_value  # noqa: F401
+from dynarec.errors import ConfigError
+from dynarec.train import device as devices
+from dynarec.train import distributed
 from dynarec.train.config import TrainerConfig, check_trainer
 from dynarec.train.loop import History, Loop, set_seed  # noqa: F401
 from dynarec.train.step import TrainStep
@@ -33,7 +36,35 @@ class Trainer:
         self.seed = seed
         self.log_path = Path(log_path) if log_path else None
         self.console = console
+        self.device, self.dist = self._place(model)
         self.step = TrainStep(model, self.cfg, task_weighting)
+        module = model
+        if self.dist.world > 1:
+            if len(list(self.step.weighting.parameters())):
+                raise ConfigError("trainer.task_weighting: learned weightings (uncertainty) are not supported "
+                                  "with several processes yet; use equal or fixed")
+            module = distributed.wrap_ddp(model, self.device)  # after the optimizers fixed the gradient form
+        self.step.forward = devices.AutocastForward(module, self.device, self.precision)
+
+    def _place(self, model):
+        """Resolve ``trainer.device`` / ``precision`` / ``distributed``, join torchrun's process group, move
+        the model there (before the optimizers exist, so their state is created on the device)."""
+        cfg = self.cfg
+        if cfg.distributed not in ("ddp", "torchrec"):
+            raise ConfigError(f"trainer.distributed: expected ddp | torchrec, got '{cfg.distributed}'")
+        if cfg.distributed == "torchrec":
+            raise ConfigError("trainer.distributed: torchrec is not available in this version (use ddp)")
+        device = devices.resolve_device(cfg.device)
+        self.precision = devices.check_precision(cfg.precision, device)
+        ctx = distributed.init_from_env(device)
+        device = distributed.local_device(device, ctx)
+        if ctx.world > 1 and device.type == "cuda" and cfg.embedding_grad != "dense":
+            if cfg.embedding_optimizer == "sparse_adam":
+                raise ConfigError("trainer.embedding_optimizer: sparse_adam needs sparse gradients, which NCCL "
+                                  "cannot all-reduce; use adagrad or sgd with several GPUs")
+            cfg.embedding_grad = "dense"  # NCCL has no sparse all-reduce (same Adagrad / SGD update)
+        model.to(device)
+        return device, ctx
 
     @property
     def optimizers(self):
@@ -57,12 +88,14 @@ class Trainer:
 
     def callbacks(self, valid=None) -> list:
         """The standard callbacks, in the order they run at an epoch's end."""
-        cfg, cbs = self.cfg, []
+        cfg, cbs, main = self.cfg, [], self.dist.main
         if valid is not None:
-            cbs += [Validation(valid, cfg.monitor, cfg.eval_batch_size), EarlyStopping(cfg.patience)]
-        if cfg.progress:
+            valid = devices.on_device(valid, self.device)
+            check = distributed.GatheredValidation if self.dist.world > 1 else Validation
+            cbs += [check(valid, cfg.monitor, cfg.eval_batch_size), EarlyStopping(cfg.patience)]
+        if cfg.progress and main:
             cbs.append(ProgressBar(self.console, cfg.monitor))
-        if self.log_path:
+        if self.log_path and main:
             cbs.append(CsvLog(self.log_path))
         return cbs
 
@@ -73,4 +106,10 @@ class Trainer:
         loop = Loop(self.model, self.step, self.callbacks(valid) + list(callbacks))
         loop.hint = (f"trainer.lr {self.cfg.lr:g} / trainer.embedding_lr {self.cfg.embedding_lr:g} too high "
                      "(try 10x lower), or NaN / inf values in the data")
-        return loop.fit(train, self.cfg.epochs, self.cfg.batch_size, self.seed, self.cfg.threads, resume=resume)
+        staged = devices.on_device(train, self.device)
+        if self.dist.world > 1:
+            staged = distributed.ShardedTable(getattr(staged, "staged", None) or train, self.dist.rank,
+                                              self.dist.world, self.device)
+        hist = loop.fit(staged, self.cfg.epochs, self.cfg.batch_size, self.seed, self.cfg.threads, resume=resume)
+        hist.train_rows_per_s *= self.dist.world  # rows of all ranks per second
+        return hist
