@@ -49,6 +49,9 @@ def context() -> Context:
 
 
 def is_main() -> bool:
+    """Rank 0, or a single process; under torchrun also before the process group is joined (env RANK)."""
+    if launched() and not (dist.is_available() and dist.is_initialized()):
+        return int(os.environ["RANK"]) == 0
     return context().main
 
 
