@@ -137,6 +137,8 @@ def cmd_train(a) -> int:
     if not distributed.is_main():  # several processes: rank 0 prints
         return 0
     _print_result(res.summary(cfg.model, cfg.data.path), a.json)
+    for h in res.hints:
+        print(h, file=sys.stderr)
     if not a.json:
         print(f"checkpoint: {res.checkpoint}  ({res.train_rows_per_s:,.0f} train rows/s, best epoch {res.history.best_epoch})")
     return 0

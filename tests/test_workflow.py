@@ -34,3 +34,12 @@ def test_train_experiment_writes_checkpoint_and_config(tmp_path):
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["params"] == {"hidden": [4]} and saved["data"]["path"] == str(tmp_path / "d")
     assert (tmp_path / "run" / "model.pt").exists() and res.checkpoint
+
+
+def test_batch_hint_only_below_fifty_steps_per_epoch():
+    from dynarec.train.run import batch_hint
+
+    assert batch_hint(40_000, 512) == []  # 79 steps
+    (h,) = batch_hint(40_000, 4096)  # 10 steps: the Adult case
+    assert "10 step(s) per epoch" in h and "--batch-size 512" in h
+    assert batch_hint(100, 4096) and "--batch-size 32" in batch_hint(100, 4096)[0]
