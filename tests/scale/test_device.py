@@ -86,7 +86,10 @@ def test_checkpoint_of_a_model_loads_on_the_host(tmp_path, small_synth):
     schema = small_synth[0]
     model = build_model("dnn", schema, {"hidden": [8]})
     save_checkpoint(tmp_path, model, {"hidden": [8]})
-    blob = torch.load(tmp_path / "model.pt", map_location="meta", weights_only=False)  # any device maps
+    import io
+
+    outer = torch.load(tmp_path / "model.pt", weights_only=False)  # {format, sha256, payload}: the checksummed file
+    blob = torch.load(io.BytesIO(outer["payload"]), map_location="meta", weights_only=False)  # any device maps
     assert all(v.device.type == "meta" for v in blob["state_dict"].values())
     loaded, _ = load_checkpoint(tmp_path)
     assert all(p.device.type == "cpu" for p in loaded.parameters())
