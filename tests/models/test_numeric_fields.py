@@ -71,3 +71,32 @@ def test_every_model_gets_numeric_fields(num_data, name, tmp_path):
         got = loaded(batch)
     for t in ref:
         assert torch.equal(ref[t], got[t]), f"{name}/{t}: outputs changed after save -> load"
+
+
+@pytest.mark.parametrize("name", ["dnn", "pepnet"])
+def test_export_takes_the_same_dense_input(num_data, name):
+    from dynarec.serve.export import TensorEntry, batch_inputs, example_batch, export_program, input_spec
+
+    schema, tables = num_data
+    model = _build(name, schema, {})
+    _warm(model, tables["train"])
+    entry = TensorEntry(model).eval()
+    program = export_program(entry, batch_inputs(schema, example_batch(schema, 7)))
+    dense = [s for s in input_spec(schema) if s["name"] == "dense"]
+    assert dense and program.module() is not None
+    for n in (1, 33):
+        args = batch_inputs(schema, example_batch(schema, n, seed=n))
+        with torch.no_grad():
+            ref, got = entry(*args), program.module()(*args)
+        for r, g in zip(ref, got):
+            torch.testing.assert_close(g, r, atol=1e-5, rtol=0)
+
+
+def test_ple_without_fitted_edges_is_a_config_error():
+    from dynarec.errors import ConfigError
+
+    schema = synthetic_schema()
+    schema.feature("user_activity").embedding = "ple"
+    schema.feature("domain").vocab_size = 3
+    with pytest.raises(ConfigError, match="feature 'user_activity': embedding: ple needs bin edges"):
+        _build("dnn", schema, {})
