@@ -122,10 +122,11 @@ _FEATURE_SPEC = {
     "fill_value": number(nullable=True), "missing_indicator": boolean,
     "normalize": lambda v: v if isinstance(v, bool) else text(("standard", "minmax", "none"))(v),
     "clip": bounds, "transform": text(("log1p",), nullable=True), "buckets": integer(2, nullable=True),
-    "boundaries": increasing(1), "embedding": text(("ple", "plr"), nullable=True), "bins": integer(2, nullable=True),
-    "sigma": lambda v: _positive(v), "ple_edges": increasing(2), "max_len": integer(1), "separator": text(), "pooling": text(("mean", "sum")),
+    "boundaries": increasing(1), "embedding": text(("ple", "plr"), nullable=True),
+    "bins": integer(2, nullable=True), "sigma": lambda v: _positive(v), "ple_edges": increasing(2),
+    "max_len": integer(1), "separator": text(), "pooling": text(("mean", "sum")),
 }
-PLE_BINS = 16  # PLE: train-quantile bins per feature (the paper's Q-PLE uses up to 48; 16 at d = 16 here)
+PLE_BINS = 16  # PLE: train-quantile bins per feature
 PLR_SIGMA = 1.0  # PLR: frequency init std on standardised inputs (benchmarks/tabular.py --probe, see docs)
 
 
