@@ -7,7 +7,9 @@ Data: ``benchmarks/data_adult.py`` (48,842 rows, cached). Generic path: a schema
 ``race`` (5 domains, 406 .. 41,762 rows), split ``stratified:income`` 80/10/10 with a fixed split seed.
 Numeric columns (age, fnlwgt, education-num, capital-gain, capital-loss, hours-per-week) as ``std``
 (z-score), ``log_std`` (log1p on the capital columns, then z-score), ``buckets`` (train quantiles, an
-embedded field each), and ``embedded`` (PLE / periodic: pending the wiring into the models' embedding path).
+embedded field each), and ``embedded`` (two rows: ``ple``, ``embedding: ple`` with ``--bins`` train-quantile
+bins, and ``plr``, ``embedding: plr`` with ``--sigma``, every numeric column z-scored then embedded as a field
+of the models' shared embedding path).
 Models dnn / mmoe / pepnet, model seeds ``--seeds``. Baselines on the same train / test raw rows (``_row``):
 HistGradientBoosting (categoricals as categorical features) and LogisticRegression (one-hot + z-scored
 numerics), both on the same input columns as the models (marital-status is the second task's label, so
@@ -36,7 +38,7 @@ TREATMENTS = ["std", "log_std", "buckets", "embedded"]
 MODELS = ["dnn", "mmoe", "pepnet"]
 
 
-def schema_dict(treatment: str, buckets: int = 20) -> dict:
+def schema_dict(treatment: str, buckets: int = 20, bins: int | None = None, sigma: float | None = None) -> dict:
     feats = [{"name": c, "group": GROUPS.get(c, "context")} for c in CATEGORICAL]
     for c in NUMERIC:
         f = {"name": c, "kind": "dense", "group": GROUPS.get(c, "context")}
@@ -44,6 +46,10 @@ def schema_dict(treatment: str, buckets: int = 20) -> dict:
             f["transform"] = "log1p"
         if treatment == "buckets":
             f["buckets"] = buckets
+        if treatment in ("ple", "plr"):
+            f["embedding"] = treatment
+            opt = {"bins": bins} if treatment == "ple" else {"sigma": sigma}
+            f.update({k: v for k, v in opt.items() if v is not None})  # unset: the schema defaults
         feats.append(f)
     return {"read": {"null_values": ["?"]}, "domain": "race", "features": feats,
             "tasks": [{"name": "income", "positive": [">50K", ">50K."]},
@@ -51,11 +57,11 @@ def schema_dict(treatment: str, buckets: int = 20) -> dict:
                        "positive": ["Married-civ-spouse", "Married-AF-spouse"]}]}
 
 
-def prepare(csv: Path, treatment: str, buckets: int, split_seed: int):
+def prepare(csv: Path, treatment: str, buckets: int, split_seed: int, bins=None, sigma=None):
     from dynarec.data.prepare import prepare_file
     from dynarec.data.schema import Schema
 
-    schema = Schema.from_dict(schema_dict(treatment, buckets), f"adult schema ({treatment})")
+    schema = Schema.from_dict(schema_dict(treatment, buckets, bins, sigma), f"adult schema ({treatment})")
     return schema, prepare_file(csv, schema, split="stratified:income", seed=split_seed)
 
 
@@ -90,7 +96,7 @@ def probe(schema, tables, kind: str, seed: int, a) -> dict:
         q = torch.quantile(tr.dense, torch.linspace(0, 1, a.buckets + 1), dim=0).T  # [F, buckets + 1]
         num = PiecewiseLinearEmbedding([torch.unique(e) for e in q], d, activation=True)
     elif kind == "plr":
-        num = PeriodicEmbedding(nf, d, n_frequencies=16, sigma=a.sigma)
+        num = PeriodicEmbedding(nf, d, n_frequencies=16, sigma=a.sigma or 1.0)
     else:
         num = None
     vocab = [f.vocab_size for f in schema.sparse]
@@ -205,7 +211,9 @@ def main(argv=None):
     ap.add_argument("--no-baselines", action="store_true")
     ap.add_argument("--probe", nargs="*", default=[], choices=["raw", "ple", "plr"],
                     help="plain-MLP probes of the numeric embeddings (std-prepared tables, task income)")
-    ap.add_argument("--sigma", type=float, default=1.0, help="PLR frequency init std")
+    ap.add_argument("--sigma", type=float, default=None,
+                    help="PLR frequency init std (embedded treatment and probe; default: the schema's, 1.0)")
+    ap.add_argument("--bins", type=int, default=None, help="PLE bins of the embedded treatment (schema default 16)")
     ap.add_argument("--quick", action="store_true", help="one seed, dnn only, std + buckets, 3 epochs")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
@@ -216,12 +224,9 @@ def main(argv=None):
     torch.set_num_threads(a.threads)
     csv = adult_csv()
     rows, results = None, {}
-    for tr in a.treatments:
-        if tr == "embedded":
-            for name in a.models:
-                results[f"{name}/{tr}"] = {"pending": "numeric embeddings not yet wired into the models"}
-            continue
-        schema, tables = prepare(csv, tr, a.buckets, a.split_seed)
+    expanded = [t for tr in a.treatments for t in (("ple", "plr") if tr == "embedded" else (tr,))]
+    for tr in expanded:
+        schema, tables = prepare(csv, tr, a.buckets, a.split_seed, a.bins, a.sigma)
         rows = rows or {s: tables[s].row.numpy() for s in ("train", "test")}
         assert all(np.array_equal(rows[s], tables[s].row.numpy()) for s in rows), "split differs by treatment"
         for name in a.models:
@@ -252,10 +257,7 @@ def print_table(results: dict) -> None:
     print("\n| model | numeric | test AUC income (mean ± std) | train s |\n|---|---|---|---|")
     for k, r in results.items():
         model, _, tr = k.partition("/")
-        if "pending" in r:
-            print(f"| {model} | {tr} | pending wiring | – |")
-        else:
-            print(f"| {model} | {tr or '–'} | {r['auc_mean']:.4f} ± {r['auc_std']:.4f} | {r['train_s_mean']:.1f} |")
+        print(f"| {model} | {tr or '–'} | {r['auc_mean']:.4f} ± {r['auc_std']:.4f} | {r['train_s_mean']:.1f} |")
 
 
 if __name__ == "__main__":

@@ -113,6 +113,8 @@ class Encoders:
         for f in self.schema.features:
             if f.kind == "dense":
                 self.dense[f.name] = NumericEncoder().fit(dense_column(table, f, where), f, where)
+            if f.numeric_embedding == "ple":
+                f.ple_edges = self.dense[f.name].ple_edges
         for f in self.schema.fields:  # features sharing a table (bucketised ones too) get its largest size
             if f.bucketised:
                 f.vocab_size = self.dense[f.name].num_buckets + 1

@@ -8,7 +8,18 @@ from typing import Any
 
 import numpy as np
 
+from dynarec.data.schema import PLE_BINS
 from dynarec.errors import DataError
+
+
+def quantile_edges(x: np.ndarray, bins: int) -> list[float]:
+    """PLE edges b_0 < ... < b_T: the distinct ``bins + 1`` quantiles (0..1) of ``x`` (non-missing values);
+    a constant or empty column gets the one bin [c - 1, c + 1]."""
+    e = np.unique(np.quantile(x, np.linspace(0, 1, bins + 1))) if x.size else np.zeros(0)
+    if e.size < 2:
+        c = float(e[0]) if e.size else 0.0
+        e = np.array([c - 1.0, c + 1.0])
+    return [float(b) for b in e]
 
 
 @dataclass
@@ -16,6 +27,8 @@ class NumericEncoder:
     """Fitted state of one dense feature.
 
     ``edges``: bucket boundaries (value ``x`` gets id ``1 + #{edges <= x}``; 0 = missing).
+    ``ple_edges``: PLE bin edges of an ``embedding: ple`` feature, train quantiles of the values the model
+    receives (after fill, clip, log1p and scaling).
     ``legacy``: encoders.json written before fills were in raw units: the fill is applied after scaling
     (as it was then), so old checkpoints encode raw files exactly as before."""
 
@@ -24,6 +37,7 @@ class NumericEncoder:
     min: float = 0.0
     max: float = 1.0
     edges: list[float] | None = None
+    ple_edges: list[float] | None = None
     legacy: bool = False
 
     @property
@@ -62,7 +76,16 @@ class NumericEncoder:
             self.mean, self.std = float(ok.mean()), float(ok.std() or 1.0)
         elif f.scaling == "minmax" and ok.size:
             self.min, self.max = float(ok.min()), float(ok.max())
+        if f.numeric_embedding == "ple":
+            self.ple_edges = quantile_edges(self._scale(ok, f), f.bins or PLE_BINS)
         return self
+
+    def _scale(self, x: np.ndarray, f) -> np.ndarray:
+        if f.scaling == "standard":
+            return (x - self.mean) / self.std
+        if f.scaling == "minmax":
+            return (x - self.min) / ((self.max - self.min) or 1.0)
+        return x
 
     def transform(self, x: np.ndarray, f, where: str) -> np.ndarray:
         """Raw float64 [N] -> float32 [N] (scaled values) or int32 [N] (bucket ids, bucketised features)."""
@@ -77,10 +100,7 @@ class NumericEncoder:
             ids = np.searchsorted(np.asarray(self.edges), x, side="right") + 1
             ids[np.isnan(x)] = 0
             return ids.astype(np.int32)
-        if f.scaling == "standard":
-            x = (x - self.mean) / self.std
-        elif f.scaling == "minmax":
-            x = (x - self.min) / ((self.max - self.min) or 1.0)
+        x = self._scale(x, f)
         x[np.isnan(x)] = 0.0  # no fill_value: 0 after scaling (the train mean when standardised)
         return x.astype(np.float32)
 
@@ -88,6 +108,8 @@ class NumericEncoder:
         d: dict[str, Any] = {"mean": self.mean, "std": self.std}
         if not self.legacy:
             d.update(min=self.min, max=self.max, edges=self.edges, raw_fill=True)
+            if self.ple_edges is not None:
+                d["ple_edges"] = self.ple_edges
         return d
 
     @classmethod

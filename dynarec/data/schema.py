@@ -34,7 +34,9 @@ class Feature:
     ``clip: [low, high]`` (raw units, either side null); ``transform: log1p``; then ``normalize``
     (``true`` / ``standard``: z-score, ``minmax``: to [0, 1], ``false``: none). ``buckets: n`` (train
     quantiles) or ``boundaries: [b1, ...]`` (raw units) turn the column into an embedded sparse field
-    instead (ids 1..n_buckets; 0 = missing when no fill_value is set).
+    instead (ids 1..n_buckets; 0 = missing when no fill_value is set). ``embedding: ple | plr`` adds the
+    (scaled) value as an embedded numeric field (``bins``: PLE edges at train quantiles, default 16;
+    ``sigma``: PLR frequency init std, default 1.0); ``ple_edges`` is set at preparation.
     """
 
     name: str
@@ -53,6 +55,10 @@ class Feature:
     transform: str | None = None
     buckets: int | None = None
     boundaries: list[float] | None = None
+    embedding: str | None = None  # ple | plr: a numeric embedding field (Gorishniy et al. 2022)
+    bins: int | None = None  # ple: number of train-quantile bins (default PLE_BINS)
+    sigma: float | None = None  # plr: frequency init std (default PLR_SIGMA)
+    ple_edges: list[float] | None = None  # ple: set by the encoder at preparation (model units)
     # sequence options
     max_len: int = 20
     separator: str = "|"
@@ -76,6 +82,14 @@ class Feature:
             raise SchemaError(f"{where}: key 'dynamic' applies to sparse and sequence features only (this one is dense)")
         if self.buckets is not None and self.boundaries is not None:
             raise SchemaError(f"{where}: give 'buckets' (train quantiles) or 'boundaries', not both")
+        if self.embedding is not None and self.bucketised:
+            raise SchemaError(f"{where}: key 'embedding' cannot be combined with "
+                              f"'{'buckets' if self.buckets is not None else 'boundaries'}' (a bucketised feature is "
+                              f"already an embedded id field)")
+        for k, kind in (("bins", "ple"), ("sigma", "plr"), ("ple_edges", "ple")):
+            if getattr(self, k) is not None and self.embedding != kind:
+                hint = " (for bucketisation use 'buckets')" if k == "bins" else ""
+                raise SchemaError(f"{where}: key '{k}' applies to features with embedding: {kind}{hint}")
         if self.bucketised:
             for k, why in (("transform", "buckets do not change under a monotone transform"),
                            ("missing_indicator", "missing values get their own id 0 when fill_value is unset")):
@@ -98,6 +112,11 @@ class Feature:
         return self.kind == "sparse" or self.bucketised
 
     @property
+    def numeric_embedding(self) -> str | None:
+        """'ple' / 'plr' for a dense feature fed through a numeric embedding, else None."""
+        return self.embedding if self.kind == "dense" else None
+
+    @property
     def scaling(self) -> str:
         """'standard', 'minmax' or 'none' (``normalize: true`` means standard)."""
         return {True: "standard", False: "none"}.get(self.normalize, self.normalize)
@@ -109,13 +128,28 @@ _FEATURE_SPEC = {
     "fill_value": number(nullable=True), "missing_indicator": boolean,
     "normalize": lambda v: v if isinstance(v, bool) else text(("standard", "minmax", "none"))(v),
     "clip": bounds, "transform": text(("log1p",), nullable=True), "buckets": integer(2, nullable=True),
-    "boundaries": increasing(1), "max_len": integer(1), "separator": text(), "pooling": text(("mean", "sum")),
+    "boundaries": increasing(1), "embedding": text(("ple", "plr"), nullable=True),
+    "bins": integer(2, nullable=True), "sigma": lambda v: _positive(v), "ple_edges": increasing(2),
+    "max_len": integer(1), "separator": text(), "pooling": text(("mean", "sum")),
 }
+PLE_BINS = 16  # PLE: train-quantile bins per feature
+PLR_SIGMA = 1.0  # PLR: frequency init std on standardised inputs (benchmarks/tabular.py --probe, see docs)
+
+
+def _positive(v):
+    x = number(nullable=True)(v)
+    if x is not None and x <= 0:
+        raise ValueError("a number > 0 or null")
+    return x
+
+
 _DEFAULTS = {f.name: f.default for f in fields(Feature)}
-_DENSE_ONLY = ("fill_value", "missing_indicator", "clip", "transform", "buckets", "boundaries")
+_DENSE_ONLY = ("fill_value", "missing_indicator", "clip", "transform", "buckets", "boundaries", "embedding", "bins",
+               "sigma", "ple_edges")
 _FEATURE_ALIASES = {"type": "kind", "dtype": "kind", "na_values": "null_values", "nulls": "null_values",
-                    "missing": "null_values", "bins": "buckets", "n_buckets": "buckets", "num_buckets": "buckets",
-                    "fill": "fill_value", "log": "transform", "scale": "normalize", "embedding": "table"}
+                    "missing": "null_values", "n_buckets": "buckets", "num_buckets": "buckets",
+                    "fill": "fill_value", "log": "transform", "scale": "normalize", "emb": "embedding",
+                    "frequencies_sigma": "sigma", "n_bins": "bins", "num_bins": "bins"}
 
 
 @dataclass
@@ -251,6 +285,11 @@ class Schema:
     def dense(self) -> list[Feature]:
         """Float columns fed as they are (bucketised dense features are in ``sparse``)."""
         return [f for f in self.features if f.kind == "dense" and not f.bucketised]
+
+    @property
+    def numeric_embedded(self) -> list[Feature]:
+        """Dense features with ``embedding: ple | plr``, in schema order (each also a column of ``dense``)."""
+        return [f for f in self.dense if f.numeric_embedding]
 
     @property
     def sequences(self) -> list[Feature]:

@@ -30,6 +30,7 @@ from dynarec.data.table import Batch
 from dynarec.errors import ConfigError
 from dynarec.nn.mlp import ACTIVATIONS
 from dynarec.nn.embedding import FeatureEmbedding
+from dynarec.nn.numeric_fields import numeric_fields
 from dynarec.tables import TableCollection
 from dynarec.tables.fused import fused_layout, schema_fields
 
@@ -90,14 +91,18 @@ class BaseModel(nn.Module):
                                           self.tables, legacy="embedding")
         self.sequence_names = [f.name for f in schema.sequences]
         self.last_log_var: dict[str, torch.Tensor] = {}
-        self.num_fields = self.embedding.num_fields
+        # dense features with `embedding: ple | plr`: extra fields after the id fields (dynarec/nn/numeric_fields.py)
+        self.numeric_fields = numeric_fields(schema, config.embed_dim)
+        self.num_fields = self.embedding.num_fields + (self.numeric_fields.num_fields if self.numeric_fields else 0)
         self.dense_dim = schema.dense_dim
         self.input_dim = self.num_fields * config.embed_dim + self.dense_dim
 
     # ---- inputs ----------------------------------------------------------------------------------
     def embed(self, batch: Batch) -> torch.Tensor:
-        """All embedded fields [B, F, d] in ``schema.fields`` order (sparse then sequences)."""
-        return self.embedding(batch.sparse, batch.sequences)
+        """All embedded fields [B, F, d]: ``schema.fields`` order (sparse then sequences), then the
+        numeric-embedding fields of ``schema.numeric_embedded`` (read from ``batch.dense``)."""
+        e = self.embedding(batch.sparse, batch.sequences)
+        return e if self.numeric_fields is None else torch.cat([e, self.numeric_fields(batch.dense)], 1)
 
     def require_groups(self, groups, what: str = "this model") -> list[str]:
         """``groups`` as a list; ConfigError naming the first group the schema has no feature in."""

@@ -132,3 +132,34 @@ def test_numeric_options_that_cannot_apply_are_schema_errors():
             Feature("x", "dense", **kw)
     with pytest.raises(SchemaError, match="key 'clip' applies to dense features only"):
         Feature("x", "sparse", clip=[0, 1])
+
+
+def test_ple_edges_fitted_on_train_after_fill_clip_log1p_and_scaling():
+    train = [0.0, None, 1.0, 3.0, 7.0, 15.0, 1000.0]
+    f = Feature("x", "dense", fill_value=0.0, clip=[None, 31.0], transform="log1p", embedding="ple", bins=4)
+    enc, out, s = _encode(f, train)
+    model_units = np.log1p(np.clip(np.array([0.0, 0.0, 1, 3, 7, 15, 1000]), None, 31.0))
+    z = (model_units - model_units.mean()) / model_units.std()
+    expect = np.unique(np.quantile(z, np.linspace(0, 1, 5)))
+    assert s.feature("x").ple_edges == pytest.approx(expect.tolist(), abs=1e-9)
+    assert out == pytest.approx(z, abs=1e-6)  # the column the model receives: the edges are in its units
+    # another split's values do not move the edges; the edges survive encoders.json
+    enc2 = Encoders(_schema(Feature("x", "dense", embedding="ple", bins=4))).fit(_table([5.0, 6.0, 7.0]))
+    assert enc2.dense["x"].ple_edges != enc.dense["x"].ple_edges
+    back = Encoders.from_dict(s, enc.to_dict())
+    assert back.dense["x"].ple_edges == enc.dense["x"].ple_edges
+    assert back.transform(_table(train), "t")["x"] == pytest.approx(out)
+
+
+def test_ple_default_bins_and_old_encoders_json_without_ple_edges_load():
+    train = list(np.random.default_rng(0).normal(size=500))
+    enc, _, s = _encode(Feature("x", "dense", embedding="ple"), train)
+    assert len(s.feature("x").ple_edges) == 17  # PLE_BINS = 16 bins
+    old = {"mean": 0.0, "std": 1.0, "min": 0.0, "max": 1.0, "edges": None, "raw_fill": True}
+    assert NumericEncoder.from_dict(old).ple_edges is None
+    assert "ple_edges" not in NumericEncoder.from_dict(old).to_dict()  # no new key in files without PLE
+
+
+def test_constant_column_gets_one_ple_bin():
+    _, _, s = _encode(Feature("x", "dense", embedding="ple", normalize=False), [2.0, 2.0, 2.0])
+    assert s.feature("x").ple_edges == [1.0, 3.0]
