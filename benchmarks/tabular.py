@@ -66,9 +66,10 @@ def prepare(csv: Path, treatment: str, buckets: int, split_seed: int, bins=None,
 
 
 def run_model(name, schema, tables, seed, a) -> dict:
+    from dynarec.models.keys import active_params
     from dynarec.train.run import train_model
 
-    params = {"embed_dim": a.embed_dim, "hidden": a.hidden}
+    params = active_params(name, {"embed_dim": a.embed_dim, "hidden": a.hidden})  # pepnet has no shared MLP
     trainer = {"epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr, "patience": a.patience,
                "threads": a.threads, "progress": False}
     t0 = time.perf_counter()
