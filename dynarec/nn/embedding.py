@@ -57,6 +57,9 @@ class FeatureEmbedding(nn.Module):
             mask = (ids > 0).float()
             if pool == "mean":
                 mask = mask / mask.sum(1, keepdim=True).clamp_min(1.0)
+            if torch.compiler.is_exporting():  # embedding + masked sum: the form ONNX runs fast (no Sequence ops)
+                pooled.append((F.embedding(ids + off, table.weight) * mask.unsqueeze(-1)).sum(1))
+                continue
             pooled.append(F.embedding_bag((ids + off).reshape(-1), table.weight,
                                           torch.arange(0, ids.numel(), ids.shape[1], device=ids.device),
                                           mode="sum", sparse=table.sparse,
