@@ -12,6 +12,7 @@ Each run appends one JSON line to ``--out``; ``--report`` turns the file into ma
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import statistics
 import time
@@ -31,7 +32,7 @@ CONDITIONS = {
                                                "aggregation": "mean", "aggregate_at": "output"},
     "self-wise": {"condition_mode": "self-wise"},
 }
-SHARED = Path("/work/shared/data")
+SHARED = Path(os.environ.get("DYNAREC_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 def load(data: str, rows: int, seed: int):
