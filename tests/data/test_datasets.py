@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+import os
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +19,7 @@ from dynarec.data.prepare import load_prepared, prepare_table
 from dynarec.datasets import DATASET_OPTIONS, DATASETS, describe_dataset, load_dataset, parse_options
 from dynarec.errors import DataError
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-if not DATA.exists():  # the repo may live elsewhere than /work/main
-    DATA = Path("/work/shared/data")
+DATA = Path(os.environ.get("DYNAREC_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
 
 
 def need(rel: str) -> Path:

@@ -1,6 +1,7 @@
 """Shallow position-bias tower (SPEC §2.12): dropout of positions, eval ignores the position, a zero tower
 gives the plain model, and — its purpose — the main tower ranks better at a fixed position when the
 logged clicks depend on position. Real-data checks on the Open Bandit sample (positions 1-3)."""
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +18,7 @@ from dynarec.metrics import auc
 from dynarec.models import build_model
 from dynarec.nn.position import PositionBiasTower, drop_positions
 
-OBD = Path(__file__).resolve().parents[3] / "shared" / "data" / "obd"
-if not OBD.exists():  # same fallback as tests/data/test_datasets.py
-    OBD = Path("/work/shared/data/obd")
+OBD = Path(os.environ.get("DYNAREC_DATA", Path(__file__).resolve().parents[3] / "shared" / "data")) / "obd"
 SMALL = {"embed_dim": 8, "hidden": [16], "tower_hidden": [], "expert_dropout": 0.0}
 
 
