@@ -67,11 +67,20 @@ class Validation(Callback):
             if fallback:
                 self.monitor = f"logloss:{t}"
 
+    def metrics(self, model) -> dict:
+        """The validation metrics of ``model`` (gathered over ranks in the distributed subclass)."""
+        return evaluate_model(model, self.valid, self.eval_batch_size)
+
+    def agree(self, score: float) -> float:
+        """The monitored value every process acts on (one process: its own)."""
+        return score
+
     def on_epoch_end(self, loop, row: dict) -> None:
         if self.valid is None or not len(self.valid):
             return
-        m = evaluate_model(loop.model, self.valid, self.eval_batch_size)
+        m = self.metrics(loop.model)
         score, higher = monitor_value(m, self.monitor, loop.model.tasks)
+        score = self.agree(score)
         row["valid_" + self.monitor] = score
         for t in loop.model.tasks:
             for k in ("auc", "logloss", "rmse"):

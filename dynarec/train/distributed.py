@@ -27,7 +27,7 @@ import torch.distributed as dist
 from dynarec.data.table import TensorTable
 from dynarec.errors import ConfigError
 from dynarec.metrics import compute_metrics, predict_table
-from dynarec.train.callbacks import Validation, monitor_value
+from dynarec.train.callbacks import Validation
 
 
 @dataclass
@@ -150,20 +150,13 @@ class GatheredValidation(Validation):
     """:class:`Validation` on predictions gathered over ranks; the monitored value is rank 0's, broadcast,
     so every rank takes the same early-stopping decision."""
 
-    def on_epoch_end(self, loop, row: dict) -> None:
-        if self.valid is None or not len(self.valid):
-            return
-        m = evaluate_split(loop.model, self.valid, self.eval_batch_size)
-        score, higher = monitor_value(m, self.monitor, loop.model.tasks)
+    def metrics(self, model) -> dict:
+        return evaluate_split(model, self.valid, self.eval_batch_size)
+
+    def agree(self, score: float) -> float:
         box = [score]
         dist.broadcast_object_list(box, src=0)
-        score = box[0]
-        row["valid_" + self.monitor] = score
-        for t in loop.model.tasks:
-            for k in ("auc", "logloss", "rmse"):
-                if t in m.get(k, {}):
-                    row[f"valid_{k}_{t}"] = m[k][t]["all"]
-        loop.monitor = (score, higher)
+        return box[0]
 
 
 def launch_train(a, nproc: int) -> int:
