@@ -1,6 +1,7 @@
 """TensorTable: encoded columns held as whole tensors; batches are index slices (no per-row Python)."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -87,3 +88,16 @@ class TensorTable:
 
     def full(self) -> Batch:
         return self.take(torch.arange(len(self)))
+
+    def fingerprint(self, max_rows: int = 65_536) -> str:
+        """A short hex digest of the table's content (every column; an evenly strided sample of at most
+        ``max_rows`` rows, so it stays cheap on big tables): two tables with the same row count but other
+        values (another split seed, re-encoded data) get different digests."""
+        n = len(self)
+        idx = torch.arange(0, n, max(1, n // max_rows)) if n else torch.zeros(0, dtype=torch.long)
+        h = hashlib.sha256(str(n).encode())
+        cols = [self.sparse, self.dense] + [self.labels[k] for k in sorted(self.labels)] \
+            + [self.sequences[k] for k in sorted(self.sequences)]
+        for c in cols:
+            h.update(c[idx].contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]

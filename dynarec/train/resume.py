@@ -2,7 +2,7 @@
 epoch by :class:`LastState` (put it after every other callback). It holds :meth:`Loop.state_dict
 <dynarec.train.loop.Loop.state_dict>` (weights, both optimizers and the task weighting, the batch-order and
 global random generators, the epoch, early stopping's best score and state, the history and log rows) and the
-row counts of the data it was trained on. ``dynarec train --resume DIR`` continues after the last completed
+row counts and content fingerprints of the data it was trained on. ``dynarec train --resume DIR`` continues after the last completed
 epoch and ends exactly where the uninterrupted run would have."""
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def save_state(path: Path, loop, meta: dict) -> None:
 
 def load_state(path: Path, meta: dict) -> dict:
     """The loop state saved in ``path``; a DataError when it is unreadable or ``meta`` (the data's row
-    counts) differs from the saved run's."""
+    counts and fingerprints) differs from the saved run's."""
     try:
         blob = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
@@ -35,6 +35,8 @@ def load_state(path: Path, meta: dict) -> dict:
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise DataError(f"{path}: not a dynarec resume point")
     for k, v in meta.items():
+        if k in ("train_data", "valid_data") and k not in blob["meta"]:
+            continue  # resume points written before fingerprints
         if blob["meta"].get(k) != v:
             raise DataError(f"{path}: saved with {k} = {blob['meta'].get(k)}, this data has {v}: "
                             "the prepared data changed since the run started")

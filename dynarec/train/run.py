@@ -87,7 +87,8 @@ def train_model(model_name: str, schema, tables: dict, params: dict | None = Non
     out = outdir.check_out(out, MARKERS, "training run")
     work = outdir.work_dir(out)
     tr = Trainer(model, cfg, seed, work / "log.csv", task_weighting, console)  # checks the config first
-    meta = {"model": model_name, "train_rows": len(tables["train"]), "valid_rows": len(valid) if valid else 0}
+    meta = {"model": model_name, "train_rows": len(tables["train"]), "valid_rows": len(valid) if valid else 0,
+            "train_data": tables["train"].fingerprint(), "valid_data": valid.fingerprint() if valid else ""}
     state = None
     if resume:
         if not (work / LAST).exists():

@@ -122,6 +122,11 @@ def test_in_process_interrupt_keeps_the_resume_point_and_resume_is_exact(small_s
     other = {**tables, "train": tables["train"].subset(torch.arange(1000))}
     with pytest.raises(DataError, match="train_rows"):
         train_model(*args[:2], other, *args[3:], seed=2, out=tmp_path / "run", resume=True)
+    # same row counts, other rows or order (e.g. another split seed): refused by the content fingerprint
+    perm = torch.randperm(len(tables["train"]), generator=torch.Generator().manual_seed(5))
+    shuffled = {**tables, "train": tables["train"].subset(perm)}
+    with pytest.raises(DataError, match="train_data"):
+        train_model(*args[:2], shuffled, *args[3:], seed=2, out=tmp_path / "run", resume=True)
     got = train_model(*args, seed=2, out=tmp_path / "run", resume=True)
     assert got.metrics == ref.metrics and got.history.best_epoch == ref.history.best_epoch
     assert [r["epoch"] for r in _log(tmp_path / "run")] == [r["epoch"] for r in _log(tmp_path / "ref")]
