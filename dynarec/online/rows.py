@@ -12,10 +12,7 @@ import torch
 
 from dynarec.errors import ConfigError
 
-try:
-    from dynarec.tables.dynamic import reset_slots
-except ImportError:  # pragma: no cover
-    from dynarec.online._shim import reset_slots
+from dynarec.tables.dynamic import reset_slots
 
 
 def dynamic_targets(model, dynamic: list[str]) -> list[tuple[str, int]]:

@@ -17,10 +17,7 @@ from dynarec.online.rows import RowKeeper
 from dynarec.online.schema import encoders_for, fit_schema
 from dynarec.train.step import TrainStep
 
-try:
-    from dynarec.tables.dynamic import DynamicIndex
-except ImportError:  # pragma: no cover
-    from dynarec.online._shim import DynamicIndex
+from dynarec.tables.dynamic import DynamicIndex
 
 STATE_FORMAT = "dynarec-online-1"
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dynarec.cli import main
 from dynarec.data.stream import write_stream
 from dynarec.online.delta import apply_delta, from_state_dict, owners, read_delta, state_dict_of
 from dynarec.online.marker import pass_dir, read_current
@@ -39,14 +40,12 @@ def _rows(stdout):
     return [json.loads(x) for x in stdout.strip().splitlines()]
 
 
-def test_sigkill_mid_stream_then_resume_equals_an_uninterrupted_run(tmp_path):
+def test_sigkill_mid_stream_then_resume_equals_an_uninterrupted_run(tmp_path, capsys):
     data = tmp_path / "data"
     write_stream(data, 4, 2000, seed=5)
     ref, run = tmp_path / "ref", tmp_path / "run"
-    p = _cli(*_args(data, ref))
-    out, err = p.communicate(timeout=600)
-    assert p.returncode == 0, err
-    want = _rows(out)
+    assert main(["online", *_args(data, ref)]) == 0  # the uninterrupted run, in process
+    want = _rows(capsys.readouterr().out)
     assert len(want) == 5 and want[-1]["passes"] == want[:-1]
 
     p = _cli(*_args(data, run))
@@ -61,9 +60,9 @@ def test_sigkill_mid_stream_then_resume_equals_an_uninterrupted_run(tmp_path):
     assert 1 <= done < 3  # the last good pass survived; later ones were never started or never completed
     assert (run / pass_dir(done) / "model.pt").exists()
 
-    q = _cli("--passes", str(data), "--out", str(run), "--json", "--resume", "--set", "online.max_rows=99")
-    _, err = q.communicate(timeout=60)
-    assert q.returncode == 2 and "online.max_rows differs" in err and len(err.strip().splitlines()) == 1
+    assert main(["online", "--passes", str(data), "--out", str(run), "--resume", "--set", "online.max_rows=99"]) == 2
+    err = capsys.readouterr().err
+    assert "online.max_rows differs" in err and len(err.strip().splitlines()) == 1
     q = _cli("--passes", str(data), "--out", str(run), "--json", "--resume")
     out, err = q.communicate(timeout=600)
     assert q.returncode == 0, err
