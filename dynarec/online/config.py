@@ -9,7 +9,12 @@ baselines of ``benchmarks/online_quality.py``).
 Cadences: the tables' changed rows go into every pass's delta (embeddings change fast); the dense weights
 (every parameter and buffer outside the tables) only every ``dense_every`` passes, so a serving copy that
 applies the deltas keeps its dense part for ``dense_every`` passes (Monolith: sparse parameters sync often,
-dense ones far less)."""
+dense ones far less).
+
+Admission: an id's slot is looked up before the step counts it, so the batch where an id is first admitted
+still reads the default row, which thereby learns what a new id looks like (progressive validation scores
+every new id with it); ``fresh_row: default`` starts an admitted id's rows from that default row, ``random``
+from N(0, σ²) of the table's initialisation."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -40,6 +45,7 @@ class OnlineConfig:
     ttl_steps: int = field(default=1000, metadata=rule(min=1))  # ttl score
     gamma: float = field(default=0.5, metadata=rule(min=0, max=1, min_open=True))  # feature score decay per pass
     eviction_interval: int | None = field(default=None, metadata=rule(min=1))  # also evict every N steps
+    fresh_row: str = field(default="default", metadata=rule(choices=("default", "random")))  # admitted rows
     dense_every: int = field(default=1, metadata=rule(min=1))  # dense weights in the delta every K passes
     shuffle: bool = False  # False: each pass is trained in file (time) order
     preset: str | None = field(default=None, metadata=rule(choices=tuple(PRESETS)))

@@ -5,7 +5,9 @@ optimizer state reset (Adagrad accumulators, Adam moments), so a re-admitted id 
 A table's rows for slot ``s`` are ``offset + s`` where ``offset`` is the first row of the dynamic features'
 logical table in it (``TableSpec.offsets``). A fresh row is drawn from N(0, σ²) with σ the standard deviation
 of that table's rows when the model was built (its own initialisation), from a generator of its own (seeded,
-checkpointed), so runs and resumed runs draw the same rows."""
+checkpointed), so runs and resumed runs draw the same rows. With ``fresh="default"`` (the default) a fresh row is a
+copy of the region's default row (slot 0: what the model learned for ids it has not admitted), so a new id
+starts from the learned prior of new ids instead of noise, and then learns its own row."""
 from __future__ import annotations
 
 import torch
@@ -33,8 +35,8 @@ def dynamic_targets(model, dynamic: list[str]) -> list[tuple[str, int]]:
 class RowKeeper:
     """``on_admit(slots)`` / ``on_free(slots)``: the callbacks the dynamic index calls (slots Long [n])."""
 
-    def __init__(self, model, optimizers, dynamic: list[str], seed: int = 0):
-        self.model, self.optimizers = model, optimizers
+    def __init__(self, model, optimizers, dynamic: list[str], seed: int = 0, fresh: str = "default"):
+        self.model, self.optimizers, self.fresh = model, optimizers, fresh
         self.targets = dynamic_targets(model, dynamic)
         with torch.no_grad():
             self.std = {n: float(model.tables[n].weight.std()) if model.tables[n].weight.numel() > 1 else 0.0
@@ -50,7 +52,10 @@ class RowKeeper:
         for name, off in self.targets:
             w = self.model.tables[name].weight
             rows = slots + off
-            w[rows] = torch.randn(len(rows), w.shape[1], generator=self.gen).to(w.dtype) * self.std[name]
+            if self.fresh == "default":
+                w[rows] = w[off].clone()
+            else:
+                w[rows] = torch.randn(len(rows), w.shape[1], generator=self.gen).to(w.dtype) * self.std[name]
             self._reset_state(w, rows)
 
     @torch.no_grad()

@@ -51,7 +51,9 @@ def _fill(st, table, raw, idx=None, train=False) -> None:
     cols = [f.name for f in st.schema.sparse]
     for k, name in enumerate(st.dynamic):
         ids = raw[name] if idx is None else raw[name][idx]
-        slots = st.index.map(ids, k, train=train) if train else st.index.lookup(ids, k)
+        slots = st.index.lookup(ids, k)
+        if train:  # counted after the lookup: the batch that admits an id still reads the default row
+            st.index.observe(ids, k)
         if name in table.sequences:
             table.sequences[name] = slots
         else:

@@ -79,7 +79,7 @@ def fresh_state(cfg: OnlineExperiment, schema, first_file) -> OnlineState:
     model = build_model(cfg.model, mschema, dict(cfg.params))
     step = TrainStep(model, cfg.trainer)
     index = build_index(cfg, dyn)
-    keeper = RowKeeper(model, step.optimizers, dyn, cfg.seed)
+    keeper = RowKeeper(model, step.optimizers, dyn, cfg.seed, cfg.online.fresh_row)
     st = OnlineState(cfg, model, step, index, keeper, enc, dyn, snapshot(model, index),
                      torch.Generator().manual_seed(cfg.seed))
     st._wire()
@@ -103,7 +103,7 @@ def restore_state(cfg: OnlineExperiment, blob: dict, where: str) -> OnlineState:
     index = build_index(cfg, dyn)
     if index is not None:
         index.load_state_dict(on["index"])
-    keeper = RowKeeper(model, step.optimizers, dyn, cfg.seed)
+    keeper = RowKeeper(model, step.optimizers, dyn, cfg.seed, cfg.online.fresh_row)
     keeper.std = dict(on["row_std"])
     keeper.gen.set_state(on["rng"]["rows"])
     serving = snapshot(model, index)

@@ -82,7 +82,7 @@ def test_an_evicted_then_readmitted_id_starts_from_a_fresh_row_and_optimizer_sta
             w = self.model.tables[name].weight
             state = [v[slots + off].clone() for o in self.optimizers for k, v in o.state.get(w, {}).items()
                      if torch.is_tensor(v) and v.shape == w.shape]
-            seen.append((name, slots.clone(), w[slots + off].detach().clone(), state))
+            seen.append((name, slots.clone(), w[slots + off].detach().clone(), state, w[off].detach().clone()))
     monkeypatch.setattr(rows_mod.RowKeeper, "on_admit", spy)
     online(d, tmp_path / "run", *sets, schema=schema)
     from dynarec.online.ids import _ids
@@ -102,10 +102,27 @@ def test_an_evicted_then_readmitted_id_starts_from_a_fresh_row_and_optimizer_sta
                     assert torch.all(v[s0 + off] == 0)
     # at its re-admission in pass 2: a freshly drawn row, not its old trained one, and zero optimizer state
     trained = {n: st0.model.tables[n].weight[s0 + off].detach() for n, off in targets}
-    hits = [(n, r[(s == s2).nonzero().flatten()[0]], [x[(s == s2).nonzero().flatten()[0]] for x in state])
-            for n, s, r, state in seen if (s == s2).any()]
-    assert {n for n, _, _ in hits} >= {"features", "prior"}
-    for n, row, state in hits[-2:]:
-        assert not torch.allclose(row, trained[n]) and row.abs().sum() > 0
-        assert row.std().item() == pytest.approx(st0.keeper.std[n], rel=0.9)
+    hits = [(n, r[(s == s2).nonzero().flatten()[0]], [x[(s == s2).nonzero().flatten()[0]] for x in state], d)
+            for n, s, r, state, d in seen if (s == s2).any()]
+    assert {h[0] for h in hits} >= {"features", "prior"}
+    for n, row, state, default in hits[-2:]:  # fresh_row: default = a copy of the region's default row
+        assert not torch.allclose(row, trained[n]) and torch.equal(row, default) and row.abs().sum() > 0
         assert state and all(torch.all(x == 0) for x in state)
+
+
+def test_fresh_row_random_draws_from_the_tables_initialisation(tmp_path, monkeypatch):
+    d = tmp_path / "s"
+    d.mkdir()
+    schema = _tiny_stream(d, passes={0})
+    seen = []
+    real = rows_mod.RowKeeper.on_admit
+
+    def spy(self, slots):
+        real(self, slots)
+        w = self.model.tables["features"].weight
+        seen.append((w[slots + dict(self.targets)["features"]].detach().clone(), self.std["features"]))
+    monkeypatch.setattr(rows_mod.RowKeeper, "on_admit", spy)
+    online(d, tmp_path / "run", "online.fresh_row=random", schema=schema)
+    rows = torch.cat([r for r, _ in seen])
+    assert len(rows) > 100 and rows.std().item() == pytest.approx(seen[0][1], rel=0.2)
+    assert len({tuple(r.tolist()) for r in rows}) == len(rows)  # every admitted id drew its own row
