@@ -67,6 +67,9 @@ class HashIndex:
             self.touched[s.reshape(-1)] = True
         return s
 
+    def observe(self, ids: torch.Tensor, feature: int = 0) -> None:
+        self.touched[self.lookup(ids, feature).reshape(-1)] = True
+
     def step(self) -> None: ...
 
     def end_pass(self) -> dict:

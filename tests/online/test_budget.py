@@ -126,3 +126,15 @@ def test_fresh_row_random_draws_from_the_tables_initialisation(tmp_path, monkeyp
     rows = torch.cat([r for r, _ in seen])
     assert len(rows) > 100 and rows.std().item() == pytest.approx(seen[0][1], rel=0.2)
     assert len({tuple(r.tolist()) for r in rows}) == len(rows)  # every admitted id drew its own row
+
+
+def test_the_baselines_static_vocabulary_and_hashing_trick(stream, tmp_path):
+    """``online.table: hash`` keeps every id in ``max_rows`` buckets (no admission, no eviction);
+    ``static`` has no dynamic table at all (a vocabulary fitted on pass 0)."""
+    h = online(stream, tmp_path / "hash", "online.table=hash", "online.max_rows=64")
+    assert all(0 < r["table_rows"] <= 64 and r["evicted"] == r["admitted"] == 0 for r in h)
+    s = online(stream, tmp_path / "static", "online.table=static")
+    assert all(r["table_rows"] == 0 for r in s)
+    blob = read_checkpoint(tmp_path / "static" / pass_dir(3) / "model.pt")
+    assert not any(f["dynamic"] for f in blob["schema"]["features"])
+    assert blob["schema"]["features"][1]["vocab_size"] < 400  # user_id: the first pass's vocabulary + unknown
