@@ -28,6 +28,7 @@ from dynarec.tables.scores import SCORES
 from dynarec.train.config import TrainerConfig
 
 TABLES = ("dynamic", "static", "hash")
+NO_EFFECT = ("epochs", "patience", "monitor")  # trainer keys of epoch training
 
 
 @dataclass
@@ -78,6 +79,10 @@ def load_online_config(path: str | None, sets: list[str] | None = None, model: s
             raise ConfigError(f"{where}.online.preset: expected one of {' | '.join(PRESETS)} (or null), got {preset!r}")
         d["trainer"] = apply_preset(preset, d.get("trainer") or {})
     cfg = build_dataclass(OnlineExperiment, d, where)
+    for k in NO_EFFECT:
+        if k in (d.get("trainer") or {}):
+            raise ConfigError(f"{where}.trainer.{k}: has no effect in online training (each pass is trained on "
+                              "once, after it is scored)")
     for k, v in cfg.online.caps.items():
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ConfigError(f"{where}.online.caps.{k}: expected an integer >= 1, got {v!r}")

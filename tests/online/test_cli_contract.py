@@ -46,6 +46,7 @@ def test_json_lines_one_per_pass_then_the_summary(stream, tmp_path, capsys):
     ("online.admit_prob=1.5", "online.admit_prob: expected a number > 0 and <= 1"),
     ("online.preset=fast", "online.preset: expected one of pepnet_online"),
     ("online.table=lsh", "online.table: expected one of dynamic | static | hash"),
+    ("trainer.epochs=3", "trainer.epochs: has no effect in online training"),
 ])
 def test_bad_online_keys_are_one_line_errors(stream, tmp_path, capsys, bad, msg):
     assert main(_args(stream, tmp_path / "run", bad)) == 2
