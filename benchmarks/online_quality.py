@@ -2,7 +2,8 @@
 (a) a static vocabulary fitted on the first pass (``online.table: static``), (b) the hashing trick at the same
 memory (``hash``), (c) the dynamic table with each eviction score (``dynamic``, lfu / lru / distance_lfu / ttl /
 feature). Every pass is scored before the model trains on it. Also reported: the AUC on rows whose user or
-item id was not in the first pass (ids a static vocabulary never learns), on the domain born mid-stream
+item id was not in the first pass (ids a static vocabulary never learns; "known": such ids that also appeared
+in an earlier pass, which a dynamic table can have learned), on the domain born mid-stream
 (synthetic: d6), and for the synthetic stream the Bayes-optimal AUC from the true probabilities.
 
 "Same memory": the dynamic features of every variant get as many rows as the static vocabulary has on the
@@ -74,20 +75,26 @@ def run_variant(schema, stream: Path, sets: list[str], model: str, task: str, se
     from dynarec.online.runner import run_online
 
     cfg = load_online_config(None, TRAIN + sets + [f"seed={seed}"], model)
-    per = {"auc": [], "new_id_auc": [], "new_domain_auc": [], "new_id_share": []}
-    pooled = {"new": ([], []), "dom": ([], []), "all": ([], [])}
+    per = {"auc": [], "new_id_auc": [], "known_new_id_auc": [], "new_domain_auc": [], "new_id_share": []}
+    pooled = {"new": ([], []), "known": ([], []), "dom": ([], []), "all": ([], [])}
+    seen = {c: set(v.tolist()) for c, v in seen0.items()}  # ids seen in the passes before this one
 
     def hook(k, preds, table, raw):
         y, p = table.labels[task].numpy(), preds[task]
-        new = np.zeros(raw.num_rows, bool)
+        new, known = np.zeros(raw.num_rows, bool), np.zeros(raw.num_rows, bool)
         for c, ids in seen0.items():
-            new |= ~np.isin(raw.column(c).to_numpy(zero_copy_only=False), ids)
+            col = raw.column(c).to_numpy(zero_copy_only=False)
+            fresh = ~np.isin(col, ids)
+            new |= fresh
+            known |= fresh & np.isin(col, np.array(sorted(seen[c]), dtype=col.dtype))  # born later, seen before
+            seen[c] |= set(col.tolist())
         dom = np.asarray(raw.column(schema.domain).to_pylist()) == new_domain if new_domain else np.zeros(len(y), bool)
         per["new_id_auc"].append(_auc(y[new], p[new]))
+        per["known_new_id_auc"].append(_auc(y[known], p[known]))
         per["new_domain_auc"].append(_auc(y[dom], p[dom]))
         per["new_id_share"].append(round(float(new.mean()), 3))
         if k >= 1:  # pass 0 is scored untrained: left out of the pooled numbers
-            for key, m in (("new", new), ("dom", dom), ("all", np.ones(len(y), bool))):
+            for key, m in (("new", new), ("known", known), ("dom", dom), ("all", np.ones(len(y), bool))):
                 pooled[key][0].append(y[m])
                 pooled[key][1].append(p[m])
     out = Path(tempfile.mkdtemp(prefix="online-q-"))
@@ -101,7 +108,8 @@ def run_variant(schema, stream: Path, sets: list[str], model: str, task: str, se
            "expired": [r["expired"] for r in rows], "delta_rows": [r["delta_rows"] for r in rows],
            "train_rows_per_s": round(float(np.mean([r["train_rows_per_s"] for r in rows])), 0),
            "seconds": round(time.time() - t0, 1)}
-    for key, name in (("all", "pooled_auc"), ("new", "pooled_new_id_auc"), ("dom", "pooled_new_domain_auc")):
+    for key, name in (("all", "pooled_auc"), ("new", "pooled_new_id_auc"), ("known", "pooled_known_new_id_auc"),
+                      ("dom", "pooled_new_domain_auc")):
         ys, ps = pooled[key]
         res[name] = _auc(np.concatenate(ys), np.concatenate(ps)) if ys else None
     return res
@@ -176,7 +184,8 @@ def main() -> None:
             continue
         r = run_variant(schema, stream, sets, a.model, task, seen0, "d6" if a.stream == "synthetic" else None, a.seed)
         res["variants"][name] = r
-        print(f"{name:22s} pooled AUC {r['pooled_auc']}  new ids {r['pooled_new_id_auc']}  new domain "
+        print(f"{name:22s} pooled AUC {r['pooled_auc']}  new ids {r['pooled_new_id_auc']} (seen before: "
+              f"{r['pooled_known_new_id_auc']})  new domain "
               f"{r['pooled_new_domain_auc']}  slots {r['slots'][-1]}  {r['train_rows_per_s']:.0f} rows/s  "
               f"{r['seconds']} s", flush=True)
         out.write_text(json.dumps(res, indent=1))
