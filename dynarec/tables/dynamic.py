@@ -50,57 +50,84 @@ def reset_slots(optimizer, weight, slots, rows_offset=0):
 
 
 def _merge(a, av, b, bv):
-    """Merge sorted disjoint keys ``b`` (values ``bv``) into sorted ``a`` (``av``) in O(len(a) + len(b))."""
-    if a.numel() == 0:
-        return b, bv
-    pos = torch.searchsorted(a, b) + torch.arange(b.numel())
-    keep = torch.ones(a.numel() + b.numel(), dtype=torch.bool)
-    keep[pos] = False
-    k, v = torch.empty(keep.numel(), dtype=a.dtype), torch.empty(keep.numel(), dtype=av.dtype)
-    k[pos], v[pos], k[keep], v[keep] = b, bv, a, av
+    """Merge sorted disjoint keys ``b`` (values ``bv``) into sorted ``a`` (``av``) in O(len(a) + len(b)), with
+    scatters only (no boolean-mask indexing, which is several times slower on CPU)."""
+    if a.numel() == 0 or b.numel() == 0:
+        return (b, bv) if a.numel() == 0 else (a, av)
+    n, m = a.numel(), b.numel()
+    ins = torch.searchsorted(a, b)  # b[j] goes before a[ins[j]]
+    shift = torch.zeros(n + 1, dtype=_L).scatter_add_(0, ins, torch.ones(m, dtype=_L)).cumsum_(0)[:n]
+    pa, pb = shift.add_(torch.arange(n)), ins.add_(torch.arange(m))
+    k, v = torch.empty(n + m, dtype=a.dtype), torch.empty(n + m, dtype=av.dtype)
+    k.scatter_(0, pa, a).scatter_(0, pb, b)
+    v.scatter_(0, pa, av).scatter_(0, pb, bv)
     return k, v
+
+
+def _lowest(sc, n):
+    """Ascending positions of the ``n`` lowest of ``sc``, ties to the lower position (the first ``n`` of a stable
+    argsort) in O(len(sc)): a selection of the n-th value, no sort."""
+    if n >= sc.numel():
+        return torch.arange(sc.numel())
+    v = torch.kthvalue(sc, n).values
+    below = torch.nonzero(sc < v).flatten()
+    tie = torch.nonzero(sc == v).flatten()[:n - below.numel()]
+    return torch.sort(torch.cat([below, tie])).values
 
 
 class _SortedMap:
     """int64 keys -> int64 values >= 0 (-1 = absent, a tombstone) as a sorted main array plus a sorted delta."""
 
-    MIN_DELTA = 4096  # the delta is merged into the main array beyond max(MIN_DELTA, 32 * sqrt(main size))
+    MIN_DELTA, SQRT_DELTA = 4096, 32  # the delta merges into the main array beyond max(MIN, SQRT * sqrt(main size))
 
     def __init__(self, k=None, v=None):
         self.k = k if k is not None else torch.zeros(0, dtype=_L)
         self.v = v if v is not None else torch.zeros(0, dtype=_L)
         self.dk, self.dv = torch.zeros(0, dtype=_L), torch.zeros(0, dtype=_L)
+        self.dead = False  # whether some value is a tombstone
 
-    def _locate(self, q):
+    def find(self, q):
+        """(values of keys ``q`` [n], -1 where absent; their locations, for :meth:`put`)."""
+        out, loc = torch.full_like(q, -1), []
         for k, v in ((self.k, self.v), (self.dk, self.dv)):
             if k.numel():
                 pos = torch.searchsorted(k, q).clamp_(max=k.numel() - 1)
-                yield v, pos, k[pos] == q
+                hit = k.take(pos) == q
+                out = torch.where(hit, v.take(pos), out)
+                loc.append((v, pos, hit))
+        return out, loc
 
     def get(self, q):
-        """Values of keys ``q`` [n] (-1 where absent)."""
-        out = torch.full_like(q, -1)
-        for v, pos, hit in self._locate(q):
-            out = torch.where(hit, v[pos], out)
-        return out
+        return self.find(q)[0]
 
-    def set(self, q, vals):
-        """Upsert unique keys ``q`` (sorted) with ``vals`` (-1 removes)."""
-        new = torch.ones_like(q, dtype=torch.bool)
-        for v, pos, hit in self._locate(q):
-            v[pos[hit]] = vals[hit]
+    def put(self, q, vals, loc=None, sel=None):
+        """Upsert unique sorted keys ``q`` with ``vals`` (-1 removes), only where ``sel`` (default all);
+        ``loc`` from a :meth:`find` of the same ``q`` with no change in between saves the search."""
+        new = torch.ones_like(q, dtype=torch.bool) if sel is None else sel.clone()
+        for v, pos, hit in loc if loc is not None else self.find(q)[1]:
+            h = hit & new
+            v[pos[h]] = vals[h]
             new &= ~hit
+        self.dead = self.dead or bool((vals < 0).any())
+        new &= vals >= 0
         if new.any():
-            add = new & (vals >= 0)
-            self.dk, self.dv = _merge(self.dk, self.dv, q[add], vals[add])
-            if self.dk.numel() > max(self.MIN_DELTA, 32 * math.isqrt(self.k.numel())):
-                self.flush()
+            self.insert(q[new], vals[new])
+
+    def insert(self, q, vals):
+        """Add sorted keys ``q`` that are known to be absent."""
+        self.dk, self.dv = _merge(self.dk, self.dv, q, vals)
+        if self.dk.numel() > max(self.MIN_DELTA, self.SQRT_DELTA * math.isqrt(self.k.numel())):
+            self.flush()
 
     def flush(self):
         """Merge the delta into the main array and drop tombstones."""
-        a, b = self.v >= 0, self.dv >= 0
-        self.k, self.v = _merge(self.k[a], self.v[a], self.dk[b], self.dv[b])
+        k, v, dk, dv = self.k, self.v, self.dk, self.dv
+        if self.dead:
+            a, b = v >= 0, dv >= 0
+            k, v, dk, dv = k.masked_select(a), v.masked_select(a), dk.masked_select(b), dv.masked_select(b)
+        self.k, self.v = _merge(k, v, dk, dv)
         self.dk, self.dv = torch.zeros(0, dtype=_L), torch.zeros(0, dtype=_L)
+        self.dead = False
 
     def items(self):
         self.flush()
@@ -171,10 +198,14 @@ class DynamicIndex(nn.Module):
         if not train:
             return self.lookup(ids, feature)
         flat = ids.reshape(-1).to(self.sid.device)
-        out = torch.zeros_like(flat)
         valid = flat >= 0
-        su, inv = self._observe(flat[valid], feature)
-        out[valid] = su[inv]
+        if bool(valid.all()):
+            su, inv = self._observe(flat, feature)
+            out = su[inv]
+        else:
+            out = torch.zeros_like(flat)
+            su, inv = self._observe(flat[valid], feature)
+            out[valid] = su[inv]
         return out.reshape(ids.shape).to(ids.device)
 
     @torch.no_grad()
@@ -188,25 +219,32 @@ class DynamicIndex(nn.Module):
         slots = self._maps[f].get(u).clamp_(min=0)
         hit = slots > 0
         hs, hc = slots[hit], c[hit]
-        self.count[hs] += hc
-        self.pcount[hs] += hc
-        self.last[hs] = self.step_no
-        self.changed[hs] = True
+        self.count.index_add_(0, hs, hc)
+        self.pcount.index_add_(0, hs, hc)
+        self.last.index_fill_(0, hs, self.step_no)
+        self.changed.index_fill_(0, hs, True)
         miss = torch.nonzero(~hit).flatten()
         if miss.numel():
             cand, free = self._admit(u[miss], c[miss], f)
             slots[miss[cand]] = free
         return slots, inv
 
+    def _counting(self):
+        """Whether not-admitted ids keep pending counts (count threshold above 1)."""
+        return self.admit_prob is None and self.threshold > 1
+
     def _admit(self, u, c, f):
         if self.admit_prob is not None:
             ok = torch.rand(u.numel(), generator=self.gen, dtype=torch.float64) < 1 - (1 - self.admit_prob) ** c.double()
-        else:
-            prev = self._pend[f].get(u)
+        elif self._counting():
+            prev, loc = self._pend[f].find(u)
             tot = c + prev.clamp(min=0)
             ok = tot >= self.threshold
+        else:
+            ok = torch.ones_like(u, dtype=torch.bool)
         room = max(min(self.caps[f] - self._n[f], self.capacity - sum(self._n)), 0)
-        cand = torch.nonzero(ok).flatten()[:room]
+        cand = torch.nonzero(ok).flatten()[:room] if room < u.numel() or not bool(ok.all()) else \
+            torch.arange(u.numel())
         m = cand.numel()
         free = self._free_slots[:m]
         if m:
@@ -216,16 +254,15 @@ class DynamicIndex(nn.Module):
             self.last[free] = self.step_no
             self.dcount[free], self.age[free], self.ring[free] = 0.0, 0, 0
             self.changed[free] = True
-            self._maps[f].set(u[cand], free)
+            self._maps[f].insert(u[cand], free)  # during a pass the maps hold no tombstones: these keys are new
             self._n[f] += m
             self.stats["admitted"] += m
             for cb in self._on_admit:
                 cb(free)
-        if self.admit_prob is None:  # pending counts (threshold mode): admitted ids leave, the rest accumulate
-            admitted = torch.zeros_like(ok)
-            admitted[cand] = True
-            sel = ~admitted | (prev >= 0)
-            self._pend[f].set(u[sel], torch.where(admitted, -1, tot)[sel])
+        if self._counting():  # the rest accumulate; admitted ids keep a stale count that no lookup reads
+            rest = torch.ones_like(ok)
+            rest[cand] = False
+            self._pend[f].put(u, tot, loc, rest)
         return cand, free
 
     # ---- eviction ------------------------------------------------------------------------------------
@@ -246,7 +283,9 @@ class DynamicIndex(nn.Module):
         for f, n in enumerate(torch.bincount(feats, minlength=len(self.caps)).tolist()):
             if n:
                 k = torch.sort(ids[feats == f]).values
-                self._maps[f].set(k, torch.full_like(k, -1))
+                self._maps[f].put(k, torch.full_like(k, -1))
+                if self._counting():  # a freed id counts from zero again
+                    self._pend[f].put(k, torch.full_like(k, -1))
                 self._n[f] -= n
         for cb in self._on_free:
             cb(slots)
@@ -269,8 +308,7 @@ class DynamicIndex(nn.Module):
             s = torch.nonzero(self.used if mask is None else mask & self.used).flatten()
             extra = s.numel() - limit
             if extra > 0:
-                o = torch.argsort(sc[s], stable=True)
-                self._free(s[o[:extra]], "evicted")
+                self._free(s[_lowest(sc.take(s), extra)], "evicted")
 
     def end_pass(self):
         """Close a pass: update the decayed counts, expire, evict to the caps; returns this pass's

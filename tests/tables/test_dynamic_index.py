@@ -52,17 +52,18 @@ def test_index_equals_reference(score, mode):
     assert ref.evicted and ref.pass_no == 6
 
 
-@pytest.mark.parametrize("score", ["lfu", "feature"])
-def test_index_equals_reference_past_the_delta_merge(score, monkeypatch):
+@pytest.mark.parametrize("score,threshold", [("lfu", 1), ("feature", 2)])
+def test_index_equals_reference_past_the_delta_merge(score, threshold, monkeypatch):
     # a small delta limit, so that each feature map merges its delta into the main array mid-pass
     monkeypatch.setattr(_SortedMap, "MIN_DELTA", 16)
+    monkeypatch.setattr(_SortedMap, "SQRT_DELTA", 1)
     flushes = []
     flush = _SortedMap.flush
     monkeypatch.setattr(_SortedMap, "flush", lambda self: (flushes.append(1), flush(self)))
-    kw = dict(caps=[500, 400], score=score, threshold=1, expiry_passes=1, headroom=0.2)
+    kw = dict(caps=[500, 400], score=score, threshold=threshold, expiry_passes=1, headroom=0.2)
     ix, ref = DynamicIndex(700, **kw), ReferenceTable(700, **kw)
     _compare(ix, ref, kw, _stream(3, passes=3, steps=4, hi=2000, b=150, drift=400))
-    assert len(flushes) > 2 * 3 + 4  # beyond the one flush per slot map at each of the 3 pass ends
+    assert len(flushes) > 2 * 3 + 5  # beyond the one flush per slot map at each of the 3 pass ends
 
 
 def test_sorted_map_matches_a_dict():
@@ -71,7 +72,7 @@ def test_sorted_map_matches_a_dict():
     for it in range(60):
         q = torch.unique(torch.randint(0, 30000, (700,), generator=g))
         v = torch.randint(-1, 50, q.shape, generator=g)
-        m.set(q, v)
+        m.put(q, v)
         for k, x in zip(q.tolist(), v.tolist()):
             if x >= 0:
                 d[k] = x
