@@ -1,7 +1,8 @@
 """Progressive AUC per pass of online training (``dynarec online``) on a drifting stream, for
 (a) a static vocabulary fitted on the first pass (``online.table: static``), (b) the hashing trick at the same
 memory (``hash``), (c) the dynamic table with each eviction score (``dynamic``, lfu / lru / distance_lfu / ttl /
-feature). Every pass is scored before the model trains on it. Also reported: the AUC on rows whose user or
+feature), and (d) the dynamic table with the ``pepnet_online`` optimizers from scratch. Every pass is scored
+before the model trains on it. Also reported: the AUC on rows whose user or
 item id was not in the first pass (ids a static vocabulary never learns; "known": such ids that also appeared
 in an earlier pass, which a dynamic table can have learned), on the domain born mid-stream
 (synthetic: d6), and for the synthetic stream the Bayes-optimal AUC from the true probabilities.
@@ -60,6 +61,8 @@ def variants(memory: int, expiry: int) -> dict[str, list[str]]:
     for s in SCORES:
         v[f"dynamic_{s}"] = ["online.table=dynamic", f"online.max_rows={memory}", f"online.score={s}",
                              f"online.expiry_passes={expiry}", "online.ttl_steps=200"]
+    # PEPNet's deployment optimizers (Adagrad 0.05 / Adam 5e-6) from scratch: the warm-streaming recipe, cold
+    v["dynamic_feature_pepnet_online"] = v["dynamic_feature"] + ["online.preset=pepnet_online"]
     return v
 
 
@@ -74,7 +77,9 @@ def run_variant(schema, stream: Path, sets: list[str], model: str, task: str, se
     from dynarec.online.config import load_online_config
     from dynarec.online.runner import run_online
 
-    cfg = load_online_config(None, TRAIN + sets + [f"seed={seed}"], model)
+    base = [t for t in TRAIN if not t.startswith(("trainer.lr=", "trainer.embedding_lr="))] \
+        if any(x.startswith("online.preset=") for x in sets) else TRAIN  # the preset's learning rates apply
+    cfg = load_online_config(None, base + sets + [f"seed={seed}"], model)
     per = {"auc": [], "new_id_auc": [], "known_new_id_auc": [], "new_domain_auc": [], "new_id_share": []}
     pooled = {"new": ([], []), "known": ([], []), "dom": ([], []), "all": ([], [])}
     seen = {c: set(v.tolist()) for c, v in seen0.items()}  # ids seen in the passes before this one
