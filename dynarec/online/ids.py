@@ -48,6 +48,22 @@ def raw_ids(table: pa.Table, f) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
+_GOLDEN = 0x9E3779B97F4A7C15 - (1 << 64)  # int64 views of the splitmix64 constants
+_M1, _M2 = 0xBF58476D1CE4E5B9 - (1 << 64), 0x94D049BB133111EB - (1 << 64)
+
+
+def _shr(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's >> is arithmetic)."""
+    return (x >> k) & ((1 << (64 - k)) - 1)
+
+
+def mix64(x: torch.Tensor) -> torch.Tensor:
+    """The splitmix64 finaliser on int64 tensors (multiplications wrap): neighbouring ids land far apart."""
+    x = (x ^ _shr(x, 30)) * _M1
+    x = (x ^ _shr(x, 27)) * _M2
+    return x ^ _shr(x, 31)
+
+
 class HashIndex:
     """The hashing trick at a fixed memory: id -> ``1 + h(feature, id) mod capacity`` (padding -1 -> 0). No
     admission, no eviction: colliding ids share a row. Same calls as the dynamic index, so the runner can swap
@@ -58,8 +74,8 @@ class HashIndex:
         self.touched = torch.zeros(capacity + 1, dtype=torch.bool)
 
     def lookup(self, ids: torch.Tensor, feature: int = 0) -> torch.Tensor:
-        h = (ids * 0x5851F42D4C957F2D + (feature + 1) * 0x14057B7EF767814F) >> 7  # wraps: a 64-bit mix
-        return torch.where(ids >= 0, 1 + torch.remainder(h, self.capacity), torch.zeros_like(ids))
+        return torch.where(ids >= 0, 1 + torch.remainder(mix64(ids + torch.full_like(ids, feature + 1) * _GOLDEN), self.capacity),
+                           torch.zeros_like(ids))
 
     def map(self, ids: torch.Tensor, feature: int = 0, train: bool = True) -> torch.Tensor:
         s = self.lookup(ids, feature)
