@@ -187,3 +187,23 @@ def test_reset_slots_with_offset_gives_fresh_optimizer_state(name):
         assert torch.equal(st[k][:off], static_before[k])  # the static rows keep theirs
     if name == "adagrad":
         assert torch.allclose(st["sum"][off + s], torch.full((dim,), 0.1))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_dynamic_table_on_cuda_matches_cpu():
+    from dynarec.tables.dynamic import DynamicTable
+    cpu = DynamicTable(6, 3, headroom=0.5, expiry_passes=1, sparse=True)
+    gpu = copy.deepcopy(cpu).cuda()
+    opts = [torch.optim.Adagrad(t.parameters(), lr=0.1) for t in (cpu, gpu)]
+    for t, o in zip((cpu, gpu), opts):
+        t.attach(o)
+    for ids in ([1, 2, 3, 1], [2, 4, 5, 6, 7], [8, 9]):
+        for t, o in zip((cpu, gpu), opts):
+            o.zero_grad()
+            x = torch.tensor(ids, device=t.weight.device)
+            t(x).pow(2).sum().backward()
+            o.step()
+            t.step()
+        assert torch.allclose(cpu.weight, gpu.weight.cpu())
+        assert cpu.end_pass() == gpu.end_pass()
+    assert torch.allclose(opts[0].state[cpu.weight]["sum"], opts[1].state[gpu.weight]["sum"].cpu())
