@@ -13,13 +13,15 @@ admissions (initialise the rows) and frees (zero the rows, reset their optimizer
 At ``end_pass()`` ids expire, then the lowest scores are evicted until each feature holds at most
 ``floor(cap * (1 - headroom))`` and the table at most ``floor(capacity * (1 - headroom))`` slots (the headroom
 lets new ids in during the next pass); mid-pass, admission only fills free slots under the caps. Pending (not
-admitted) counts are cleared at each pass end. Ties in score evict the lower slot first; free slots are taken
-lowest first, candidates in id order.
+admitted) counts, kept only for a count threshold above 1, are cleared at each pass end. Ties in score evict
+the lower slot first; free slots are taken lowest first, candidates in id order.
 
-Speed: per feature, the id -> slot map is a sorted key array plus a small sorted delta (:class:`_SortedMap`):
-a step costs a ``unique`` of its ids, ``searchsorted`` lookups and a merge of the few new keys into the delta;
-the delta is merged into the main array only when it outgrows ``32 * sqrt(n)``; freed keys are tombstoned and
-dropped by mask at the pass end. No step rebuilds the map and no step runs Python per id.
+Speed: per feature, the id -> slot map (and the pending counts) is a sorted key array plus a small sorted delta
+(:class:`_SortedMap`): a step costs one ``unique`` of its ids, ``searchsorted`` lookups and a scatter-merge of
+its new keys into the delta, which merges into the main array when it outgrows ``32 * sqrt(n)`` (O(n), every
+few dozen steps). Freed keys are tombstoned, then dropped by mask right after the eviction; the k lowest
+scores are found by selection (``kthvalue``), not a sort; per-feature counts and the free-slot list are kept
+up to date, never recounted in a step. No step rebuilds a map and no step runs Python per id.
 """
 import math
 
@@ -190,7 +192,7 @@ class DynamicIndex(nn.Module):
     # ---- id -> slot ----------------------------------------------------------------------------------
     def lookup(self, ids, feature=0):
         """Slots of ``ids`` (any shape, int64) for ``feature``; 0 for ids not admitted and ids < 0."""
-        q = ids.reshape(-1).to(self.sid.device)
+        q = ids.reshape(-1).to(self.sid.device).contiguous()
         return self._maps[feature].get(q).clamp_(min=0).reshape(ids.shape).to(ids.device)
 
     def map(self, ids, feature=0, train=True):
