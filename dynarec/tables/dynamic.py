@@ -173,7 +173,8 @@ class DynamicIndex(nn.Module):
 
     def subscribe(self, on_admit=None, on_free=None):
         """Call ``on_admit(slots)`` right after slots are admitted (initialise their rows) and ``on_free(slots)``
-        right after slots are freed by eviction or expiry (zero their rows, :func:`reset_slots`)."""
+        right after slots are freed by eviction or expiry (zero their rows, :func:`reset_slots`); both run under
+        ``torch.no_grad()``, with ``slots`` a LongTensor [n] on the index's device (CPU)."""
         if on_admit is not None:
             self._on_admit.append(on_admit)
         if on_free is not None:
@@ -192,14 +193,14 @@ class DynamicIndex(nn.Module):
     # ---- id -> slot ----------------------------------------------------------------------------------
     def lookup(self, ids, feature=0):
         """Slots of ``ids`` (any shape, int64) for ``feature``; 0 for ids not admitted and ids < 0."""
-        q = ids.reshape(-1).to(self.sid.device).contiguous()
+        q = ids.reshape(-1).to(self.sid.device, _L).contiguous()
         return self._maps[feature].get(q).clamp_(min=0).reshape(ids.shape).to(ids.device)
 
     def map(self, ids, feature=0, train=True):
         """``observe`` (when ``train``) then ``lookup``, sharing one ``unique``: slots of ``ids``, same shape."""
         if not train:
             return self.lookup(ids, feature)
-        flat = ids.reshape(-1).to(self.sid.device)
+        flat = ids.reshape(-1).to(self.sid.device, _L)
         valid = flat >= 0
         if bool(valid.all()):
             su, inv = self._observe(flat, feature)
@@ -213,9 +214,10 @@ class DynamicIndex(nn.Module):
     @torch.no_grad()
     def observe(self, ids, feature=0):
         """Count one step's ids: update admitted slots, admit pending ids that qualify."""
-        flat = ids.reshape(-1).to(self.sid.device)
+        flat = ids.reshape(-1).to(self.sid.device, _L)
         self._observe(flat[flat >= 0], feature)
 
+    @torch.no_grad()
     def _observe(self, flat, f):
         u, inv, c = torch.unique(flat, return_inverse=True, return_counts=True)
         slots = self._maps[f].get(u).clamp_(min=0)
@@ -268,6 +270,7 @@ class DynamicIndex(nn.Module):
         return cand, free
 
     # ---- eviction ------------------------------------------------------------------------------------
+    @torch.no_grad()
     def step(self):
         """Advance the step counter (once per batch); evicts every ``eviction_interval`` steps."""
         self.step_no += 1
@@ -312,6 +315,7 @@ class DynamicIndex(nn.Module):
             if extra > 0:
                 self._free(s[_lowest(sc.take(s), extra)], "evicted")
 
+    @torch.no_grad()
     def end_pass(self):
         """Close a pass: update the decayed counts, expire, evict to the caps; returns this pass's
         ``dict(admitted, evicted, expired)``."""
