@@ -13,13 +13,15 @@ admissions (initialise the rows) and frees (zero the rows, reset their optimizer
 At ``end_pass()`` ids expire, then the lowest scores are evicted until each feature holds at most
 ``floor(cap * (1 - headroom))`` and the table at most ``floor(capacity * (1 - headroom))`` slots (the headroom
 lets new ids in during the next pass); mid-pass, admission only fills free slots under the caps. Pending (not
-admitted) counts are cleared at each pass end. Ties in score evict the lower slot first; free slots are taken
-lowest first, candidates in id order.
+admitted) counts, kept only for a count threshold above 1, are cleared at each pass end. Ties in score evict
+the lower slot first; free slots are taken lowest first, candidates in id order.
 
-Speed: per feature, the id -> slot map is a sorted key array plus a small sorted delta (:class:`_SortedMap`):
-a step costs a ``unique`` of its ids, ``searchsorted`` lookups and a merge of the few new keys into the delta;
-the delta is merged into the main array only when it outgrows ``32 * sqrt(n)``; freed keys are tombstoned and
-dropped by mask at the pass end. No step rebuilds the map and no step runs Python per id.
+Speed: per feature, the id -> slot map (and the pending counts) is a sorted key array plus a small sorted delta
+(:class:`_SortedMap`): a step costs one ``unique`` of its ids, ``searchsorted`` lookups and a scatter-merge of
+its new keys into the delta, which merges into the main array when it outgrows ``32 * sqrt(n)`` (O(n), every
+few dozen steps). Freed keys are tombstoned, then dropped by mask right after the eviction; the k lowest
+scores are found by selection (``kthvalue``), not a sort; per-feature counts and the free-slot list are kept
+up to date, never recounted in a step. No step rebuilds a map and no step runs Python per id.
 """
 import math
 
@@ -171,7 +173,8 @@ class DynamicIndex(nn.Module):
 
     def subscribe(self, on_admit=None, on_free=None):
         """Call ``on_admit(slots)`` right after slots are admitted (initialise their rows) and ``on_free(slots)``
-        right after slots are freed by eviction or expiry (zero their rows, :func:`reset_slots`)."""
+        right after slots are freed by eviction or expiry (zero their rows, :func:`reset_slots`); both run under
+        ``torch.no_grad()``, with ``slots`` a LongTensor [n] on the index's device (CPU)."""
         if on_admit is not None:
             self._on_admit.append(on_admit)
         if on_free is not None:
@@ -190,14 +193,14 @@ class DynamicIndex(nn.Module):
     # ---- id -> slot ----------------------------------------------------------------------------------
     def lookup(self, ids, feature=0):
         """Slots of ``ids`` (any shape, int64) for ``feature``; 0 for ids not admitted and ids < 0."""
-        q = ids.reshape(-1).to(self.sid.device)
+        q = ids.reshape(-1).to(self.sid.device, _L).contiguous()
         return self._maps[feature].get(q).clamp_(min=0).reshape(ids.shape).to(ids.device)
 
     def map(self, ids, feature=0, train=True):
         """``observe`` (when ``train``) then ``lookup``, sharing one ``unique``: slots of ``ids``, same shape."""
         if not train:
             return self.lookup(ids, feature)
-        flat = ids.reshape(-1).to(self.sid.device)
+        flat = ids.reshape(-1).to(self.sid.device, _L)
         valid = flat >= 0
         if bool(valid.all()):
             su, inv = self._observe(flat, feature)
@@ -211,9 +214,10 @@ class DynamicIndex(nn.Module):
     @torch.no_grad()
     def observe(self, ids, feature=0):
         """Count one step's ids: update admitted slots, admit pending ids that qualify."""
-        flat = ids.reshape(-1).to(self.sid.device)
+        flat = ids.reshape(-1).to(self.sid.device, _L)
         self._observe(flat[flat >= 0], feature)
 
+    @torch.no_grad()
     def _observe(self, flat, f):
         u, inv, c = torch.unique(flat, return_inverse=True, return_counts=True)
         slots = self._maps[f].get(u).clamp_(min=0)
@@ -266,6 +270,7 @@ class DynamicIndex(nn.Module):
         return cand, free
 
     # ---- eviction ------------------------------------------------------------------------------------
+    @torch.no_grad()
     def step(self):
         """Advance the step counter (once per batch); evicts every ``eviction_interval`` steps."""
         self.step_no += 1
@@ -310,6 +315,7 @@ class DynamicIndex(nn.Module):
             if extra > 0:
                 self._free(s[_lowest(sc.take(s), extra)], "evicted")
 
+    @torch.no_grad()
     def end_pass(self):
         """Close a pass: update the decayed counts, expire, evict to the caps; returns this pass's
         ``dict(admitted, evicted, expired)``."""

@@ -124,6 +124,13 @@ def test_map_is_observe_then_lookup():
         assert torch.equal(a.map(ids), b.lookup(ids))
 
 
+def test_int32_ids_map_like_int64():
+    a, b = DynamicIndex(30), DynamicIndex(30)
+    ids = torch.tensor([[5, 9, -1], [9, 12, 5]])
+    assert torch.equal(a.map(ids.int()), b.map(ids)) and torch.equal(a.lookup(ids.int()), b.lookup(ids))
+    assert a.lookup(ids.int()).dtype == torch.long
+
+
 def test_index_checkpoint_continues_identically():
     stream = list(_stream(7, passes=6, hi=90))
     kw = dict(caps=[12, 12], admit_prob=None, threshold=2, expiry_passes=2, score="feature")
@@ -160,7 +167,9 @@ def test_reset_slots_with_offset_gives_fresh_optimizer_state(name):
     w = torch.nn.Parameter(torch.randn(off + cap + 1, dim))
     opt = OPTS[name](w)
     ix = DynamicIndex(cap, headroom=0.0, expiry_passes=1)
-    ix.subscribe(on_free=lambda s: reset_slots(opt, w, s, rows_offset=off))
+    def init(s):  # runs under no_grad: an in-place write to the parameter is allowed
+        w[s + off] = 0.5
+    ix.subscribe(on_admit=init, on_free=lambda s: reset_slots(opt, w, s, rows_offset=off))
     fresh = {k: v.clone() for k, v in opt.state[w].items()} if name == "adagrad" else {}
 
     def train(dyn_ids):
@@ -185,5 +194,26 @@ def test_reset_slots_with_offset_gives_fresh_optimizer_state(name):
         want = fresh[k][off + s] if name == "adagrad" else torch.zeros(dim)
         assert torch.equal(st[k][off + s], want)  # re-admitted: fresh state (Adagrad: its initial value 0.1)
         assert torch.equal(st[k][:off], static_before[k])  # the static rows keep theirs
+    assert torch.equal(w[off + s].detach(), torch.full((dim,), 0.5))  # and a fresh row from on_admit
     if name == "adagrad":
         assert torch.allclose(st["sum"][off + s], torch.full((dim,), 0.1))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_dynamic_table_on_cuda_matches_cpu():
+    from dynarec.tables.dynamic import DynamicTable
+    cpu = DynamicTable(6, 3, headroom=0.5, expiry_passes=1, sparse=True)
+    gpu = copy.deepcopy(cpu).cuda()
+    opts = [torch.optim.Adagrad(t.parameters(), lr=0.1) for t in (cpu, gpu)]
+    for t, o in zip((cpu, gpu), opts):
+        t.attach(o)
+    for ids in ([1, 2, 3, 1], [2, 4, 5, 6, 7], [8, 9]):
+        for t, o in zip((cpu, gpu), opts):
+            o.zero_grad()
+            x = torch.tensor(ids, device=t.weight.device)
+            t(x).pow(2).sum().backward()
+            o.step()
+            t.step()
+        assert torch.allclose(cpu.weight, gpu.weight.cpu())
+        assert cpu.end_pass() == gpu.end_pass()
+    assert torch.allclose(opts[0].state[cpu.weight]["sum"], opts[1].state[gpu.weight]["sum"].cpu())
