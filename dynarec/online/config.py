@@ -83,6 +83,11 @@ def load_online_config(path: str | None, sets: list[str] | None = None, model: s
         if k in (d.get("trainer") or {}):
             raise ConfigError(f"{where}.trainer.{k}: has no effect in online training (each pass is trained on "
                               "once, after it is scored)")
+    t = cfg.trainer
+    for k, v, ok in (("device", t.device, ("auto", "cpu")), ("precision", t.precision, ("fp32",)),
+                     ("distributed", t.distributed, ("ddp",))):
+        if v not in ok:
+            raise ConfigError(f"{where}.trainer.{k}: online training runs in one CPU process; got {v!r}")
     for k, v in cfg.online.caps.items():
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ConfigError(f"{where}.online.caps.{k}: expected an integer >= 1, got {v!r}")
