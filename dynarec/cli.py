@@ -1,5 +1,5 @@
 """`dynarec` command line: demo, models, data prepare / synthetic, train, evaluate, predict, export, serve,
-benchmark. Each verb parses its arguments, calls ONE library function and prints its result.
+online, benchmark. Each verb parses its arguments, calls ONE library function and prints its result.
 
 User mistakes (bad data, schema, config, arguments) print one line on stderr and exit with code 2."""
 from __future__ import annotations
@@ -189,6 +189,12 @@ def cmd_serve(a) -> int:
     return 0
 
 
+def cmd_online(a) -> int:
+    from dynarec.online.command import online_command
+
+    return online_command(a)
+
+
 def cmd_demo(a) -> int:
     from dynarec.demo import run_demo
 
@@ -305,6 +311,17 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--queue-size", type=int, default=1024, help="pending requests before 503")
     sv.add_argument("--threads", type=int, default=0, help="torch / ONNX Runtime threads (0 = default)")
     sv.set_defaults(fn=cmd_serve)
+
+    on = sub.add_parser("online", help="train by passes over a stream of raw pass files (dynamic ids, deltas)")
+    on.add_argument("--schema", help="schema YAML/JSON of the raw pass files (features marked dynamic: true)")
+    on.add_argument("--passes", required=True, help="folder of pass files (csv / parquet, in name order)")
+    on.add_argument("--model", help="registered model name")
+    on.add_argument("--out", required=True, help="run folder (passes/NNNN, current marker, summary.json)")
+    on.add_argument("--config", help="experiment YAML (model, params, trainer, online, seed)")
+    on.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. online.max_rows=100000")
+    on.add_argument("--json", action="store_true", help="one JSON object per pass per line, then a summary line")
+    on.add_argument("--resume", action="store_true", help="continue after the last completed pass of --out")
+    on.set_defaults(fn=cmd_online)
 
     b = sub.add_parser("benchmark", help="run a benchmark suite (models × datasets × seeds)")
     b.add_argument("--suite", required=True)

@@ -65,9 +65,9 @@ class CAN(BaseModel):
         # CAN's own tables, in the embedding optimizer group (sparse gradients), apart from the feature table.
         # Construction order kept (both built, then both initialised): same random draws as before.
         ind_spec = TableSpec("can_induction", ind_off[-1], self.unit.param_dim, None, "embedding",
-                             tuple(f.name for f in ind))
+                             tuple(f.name for f in ind), offsets=tuple(ind_off[:-1]))
         feed_spec = TableSpec("can_feed", feed_off[-1], self.unit.feed_dim, None, "embedding",
-                              tuple(f.name for f in feed))
+                              tuple(f.name for f in feed), offsets=tuple(feed_off[:-1]))
         for spec, legacy in ((ind_spec, "induction_table"), (feed_spec, "feed_table")):
             self.tables.add(spec, legacy)
         nn.init.normal_(self.induction_table.weight, std=c.coaction_init_std)

@@ -34,7 +34,8 @@ class PriorEmbedding(nn.Module):
         self.register_buffer("cols", torch.tensor(cols, dtype=torch.long), persistent=False)
         self.register_buffer("offsets", torch.tensor([offsets[t] for t, _ in tables], dtype=torch.long),
                              persistent=False)
-        spec = TableSpec(name, total, dim, init_std, "dense", tuple(features))
+        spec = TableSpec(name, total, dim, init_std, "dense", tuple(features),
+                         offsets=tuple(offsets[t] for t, _ in tables) if features else ())
         borrow(self, table_for(collection, self, spec, legacy and legacy + ".table"))
         self.out_dim = len(cols) * dim
 

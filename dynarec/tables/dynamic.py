@@ -1,18 +1,27 @@
-"""A dynamic embedding table: raw ids -> slots of one fixed parameter, with admission, eviction and expiry.
+"""Dynamic embedding tables: raw ids -> slots of a fixed-size parameter, with admission, eviction and expiry.
 
 PEPNet's global shared embedding table (Chang et al., KDD 2023, section 2.3): several features share one
 table under one memory budget, each with its own id cap; ids with too few updates expire. Admission follows
 Monolith (count threshold, or per-occurrence probability p: admit with ``1 - (1 - p)^count``); scores follow
 TorchRec MCH (see ``dynarec.tables.scores``).
 
-``weight [capacity + 1, dim]`` is one parameter. Row 0 is the shared default row read by ids not admitted
-(and by padding ids < 0); it owns no slot, stays zero and gets no gradient. Gradients are dense by default,
-sparse with ``sparse=True`` (then use Adagrad or SparseAdam). At ``end_pass()`` ids expire, then the lowest
-scores are evicted until each feature holds at most ``floor(cap * (1 - headroom))`` and the table at most
-``floor(capacity * (1 - headroom))`` slots (the headroom lets new ids in during the next pass); mid-pass,
-admission only fills free slots under the caps. Evicted rows and their optimizer state (``reset_slots``) are
-reset, and a re-admitted id draws a fresh row. Pending (not admitted) counts are cleared at each pass end.
-Ties in score evict the lower slot first; free slots are taken lowest first, candidates in id order.
+:class:`DynamicIndex` holds only the id -> slot policy (no parameter): slots are ``1..capacity``, slot 0 is the
+shared default read by ids not admitted (and by padding ids < 0). Its owner keeps the rows: it subscribes to
+admissions (initialise the rows) and frees (zero the rows, reset their optimizer state with
+:func:`reset_slots`). :class:`DynamicTable` is such an owner: index + one ``weight [capacity + 1, dim]``.
+
+At ``end_pass()`` ids expire, then the lowest scores are evicted until each feature holds at most
+``floor(cap * (1 - headroom))`` and the table at most ``floor(capacity * (1 - headroom))`` slots (the headroom
+lets new ids in during the next pass); mid-pass, admission only fills free slots under the caps. Pending (not
+admitted) counts, kept only for a count threshold above 1, are cleared at each pass end. Ties in score evict
+the lower slot first; free slots are taken lowest first, candidates in id order.
+
+Speed: per feature, the id -> slot map (and the pending counts) is a sorted key array plus a small sorted delta
+(:class:`_SortedMap`): a step costs one ``unique`` of its ids, ``searchsorted`` lookups and a scatter-merge of
+its new keys into the delta, which merges into the main array when it outgrows ``32 * sqrt(n)`` (O(n), every
+few dozen steps). Freed keys are tombstoned, then dropped by mask right after the eviction; the k lowest
+scores are found by selection (``kthvalue``), not a sort; per-feature counts and the free-slot list are kept
+up to date, never recounted in a step. No step rebuilds a map and no step runs Python per id.
 """
 import math
 
@@ -21,177 +30,296 @@ from torch import nn
 
 from dynarec.tables.scores import SCORES, score
 
+_L = torch.long
 
-def reset_slots(optimizer, weight, slots, value=0.0):
-    """Reset the per-row optimizer state of ``weight`` at ``slots`` (Adagrad ``state_sum`` to its initial
-    accumulator value; Adam ``exp_avg`` / ``exp_avg_sq`` and any other row-shaped state to 0). Adam's scalar
-    ``step`` is shared by all rows and is left as is."""
-    st = optimizer.state.get(weight, {})
+
+def reset_slots(optimizer, weight, slots, rows_offset=0):
+    """Reset the per-row optimizer state of ``weight`` at rows ``slots + rows_offset``: Adagrad's ``sum`` to
+    its ``initial_accumulator_value``, every other row-shaped state (Adam / SparseAdam ``exp_avg``,
+    ``exp_avg_sq``, ``max_exp_avg_sq``) to 0. Scalar state (Adam's ``step``) is shared by all rows and kept.
+
+    Args: optimizer; weight: any parameter [R, ...] (e.g. a fused table whose dynamic rows start at
+    ``rows_offset``); slots: LongTensor [n]."""
+    st = optimizer.state.get(weight)
+    if not st:
+        return
     init = next((g.get("initial_accumulator_value", 0.0) for g in optimizer.param_groups
                  if any(p is weight for p in g["params"])), 0.0)
+    rows = (slots.reshape(-1) + rows_offset).to(weight.device)
     for k, v in st.items():
-        if torch.is_tensor(v) and v.shape == weight.shape:
-            v[slots] = init if k == "sum" or k == "state_sum" else 0.0
+        if torch.is_tensor(v) and v.dim() >= 1 and v.shape[0] == weight.shape[0]:
+            v[rows] = init if k in ("sum", "state_sum") else 0.0
 
 
-class DynamicTable(nn.Module):
-    """Args: capacity (global budget in slots), dim, caps (per-feature slot caps, one entry per feature),
-    score (one of SCORES), threshold (occurrences before admission), admit_prob (Monolith probability per
-    occurrence; None = count threshold), expiry_passes / min_updates (expire ids with fewer than min_updates
-    updates in the last expiry_passes passes; None = never), headroom, decay (distance_lfu), ttl_steps,
-    gamma (feature score decay per pass), eviction_interval (also evict every N steps), init_std, sparse, seed.
-    """
+def _merge(a, av, b, bv):
+    """Merge sorted disjoint keys ``b`` (values ``bv``) into sorted ``a`` (``av``) in O(len(a) + len(b)), with
+    scatters only (no boolean-mask indexing, which is several times slower on CPU)."""
+    if a.numel() == 0 or b.numel() == 0:
+        return (b, bv) if a.numel() == 0 else (a, av)
+    n, m = a.numel(), b.numel()
+    ins = torch.searchsorted(a, b)  # b[j] goes before a[ins[j]]
+    shift = torch.zeros(n + 1, dtype=_L).scatter_add_(0, ins, torch.ones(m, dtype=_L)).cumsum_(0)[:n]
+    pa, pb = shift.add_(torch.arange(n)), ins.add_(torch.arange(m))
+    k, v = torch.empty(n + m, dtype=a.dtype), torch.empty(n + m, dtype=av.dtype)
+    k.scatter_(0, pa, a).scatter_(0, pb, b)
+    v.scatter_(0, pa, av).scatter_(0, pb, bv)
+    return k, v
 
-    def __init__(self, capacity, dim, caps=None, score="lfu", threshold=1, admit_prob=None, expiry_passes=None,
-                 min_updates=1, headroom=0.1, decay=1.0, ttl_steps=1000, gamma=0.5, eviction_interval=None,
-                 init_std=0.01, sparse=False, seed=0):
+
+def _lowest(sc, n):
+    """Ascending positions of the ``n`` lowest of ``sc``, ties to the lower position (the first ``n`` of a stable
+    argsort) in O(len(sc)): a selection of the n-th value, no sort."""
+    if n >= sc.numel():
+        return torch.arange(sc.numel())
+    v = torch.kthvalue(sc, n).values
+    below = torch.nonzero(sc < v).flatten()
+    tie = torch.nonzero(sc == v).flatten()[:n - below.numel()]
+    return torch.sort(torch.cat([below, tie])).values
+
+
+class _SortedMap:
+    """int64 keys -> int64 values >= 0 (-1 = absent, a tombstone) as a sorted main array plus a sorted delta."""
+
+    MIN_DELTA, SQRT_DELTA = 4096, 32  # the delta merges into the main array beyond max(MIN, SQRT * sqrt(main size))
+
+    def __init__(self, k=None, v=None):
+        self.k = k if k is not None else torch.zeros(0, dtype=_L)
+        self.v = v if v is not None else torch.zeros(0, dtype=_L)
+        self.dk, self.dv = torch.zeros(0, dtype=_L), torch.zeros(0, dtype=_L)
+        self.dead = False  # whether some value is a tombstone
+
+    def find(self, q):
+        """(values of keys ``q`` [n], -1 where absent; their locations, for :meth:`put`)."""
+        out, loc = torch.full_like(q, -1), []
+        for k, v in ((self.k, self.v), (self.dk, self.dv)):
+            if k.numel():
+                pos = torch.searchsorted(k, q).clamp_(max=k.numel() - 1)
+                hit = k.take(pos) == q
+                out = torch.where(hit, v.take(pos), out)
+                loc.append((v, pos, hit))
+        return out, loc
+
+    def get(self, q):
+        return self.find(q)[0]
+
+    def put(self, q, vals, loc=None, sel=None):
+        """Upsert unique sorted keys ``q`` with ``vals`` (-1 removes), only where ``sel`` (default all);
+        ``loc`` from a :meth:`find` of the same ``q`` with no change in between saves the search."""
+        new = torch.ones_like(q, dtype=torch.bool) if sel is None else sel.clone()
+        for v, pos, hit in loc if loc is not None else self.find(q)[1]:
+            h = hit & new
+            v[pos[h]] = vals[h]
+            new &= ~hit
+        self.dead = self.dead or bool((vals < 0).any())
+        new &= vals >= 0
+        if new.any():
+            self.insert(q[new], vals[new])
+
+    def insert(self, q, vals):
+        """Add sorted keys ``q`` that are known to be absent."""
+        self.dk, self.dv = _merge(self.dk, self.dv, q, vals)
+        if self.dk.numel() > max(self.MIN_DELTA, self.SQRT_DELTA * math.isqrt(self.k.numel())):
+            self.flush()
+
+    def flush(self):
+        """Merge the delta into the main array and drop tombstones."""
+        k, v, dk, dv = self.k, self.v, self.dk, self.dv
+        if self.dead:
+            a, b = v >= 0, dv >= 0
+            k, v, dk, dv = k.masked_select(a), v.masked_select(a), dk.masked_select(b), dv.masked_select(b)
+        self.k, self.v = _merge(k, v, dk, dv)
+        self.dk, self.dv = torch.zeros(0, dtype=_L), torch.zeros(0, dtype=_L)
+        self.dead = False
+
+    def items(self):
+        self.flush()
+        return self.k, self.v
+
+
+class DynamicIndex(nn.Module):
+    """Raw int64 ids -> slots ``1..capacity`` (0 = not admitted), no parameter; checkpointed as extra state.
+
+    Args: capacity (global budget in slots), caps (per-feature slot caps, one entry per feature; default
+    ``[capacity]``), score (one of SCORES), threshold (occurrences before admission), admit_prob (Monolith
+    probability per occurrence; None = count threshold), expiry_passes / min_updates (expire ids with fewer
+    than min_updates updates in the last expiry_passes passes; None = never), headroom, decay (distance_lfu),
+    ttl_steps, gamma (feature score decay per pass), eviction_interval (also evict every N steps), seed."""
+
+    def __init__(self, capacity, caps=None, score="lfu", threshold=1, admit_prob=None, expiry_passes=None,
+                 min_updates=1, headroom=0.1, decay=1.0, ttl_steps=1000, gamma=0.5, eviction_interval=None, seed=0):
         super().__init__()
         if score not in SCORES:
             raise ValueError(f"score: expected one of {SCORES}, got {score!r}")
-        self.capacity, self.dim, self.score_name = capacity, dim, score
+        self.capacity, self.score_name = capacity, score
         self.caps = list(caps) if caps is not None else [capacity]
         self.threshold, self.admit_prob, self.expiry_passes, self.min_updates = threshold, admit_prob, expiry_passes, min_updates
         self.headroom, self.decay, self.ttl_steps, self.gamma = headroom, decay, ttl_steps, gamma
-        self.eviction_interval, self.init_std, self.sparse = eviction_interval, init_std, sparse
-        self.weight = nn.Parameter(torch.zeros(capacity + 1, dim))
+        self.eviction_interval = eviction_interval
         self.gen = torch.Generator().manual_seed(seed)
-        self.optimizers = []
+        self._on_admit, self._on_free = [], []
         n, E = capacity + 1, max(expiry_passes or 1, 1)
         self.used = torch.zeros(n, dtype=torch.bool)
-        self.sid = torch.zeros(n, dtype=torch.long)
-        self.sfeat = torch.zeros(n, dtype=torch.long)
-        self.count = torch.zeros(n, dtype=torch.long)
-        self.last = torch.zeros(n, dtype=torch.long)
-        self.pcount = torch.zeros(n, dtype=torch.long)
-        self.dcount = torch.zeros(n, dtype=torch.float64)
-        self.age = torch.zeros(n, dtype=torch.long)
-        self.ring = torch.zeros(n, E, dtype=torch.long)
         self.changed = torch.zeros(n, dtype=torch.bool)
-        self.pend = [(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)) for _ in self.caps]
+        for k in ("sid", "sfeat", "count", "last", "pcount", "age"):
+            setattr(self, k, torch.zeros(n, dtype=_L))
+        self.dcount = torch.zeros(n, dtype=torch.float64)
+        self.ring = torch.zeros(n, E, dtype=_L)
         self.step_no, self.pass_no = 0, 0
         self.evicted_ids = []
         self.stats = {"admitted": 0, "evicted": 0, "expired": 0}
         self.last_pass_stats = dict(self.stats)
-        self._index()
+        self._pend = [_SortedMap() for _ in self.caps]
+        self._rebuild()
 
-    # ---- id -> slot ----------------------------------------------------------------------------------
-    def _index(self):
-        self._keys = []
+    def subscribe(self, on_admit=None, on_free=None):
+        """Call ``on_admit(slots)`` right after slots are admitted (initialise their rows) and ``on_free(slots)``
+        right after slots are freed by eviction or expiry (zero their rows, :func:`reset_slots`); both run under
+        ``torch.no_grad()``, with ``slots`` a LongTensor [n] on the index's device (CPU)."""
+        if on_admit is not None:
+            self._on_admit.append(on_admit)
+        if on_free is not None:
+            self._on_free.append(on_free)
+
+    def _rebuild(self):
+        """Maps, per-feature counters and the free list from the slot arrays (construction and loading only)."""
+        self._maps = []
         for f in range(len(self.caps)):
             s = torch.nonzero(self.used & (self.sfeat == f)).flatten()
             k, o = torch.sort(self.sid[s])
-            self._keys.append((k, s[o]))
+            self._maps.append(_SortedMap(k, s[o]))
+        self._n = torch.bincount(self.sfeat[self.used], minlength=len(self.caps)).tolist()
+        self._free_slots = torch.nonzero(~self.used[1:]).flatten() + 1
 
+    # ---- id -> slot ----------------------------------------------------------------------------------
     def lookup(self, ids, feature=0):
-        """Slots of ``ids`` (any shape, int64) for ``feature``; 0 for ids not admitted."""
-        k, s = self._keys[feature]
-        flat = ids.reshape(-1)
-        if k.numel() == 0:
-            return torch.zeros_like(ids)
-        pos = torch.searchsorted(k, flat).clamp(max=k.numel() - 1)
-        hit = (k[pos] == flat) & (flat >= 0)
-        return torch.where(hit, s[pos], torch.zeros_like(flat)).reshape(ids.shape)
+        """Slots of ``ids`` (any shape, int64) for ``feature``; 0 for ids not admitted and ids < 0."""
+        q = ids.reshape(-1).to(self.sid.device, _L).contiguous()
+        return self._maps[feature].get(q).clamp_(min=0).reshape(ids.shape).to(ids.device)
 
-    def forward(self, ids, feature=0):
-        """Embeddings [..., dim] of ``ids`` Long [B] or [B, L]; in training mode the ids are counted first."""
-        if self.training:
-            self.observe(ids, feature)
-        slots = self.lookup(ids, feature)
-        e = nn.functional.embedding(slots, self.weight, sparse=self.sparse)
-        return e * (slots > 0).unsqueeze(-1).to(e.dtype)
+    def map(self, ids, feature=0, train=True):
+        """``observe`` (when ``train``) then ``lookup``, sharing one ``unique``: slots of ``ids``, same shape."""
+        if not train:
+            return self.lookup(ids, feature)
+        flat = ids.reshape(-1).to(self.sid.device, _L)
+        valid = flat >= 0
+        if bool(valid.all()):
+            su, inv = self._observe(flat, feature)
+            out = su[inv]
+        else:
+            out = torch.zeros_like(flat)
+            su, inv = self._observe(flat[valid], feature)
+            out[valid] = su[inv]
+        return out.reshape(ids.shape).to(ids.device)
 
-    # ---- statistics and admission ------------------------------------------------------------------
     @torch.no_grad()
     def observe(self, ids, feature=0):
         """Count one step's ids: update admitted slots, admit pending ids that qualify."""
-        flat = ids.reshape(-1)
-        flat = flat[flat >= 0]
-        u, c = torch.unique(flat, return_counts=True)
-        slots = self.lookup(u, feature)
+        flat = ids.reshape(-1).to(self.sid.device, _L)
+        self._observe(flat[flat >= 0], feature)
+
+    @torch.no_grad()
+    def _observe(self, flat, f):
+        u, inv, c = torch.unique(flat, return_inverse=True, return_counts=True)
+        slots = self._maps[f].get(u).clamp_(min=0)
         hit = slots > 0
-        hs = slots[hit]
-        self.count[hs] += c[hit]
-        self.pcount[hs] += c[hit]
-        self.last[hs] = self.step_no
-        self.changed[hs] = True
-        self._admit(u[~hit], c[~hit], feature)
+        hs, hc = slots[hit], c[hit]
+        self.count.index_add_(0, hs, hc)
+        self.pcount.index_add_(0, hs, hc)
+        self.last.index_fill_(0, hs, self.step_no)
+        self.changed.index_fill_(0, hs, True)
+        miss = torch.nonzero(~hit).flatten()
+        if miss.numel():
+            cand, free = self._admit(u[miss], c[miss], f)
+            slots[miss[cand]] = free
+        return slots, inv
+
+    def _counting(self):
+        """Whether not-admitted ids keep pending counts (count threshold above 1)."""
+        return self.admit_prob is None and self.threshold > 1
 
     def _admit(self, u, c, f):
-        pk, pc = self.pend[f]
-        pos = torch.searchsorted(pk, u).clamp(max=max(pk.numel() - 1, 0))
-        known = (pk[pos] == u) if pk.numel() else torch.zeros_like(u, dtype=torch.bool)
         if self.admit_prob is not None:
             ok = torch.rand(u.numel(), generator=self.gen, dtype=torch.float64) < 1 - (1 - self.admit_prob) ** c.double()
-            tot = c
-        else:
-            tot = c + torch.where(known, pc[pos] if pk.numel() else c, torch.zeros_like(c))
+        elif self._counting():
+            prev, loc = self._pend[f].find(u)
+            tot = c + prev.clamp(min=0)
             ok = tot >= self.threshold
-        room = min(self.caps[f] - int((self.used & (self.sfeat == f)).sum()), self.capacity - int(self.used[1:].sum()))
-        cand = torch.nonzero(ok).flatten()[:max(room, 0)]
-        free = torch.nonzero(~self.used[1:]).flatten()[:cand.numel()] + 1
-        if cand.numel():
+        else:
+            ok = torch.ones_like(u, dtype=torch.bool)
+        room = max(min(self.caps[f] - self._n[f], self.capacity - sum(self._n)), 0)
+        cand = torch.nonzero(ok).flatten()[:room] if room < u.numel() or not bool(ok.all()) else \
+            torch.arange(u.numel())
+        m = cand.numel()
+        free = self._free_slots[:m]
+        if m:
+            self._free_slots = self._free_slots[m:]
             self.used[free], self.sid[free], self.sfeat[free] = True, u[cand], f
-            self.count[free] = c[cand]
-            self.pcount[free] = c[cand]
+            self.count[free] = self.pcount[free] = c[cand]
             self.last[free] = self.step_no
             self.dcount[free], self.age[free], self.ring[free] = 0.0, 0, 0
             self.changed[free] = True
-            with torch.no_grad():
-                self.weight[free] = torch.randn(cand.numel(), self.dim, generator=self.gen) * self.init_std
-            self.stats["admitted"] += cand.numel()
-            self._index()
-        admitted = torch.zeros_like(ok)
-        admitted[cand] = True
-        # pending counts: merge the still-pending ids of this step (threshold mode only keeps counts)
-        keep_known = torch.ones(pk.numel(), dtype=torch.bool)
-        if pk.numel():
-            keep_known[pos[known]] = False
-        rest = ~admitted
-        nk = torch.cat([pk[keep_known], u[rest]])
-        nc = torch.cat([pc[keep_known], tot[rest]])
-        o = torch.argsort(nk)
-        self.pend[f] = (nk[o], nc[o])
+            self._maps[f].insert(u[cand], free)  # during a pass the maps hold no tombstones: these keys are new
+            self._n[f] += m
+            self.stats["admitted"] += m
+            for cb in self._on_admit:
+                cb(free)
+        if self._counting():  # the rest accumulate; admitted ids keep a stale count that no lookup reads
+            rest = torch.ones_like(ok)
+            rest[cand] = False
+            self._pend[f].put(u, tot, loc, rest)
+        return cand, free
 
     # ---- eviction ------------------------------------------------------------------------------------
-    def attach(self, optimizer):
-        """Reset this optimizer's row state whenever slots are evicted."""
-        self.optimizers.append(optimizer)
-
+    @torch.no_grad()
     def step(self):
         """Advance the step counter (once per batch); evicts every ``eviction_interval`` steps."""
         self.step_no += 1
         if self.eviction_interval and self.step_no % self.eviction_interval == 0:
             self._evict_to_caps()
+            self._after_free()
 
     def _free(self, slots, key):
         if slots.numel() == 0:
             return
+        feats, ids = self.sfeat[slots].clone(), self.sid[slots].clone()
         self.used[slots] = False
         self.changed[slots] = True
-        self.evicted_ids.append((self.sfeat[slots].clone(), self.sid[slots].clone()))
-        with torch.no_grad():
-            self.weight[slots] = 0.0
-        for opt in self.optimizers:
-            reset_slots(opt, self.weight, slots)
+        self.evicted_ids.append((feats, ids))
+        for f, n in enumerate(torch.bincount(feats, minlength=len(self.caps)).tolist()):
+            if n:
+                k = torch.sort(ids[feats == f]).values
+                self._maps[f].put(k, torch.full_like(k, -1))
+                if self._counting():  # a freed id counts from zero again
+                    self._pend[f].put(k, torch.full_like(k, -1))
+                self._n[f] -= n
+        for cb in self._on_free:
+            cb(slots)
         self.stats[key] += slots.numel()
 
-    def _evict_to_caps(self):
-        sc = score(self.score_name, self.count, self.last, self.dcount, self.step_no,
-                   self.decay, self.ttl_steps)
-        groups = [(self.used & (self.sfeat == f), cap) for f, cap in enumerate(self.caps)]
-        groups.append((self.used.clone(), self.capacity))
-        for mask, cap in groups:
-            mask &= self.used
-            s = torch.nonzero(mask).flatten()
-            extra = s.numel() - math.floor(cap * (1 - self.headroom))
-            if extra > 0:
-                o = torch.argsort(sc[s], stable=True)
-                self._free(s[o[:extra]], "evicted")
-        self._index()
+    def _after_free(self):
+        for m in self._maps:
+            m.flush()
+        self._free_slots = torch.nonzero(~self.used[1:]).flatten() + 1
 
+    def _evict_to_caps(self):
+        keep = [math.floor(cap * (1 - self.headroom)) for cap in self.caps]
+        over = [f for f, (n, k) in enumerate(zip(self._n, keep)) if n > k]
+        glimit = math.floor(self.capacity * (1 - self.headroom))
+        if not over and sum(self._n) <= glimit:
+            return
+        sc = score(self.score_name, self.count, self.last, self.dcount, self.step_no, self.decay, self.ttl_steps)
+        groups = [(self.used & (self.sfeat == f), keep[f]) for f in over] + [(None, glimit)]
+        for mask, limit in groups:
+            s = torch.nonzero(self.used if mask is None else mask & self.used).flatten()
+            extra = s.numel() - limit
+            if extra > 0:
+                self._free(s[_lowest(sc.take(s), extra)], "evicted")
+
+    @torch.no_grad()
     def end_pass(self):
-        """Close a pass: update the decayed counts, expire, evict to the caps; returns this pass's counters."""
-        self.dcount = self.dcount * self.gamma + self.pcount.double()
+        """Close a pass: update the decayed counts, expire, evict to the caps; returns this pass's
+        ``dict(admitted, evicted, expired)``."""
+        self.dcount.mul_(self.gamma).add_(self.pcount)
         if self.expiry_passes:
             self.ring[:, self.pass_no % self.expiry_passes] = self.pcount
             self.age += self.used.long()
@@ -200,8 +328,9 @@ class DynamicTable(nn.Module):
                 dead |= self.used & (self.last + self.ttl_steps < self.step_no)
             self._free(torch.nonzero(dead).flatten(), "expired")
         self._evict_to_caps()
+        self._after_free()
         self.pcount.zero_()
-        self.pend = [(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)) for _ in self.caps]
+        self._pend = [_SortedMap() for _ in self.caps]
         self.pass_no += 1
         self.last_pass_stats, self.stats = self.stats, {"admitted": 0, "evicted": 0, "expired": 0}
         return self.last_pass_stats
@@ -209,34 +338,109 @@ class DynamicTable(nn.Module):
     # ---- reporting and checkpoints -----------------------------------------------------------------
     @property
     def slots_in_use(self):
-        return int(self.used[1:].sum())
+        return sum(self._n)
 
     def feature_counts(self):
-        return [int((self.used & (self.sfeat == f)).sum()) for f in range(len(self.caps))]
+        """Slots in use per feature (list of ints)."""
+        return list(self._n)
 
-    def changed_rows(self, clear=True):
-        """(feature, id, row) of slots in use whose rows changed since the last call, and evicted (feature, id)."""
+    def ids_of(self, slots):
+        """(feature, id) LongTensors of ``slots``; -1 for both where a slot is not in use."""
+        use = self.used[slots]
+        return torch.where(use, self.sfeat[slots], -1), torch.where(use, self.sid[slots], -1)
+
+    def changed_slots(self, clear=True):
+        """(slots in use whose rows may have changed since the last call: looked up in training or admitted,
+        (feature, id) LongTensors of the ids evicted or expired since then). An id evicted and re-admitted in
+        between is in both: apply the evictions first."""
         s = torch.nonzero(self.changed & self.used).flatten()
-        out = (self.sfeat[s].clone(), self.sid[s].clone(), self.weight.detach()[s].clone())
         ev = self.evicted_ids
+        pair = (torch.cat([a for a, _ in ev]), torch.cat([b for _, b in ev])) if ev else \
+            (torch.zeros(0, dtype=_L), torch.zeros(0, dtype=_L))
         if clear:
             self.changed.zero_()
             self.evicted_ids = []
-        return out, ev
+        return s, pair
 
     _STATE = ("used", "sid", "sfeat", "count", "last", "pcount", "dcount", "age", "ring", "changed")
 
     def get_extra_state(self):
         d = {k: getattr(self, k).clone() for k in self._STATE}
-        d.update(pend=[(a.clone(), b.clone()) for a, b in self.pend], step_no=self.step_no, pass_no=self.pass_no,
-                 stats=dict(self.stats), last_pass_stats=dict(self.last_pass_stats), gen=self.gen.get_state())
+        ev = self.changed_slots(clear=False)[1]
+        d.update(pend=[tuple(x.clone() for x in p.items()) for p in self._pend], evicted=ev,
+                 step_no=self.step_no, pass_no=self.pass_no, stats=dict(self.stats),
+                 last_pass_stats=dict(self.last_pass_stats), gen=self.gen.get_state())
         return d
 
     def set_extra_state(self, d):
         for k in self._STATE:
             setattr(self, k, d[k].clone())
-        self.pend = [(a.clone(), b.clone()) for a, b in d["pend"]]
+        self._pend = [_SortedMap(a.clone(), b.clone()) for a, b in d["pend"]]
+        ev = d.get("evicted")
+        self.evicted_ids = [(ev[0].clone(), ev[1].clone())] if ev is not None and ev[0].numel() else []
         self.step_no, self.pass_no = d["step_no"], d["pass_no"]
         self.stats, self.last_pass_stats = dict(d["stats"]), dict(d["last_pass_stats"])
         self.gen.set_state(d["gen"])
-        self._index()
+        self._rebuild()
+
+
+_DELEGATED = frozenset(DynamicIndex._STATE) | {
+    "capacity", "caps", "score_name", "threshold", "admit_prob", "expiry_passes", "min_updates", "headroom",
+    "decay", "ttl_steps", "gamma", "eviction_interval", "gen", "step_no", "pass_no", "evicted_ids", "stats",
+    "last_pass_stats", "lookup", "observe", "map", "step", "end_pass", "slots_in_use", "feature_counts",
+    "changed_slots", "ids_of", "subscribe"}
+
+
+class DynamicTable(nn.Module):
+    """A :class:`DynamicIndex` (``self.index``; its arguments and methods are readable on the table) plus one
+    ``weight [capacity + 1, dim]``. Row 0 is the default row: it stays zero and gets no gradient. Admitted
+    rows draw ``N(0, init_std^2)`` from the index's generator; freed rows are zeroed and their state in every
+    :meth:`attach`-ed optimizer is reset. Gradients are dense by default, sparse with ``sparse=True`` (then
+    use Adagrad or SparseAdam).
+
+    Args: capacity, dim, init_std, sparse; the rest as :class:`DynamicIndex`."""
+
+    def __init__(self, capacity, dim, caps=None, score="lfu", threshold=1, admit_prob=None, expiry_passes=None,
+                 min_updates=1, headroom=0.1, decay=1.0, ttl_steps=1000, gamma=0.5, eviction_interval=None,
+                 init_std=0.01, sparse=False, seed=0):
+        super().__init__()
+        self.index = DynamicIndex(capacity, caps, score, threshold, admit_prob, expiry_passes, min_updates,
+                                  headroom, decay, ttl_steps, gamma, eviction_interval, seed)
+        self.dim, self.init_std, self.sparse = dim, init_std, sparse
+        self.weight = nn.Parameter(torch.zeros(capacity + 1, dim))
+        self.optimizers = []
+        self.index.subscribe(self._init_rows, self._clear_rows)
+
+    def __getattr__(self, name):
+        if name in _DELEGATED:
+            return getattr(self._modules["index"], name)
+        return super().__getattr__(name)
+
+    @torch.no_grad()
+    def _init_rows(self, slots):
+        w = self.weight
+        w[slots.to(w.device)] = (torch.randn(slots.numel(), self.dim, generator=self.index.gen)
+                                 * self.init_std).to(w.device, w.dtype)
+
+    @torch.no_grad()
+    def _clear_rows(self, slots):
+        self.weight[slots.to(self.weight.device)] = 0.0
+        for opt in self.optimizers:
+            reset_slots(opt, self.weight, slots)
+
+    def attach(self, optimizer):
+        """Reset this optimizer's row state whenever slots are freed."""
+        self.optimizers.append(optimizer)
+
+    def forward(self, ids, feature=0):
+        """Embeddings [..., dim] of ``ids`` Long [B] or [B, L]; in training mode the ids are counted first."""
+        slots = self.index.map(ids, feature, train=self.training)
+        e = nn.functional.embedding(slots, self.weight, sparse=self.sparse)
+        return e * (slots > 0).unsqueeze(-1).to(e.dtype)
+
+    def changed_rows(self, clear=True):
+        """((feature, id, row) of slots in use whose rows changed since the last call, evicted ids as a list
+        of (feature, id) tensor pairs)."""
+        s, ev = self.index.changed_slots(clear)
+        f, i = self.index.ids_of(s)
+        return (f, i, self.weight.detach()[s].clone()), [ev] if ev[0].numel() else []

@@ -54,7 +54,8 @@ def fused_layout(name: str, fields: list[Field], dim: int, init_std: float | Non
         total += n
     sparse = [f for f in fields if f.kind != "sequence"]
     seqs = [f for f in fields if f.kind == "sequence"]
-    spec = TableSpec(name, total, dim, init_std, group, tuple(f.name for f in fields))
+    spec = TableSpec(name, total, dim, init_std, group, tuple(f.name for f in fields),
+                     offsets=tuple(offsets[f.table] for f in fields))
     return FusedLayout(spec, offsets, sizes, tuple(f.name for f in sparse + seqs),
                        tuple(offsets[f.table] for f in sparse), tuple(f.name for f in seqs),
                        tuple(offsets[f.table] for f in seqs), tuple(f.pooling for f in seqs))

@@ -24,6 +24,9 @@ class TableSpec:
         group: optimizer group, one of :data:`OPTIMIZER_GROUPS`.
         features: names of the features (or inputs) whose ids index this table.
         eviction: reserved for an eviction policy of online training (``None``: rows are never evicted).
+        offsets: first row of each feature's ids, parallel to ``features`` (feature ``features[k]``'s id ``i``
+            is row ``offsets[k] + i``); empty when unknown. Online training resets the rows of evicted ids
+            through it.
     """
 
     name: str
@@ -33,9 +36,12 @@ class TableSpec:
     group: str = "dense"
     features: tuple[str, ...] = ()
     eviction: object | None = None
+    offsets: tuple[int, ...] = ()
 
     def __post_init__(self):
         if self.group not in OPTIMIZER_GROUPS:
             raise ValueError(f"table {self.name}: group must be one of {OPTIMIZER_GROUPS}, got {self.group!r}")
         if self.rows < 1 or self.dim < 1:
             raise ValueError(f"table {self.name}: rows and dim must be >= 1, got {self.rows} x {self.dim}")
+        if self.offsets and len(self.offsets) != len(self.features):
+            raise ValueError(f"table {self.name}: {len(self.offsets)} offsets for {len(self.features)} features")

@@ -125,3 +125,15 @@ def test_state_dict_round_trip_continues_identically():
 def test_string_hash_is_stable_and_spread():
     assert hash_string("user_1") == hash_string("user_1")
     assert len({hash_string(f"u{i}") for i in range(10000)}) == 10000
+
+
+def test_string_hash_is_never_a_padding_id():
+    hs = [hash_string(f"u{i}") for i in range(10000)]
+    assert min(hs) >= 0 and max(hs) > 2 ** 62  # ids < 0 are padding; the 63 bits are used
+
+
+def test_hashed_string_ids_are_admitted():
+    t = DynamicTable(10, 2)
+    ids = torch.tensor([hash_string(s) for s in ("a", "b", "c", "d")])
+    t(ids)
+    assert t.slots_in_use == 4 and bool((t.lookup(ids) > 0).all())
