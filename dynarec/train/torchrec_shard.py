@@ -1,0 +1,118 @@
+"""``trainer.distributed: torchrec``: the feature tables as TorchRec collections
+(:mod:`dynarec.tables.torchrec_adapter`) sharded by ``DistributedModelParallel`` with a fused optimizer
+(updated inside the backward pass, no table gradient is ever formed), the rest of the model under DDP.
+
+``trainer.sharding`` picks TorchRec's sharding type for every table: ``table_wise`` (each table on one
+rank), ``column_wise`` (each table's columns split over the ranks), ``data_parallel`` (a replica per rank,
+gradients all-reduced, updated by a plain Adagrad / SGD), ``row_wise`` (rows split; CUDA only) or ``auto``
+(TorchRec's planner chooses). The plan is printed at start (rank 0, stderr).
+
+Embedding optimizers: ``adagrad`` (FBGEMM's exact Adagrad with torch's ``eps`` = 1e-10: the update of
+``torch.optim.Adagrad``) and ``sgd``. TorchRec SUMS the sharded tables' gradients over ranks while DDP
+averages the dense ones; Adagrad is invariant to that scale (up to ``eps``), SGD gets ``lr / W``."""
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from dynarec.errors import ConfigError
+from dynarec.tables import torchrec_adapter
+from dynarec.train.loop import Callback
+
+SHARDINGS = ("auto", "table_wise", "column_wise", "data_parallel", "row_wise")
+OPTIMIZERS = ("adagrad", "sgd")
+EPS = 1e-10  # torch.optim.Adagrad's default
+
+
+def check(cfg, device: torch.device, world: int) -> None:
+    """The one-line refusals, before anything is built."""
+    torchrec_adapter.require()
+    if cfg.sharding not in SHARDINGS:
+        raise ConfigError(f"trainer.sharding: expected {' | '.join(SHARDINGS)}, got '{cfg.sharding}'")
+    if cfg.sharding == "row_wise" and device.type != "cuda":
+        raise ConfigError("trainer.sharding: row_wise needs CUDA (TorchRec has no row-wise CPU kernel); use "
+                          "table_wise, column_wise or data_parallel on CPU")
+    if cfg.embedding_optimizer not in OPTIMIZERS:
+        raise ConfigError(f"trainer.embedding_optimizer: '{cfg.embedding_optimizer}' has no fused TorchRec "
+                          f"kernel here; use {' | '.join(OPTIMIZERS)} with trainer.distributed: torchrec")
+    if world < 2:
+        raise ConfigError("trainer.distributed: torchrec needs several processes (--nproc N, or torchrun); "
+                          "one process trains the same model with ddp")
+
+
+class TorchRecSharding:
+    """Shards ``model`` (already on ``device``; its optimizers built with the feature tables frozen):
+    ``self.dmp`` is the module to call, ``self.plan`` TorchRec's plan, ``self.optimizers`` the extra ones
+    (data-parallel tables), :meth:`callback` keeps the fused tables in step with the shards."""
+
+    def __init__(self, model, cfg, device: torch.device, world: int):
+        from torchrec.distributed.embedding_types import EmbeddingComputeKernel
+        from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+        from torchrec.distributed.model_parallel import DefaultDataParallelWrapper, DistributedModelParallel
+        from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
+        from fbgemm_gpu.split_embedding_configs import EmbOptimType
+        import torch.distributed as dist
+        import os
+
+        self.model, self.layers = model, torchrec_adapter.attach(model)
+        sgd = cfg.embedding_optimizer == "sgd"
+        fused = {"optimizer": EmbOptimType.EXACT_SGD if sgd else EmbOptimType.EXACT_ADAGRAD,
+                 "learning_rate": cfg.embedding_lr / world if sgd else cfg.embedding_lr}
+        if not sgd:
+            fused["eps"] = EPS
+        sharder = EmbeddingBagCollectionSharder(fused_params=fused)
+        constraints = None
+        if cfg.sharding != "auto":
+            kernel = (EmbeddingComputeKernel.DENSE if cfg.sharding == "data_parallel"
+                      else EmbeddingComputeKernel.FUSED).value
+            constraints = {}
+            for _, layer in self.layers:
+                cw = layer.embed_dim // world if layer.embed_dim % world == 0 else None
+                for t in layer.layout.table_sizes:
+                    constraints[t] = ParameterConstraints(sharding_types=[cfg.sharding], compute_kernels=[kernel],
+                                                          min_partition=cw)
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        planner = EmbeddingShardingPlanner(topology=Topology(world_size=world, local_world_size=local,
+                                                             compute_device=device.type),
+                                           constraints=constraints)
+        self.plan = planner.collective_plan(model, [sharder], dist.GroupMember.WORLD)
+        self.dmp = DistributedModelParallel(
+            model, device=device, plan=self.plan, sharders=[sharder],
+            data_parallel_wrapper=DefaultDataParallelWrapper(static_graph=False, find_unused_parameters=True))
+        for _, layer in self.layers:
+            layer.scatter()  # the sharded collections start from the model's own initial rows
+        replicas = [p for n, p in self.dmp.named_parameters()
+                    if ".ebc." in n and p.requires_grad and not hasattr(p, "_in_backward_optimizers")]
+        self.optimizers = []
+        if replicas:  # data-parallel tables: all-reduced (averaged) gradients, a plain optimizer
+            self.optimizers.append(torch.optim.SGD(replicas, lr=cfg.embedding_lr) if sgd
+                                   else torch.optim.Adagrad(replicas, lr=cfg.embedding_lr, eps=EPS))
+
+    def describe(self) -> str:
+        return f"torchrec sharding plan:\n{self.plan}"
+
+    def print_plan(self) -> None:
+        print(self.describe(), file=sys.stderr)
+
+    def gather(self) -> None:
+        for _, layer in self.layers:
+            layer.gather()
+
+    def callback(self) -> Callback:
+        return _Sync(self)
+
+
+class _Sync(Callback):
+    """First callback of a TorchRec fit: after each epoch the trained shards are copied into the fused
+    tables (validation and checkpoints read those); at the fit's end the original layers are put back."""
+
+    def __init__(self, sharding: TorchRecSharding):
+        self.sharding = sharding
+
+    def on_epoch_end(self, loop, row: dict) -> None:
+        self.sharding.gather()
+
+    def on_fit_end(self, loop) -> None:
+        self.sharding.gather()
+        torchrec_adapter.detach(self.sharding.model, self.sharding.layers)
