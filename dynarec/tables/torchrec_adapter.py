@@ -46,9 +46,10 @@ class TorchRecFeatures(nn.Module):
     ``EmbeddingBagCollection`` ``ebc`` (attribute name kept for the sharding plan: ``<path>.ebc``).
 
     Args:
-        orig: the layer it replaces (kept, not registered: evaluation and :func:`detach` use it)."""
+        orig: the layer it replaces (kept, not registered: evaluation and :func:`detach` use it).
+        prefix: put before each logical table's name to form its TorchRec name (unique over the model)."""
 
-    def __init__(self, orig: FeatureEmbedding):
+    def __init__(self, orig: FeatureEmbedding, prefix: str = ""):
         super().__init__()
         from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
 
@@ -65,7 +66,8 @@ class TorchRecFeatures(nn.Module):
         features: dict[str, list[str]] = {t: [] for t in lay.table_sizes}
         for f, t in zip(self.field_names, self.sparse_tables + self.seq_tables):
             features[t].append(f)
-        configs = [EmbeddingBagConfig(name=t, embedding_dim=self.embed_dim, num_embeddings=lay.table_sizes[t],
+        self.logical = {prefix + t: t for t in features}  # TorchRec table name -> logical table
+        configs = [EmbeddingBagConfig(name=prefix + t, embedding_dim=self.embed_dim, num_embeddings=lay.table_sizes[t],
                                       feature_names=fs) for t, fs in features.items() if fs]
         self.ebc = EmbeddingBagCollection(tables=configs, is_weighted=self.weighted, device=torch.device("cpu"))
         orig.weight.weight.requires_grad_(False)
@@ -119,7 +121,7 @@ class TorchRecFeatures(nn.Module):
         """(table, row offset, col offset, local tensor) of each shard / replica this rank holds."""
         out = []
         for key, v in self.ebc.state_dict().items():
-            table = key.split(".")[-2]  # embedding_bags.<table>.weight
+            table = self.logical[key.split(".")[-2]]  # embedding_bags.<table>.weight
             if hasattr(v, "local_shards"):
                 out += [(table, *s.metadata.shard_offsets[:2], s.tensor) for s in v.local_shards()]
             else:  # data-parallel: a full replica
@@ -150,17 +152,26 @@ class TorchRecFeatures(nn.Module):
                 full[o:o + t.shape[0], c:c + t.shape[1]] = t.to(full.device, full.dtype)
 
 
-def attach(model: nn.Module) -> list[tuple[str, TorchRecFeatures]]:
-    """Replace every :class:`FeatureEmbedding` of ``model`` by a :class:`TorchRecFeatures` (same path);
-    -> [(path, new layer)]. Their TorchRec keys are left out of ``model.state_dict()``."""
+def feature_layers(model: nn.Module) -> tuple[list, list]:
+    """(the :class:`FeatureEmbedding` s of ``model`` TorchRec can hold, the others), as [(path, layer)].
+    FBGEMM's kernels need rows of a width that is a multiple of 4: narrower fused tables (e.g. DeepFM's
+    first-order weights, one per task) stay in the model and train under DDP."""
     found = [(n, m) for n, m in model.named_modules() if isinstance(m, FeatureEmbedding)]
+    return [f for f in found if f[1].embed_dim % 4 == 0], [f for f in found if f[1].embed_dim % 4]
+
+
+def attach(model: nn.Module) -> list[tuple[str, TorchRecFeatures]]:
+    """Replace every :class:`FeatureEmbedding` of ``model`` that TorchRec can hold (:func:`feature_layers`)
+    by a :class:`TorchRecFeatures` (same path); -> [(path, new layer)]. Their TorchRec keys are left out of
+    ``model.state_dict()``."""
+    found = feature_layers(model)[0]
     if not found:
-        raise ConfigError(f"trainer.distributed: torchrec found no feature table in model "
-                          f"{type(model).__name__}; use ddp")
+        raise ConfigError(f"trainer.distributed: torchrec found no feature table of a width that is a multiple "
+                          f"of 4 in model {type(model).__name__}; use ddp")
     made = []
-    for path, layer in found:
+    for i, (path, layer) in enumerate(found):
         parent, _, name = path.rpartition(".")
-        new = TorchRecFeatures(layer)
+        new = TorchRecFeatures(layer, f"{layer.layout.spec.name}_" if i else "")
         setattr(model.get_submodule(parent) if parent else model, name, new)
         made.append((path, new))
     prefixes = tuple(p + ".ebc." for p, _ in made)
@@ -192,7 +203,6 @@ def detach(model: nn.Module, made: list[tuple[str, TorchRecFeatures]]) -> None:
 
 
 def freeze(model: nn.Module) -> None:
-    """The fused tables of every :class:`FeatureEmbedding` made untrainable (TorchRec trains their rows)."""
-    for m in model.modules():
-        if isinstance(m, FeatureEmbedding):
-            m.weight.weight.requires_grad_(False)
+    """The fused tables :func:`attach` will replace made untrainable (TorchRec trains their rows)."""
+    for _, m in feature_layers(model)[0]:
+        m.weight.weight.requires_grad_(False)

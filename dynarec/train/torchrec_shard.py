@@ -8,13 +8,16 @@ gradients all-reduced, updated by a plain Adagrad / SGD), ``row_wise`` (rows spl
 (TorchRec's planner chooses). The plan is printed at start (rank 0, stderr).
 
 Embedding optimizers: ``adagrad`` (FBGEMM's exact Adagrad with torch's ``eps`` = 1e-10: the update of
-``torch.optim.Adagrad``) and ``sgd``. TorchRec SUMS the sharded tables' gradients over ranks while DDP
-averages the dense ones; Adagrad is invariant to that scale (up to ``eps``), SGD gets ``lr / W``."""
+``torch.optim.Adagrad``) and ``sgd``. TorchRec divides the sharded tables' gradients by the number of ranks
+(its default gradient division) and DDP averages the dense ones, so both see the gradient of the mean loss
+over the global batch, as one process does (measured: SGD tables equal to 2e-8, tests/scale/test_torchrec.py)."""
 from __future__ import annotations
 
+import os
 import sys
 
 import torch
+import torch.distributed as dist
 
 from dynarec.errors import ConfigError
 from dynarec.tables import torchrec_adapter
@@ -41,6 +44,15 @@ def check(cfg, device: torch.device, world: int) -> None:
                           "one process trains the same model with ddp")
 
 
+def column_shard(dim: int, world: int) -> int | None:
+    """Width of the column shards of a ``dim``-wide table over ``world`` ranks: ``dim / k`` for the largest
+    ``2 <= k <= world`` whose shards are multiples of 4 wide (FBGEMM's rule); ``None`` when there is none."""
+    for k in range(world, 1, -1):
+        if dim % (4 * k) == 0:
+            return dim // k
+    return None
+
+
 class TorchRecSharding:
     """Shards ``model`` (already on ``device``; its optimizers built with the feature tables frozen):
     ``self.dmp`` is the module to call, ``self.plan`` TorchRec's plan, ``self.optimizers`` the extra ones
@@ -52,13 +64,15 @@ class TorchRecSharding:
         from torchrec.distributed.model_parallel import DefaultDataParallelWrapper, DistributedModelParallel
         from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
         from fbgemm_gpu.split_embedding_configs import EmbOptimType
-        import torch.distributed as dist
-        import os
 
+        main = dist.get_rank() == 0
+        for path, layer in torchrec_adapter.feature_layers(model)[1] if main else ():
+            print(f"torchrec: the {layer.layout.spec.name} table (width {layer.embed_dim}, not a multiple of 4) "
+                  "stays in the model under DDP", file=sys.stderr)
         self.model, self.layers = model, torchrec_adapter.attach(model)
         sgd = cfg.embedding_optimizer == "sgd"
         fused = {"optimizer": EmbOptimType.EXACT_SGD if sgd else EmbOptimType.EXACT_ADAGRAD,
-                 "learning_rate": cfg.embedding_lr / world if sgd else cfg.embedding_lr}
+                 "learning_rate": cfg.embedding_lr}
         if not sgd:
             fused["eps"] = EPS
         sharder = EmbeddingBagCollectionSharder(fused_params=fused)
@@ -68,9 +82,16 @@ class TorchRecSharding:
                       else EmbeddingComputeKernel.FUSED).value
             constraints = {}
             for _, layer in self.layers:
-                cw = layer.embed_dim // world if layer.embed_dim % world == 0 else None
-                for t in layer.layout.table_sizes:
-                    constraints[t] = ParameterConstraints(sharding_types=[cfg.sharding], compute_kernels=[kernel],
+                kind, cw = cfg.sharding, None
+                if kind == "column_wise":
+                    cw = column_shard(layer.embed_dim, world)
+                    if cw is None:
+                        kind = "table_wise"
+                        if main:
+                            print(f"torchrec: the {layer.layout.spec.name} tables (dim {layer.embed_dim}) are "
+                                  f"table_wise: column shards need widths that are multiples of 4", file=sys.stderr)
+                for t in layer.logical:
+                    constraints[t] = ParameterConstraints(sharding_types=[kind], compute_kernels=[kernel],
                                                           min_partition=cw)
         local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
         planner = EmbeddingShardingPlanner(topology=Topology(world_size=world, local_world_size=local,
