@@ -13,8 +13,11 @@ Embedding optimizers: ``adagrad`` (FBGEMM's exact Adagrad with torch's ``eps`` =
 over the global batch, as one process does (measured: SGD tables equal to 2e-8, tests/scale/test_torchrec.py)."""
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sys
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -59,6 +62,10 @@ class TorchRecSharding:
     (data-parallel tables), :meth:`callback` keeps the fused tables in step with the shards."""
 
     def __init__(self, model, cfg, device: torch.device, world: int):
+        with _quiet():
+            self._build(model, cfg, device, world)
+
+    def _build(self, model, cfg, device: torch.device, world: int) -> None:
         from torchrec.distributed.embedding_types import EmbeddingComputeKernel
         from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
         from torchrec.distributed.model_parallel import DefaultDataParallelWrapper, DistributedModelParallel
@@ -122,6 +129,20 @@ class TorchRecSharding:
 
     def callback(self) -> Callback:
         return _Sync(self)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """TorchRec's and FBGEMM's advice to their own developers (deprecations, planner notes, one log line per
+    table) kept off the user's terminal while the collections are planned and sharded."""
+    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)  # "is_fx_tracing" at each forward
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.disable(logging.WARNING)
+        try:
+            yield
+        finally:
+            logging.disable(logging.NOTSET)
 
 
 class _Sync(Callback):
