@@ -180,15 +180,7 @@ def attach(model: nn.Module) -> list[tuple[str, TorchRecFeatures]]:
         for k in [k for k in state if k[len(prefix):].startswith(prefixes)]:
             del state[k]
 
-    def missing_ok(module, keys):
-        for k in [k for k in keys.missing_keys if k.startswith(prefixes)]:
-            keys.missing_keys.remove(k)
-        if any(n.startswith(prefixes) for n, _ in model.named_parameters()):
-            for _, m in made:
-                m.scatter()
-
-    model.__dict__["_torchrec_hooks"] = (model._register_state_dict_hook(drop),
-                                        model.register_load_state_dict_post_hook(missing_ok))
+    model.__dict__["_torchrec_hooks"] = (model._register_state_dict_hook(drop),)
     return made
 
 

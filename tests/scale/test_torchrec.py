@@ -151,3 +151,35 @@ def test_refusals_are_one_line(over, world, msg):
 def test_column_shards_are_multiples_of_4():
     assert column_shard(16, 2) == 8 and column_shard(16, 4) == 4 and column_shard(8, 4) == 4
     assert column_shard(24, 4) == 8 and column_shard(12, 2) is None and column_shard(2, 2) is None
+
+
+@needs_torchrec
+def test_the_torchrec_layer_computes_what_feature_embedding_computes(small_synth):
+    """One process, no sharding: the KeyedJaggedTensor of a batch (sparse fields, a mean-pooled sequence with
+    padding that shares the ``category`` table) through the collection gives FeatureEmbedding's output, and
+    rows written into the collection come back into the right rows of the fused table."""
+    from dynarec.models import build_model
+
+    schema, tables, _ = small_synth
+    model = build_model("dnn", schema, {"hidden": [8]})
+    batch = tables["train"].take(torch.arange(64))
+    orig = model.embedding
+    want = orig(batch.sparse, batch.sequences)
+    assert (batch.sequences["hist_categories"] == 0).any()  # padding present
+    [(path, layer)] = torchrec_adapter.attach(model)
+    assert path == "embedding" and model.embedding is layer and not orig.weight.weight.requires_grad
+    layer.scatter()
+    layer.train()
+    torch.testing.assert_close(layer(batch.sparse, batch.sequences), want, atol=1e-6, rtol=1e-5)
+    assert not any(".ebc." in k for k in model.state_dict())  # the usual state_dict
+    with torch.no_grad():
+        layer.ebc.embedding_bags["item_id"].weight.add_(1.0)
+    before = orig.weight.weight.clone()
+    layer.gather()
+    rows = orig.table_rows("item_id")
+    torch.testing.assert_close(orig.weight.weight[rows], before[rows] + 1.0)
+    outside = torch.ones(len(before), dtype=torch.bool)
+    outside[rows] = False
+    assert torch.equal(orig.weight.weight[outside], before[outside])
+    torchrec_adapter.detach(model, [(path, layer)])
+    assert model.embedding is orig and orig.weight.weight.requires_grad
