@@ -24,9 +24,9 @@ import torch.distributed as dist
 
 from dynarec.errors import ConfigError
 from dynarec.tables import torchrec_adapter
+from dynarec.train.config import SHARDINGS
 from dynarec.train.loop import Callback
 
-SHARDINGS = ("auto", "table_wise", "column_wise", "data_parallel", "row_wise")
 OPTIMIZERS = ("adagrad", "sgd")
 EPS = 1e-10  # torch.optim.Adagrad's default
 
