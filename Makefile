@@ -5,8 +5,11 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.dynarec-installed
 # torch is pinned HERE (CPU build, from the local wheel on these machines); pyproject keeps torch>=2.4.
 TORCH  ?= torch==2.13.0
-# the test suite exercises the optional extras for real (HTTP server, ONNX Runtime, FAISS); a user may install less
-EXTRAS ?= dev,serve,onnx,faiss
+# the test suite exercises the optional extras for real (HTTP server, ONNX Runtime, FAISS, TorchRec on CPU); a user
+# may install less (EXTRAS=dev,serve,onnx,faiss: the TorchRec tests then skip). TorchRec (9 MB, ~35 s) goes in with
+# --no-deps: its metadata asks for the CUDA fbgemm-gpu, the torchrec extra brings fbgemm-gpu-cpu instead.
+EXTRAS ?= dev,serve,onnx,faiss,torchrec
+TORCHREC ?= torchrec==1.8.0
 
 .PHONY: demo demo-quick test bench setup clean
 
@@ -14,6 +17,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
+	case ",$(EXTRAS)," in *,torchrec,*) $(BIN)/pip install -q --no-deps $(TORCHREC);; esac
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -132,7 +132,7 @@ def cmd_train(a) -> int:
     if a.json:
         cfg.trainer.progress = cfg.trainer.progress and sys.stderr.isatty()
     if (a.nproc or 1) > 1 and not distributed.launched():  # config checked above, then N processes
-        return distributed.launch_train(a, a.nproc)
+        return distributed.launch_train(a, a.nproc, cfg.trainer)
     res = train_experiment(cfg, console=_console(), resume=a.resume is not None)
     if not distributed.is_main():  # several processes: rank 0 prints
         return 0

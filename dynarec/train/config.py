@@ -18,6 +18,8 @@ EMBEDDING_GRADS = ("auto", "sparse", "dense")
 DENSE_OPTIMIZERS = ("adam", "adamw", "sgd")
 TASK_WEIGHTINGS = ("equal", "fixed", "uncertainty")
 MONITORS = ("auc", "logloss", "gauc", "rmse")
+DISTRIBUTED = ("ddp", "torchrec")
+SHARDINGS = ("auto", "table_wise", "column_wise", "data_parallel", "row_wise")  # TorchRec's sharding types
 _POS = rule(min=0, min_open=True)
 
 
@@ -45,7 +47,10 @@ class TrainerConfig:
     # where and how (dynarec.train.device / dynarec.train.distributed)
     device: str = "auto"  # auto (CUDA when available) | cpu | cuda | cuda:N
     precision: str = "fp32"  # fp32 | bf16 (autocast, CUDA only)
-    distributed: str = "ddp"  # ddp (under torchrun) | torchrec (not built yet)
+    # ddp (under torchrun) | torchrec (feature tables sharded by TorchRec, the rest under DDP)
+    distributed: str = field(default="ddp", metadata=rule(choices=DISTRIBUTED))
+    # with torchrec: table_wise | column_wise | data_parallel | row_wise (CUDA) | auto (TorchRec's planner)
+    sharding: str = field(default="auto", metadata=rule(choices=SHARDINGS))
 
     def __post_init__(self):
         name = str(self.monitor).partition(":")[0]

@@ -159,11 +159,16 @@ class GatheredValidation(Validation):
         return box[0]
 
 
-def launch_train(a, nproc: int) -> int:
+def launch_train(a, nproc: int, trainer=None) -> int:
     """``dynarec train ... --nproc N``: the same command under ``torch.distributed.run`` with N local
-    processes (``--standalone``: a rendezvous on this machine). Only rank 0 writes to stdout."""
+    processes (``--standalone``: a rendezvous on this machine). Only rank 0 writes to stdout. ``trainer``
+    (the run's TrainerConfig): its TorchRec refusals are raised here, once, before any process starts."""
     from torch.distributed.run import main as torchrun
 
+    if trainer is not None and trainer.distributed == "torchrec":
+        from dynarec.train.device import resolve_device
+        from dynarec.train.torchrec_shard import check
+        check(trainer, resolve_device(trainer.device), nproc)
     argv = ["train"]
     for flag, v in (("--config", a.config), ("--model", a.model), ("--data", a.data), ("--epochs", a.epochs),
                     ("--batch-size", a.batch_size), ("--lr", a.lr), ("--seed", a.seed), ("--out", a.out)):

@@ -3,6 +3,7 @@ driven by a :class:`~dynarec.train.loop.Loop` with the standard callbacks (valid
 best-state reload, progress bar, CSV log)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from dynarec.train.callbacks import CsvLog, EarlyStopping, ProgressBar, Validation, monitor_value  # noqa: F401
@@ -37,13 +38,26 @@ class Trainer:
         self.log_path = Path(log_path) if log_path else None
         self.console = console
         self.device, self.dist = self._place(model)
+        self.sharding = None
+        torchrec = self.cfg.distributed == "torchrec"
+        if torchrec:  # the feature tables are TorchRec's (fused optimizer): the step's optimizers leave them out
+            from dynarec.tables import torchrec_adapter
+            torchrec_adapter.freeze(model)
         self.step = TrainStep(model, self.cfg, task_weighting)
         module = model
         if self.dist.world > 1:
             if len(list(self.step.weighting.parameters())):
                 raise ConfigError("trainer.task_weighting: learned weightings (uncertainty) are not supported "
                                   "with several processes yet; use equal or fixed")
-            module = distributed.wrap_ddp(model, self.device)  # after the optimizers fixed the gradient form
+            if torchrec:
+                from dynarec.train.torchrec_shard import TorchRecSharding
+                self.sharding = TorchRecSharding(model, self.cfg, self.device, self.dist.world)
+                self.step.optimizers += self.sharding.optimizers
+                module = self.sharding.dmp
+                if self.dist.main:
+                    self.sharding.print_plan()
+            else:
+                module = distributed.wrap_ddp(model, self.device)  # after the optimizers fixed the gradient form
         self.step.forward = devices.AutocastForward(module, self.device, self.precision)
 
     def _place(self, model):
@@ -52,10 +66,11 @@ class Trainer:
         cfg = self.cfg
         if cfg.distributed not in ("ddp", "torchrec"):
             raise ConfigError(f"trainer.distributed: expected ddp | torchrec, got '{cfg.distributed}'")
-        if cfg.distributed == "torchrec":
-            raise ConfigError("trainer.distributed: torchrec is not available in this version (use ddp)")
         device = devices.resolve_device(cfg.device)
         self.precision = devices.check_precision(cfg.precision, device)
+        if cfg.distributed == "torchrec":  # refusals before joining the process group
+            from dynarec.train.torchrec_shard import check
+            check(cfg, device, int(os.environ.get("WORLD_SIZE", 1)) if distributed.launched() else 1)
         ctx = distributed.init_from_env(device)
         device = distributed.local_device(device, ctx)
         if ctx.world > 1 and device.type == "cuda" and cfg.embedding_grad != "dense":
@@ -89,6 +104,8 @@ class Trainer:
     def callbacks(self, valid=None) -> list:
         """The standard callbacks, in the order they run at an epoch's end."""
         cfg, cbs, main = self.cfg, [], self.dist.main
+        if self.sharding is not None:  # first: the fused tables follow the shards before anyone reads them
+            cbs.append(self.sharding.callback())
         if valid is not None:
             valid = devices.on_device(valid, self.device)
             check = distributed.GatheredValidation if self.dist.world > 1 else Validation
@@ -103,6 +120,9 @@ class Trainer:
         """Train on ``train`` (a TensorTable) for ``cfg.epochs`` epochs, early-stopping on ``valid``; extra
         ``callbacks`` (e.g. :class:`~dynarec.train.callbacks.Checkpointing`) run after the standard ones.
         ``resume``: a saved :meth:`Loop.state_dict` to continue from (same model, config and data)."""
+        if resume is not None and self.sharding is not None:
+            raise ConfigError("train --resume: a trainer.distributed: torchrec run cannot be resumed yet (the "
+                              "fused optimizer's state is not saved); start it again")
         loop = Loop(self.model, self.step, self.callbacks(valid) + list(callbacks))
         loop.hint = (f"trainer.lr {self.cfg.lr:g} / trainer.embedding_lr {self.cfg.embedding_lr:g} too high "
                      "(try 10x lower), or NaN / inf values in the data")

@@ -75,7 +75,8 @@ def test_trainer_places_model_and_rejects_bad_values(small_synth):
         Trainer(build_model("dnn", schema, {"hidden": [8]}), TrainerConfig(device="gpu0"))
     with pytest.raises(ConfigError, match="trainer.distributed"):
         Trainer(build_model("dnn", schema, {"hidden": [8]}), TrainerConfig(distributed="horovod"))
-    with pytest.raises(ConfigError, match="torchrec is not available"):
+    # one process: "not installed" without the extra, else "needs several processes" (tests/scale/test_torchrec.py)
+    with pytest.raises(ConfigError, match="trainer.distributed: torchrec (is not installed|needs several processes)"):
         Trainer(build_model("dnn", schema, {"hidden": [8]}), TrainerConfig(distributed="torchrec"))
 
 

@@ -1,0 +1,185 @@
+"""``trainer.distributed: torchrec`` (2 real gloo processes, CPU): the feature tables sharded table-wise and
+column-wise end with the weights of the plain single-process run (the tolerance of tests/scale/test_ddp.py),
+the printed plan is the one asked for, the CLI keeps its JSON contract, and the refusals are one line.
+
+The match is expected: TorchRec's fused exact Adagrad (eps = 1e-10) is torch's Adagrad, and TorchRec divides
+the sharded tables' gradients by the number of ranks as DDP does for the dense part."""
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dynarec.config import build_dataclass
+from dynarec.errors import ConfigError
+from dynarec.tables import torchrec_adapter
+from dynarec.train.config import TrainerConfig
+from dynarec.train.torchrec_shard import column_shard
+from tests.scale.test_ddp import _close, _env, _torchrun
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKER = Path(__file__).with_name("torchrec_worker.py")
+MODELS = ["dnn", "deepfm"]  # deepfm: a second fused table (first order, width 2) that stays under DDP
+SHARDINGS = ["table_wise", "column_wise"]
+needs_torchrec = pytest.mark.skipif(
+    not torchrec_adapter.available(),
+    reason="TorchRec is not installed: pip install 'dynarec[torchrec]' then pip install --no-deps "
+           "torchrec==1.8.0 (docs/scale_out.md)")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("torchrec")
+    two = _torchrun(str(WORKER), str(d / "two.pt"), ",".join(MODELS), ",".join(SHARDINGS), timeout=240)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = subprocess.run([sys.executable, str(WORKER), str(d / "one.pt"), ",".join(MODELS)], env=_env(),
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert one.returncode == 0, one.stderr[-3000:]
+    return torch.load(d / "one.pt", weights_only=False), torch.load(d / "two.pt", weights_only=False)
+
+
+@needs_torchrec
+@pytest.mark.parametrize("sharding", SHARDINGS)
+@pytest.mark.parametrize("name", MODELS)
+def test_sharded_run_ends_with_the_weights_of_one_process(runs, name, sharding):
+    one, two = runs
+    assert two["world"] == 2
+    a, b = one[f"one/{name}"], two[f"{sharding}/{name}"]
+    assert a["state"].keys() == b["state"].keys()  # the checkpoint of a TorchRec run is the usual one
+    for k in a["state"]:
+        _close(f"{sharding} {name}", k, b["state"][k], a["state"][k])
+    assert [h["valid_auc"] for h in a["history"]] == pytest.approx([h["valid_auc"] for h in b["history"]], abs=1e-5)
+    assert a["best_epoch"] == b["best_epoch"]
+    for t, v in a["metrics"]["auc"].items():
+        assert math.isclose(v["all"], b["metrics"]["auc"][t]["all"], abs_tol=1e-5)
+
+
+def _plan_rows(text: str) -> dict[str, list[list[str]]]:
+    """{table: [cells of each row]} of the two tables of TorchRec's printed plan."""
+    rows: dict[str, list[list[str]]] = {}
+    for line in text.split("torchrec sharding plan:")[1].splitlines():
+        cells = [c.strip() for c in line.split("|")]
+        if len(cells) == 4 and not set(cells[0]) <= {"-"} and cells[0] != "param":
+            rows.setdefault(cells[0], []).append(cells[1:])
+    return rows
+
+
+@needs_torchrec
+def test_the_printed_plan_is_the_one_asked_for(runs):
+    from tests.scale.ddp_worker import data
+
+    _, two = runs
+    tables = {f.table: f.vocab_size for f in data()[0].sparse}
+    tw = _plan_rows(two["table_wise/dnn"]["stderr"])
+    assert set(tw) == set(tables)  # one TorchRec table per logical table of the fused layout
+    for t, (kind, place) in tw.items():
+        assert kind[:2] == ["table_wise", "fused"] and re.fullmatch(r"\[[01]\]", kind[2])
+        assert place[:2] == ["[0, 0]", f"[{tables[t]}, 16]"]  # the whole table on one rank
+    assert {p[2] for _, p in tw.values()} == {"rank:0/cpu", "rank:1/cpu"}  # both ranks hold tables
+    cw = _plan_rows(two["column_wise/dnn"]["stderr"])
+    for t, (kind, *shards) in cw.items():
+        assert kind == ["column_wise", "fused", "[0, 1]"]
+        assert shards == [["[0, 0]", f"[{tables[t]}, 8]", "rank:0/cpu"], ["[0, 8]", f"[{tables[t]}, 8]", "rank:1/cpu"]]
+    assert "the first_order table (width 2, not a multiple of 4) stays in the model under DDP" in \
+        two["column_wise/deepfm"]["stderr"]
+
+
+@needs_torchrec
+def test_cli_nproc_2_torchrec_prints_the_json_contract_of_one_process(tmp_path, capsys):
+    from dynarec.cli import main
+
+    data = tmp_path / "data"
+    assert main(["data", "synthetic", "--rows", "1200", "--out", str(data)]) == 0
+    common = ["train", "--model", "dnn", "--data", str(data), "--epochs", "1", "--batch-size", "200", "--json",
+              "--set", "model.hidden=[8]", "--set", "trainer.progress=false"]
+    capsys.readouterr()
+    torch.set_num_threads(1)
+    assert main([*common, "--out", str(tmp_path / "one")]) == 0  # one process, in this one
+    j1 = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    two = subprocess.run([sys.executable, "-m", "dynarec", *common, "--out", str(tmp_path / "two"), "--nproc", "2",
+                          "--set", "trainer.distributed=torchrec", "--set", "trainer.sharding=table_wise"],
+                         env=_env(), capture_output=True, text=True, timeout=180, cwd=ROOT)
+    assert two.returncode == 0, two.stderr[-3000:]
+    j2 = json.loads(two.stdout.strip().splitlines()[-1])
+    assert j1.keys() == j2.keys() and j1["metrics"].keys() == j2["metrics"].keys()
+    assert abs(j1["metrics"]["auc"]["click"]["all"] - j2["metrics"]["auc"]["click"]["all"]) < 1e-5
+    assert two.stderr.count("torchrec sharding plan:") == 1  # rank 0 prints it, once
+    assert (tmp_path / "two" / "model.pt").exists()
+
+
+def test_without_torchrec_the_cli_names_the_extra(tmp_path, monkeypatch, capsys):
+    from dynarec.cli import main
+
+    monkeypatch.setattr(torchrec_adapter, "available", lambda: False)
+    data = tmp_path / "data"
+    assert main(["data", "synthetic", "--rows", "600", "--out", str(data)]) == 0
+    capsys.readouterr()
+    for extra in (["--nproc", "2"], []):  # refused before launching, and in a single process
+        code = main(["train", "--model", "dnn", "--data", str(data), "--epochs", "1", "--out", str(tmp_path / "r"),
+                     "--set", "trainer.distributed=torchrec", *extra])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1, err
+        assert "trainer.distributed: torchrec is not installed" in err and "dynarec[torchrec]" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_sharding_key_is_checked():
+    with pytest.raises(ConfigError, match=re.escape("trainer.sharding: expected one of auto | table_wise | "
+                                                    "column_wise | data_parallel | row_wise, got 'diagonal'")):
+        build_dataclass(TrainerConfig, {"sharding": "diagonal"}, "trainer")
+    with pytest.raises(ConfigError, match="trainer.distributed: expected one of ddp | torchrec"):
+        build_dataclass(TrainerConfig, {"distributed": "horovod"}, "trainer")
+
+
+@needs_torchrec
+@pytest.mark.parametrize("over,world,msg", [
+    ({"sharding": "row_wise"}, 2, "trainer.sharding: row_wise needs CUDA"),
+    ({"embedding_optimizer": "adam"}, 2, "trainer.embedding_optimizer: 'adam' has no fused TorchRec kernel"),
+    ({}, 1, "trainer.distributed: torchrec needs several processes"),
+])
+def test_refusals_are_one_line(over, world, msg):
+    from dynarec.train.torchrec_shard import check
+
+    with pytest.raises(ConfigError, match=re.escape(msg)):
+        check(TrainerConfig(distributed="torchrec", **over), torch.device("cpu"), world)
+
+
+def test_column_shards_are_multiples_of_4():
+    assert column_shard(16, 2) == 8 and column_shard(16, 4) == 4 and column_shard(8, 4) == 4
+    assert column_shard(24, 4) == 8 and column_shard(12, 2) is None and column_shard(2, 2) is None
+
+
+@needs_torchrec
+def test_the_torchrec_layer_computes_what_feature_embedding_computes(small_synth):
+    """One process, no sharding: the KeyedJaggedTensor of a batch (sparse fields, a mean-pooled sequence with
+    padding that shares the ``category`` table) through the collection gives FeatureEmbedding's output, and
+    rows written into the collection come back into the right rows of the fused table."""
+    from dynarec.models import build_model
+
+    schema, tables, _ = small_synth
+    model = build_model("dnn", schema, {"hidden": [8]})
+    batch = tables["train"].take(torch.arange(64))
+    orig = model.embedding
+    want = orig(batch.sparse, batch.sequences)
+    assert (batch.sequences["hist_categories"] == 0).any()  # padding present
+    [(path, layer)] = torchrec_adapter.attach(model)
+    assert path == "embedding" and model.embedding is layer and not orig.weight.weight.requires_grad
+    layer.scatter()
+    layer.train()
+    torch.testing.assert_close(layer(batch.sparse, batch.sequences), want, atol=1e-6, rtol=1e-5)
+    assert not any(".ebc." in k for k in model.state_dict())  # the usual state_dict
+    with torch.no_grad():
+        layer.ebc.embedding_bags["item_id"].weight.add_(1.0)
+    before = orig.weight.weight.clone()
+    layer.gather()
+    rows = orig.table_rows("item_id")
+    torch.testing.assert_close(orig.weight.weight[rows], before[rows] + 1.0)
+    outside = torch.ones(len(before), dtype=torch.bool)
+    outside[rows] = False
+    assert torch.equal(orig.weight.weight[outside], before[outside])
+    torchrec_adapter.detach(model, [(path, layer)])
+    assert model.embedding is orig and orig.weight.weight.requires_grad
