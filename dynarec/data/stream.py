@@ -39,12 +39,9 @@ PASS_SECONDS = 86_400
 
 
 def stream_schema() -> Schema:
-    """The synthetic schema with the user / item / author ids marked ``dynamic`` and the domain list declared
-    up front (``d0 … d5`` and the scenario launched mid-stream, ``d6``), as a service knows the scenarios it
-    launches: the new domain gets its own id (and its own metrics key) instead of the unknown one."""
+    """The synthetic schema with the user / item / author ids marked ``dynamic``."""
     s = synthetic_schema()
     s.features = [replace(f, dynamic=f.name in DYNAMIC_IDS) for f in s.features]
-    s.domain_values = list(DOMAIN_NAMES) + [NEW_DOMAIN]
     return s
 
 
