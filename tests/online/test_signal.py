@@ -48,3 +48,52 @@ def test_progressive_auc_rises_and_dynamic_beats_static_on_new_ids(tmp_path):
     assert share > 0.2  # a real share of the rows carries ids born later
     assert dyn_new > static_new + 0.01, (dyn_new, static_new)
     assert max(r["table_rows"] for r in dyn_rows) <= 2000
+
+
+def _item_stream(d, passes=6, rows=6000, seed=0):
+    """A stream whose only signal is the item id: each item has a fixed CTR of 0.1 or 0.9; every pass a third of
+    the items retire and as many new ones are born (a vocabulary fitted on pass 0 never knows them)."""
+    rng = np.random.default_rng(seed)
+    live, born, ctr = list(range(300)), 300, {}
+    for i in live:
+        ctr[i] = rng.choice([0.1, 0.9])
+    import pyarrow as pa
+    for p in range(passes):
+        items = rng.choice(live, rows)
+        y = (rng.random(rows) < np.array([ctr[i] for i in items])).astype(np.int64)
+        pq.write_table(pa.table({"domain": ["a"] * rows, "item": items.astype(np.int64), "click": y}),
+                       d / f"pass-{p:04d}.parquet")
+        gone = set(rng.choice(live, 100, replace=False).tolist())
+        live = [i for i in live if i not in gone] + list(range(born, born + 100))
+        for i in range(born, born + 100):
+            ctr[i] = rng.choice([0.1, 0.9])
+        born += 100
+    return Schema.from_dict({"features": [{"name": "domain", "group": "domain"},
+                                          {"name": "item", "group": "item", "dynamic": True}],
+                             "tasks": [{"name": "click"}], "domain": "domain"})
+
+
+def test_on_an_id_only_signal_the_dynamic_table_learns_new_ids_and_a_first_pass_vocabulary_cannot(tmp_path):
+    d = tmp_path / "items"
+    d.mkdir()
+    schema = _item_stream(d)
+    sets = ["model.embed_dim=4", "model.hidden=[8]", "trainer.batch_size=256", "trainer.threads=1",
+            "trainer.lr=0.01", "trainer.embedding_lr=0.3"]
+    new_auc = {}
+    for table in ("dynamic", "static"):
+        seen0, ys, ps = None, [], []
+
+        def hook(k, preds, tab, raw):
+            nonlocal seen0
+            ids = raw.column("item").to_numpy()
+            if k == 0:
+                seen0 = set(ids.tolist())
+            elif k >= 2:  # items born after pass 0 (the dynamic table has met those born by pass k-1)
+                m = ~np.isin(ids, np.fromiter(seen0, np.int64))
+                ys.append(tab.labels["click"].numpy()[m])
+                ps.append(preds["click"][m])
+        extra = ["online.max_rows=600"] if table == "dynamic" else ["online.table=static"]
+        list(run_online(schema, d, tmp_path / table, load_online_config(None, sets + extra, "dnn"), on_eval=hook))
+        new_auc[table] = auc(np.concatenate(ys), np.concatenate(ps))
+    assert abs(new_auc["static"] - 0.5) < 0.05, new_auc  # every new item reads the one unknown row
+    assert new_auc["dynamic"] > 0.7, new_auc  # the per-id CTR is learned within the pass that admits the id
