@@ -25,22 +25,22 @@ def _console():
 def cmd_models(a) -> int:
     from dynarec.models import list_models
 
-    infos = list_models()
+    infos = list_models(kind=None)  # ranking and retrieval models
     if a.json:
         # "needs": every group the model reads by default (unchanged key); "requires" / "optional" split it
         print(json.dumps([{"name": i.name, "paper": i.paper, "needs": list(i.needs), "requires": list(i.requires),
                            "optional": list(i.optional), "multi_task": i.multi_task,
-                           "multi_domain": i.multi_domain} for i in infos]))
+                           "multi_domain": i.multi_domain, "kind": i.kind} for i in infos]))
         return 0
     from rich.console import Console
     from rich.table import Table
 
     t = Table(title=f"dynarec models ({len(infos)})")
-    for c in ("name", "requires groups", "uses when present", "multi-task", "multi-domain"):
+    for c in ("name", "kind", "requires groups", "uses when present", "multi-task", "multi-domain"):
         t.add_column(c, no_wrap=True)
     t.add_column("paper", overflow="ellipsis", no_wrap=True, max_width=90)
     for i in infos:
-        t.add_row(i.name, ", ".join(i.requires) or "—", ", ".join(i.optional) or "—",
+        t.add_row(i.name, i.kind, ", ".join(i.requires) or "—", ", ".join(i.optional) or "—",
                   "yes" if i.multi_task else "no", "yes" if i.multi_domain else "no", i.paper)
     Console(width=None if sys.stdout.isatty() else 180).print(t)
     return 0
