@@ -102,6 +102,10 @@ def _print_result(summary: dict, as_json: bool, unknown: dict | None = None) -> 
     from dynarec.report import auc_table, gate_usage_table
 
     con = Console(stderr=as_json)
+    if "recall@10" in summary["metrics"]:  # a retrieval model's metrics
+        from dynarec.retrieval.cli import metrics_table
+
+        con.print(metrics_table(summary["model"], summary["metrics"]))
     for task in summary["metrics"].get("auc", {}):
         con.print(auc_table({summary["model"]: summary["metrics"]}, task))
     for task in summary["metrics"].get("rmse", {}):
@@ -144,8 +148,18 @@ def cmd_train(a) -> int:
     return 0
 
 
+def cmd_retrieve(a) -> int:
+    from dynarec.retrieval.cli import run_retrieve
+
+    return run_retrieve(a)
+
+
 def cmd_evaluate(a) -> int:
+    from dynarec.retrieval.cli import evaluate_if_retrieval
     from dynarec.serve.predictor import Predictor
+
+    if evaluate_if_retrieval(a):  # a two_tower / popularity checkpoint: exact full-corpus metrics
+        return 0
 
     if a.mc_dropout < 0:
         raise DynarecError(f"--mc-dropout: expected a number of passes >= 0, got {a.mc_dropout}")
@@ -305,6 +319,15 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--queue-size", type=int, default=1024, help="pending requests before 503")
     sv.add_argument("--threads", type=int, default=0, help="torch / ONNX Runtime threads (0 = default)")
     sv.set_defaults(fn=cmd_serve)
+
+    rt = sub.add_parser("retrieve", help="top-k unseen items for a user from a retrieval checkpoint")
+    rt.add_argument("--checkpoint", required=True)
+    rt.add_argument("--user", required=True, action="append", help="raw user id (repeat for several)")
+    rt.add_argument("--k", type=int, default=20)
+    rt.add_argument("--index", default="flat", choices=["exact", "flat", "hnsw"], help="exact (torch), FAISS flat / HNSW")
+    rt.add_argument("--domain", help="the query's domain (default: the user's domain with most training positives)")
+    rt.add_argument("--json", action="store_true")
+    rt.set_defaults(fn=cmd_retrieve)
 
     b = sub.add_parser("benchmark", help="run a benchmark suite (models × datasets × seeds)")
     b.add_argument("--suite", required=True)
