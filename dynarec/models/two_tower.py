@@ -62,7 +62,6 @@ class TwoTowerModel(BaseModel):
         beta: float = field(default=1.0, metadata=rule(min=0, min_open=True, max=1))  # sagram: eq. 9 (1 = SAGA)
         lam: float = field(default=1.0, metadata=rule(min=0))  # sogram / sagram: weight λ of the Gram penalty
         pair_loss: str = field(default="squared", metadata=rule(choices=("squared", "logistic")))  # sogram/sagram
-        gram_batch: str = field(default="separate", metadata=rule(choices=("separate", "previous")))
         task: str = ""  # the binary task whose positive labels are the training pairs ("" = the first task)
 
     no_effect = {
@@ -70,7 +69,7 @@ class TwoTowerModel(BaseModel):
         "logq": when(loss="inbatch"),
         "negatives": when(loss="sampled"), "sampler": when(loss="sampled"),
         "alpha": when(loss="sogram"), "beta": when(loss="sagram"),
-        "lam": when(loss=GRAM_LOSSES), "pair_loss": when(loss=GRAM_LOSSES), "gram_batch": when(loss=GRAM_LOSSES),
+        "lam": when(loss=GRAM_LOSSES), "pair_loss": when(loss=GRAM_LOSSES),
     }
 
     def __init__(self, schema, config):
