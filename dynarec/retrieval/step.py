@@ -53,7 +53,8 @@ class RetrievalStep:
         dim, loss = self.c.dim, self.c.loss
         self.state = nn.ModuleDict()
         if loss == "inbatch":
-            self.state["freq"] = StreamingFrequency(max(4 * len(data.item_ids), 1024), alpha=0.05)
+            self.state["freq"] = StreamingFrequency(max(4 * len(data.item_ids), 1024), alpha=0.05,
+                                                    warm_start=True)
         elif loss == "sampled":
             self.sampler = NegativeSampler(len(data.item_ids), self.c.sampler,
                                            data.item_counts() if self.c.sampler == "popularity" else None)
