@@ -3,8 +3,10 @@
 exact full-corpus Recall / NDCG with seen items masked, at equal epochs and at equal wall time, plus SOGram's
 and SAGram's Gram estimation error against the exact Gramians during training.
 
-    nice -n 10 python benchmarks/retrieval_quality.py --out benchmarks/results/retrieval_quality.json
-    python benchmarks/retrieval_quality.py --plot benchmarks/results/retrieval_quality.json   # PNG next to it
+    nice -n 10 python benchmarks/retrieval_quality.py --out benchmarks/results/retrieval_quality.jsonl
+    python benchmarks/retrieval_quality.py --plot benchmarks/results/retrieval_quality.jsonl   # PNG next to it
+    python benchmarks/retrieval_quality.py --report benchmarks/results/retrieval_quality.jsonl \
+        benchmarks/results/retrieval_rechub.jsonl                                           # markdown tables
 
 Shared data: ``../shared/data`` relative to the repository, or ``$DYNAREC_DATA``. One thread per run."""
 from __future__ import annotations
@@ -133,9 +135,19 @@ def main() -> int:
     ap.add_argument("--gram-every", type=int, default=10, help="steps between Gram error measurements (0: off)")
     ap.add_argument("--work", default=None, help="folder for the prepared data (default: a temp folder)")
     ap.add_argument("--plot", help="write the recall@50-vs-seconds PNG of this results file and exit")
+    ap.add_argument("--step-ms", metavar="DATASET", help="time one training step of each method (run under "
+                    "flock /work/bench.lock) and exit")
+    ap.add_argument("--report", nargs="+", help="print the markdown tables of these results files and exit")
     a = ap.parse_args()
     if a.plot:
         return plot(a.plot)
+    if a.step_ms:
+        return step_ms(a.step_ms, Path(a.work or tempfile.mkdtemp(prefix="dynarec-retrieval-")), a.methods)
+    if a.report:
+        from retrieval_report import report
+
+        print(report([json.loads(x) for f in a.report for x in Path(f).read_text().splitlines()]))
+        return 0
     torch.set_num_threads(1)
     work = Path(a.work or tempfile.mkdtemp(prefix="dynarec-retrieval-"))
     out = Path(a.out)
@@ -161,6 +173,32 @@ def main() -> int:
     return 0
 
 
+def step_ms(dataset: str, work: Path, methods: str, steps: int = 30) -> int:
+    """Median milliseconds of one training step (batch 1024, 1 thread) of each two-tower method."""
+    from dynarec.models import build_model
+    from dynarec.retrieval.step import RetrievalStep
+    from dynarec.train.config import TrainerConfig
+
+    torch.set_num_threads(1)
+    _, _, data = prepare(dataset, work)
+    batches = list(data.train.batches(TRAINER["batch_size"], shuffle=True, generator=torch.Generator().manual_seed(0)))
+    for method in methods.split(","):
+        name, params = METHODS[method]
+        if name != "two_tower":
+            continue
+        torch.manual_seed(0)
+        st = RetrievalStep(build_model(name, data.schema, params), TrainerConfig(**TRAINER), data)
+        times = []
+        for i in range(steps + 5):
+            t0 = time.perf_counter()
+            st(batches[i % len(batches)])
+            times.append(time.perf_counter() - t0)
+        times = sorted(times[5:])
+        print(f"{dataset} {method:15s} {1000 * times[len(times) // 2]:7.1f} ms/step (median of {steps}, batch "
+              f"{TRAINER['batch_size']}, 1 thread)", flush=True)
+    return 0
+
+
 def plot(path: str) -> int:
     import matplotlib
 
@@ -168,10 +206,13 @@ def plot(path: str) -> int:
     import matplotlib.pyplot as plt
 
     rows = [json.loads(x) for x in Path(path).read_text().splitlines()]
+    rechub = Path(path).with_name("retrieval_rechub.jsonl")
+    if rechub.exists():
+        rows += [json.loads(x) for x in rechub.read_text().splitlines()]
     sets = sorted({r["dataset"] for r in rows})
     fig, axes = plt.subplots(1, len(sets), figsize=(5 * len(sets), 4), squeeze=False)
     for ax, ds in zip(axes[0], sets):
-        for method in METHODS:
+        for method in list(METHODS) + ["rechub_dssm", "rechub_youtubednn"]:
             rs = [r for r in rows if r["dataset"] == ds and r["method"] == method and r["curve"]]
             if not rs:
                 continue

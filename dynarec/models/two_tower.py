@@ -33,10 +33,15 @@ class APGTower(nn.Module):
 
     def __init__(self, in_dim, hidden, dim, condition_dim, act="relu", dropout=0.0, batch_norm=False):
         super().__init__()
+        from dynarec.errors import ConfigError
         from dynarec.nn.apg import APGMLP
 
+        if not hidden:
+            raise ConfigError("model.two_tower.user_tower: apg generates the hidden layers; give model.hidden "
+                              "at least one width (or use pepnet)")
+        rank = min(32, in_dim, *hidden)  # APG's low-rank K must fit every layer
         self.mlp = APGMLP(in_dim, list(hidden), condition_dim, out_dim=dim, act=act, dropout=dropout,
-                          batch_norm=batch_norm)
+                          batch_norm=batch_norm, rank_k=rank, overparam_p=max(128, rank))
         self.dim = dim
 
     def forward(self, x, condition=None):

@@ -132,3 +132,33 @@ def test_task_option_picks_the_positives(llo_folder):
     schema.tasks.append(Task("dislike"))
     data = build_retrieval_data(schema, tables, "dislike")
     assert len(data.train) == int(tables["train"].labels["dislike"].sum())
+
+
+@pytest.mark.parametrize("tower", ["pepnet", "apg"])
+def test_dynamic_user_tower_depends_on_the_domain_and_trains(llo_folder, tower):
+    from dynarec.retrieval.step import RetrievalStep
+    from dynarec.train.config import TrainerConfig
+
+    schema, tables = load_prepared(llo_folder)
+    data = build_retrieval_data(schema, tables)
+    torch.manual_seed(0)
+    m = build_model("two_tower", schema, {"user_tower": tower, "hidden": [16], "dim": 8})
+    b = data.queries.take(torch.arange(4))
+    other = data.queries.take(torch.arange(4))
+    other.sparse[:, data.queries.domain_col] = 3 - other.sparse[:, data.queries.domain_col]  # swap the 2 domains
+    x = lambda t: (t.sparse, t.dense, t.domain, t.sequences)  # noqa: E731
+    from dynarec.models.base import ModelInputs
+
+    st = RetrievalStep(m, TrainerConfig(), data)
+    for _ in range(3):
+        st(data.train.take(torch.arange(64)))
+    u1, u2 = m.query_vectors(ModelInputs(*x(b))), m.query_vectors(ModelInputs(*x(other)))
+    assert not torch.allclose(u1, u2)                                 # same users, other domain: other vector
+    gen = [n for n, p in m.named_parameters() if "gate" in n or "hypernet" in n]  # the domain-conditioned part
+    assert gen, [n for n, _ in m.named_parameters()]
+
+
+def test_apg_user_tower_needs_a_hidden_layer(llo_folder):
+    schema, _ = load_prepared(llo_folder)
+    with pytest.raises(ConfigError, match="apg generates the hidden layers"):
+        build_model("two_tower", schema, {"user_tower": "apg", "hidden": []})
