@@ -43,14 +43,18 @@ def report(rows) -> str:
             target = st.mean(r["recall@50"] for r in by["inbatch_logq"])
             lines += ["", f"Equal training time ({budget:.1f} s, the shortest full run) and time to reach in-batch "
                       f"softmax's recall@50 ({target:.4f}), test recall@50 after each epoch, mean over seeds:", "",
-                      "| method | recall@50 at the budget | seconds to reach in-batch's recall@50 |", "|---|---|---|"]
+                      "| method | recall@50 at the budget | seconds to reach in-batch's recall@50 | epochs to reach it |",
+                      "|---|---|---|---|"]
             for m in curved:
                 at = [_at(r["curve"], budget) for r in by[m]]
                 at_s = _ms([x for x in at if x is not None]) if any(x is not None for x in at) else "— (no epoch)"
                 reach = [next((p["seconds"] for p in r["curve"] if p["recall@50"] >= target), None) for r in by[m]]
                 ok = [x for x in reach if x is not None]
                 reach_s = (f"{st.mean(ok):.1f} ({len(ok)}/{len(reach)} seeds)" if ok else "not reached")
-                lines.append(f"| {m} | {at_s} | {reach_s} |")
+                ep = [next((p["epoch"] for p in r["curve"] if p["recall@50"] >= target), None) for r in by[m]]
+                ep_ok = [x for x in ep if x is not None]
+                ep_s = f"{st.mean(ep_ok):.1f}" if ep_ok else "—"
+                lines.append(f"| {m} | {at_s} | {reach_s} | {ep_s} |")
         gram = [(m, r) for m in ("sogram", "sagram") for r in by.get(m, [])[:1] if r["gram_error"]]
         if gram:
             lines += ["", "Gram estimation error ‖Ĝ − G‖_F / ‖G‖_F against the exact Gramians (seed 0):", "",

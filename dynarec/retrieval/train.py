@@ -76,6 +76,10 @@ def train_retrieval(model_name: str, schema, tables: dict, params: dict | None =
 
     if resume:
         raise DynarecError("train --resume: not supported for retrieval models yet; train again")
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise DynarecError("train --nproc: retrieval models train in one process (no data-parallel yet)")
     cfg = trainer if isinstance(trainer, TrainerConfig) else build_dataclass(TrainerConfig, trainer or {}, "trainer")
     params = dict(params or {})
     torch.manual_seed(seed)
