@@ -135,8 +135,8 @@ def main() -> int:
     ap.add_argument("--gram-every", type=int, default=10, help="steps between Gram error measurements (0: off)")
     ap.add_argument("--work", default=None, help="folder for the prepared data (default: a temp folder)")
     ap.add_argument("--plot", help="write the recall@50-vs-seconds PNG of this results file and exit")
-    ap.add_argument("--step-ms", metavar="DATASET", help="time one training step of each method (run under "
-                    "flock /work/bench.lock) and exit")
+    ap.add_argument("--step-ms", metavar="DATASET", help="time one training step of each method (alone on the "
+                    "machine: a timing run) and exit")
     ap.add_argument("--report", nargs="+", help="print the markdown tables of these results files and exit")
     a = ap.parse_args()
     if a.plot:
@@ -212,14 +212,14 @@ def plot(path: str) -> int:
     sets = sorted({r["dataset"] for r in rows})
     fig, axes = plt.subplots(1, len(sets), figsize=(5 * len(sets), 4), squeeze=False)
     for ax, ds in zip(axes[0], sets):
-        for method in list(METHODS) + ["rechub_dssm", "rechub_youtubednn"]:
+        for c, method in enumerate(list(METHODS) + ["rechub_dssm", "rechub_youtubednn"]):
             rs = [r for r in rows if r["dataset"] == ds and r["method"] == method and r["curve"]]
             if not rs:
                 continue
             n = min(len(r["curve"]) for r in rs)
             x = [sum(r["curve"][i]["seconds"] for r in rs) / len(rs) for i in range(n)]
             y = [sum(r["curve"][i]["recall@50"] for r in rs) / len(rs) for i in range(n)]
-            ax.plot(x, y, marker="o", ms=3, label=method)
+            ax.plot(x, y, marker="o", ms=3, label=method, color=f"C{c}")  # one colour per method
         for r in rows:
             if r["dataset"] == ds and r["method"] == "popularity":
                 ax.axhline(r["recall@50"], color="grey", ls="--", lw=1, label="popularity")
