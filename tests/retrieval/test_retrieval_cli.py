@@ -2,7 +2,6 @@
 answer (two_tower beats popularity), and lookups equal to a brute-force top-k with seen items masked."""
 import json
 
-import numpy as np
 import pytest
 import torch
 

@@ -3,7 +3,6 @@ of a prepared folder."""
 import json
 
 import numpy as np
-import pyarrow as pa
 import pytest
 import torch
 
