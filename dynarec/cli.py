@@ -25,22 +25,22 @@ def _console():
 def cmd_models(a) -> int:
     from dynarec.models import list_models
 
-    infos = list_models()
+    infos = list_models(kind=None)  # ranking and retrieval models
     if a.json:
         # "needs": every group the model reads by default (unchanged key); "requires" / "optional" split it
         print(json.dumps([{"name": i.name, "paper": i.paper, "needs": list(i.needs), "requires": list(i.requires),
                            "optional": list(i.optional), "multi_task": i.multi_task,
-                           "multi_domain": i.multi_domain} for i in infos]))
+                           "multi_domain": i.multi_domain, "kind": i.kind} for i in infos]))
         return 0
     from rich.console import Console
     from rich.table import Table
 
     t = Table(title=f"dynarec models ({len(infos)})")
-    for c in ("name", "requires groups", "uses when present", "multi-task", "multi-domain"):
+    for c in ("name", "kind", "requires groups", "uses when present", "multi-task", "multi-domain"):
         t.add_column(c, no_wrap=True)
     t.add_column("paper", overflow="ellipsis", no_wrap=True, max_width=90)
     for i in infos:
-        t.add_row(i.name, ", ".join(i.requires) or "—", ", ".join(i.optional) or "—",
+        t.add_row(i.name, i.kind, ", ".join(i.requires) or "—", ", ".join(i.optional) or "—",
                   "yes" if i.multi_task else "no", "yes" if i.multi_domain else "no", i.paper)
     Console(width=None if sys.stdout.isatty() else 180).print(t)
     return 0
@@ -102,6 +102,10 @@ def _print_result(summary: dict, as_json: bool, unknown: dict | None = None) -> 
     from dynarec.report import auc_table, gate_usage_table
 
     con = Console(stderr=as_json)
+    if "recall@10" in summary["metrics"]:  # a retrieval model's metrics
+        from dynarec.retrieval.cli import metrics_table
+
+        con.print(metrics_table(summary["model"], summary["metrics"]))
     for task in summary["metrics"].get("auc", {}):
         con.print(auc_table({summary["model"]: summary["metrics"]}, task))
     for task in summary["metrics"].get("rmse", {}):
@@ -144,8 +148,18 @@ def cmd_train(a) -> int:
     return 0
 
 
+def cmd_retrieve(a) -> int:
+    from dynarec.retrieval.cli import run_retrieve
+
+    return run_retrieve(a)
+
+
 def cmd_evaluate(a) -> int:
+    from dynarec.retrieval.cli import evaluate_if_retrieval
     from dynarec.serve.predictor import Predictor
+
+    if evaluate_if_retrieval(a):  # a two_tower / popularity checkpoint: exact full-corpus metrics
+        return 0
 
     if a.mc_dropout < 0:
         raise DynarecError(f"--mc-dropout: expected a number of passes >= 0, got {a.mc_dropout}")
@@ -322,6 +336,14 @@ def build_parser() -> argparse.ArgumentParser:
     on.add_argument("--json", action="store_true", help="one JSON object per pass per line, then a summary line")
     on.add_argument("--resume", action="store_true", help="continue after the last completed pass of --out")
     on.set_defaults(fn=cmd_online)
+    rt = sub.add_parser("retrieve", help="top-k unseen items for a user from a retrieval checkpoint")
+    rt.add_argument("--checkpoint", required=True)
+    rt.add_argument("--user", required=True, action="append", help="raw user id (repeat for several)")
+    rt.add_argument("--k", type=int, default=20)
+    rt.add_argument("--index", default="flat", choices=["exact", "flat", "hnsw"], help="exact (torch), FAISS flat / HNSW")
+    rt.add_argument("--domain", help="the query's domain (default: the user's domain with most training positives)")
+    rt.add_argument("--json", action="store_true")
+    rt.set_defaults(fn=cmd_retrieve)
 
     b = sub.add_parser("benchmark", help="run a benchmark suite (models × datasets × seeds)")
     b.add_argument("--suite", required=True)

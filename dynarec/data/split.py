@@ -3,7 +3,9 @@
 Methods: ``random``; ``temporal`` (by the schema's timestamp, or ``temporal:COL``); ``stratified`` (each
 class of a binary task split by the fractions, ``stratified:TASK``, default the first task); ``group``
 (no value of a column in two splits, ``group:COL``, default the schema's user column); ``column`` (a split
-column holding train / valid / test, ``column:COL``). A split that would be empty is an error."""
+column holding train / valid / test, ``column:COL``); ``leave_last_out`` (for retrieval: per user, by the
+schema's timestamp, the latest positive of a binary task is test and the one before valid, everything else
+train; ``leave_last_out:TASK``, default the first task). A split that would be empty is an error."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,7 +19,7 @@ from dynarec.data.read import as_text, check_columns, values_seen
 from dynarec.errors import ConfigError, DataError
 
 SPLITS = ("train", "valid", "test")
-METHODS = ("random", "temporal", "stratified", "group", "column")
+METHODS = ("random", "temporal", "stratified", "group", "column", "leave_last_out")
 COLUMN_VALUES = {"train": "train", "valid": "valid", "validation": "valid", "val": "valid", "test": "test"}
 
 
@@ -40,12 +42,12 @@ class SplitSpec:
         self.fractions = parse_fractions(self.fractions)
         if self.by is not None and self.method == "random":
             raise ConfigError(f"split: 'random' takes no column or task (got 'random:{self.by}')")
-        if self.method == "column" and self.fractions != (0.8, 0.1, 0.1):
-            raise ConfigError("split: 'column' takes the split from the column; fractions do not apply")
+        if self.method in ("column", "leave_last_out") and self.fractions != (0.8, 0.1, 0.1):
+            raise ConfigError(f"split: '{self.method}' decides the split itself; fractions do not apply")
 
     def describe(self) -> str:
         by = f":{self.by}" if self.by else ""
-        fr = "" if self.method == "column" else " fractions " + "/".join(f"{x:g}" for x in self.fractions)
+        fr = "" if self.method in ("column", "leave_last_out") else " fractions " + "/".join(f"{x:g}" for x in self.fractions)
         return f"{self.method}{by}{fr} seed {self.seed}"
 
 
@@ -112,6 +114,8 @@ def split_indices(t: pa.Table, schema, how: str | SplitSpec = "random", fraction
         g = g.to_numpy(zero_copy_only=False).astype(np.int64)
         part = _assign_groups(np.bincount(g), spec.fractions, rng)
         idx = {s: np.flatnonzero(part[g] == k) for k, s in enumerate(SPLITS)}
+    elif m == "leave_last_out":
+        idx = _leave_last_out(t, schema, spec.by, where)
     else:  # column
         if not spec.by:
             raise ConfigError("split: 'column' needs the split column: column:COLUMN")
@@ -131,6 +135,32 @@ def split_indices(t: pa.Table, schema, how: str | SplitSpec = "random", fraction
             raise DataError(f"{where}: split '{s}' would be empty ({n} row(s), split {spec.describe()}); "
                             f"use more rows or other fractions")
     return idx
+
+
+def _leave_last_out(t: pa.Table, schema, task_name: str | None, where: str) -> dict[str, np.ndarray]:
+    """Per user, by timestamp (ties: the later row): the last positive of the task is test, the one before
+    valid; users with fewer positives keep them in train; negative rows are train."""
+    from dynarec.retrieval.data import leave_last_out
+    import torch
+
+    if not schema.user or not schema.timestamp:
+        raise DataError(f"{where}: split leave_last_out needs 'user' and 'timestamp' in the schema "
+                        f"(have user={schema.user!r}, timestamp={schema.timestamp!r}); use --split random")
+    task = schema.task(task_name) if task_name else schema.tasks[0]
+    if task.type != "binary":
+        raise ConfigError(f"split: leave_last_out needs a binary task to mark positives; '{task.name}' is {task.type}")
+    check_columns(t, [schema.user, schema.timestamp], where)
+    user = pc.dictionary_encode(pc.fill_null(as_text(t.column(schema.user)), "\x00null")).indices
+    user = torch.from_numpy(user.to_numpy(zero_copy_only=False).astype(np.int64))
+    ts = torch.from_numpy(np.asarray(t.column(schema.timestamp).to_numpy(zero_copy_only=False), dtype=np.float64))
+    pos = np.flatnonzero(label_column(t, task, where) == 1)
+    out = np.zeros(t.num_rows, np.int64)  # 0 train, 1 valid, 2 test
+    rest = torch.from_numpy(pos)
+    for part in (2, 1):
+        _, held = leave_last_out(user[rest], ts[rest])
+        out[rest[held].numpy()] = part
+        rest = rest[~held]
+    return {s: np.flatnonzero(out == k) for k, s in enumerate(SPLITS)}
 
 
 def _cuts(n: int, fractions) -> tuple[int, int]:

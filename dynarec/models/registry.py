@@ -21,6 +21,7 @@ class ModelInfo:
     multi_domain: bool = False
     tags: tuple[str, ...] = field(default_factory=tuple)
     optional: tuple[str, ...] = ()  # groups of ``needs`` it uses when the schema has them, trains without
+    kind: str = "ranking"  # "ranking" (logits per task, dynarec.train) | "retrieval" (dynarec.retrieval.train)
 
     @property
     def requires(self) -> tuple[str, ...]:
@@ -29,18 +30,23 @@ class ModelInfo:
 
 
 REGISTRY: dict[str, ModelInfo] = {}
+KINDS = ("ranking", "retrieval")
 
 
 def register(name: str, *, paper: str = "", needs: tuple[str, ...] = (), multi_task: bool = True,
-             multi_domain: bool = False, tags: tuple[str, ...] = (), optional: tuple[str, ...] = ()):
+             multi_domain: bool = False, tags: tuple[str, ...] = (), optional: tuple[str, ...] = (),
+             kind: str = "ranking"):
     """Class decorator. The class must define ``Config`` (a dataclass subclassing ModelConfig). ``needs``: the
-    schema groups the model reads by default; ``optional``: those of them it only uses when present."""
+    schema groups the model reads by default; ``optional``: those of them it only uses when present;
+    ``kind``: "ranking" or "retrieval" (two-tower / popularity models, trained by dynarec.retrieval.train)."""
+    if kind not in KINDS:
+        raise ValueError(f"model kind must be one of {KINDS}, got {kind!r}")
 
     def deco(cls):
         if name in REGISTRY and REGISTRY[name].cls is not cls:
             raise RuntimeError(f"model '{name}' registered twice")
         REGISTRY[name] = ModelInfo(name, cls, cls.Config, paper, tuple(needs), multi_task, multi_domain, tuple(tags),
-                                   tuple(optional))
+                                   tuple(optional), kind)
         cls.registry_name = name
         return cls
 
@@ -59,10 +65,12 @@ def get_model_info(name: str) -> ModelInfo:
     return REGISTRY[name]
 
 
-def list_models() -> list[ModelInfo]:
+def list_models(kind: str | None = "ranking") -> list[ModelInfo]:
+    """Registered models of ``kind`` ("ranking" by default: what the ranking trainer, the conformance suite
+    and the benchmarks enumerate; "retrieval"; None for every model), sorted by name."""
     import dynarec.models  # noqa: F401
 
-    return [REGISTRY[k] for k in sorted(REGISTRY)]
+    return [REGISTRY[k] for k in sorted(REGISTRY) if kind is None or REGISTRY[k].kind == kind]
 
 
 def build_model(name: str, schema, params: dict | None = None):

@@ -78,7 +78,8 @@ def _pair_loss(h: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor
 
 
 def gramian_loss(u: torch.Tensor, v: torch.Tensor, gram_u: torch.Tensor, gram_v: torch.Tensor, lam: float,
-                 targets: torch.Tensor | None = None, pair_loss: str = "squared") -> torch.Tensor:
+                 targets: torch.Tensor | None = None, pair_loss: str = "squared",
+                 v_gravity: torch.Tensor | None = None) -> torch.Tensor:
     """``mean_i ℓ(⟨u_i, v_i⟩, s_i) + λ·g`` (Krichene et al. 2019, the training objective) with g replaced by the surrogate
     of eq. 8 on the estimates Ĝ (detached).
 
@@ -87,10 +88,12 @@ def gramian_loss(u: torch.Tensor, v: torch.Tensor, gram_u: torch.Tensor, gram_v:
 
     Args:
         u, v: [B, k] observed pairs. gram_u, gram_v: [k, k] estimates from another batch. lam: λ.
-        targets: [B] s_i (default 1). pair_loss: ℓ, "squared" ``(h − s)²`` or "logistic"."""
+        targets: [B] s_i (default 1). pair_loss: ℓ, "squared" ``(h − s)²`` or "logistic".
+        v_gravity: [C, k] the item vectors of the penalty's item side ``⟨v_j, Ĝ_u v_j⟩`` (default ``v``; e.g.
+        items drawn uniformly from the corpus, with ``gram_v`` their Gramian's estimate)."""
     h = (u * v).sum(-1)
     target = torch.ones_like(h) if targets is None else targets.to(h.dtype)
-    sur = gram_surrogate(u, v, gram_u, gram_v)
+    sur = gram_surrogate(u, v if v_gravity is None else v_gravity, gram_u, gram_v)
     return _pair_loss(h, target, pair_loss) + lam * (sur - sur.detach() / 2)
 
 

@@ -30,14 +30,21 @@ class StreamingFrequency(nn.Module):
     ``B`` is read clipped at 1 (no item is in a batch more than once per batch), so p̂ ≤ 1; an item never
     seen reads p̂ = 1.
 
-    Args:
-        num_buckets: size of each hashed array. alpha: moving-average step α. num_hashes: H. seed: hash seed."""
+    ``warm_start`` (dynarec choice): a bucket's first occurrence only records A (no gap is known yet: the
+    time since the stream began is not one) and its second sets B to the observed gap instead of averaging
+    it into B = 0, so p̂ does not read ~1 for every item during the first ~1/α occurrences
+    (with α = 0.05 a rare item would otherwise be treated as frequent for most of a short training run).
 
-    def __init__(self, num_buckets: int, alpha: float = 0.01, num_hashes: int = 1, seed: int = 0):
+    Args:
+        num_buckets: size of each hashed array. alpha: moving-average step α. num_hashes: H. seed: hash seed.
+        warm_start: see above (default off: Algorithm 2 as written)."""
+
+    def __init__(self, num_buckets: int, alpha: float = 0.01, num_hashes: int = 1, seed: int = 0,
+                 warm_start: bool = False):
         super().__init__()
         if num_buckets < 1 or num_hashes < 1 or not 0 < alpha <= 1:
             raise ValueError("StreamingFrequency needs num_buckets >= 1, num_hashes >= 1, 0 < alpha <= 1")
-        self.num_buckets, self.alpha = int(num_buckets), float(alpha)
+        self.num_buckets, self.alpha, self.warm_start = int(num_buckets), float(alpha), warm_start
         g = torch.Generator().manual_seed(seed)
         self.register_buffer("hash_a", torch.randint(1, _PRIME, (num_hashes,), generator=g))
         self.register_buffer("hash_b", torch.randint(0, _PRIME, (num_hashes,), generator=g))
@@ -58,7 +65,12 @@ class StreamingFrequency(nn.Module):
         offsets = torch.arange(self.gap.shape[0], device=ids.device).view(-1, 1) * self.num_buckets
         flat = torch.unique((self.buckets(ids) + offsets).view(-1))
         gap, last = self.gap.view(-1), self.last_step.view(-1)
-        gap[flat] = (1 - self.alpha) * gap[flat] + self.alpha * (t - last[flat])
+        delta = t - last[flat]
+        new = (1 - self.alpha) * gap[flat] + self.alpha * delta
+        if self.warm_start:  # first occurrence: no gap yet; second: the gap itself; then the average
+            seen = last[flat] > 0
+            new = torch.where(seen & (gap[flat] == 0), delta, torch.where(seen, new, torch.zeros_like(new)))
+        gap[flat] = new
         last[flat] = t
 
     @torch.no_grad()

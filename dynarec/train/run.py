@@ -157,6 +157,11 @@ def train_experiment(cfg, console=None, resume: bool = False) -> Result:
     schema, tables = load_prepared(cfg.data.path)
     load_encoders(cfg.data.path, schema)  # a missing / broken encoders.json is a one-line error
     enc = json.loads((Path(cfg.data.path) / "encoders.json").read_text())
+    from dynarec.retrieval.train import is_retrieval, train_retrieval
+
+    if is_retrieval(cfg.model):  # two_tower / popularity: the retrieval trainer (dynarec/retrieval/train.py)
+        return train_retrieval(cfg.model, schema, tables, cfg.params, cfg.trainer, cfg.seed, cfg.out, enc,
+                               console=console, run_config=to_dict(cfg), resume=resume)
     return train_model(cfg.model, schema, tables, cfg.params, cfg.trainer, cfg.seed, cfg.out, enc, console=console,
                        run_config=to_dict(cfg), resume=resume)
 

@@ -132,3 +132,15 @@ def test_prepare_cosine_and_temperature():
     assert torch.allclose(pu @ pv.T, cos / 0.1)
     with pytest.raises(ConfigError, match="model.score"):
         prepare(u, v, "l2")
+
+
+def test_streaming_frequency_warm_start_reads_the_first_gap():
+    est = StreamingFrequency(num_buckets=1 << 12, alpha=0.05, warm_start=True)
+    plain = StreamingFrequency(num_buckets=1 << 12, alpha=0.05)
+    for t in range(1, 41):  # item 1 in every 4th batch, item 2 in every batch
+        ids = torch.tensor([1, 2]) if t % 4 == 0 else torch.tensor([2])
+        est.update(ids)
+        plain.update(ids)
+    p = est.probability(torch.tensor([1, 2]))
+    assert torch.allclose(p, torch.tensor([0.25, 1.0]))
+    assert float(plain.probability(torch.tensor([1]))) > 0.5  # Algorithm 2 from B = 0: still near 1 after 10 hits
