@@ -38,11 +38,12 @@ TREATMENTS = ["std", "log_std", "buckets", "embedded"]
 MODELS = ["dnn", "mmoe", "pepnet"]
 
 
-def schema_dict(treatment: str, buckets: int = 20, bins: int | None = None, sigma: float | None = None) -> dict:
+def schema_dict(treatment: str, buckets: int = 20, bins: int | None = None, sigma: float | None = None,
+                log_heavy: bool = False) -> dict:
     feats = [{"name": c, "group": GROUPS.get(c, "context")} for c in CATEGORICAL]
     for c in NUMERIC:
         f = {"name": c, "kind": "dense", "group": GROUPS.get(c, "context")}
-        if treatment == "log_std" and c in HEAVY:
+        if (treatment == "log_std" or log_heavy) and c in HEAVY:
             f["transform"] = "log1p"
         if treatment == "buckets":
             f["buckets"] = buckets
@@ -57,11 +58,11 @@ def schema_dict(treatment: str, buckets: int = 20, bins: int | None = None, sigm
                        "positive": ["Married-civ-spouse", "Married-AF-spouse"]}]}
 
 
-def prepare(csv: Path, treatment: str, buckets: int, split_seed: int, bins=None, sigma=None):
+def prepare(csv: Path, treatment: str, buckets: int, split_seed: int, bins=None, sigma=None, log_heavy=False):
     from dynarec.data.prepare import prepare_file
     from dynarec.data.schema import Schema
 
-    schema = Schema.from_dict(schema_dict(treatment, buckets, bins, sigma), f"adult schema ({treatment})")
+    schema = Schema.from_dict(schema_dict(treatment, buckets, bins, sigma, log_heavy), f"adult schema ({treatment})")
     return schema, prepare_file(csv, schema, split="stratified:income", seed=split_seed)
 
 
@@ -69,9 +70,11 @@ def run_model(name, schema, tables, seed, a) -> dict:
     from dynarec.models.keys import active_params
     from dynarec.train.run import train_model
 
-    params = active_params(name, {"embed_dim": a.embed_dim, "hidden": a.hidden})  # pepnet has no shared MLP
+    params = active_params(name, {"embed_dim": a.embed_dim, "hidden": a.hidden, "dropout": a.dropout,
+                                  **dict(a.model_set or [])})  # pepnet has no shared MLP
     trainer = {"epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr, "patience": a.patience,
-               "threads": a.threads, "progress": False}
+               "threads": a.threads, "progress": False, "weight_decay": a.weight_decay,
+               "embedding_optimizer": a.embedding_optimizer, "embedding_lr": a.embedding_lr}
     t0 = time.perf_counter()
     r = train_model(name, schema, tables, params=params, trainer=trainer, seed=seed)
     return {"auc": r.metrics["auc"]["income"]["all"], "auc_married": r.metrics["auc"]["married"]["all"],
@@ -189,6 +192,13 @@ def run_baselines(raw, rows, seeds, threads) -> dict:
     return res
 
 
+def _key_value(text: str) -> tuple[str, object]:
+    k, sep, v = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected KEY=JSON, got {text!r}")
+    return k, json.loads(v)
+
+
 def summary(runs: list[dict]) -> dict:
     a = np.array([r["auc"] for r in runs])
     return {"auc_mean": float(a.mean()), "auc_std": float(a.std()),
@@ -198,7 +208,8 @@ def summary(runs: list[dict]) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=MODELS)
-    ap.add_argument("--treatments", nargs="+", default=TREATMENTS, choices=TREATMENTS)
+    ap.add_argument("--treatments", nargs="+", default=TREATMENTS, choices=TREATMENTS + ["ple", "plr"],
+                    help="embedded = ple and plr")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--split-seed", type=int, default=0)
     ap.add_argument("--buckets", type=int, default=20)
@@ -208,6 +219,12 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--embed-dim", type=int, default=16)
     ap.add_argument("--hidden", type=int, nargs="+", default=[256, 128])
+    ap.add_argument("--dropout", type=float, default=0.0)
+    ap.add_argument("--weight-decay", type=float, default=0.0)
+    ap.add_argument("--embedding-optimizer", default="adagrad", help="trainer.embedding_optimizer (id tables)")
+    ap.add_argument("--embedding-lr", type=float, default=0.2)
+    ap.add_argument("--set", dest="model_set", type=_key_value, nargs="*", metavar="KEY=JSON",
+                    help="extra model keys (applied where the model uses them), e.g. cross_layers=3")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-baselines", action="store_true")
     ap.add_argument("--probe", nargs="*", default=[], choices=["raw", "ple", "plr"],
@@ -215,6 +232,7 @@ def main(argv=None):
     ap.add_argument("--sigma", type=float, default=None,
                     help="PLR frequency init std (embedded treatment and probe; default: the schema's, 1.0)")
     ap.add_argument("--bins", type=int, default=None, help="PLE bins of the embedded treatment (schema default 16)")
+    ap.add_argument("--log-heavy", action="store_true", help="log1p on capital-gain / -loss in every treatment")
     ap.add_argument("--quick", action="store_true", help="one seed, dnn only, std + buckets, 3 epochs")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
@@ -227,7 +245,7 @@ def main(argv=None):
     rows, results = None, {}
     expanded = [t for tr in a.treatments for t in (("ple", "plr") if tr == "embedded" else (tr,))]
     for tr in expanded:
-        schema, tables = prepare(csv, tr, a.buckets, a.split_seed, a.bins, a.sigma)
+        schema, tables = prepare(csv, tr, a.buckets, a.split_seed, a.bins, a.sigma, a.log_heavy)
         rows = rows or {s: tables[s].row.numpy() for s in ("train", "test")}
         assert all(np.array_equal(rows[s], tables[s].row.numpy()) for s in rows), "split differs by treatment"
         for name in a.models:
