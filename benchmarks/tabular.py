@@ -1,6 +1,6 @@
 """dynarec on a public tabular dataset (UCI Adult census income, issue 13) next to scikit-learn baselines.
 
-    PYTHONPATH=$PWD .venv/bin/python benchmarks/tabular.py --out benchmarks/results/tabular_adult.json
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/tabular.py --treatments plr --out benchmarks/results/tabular_adult_plr.json
 
 Data: ``benchmarks/data_adult.py`` (48,842 rows, cached). Generic path: a schema with label rules (main task
 ``income``: ``>50K`` / ``>50K.``; second task ``married`` from marital-status), null token ``?``, domain
@@ -9,7 +9,11 @@ Numeric columns (age, fnlwgt, education-num, capital-gain, capital-loss, hours-p
 (z-score), ``log_std`` (log1p on the capital columns, then z-score), ``buckets`` (train quantiles, an
 embedded field each), and ``embedded`` (two rows: ``ple``, ``embedding: ple`` with ``--bins`` train-quantile
 bins, and ``plr``, ``embedding: plr`` with ``--sigma``, every numeric column z-scored then embedded as a field
-of the models' shared embedding path).
+of the models' shared embedding path; ``ple`` / ``plr`` also alone).
+Recipe (the defaults, docs/benchmarks.md): batch 512, up to 15 epochs, patience 3, PLR σ = 10 (the schema's
+default 1.0 underfits these z-scored columns); ``--dropout``, ``--weight-decay``, ``--embedding-optimizer``,
+``--embedding-lr``, ``--set KEY=JSON`` (model keys, applied where a model uses them) and ``--log-heavy``
+(log1p on the capital columns in any treatment) are the levers measured there.
 Models dnn / mmoe / pepnet, model seeds ``--seeds``. Baselines on the same train / test raw rows (``_row``):
 HistGradientBoosting (categoricals as categorical features) and LogisticRegression (one-hot + z-scored
 numerics), both on the same input columns as the models (marital-status is the second task's label, so
@@ -19,6 +23,7 @@ std over seeds) and train seconds; writes ``--out`` (JSON).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -68,10 +73,13 @@ def prepare(csv: Path, treatment: str, buckets: int, split_seed: int, bins=None,
 
 def run_model(name, schema, tables, seed, a) -> dict:
     from dynarec.models.keys import active_params
+    from dynarec.models.registry import get_model_info
     from dynarec.train.run import train_model
 
+    keys = {f.name for f in dataclasses.fields(get_model_info(name).config_cls)}
+    extra = {k: v for k, v in (a.model_set or []) if k in keys}  # --set keys of other models are skipped
     params = active_params(name, {"embed_dim": a.embed_dim, "hidden": a.hidden, "dropout": a.dropout,
-                                  **dict(a.model_set or [])})  # pepnet has no shared MLP
+                                  **extra})  # pepnet has no shared MLP
     trainer = {"epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr, "patience": a.patience,
                "threads": a.threads, "progress": False, "weight_decay": a.weight_decay,
                "embedding_optimizer": a.embedding_optimizer, "embedding_lr": a.embedding_lr}
