@@ -1,6 +1,6 @@
 """dynarec on a public tabular dataset (UCI Adult census income, issue 13) next to scikit-learn baselines.
 
-    PYTHONPATH=$PWD .venv/bin/python benchmarks/tabular.py --out benchmarks/results/tabular_adult.json
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/tabular.py --treatments plr --out benchmarks/results/tabular_adult_plr.json
 
 Data: ``benchmarks/data_adult.py`` (48,842 rows, cached). Generic path: a schema with label rules (main task
 ``income``: ``>50K`` / ``>50K.``; second task ``married`` from marital-status), null token ``?``, domain
@@ -9,7 +9,11 @@ Numeric columns (age, fnlwgt, education-num, capital-gain, capital-loss, hours-p
 (z-score), ``log_std`` (log1p on the capital columns, then z-score), ``buckets`` (train quantiles, an
 embedded field each), and ``embedded`` (two rows: ``ple``, ``embedding: ple`` with ``--bins`` train-quantile
 bins, and ``plr``, ``embedding: plr`` with ``--sigma``, every numeric column z-scored then embedded as a field
-of the models' shared embedding path).
+of the models' shared embedding path; ``ple`` / ``plr`` also alone).
+Recipe (the defaults, docs/benchmarks.md): batch 512, up to 15 epochs, patience 3, PLR σ = 10 (the schema's
+default 1.0 underfits these z-scored columns); ``--dropout``, ``--weight-decay``, ``--embedding-optimizer``,
+``--embedding-lr``, ``--set KEY=JSON`` (model keys, applied where a model uses them) and ``--log-heavy``
+(log1p on the capital columns in any treatment) are the levers measured there.
 Models dnn / mmoe / pepnet, model seeds ``--seeds``. Baselines on the same train / test raw rows (``_row``):
 HistGradientBoosting (categoricals as categorical features) and LogisticRegression (one-hot + z-scored
 numerics), both on the same input columns as the models (marital-status is the second task's label, so
@@ -19,6 +23,7 @@ std over seeds) and train seconds; writes ``--out`` (JSON).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -38,11 +43,12 @@ TREATMENTS = ["std", "log_std", "buckets", "embedded"]
 MODELS = ["dnn", "mmoe", "pepnet"]
 
 
-def schema_dict(treatment: str, buckets: int = 20, bins: int | None = None, sigma: float | None = None) -> dict:
+def schema_dict(treatment: str, buckets: int = 20, bins: int | None = None, sigma: float | None = None,
+                log_heavy: bool = False) -> dict:
     feats = [{"name": c, "group": GROUPS.get(c, "context")} for c in CATEGORICAL]
     for c in NUMERIC:
         f = {"name": c, "kind": "dense", "group": GROUPS.get(c, "context")}
-        if treatment == "log_std" and c in HEAVY:
+        if (treatment == "log_std" or log_heavy) and c in HEAVY:
             f["transform"] = "log1p"
         if treatment == "buckets":
             f["buckets"] = buckets
@@ -57,21 +63,26 @@ def schema_dict(treatment: str, buckets: int = 20, bins: int | None = None, sigm
                        "positive": ["Married-civ-spouse", "Married-AF-spouse"]}]}
 
 
-def prepare(csv: Path, treatment: str, buckets: int, split_seed: int, bins=None, sigma=None):
+def prepare(csv: Path, treatment: str, buckets: int, split_seed: int, bins=None, sigma=None, log_heavy=False):
     from dynarec.data.prepare import prepare_file
     from dynarec.data.schema import Schema
 
-    schema = Schema.from_dict(schema_dict(treatment, buckets, bins, sigma), f"adult schema ({treatment})")
+    schema = Schema.from_dict(schema_dict(treatment, buckets, bins, sigma, log_heavy), f"adult schema ({treatment})")
     return schema, prepare_file(csv, schema, split="stratified:income", seed=split_seed)
 
 
 def run_model(name, schema, tables, seed, a) -> dict:
     from dynarec.models.keys import active_params
+    from dynarec.models.registry import get_model_info
     from dynarec.train.run import train_model
 
-    params = active_params(name, {"embed_dim": a.embed_dim, "hidden": a.hidden})  # pepnet has no shared MLP
+    keys = {f.name for f in dataclasses.fields(get_model_info(name).config_cls)}
+    extra = {k: v for k, v in (a.model_set or []) if k in keys}  # --set keys of other models are skipped
+    params = active_params(name, {"embed_dim": a.embed_dim, "hidden": a.hidden, "dropout": a.dropout,
+                                  **extra})  # pepnet has no shared MLP
     trainer = {"epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr, "patience": a.patience,
-               "threads": a.threads, "progress": False}
+               "threads": a.threads, "progress": False, "weight_decay": a.weight_decay,
+               "embedding_optimizer": a.embedding_optimizer, "embedding_lr": a.embedding_lr}
     t0 = time.perf_counter()
     r = train_model(name, schema, tables, params=params, trainer=trainer, seed=seed)
     return {"auc": r.metrics["auc"]["income"]["all"], "auc_married": r.metrics["auc"]["married"]["all"],
@@ -189,6 +200,13 @@ def run_baselines(raw, rows, seeds, threads) -> dict:
     return res
 
 
+def _key_value(text: str) -> tuple[str, object]:
+    k, sep, v = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected KEY=JSON, got {text!r}")
+    return k, json.loads(v)
+
+
 def summary(runs: list[dict]) -> dict:
     a = np.array([r["auc"] for r in runs])
     return {"auc_mean": float(a.mean()), "auc_std": float(a.std()),
@@ -198,23 +216,32 @@ def summary(runs: list[dict]) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=MODELS)
-    ap.add_argument("--treatments", nargs="+", default=TREATMENTS, choices=TREATMENTS)
+    ap.add_argument("--treatments", nargs="+", default=TREATMENTS, choices=TREATMENTS + ["ple", "plr"],
+                    help="embedded = ple and plr")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--split-seed", type=int, default=0)
     ap.add_argument("--buckets", type=int, default=20)
-    ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--patience", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--patience", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--embed-dim", type=int, default=16)
     ap.add_argument("--hidden", type=int, nargs="+", default=[256, 128])
+    ap.add_argument("--dropout", type=float, default=0.0)
+    ap.add_argument("--weight-decay", type=float, default=0.0)
+    ap.add_argument("--embedding-optimizer", default="adagrad", help="trainer.embedding_optimizer (id tables)")
+    ap.add_argument("--embedding-lr", type=float, default=0.2)
+    ap.add_argument("--set", dest="model_set", type=_key_value, nargs="*", metavar="KEY=JSON",
+                    help="extra model keys (applied where the model uses them), e.g. cross_layers=3")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-baselines", action="store_true")
     ap.add_argument("--probe", nargs="*", default=[], choices=["raw", "ple", "plr"],
                     help="plain-MLP probes of the numeric embeddings (std-prepared tables, task income)")
-    ap.add_argument("--sigma", type=float, default=None,
-                    help="PLR frequency init std (embedded treatment and probe; default: the schema's, 1.0)")
+    ap.add_argument("--sigma", type=float, default=10.0,
+                    help="PLR frequency init std of the plr treatment and probe (the schema's default is 1.0, "
+                         "too low for these z-scored columns: docs/benchmarks.md)")
     ap.add_argument("--bins", type=int, default=None, help="PLE bins of the embedded treatment (schema default 16)")
+    ap.add_argument("--log-heavy", action="store_true", help="log1p on capital-gain / -loss in every treatment")
     ap.add_argument("--quick", action="store_true", help="one seed, dnn only, std + buckets, 3 epochs")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
@@ -227,7 +254,7 @@ def main(argv=None):
     rows, results = None, {}
     expanded = [t for tr in a.treatments for t in (("ple", "plr") if tr == "embedded" else (tr,))]
     for tr in expanded:
-        schema, tables = prepare(csv, tr, a.buckets, a.split_seed, a.bins, a.sigma)
+        schema, tables = prepare(csv, tr, a.buckets, a.split_seed, a.bins, a.sigma, a.log_heavy)
         rows = rows or {s: tables[s].row.numpy() for s in ("train", "test")}
         assert all(np.array_equal(rows[s], tables[s].row.numpy()) for s in rows), "split differs by treatment"
         for name in a.models:

@@ -22,7 +22,7 @@ from dynarec.errors import DataError
 
 
 def _seq_values(col, sep: str) -> tuple[pa.Array, np.ndarray]:
-    """Sequence column (list or 'a|b|c' strings) -> (flat string values, offsets)."""
+    """Sequence column (list or 'a|b|c' strings) -> (flat string values, offsets); empty tokens are null."""
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks()
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
@@ -31,6 +31,8 @@ def _seq_values(col, sep: str) -> tuple[pa.Array, np.ndarray]:
         raise DataError(f"sequence column has type {col.type}; expected a list or '{sep}'-separated strings")
     col = pc.fill_null(col, pa.scalar([], col.type))
     flat = _as_str(col.flatten())
+    # an empty string (an empty sequence, or between two separators) is no token: null (id 0, not unknown)
+    flat = pc.if_else(pc.equal(flat, ""), pa.scalar(None, flat.type), flat)
     offsets = np.asarray(col.offsets, dtype=np.int64)
     offsets = offsets - offsets[0]
     return flat, offsets

@@ -1,8 +1,9 @@
 """M2M (Zhang et al., WSDM 2022, arXiv 2201.06814; docs/models.md "M2M — `m2m`"): multi-scenario multi-task meta
 learning.
 
-* experts ``E_i = MLP_i(SelfAttn(X_seq) ⊕ X_other)`` (``hidden`` widths; the attention runs over each
-  sample's own behaviour tokens, never across the batch);
+* experts ``E_i = MLP_i(SelfAttn(X_seq) ⊕ X_other)`` (``hidden`` widths; X_other: the sparse fields, the
+  numeric-embedding fields and the dense features; the attention runs over each sample's own behaviour
+  tokens, never across the batch);
 * task embedding ``T_t = MLP(Emb(t))``; scenario summary ``S̃ = MLP(S ⊕ A)`` with S = embedded fields of
   ``scenario_groups`` and A = those of ``user_groups``;
 * per task: meta attention ``R_t = Σ_i softmax_i(vᵀMeta_t(E_i ⊕ T_t)) E_i``, meta tower
@@ -59,7 +60,9 @@ class M2M(BaseModel):
         if self.seq_names and d % c.seq_heads:
             raise ConfigError(f"model.m2m.seq_heads: embed_dim {d} is not divisible by seq_heads {c.seq_heads}")
         self.seq_attn = nn.ModuleList(SequenceSelfAttention(d, c.seq_heads) for _ in self.seq_names)
-        expert_in = n_sparse * d + self.dense_dim + len(self.seq_names) * d
+        # the numeric-embedding fields (after the id fields of embed()) join the sparse ones
+        self.n_numeric = self.num_fields - self.embedding.num_fields
+        expert_in = (n_sparse + self.n_numeric) * d + self.dense_dim + len(self.seq_names) * d
         self.experts = nn.ModuleList(MLP(expert_in, c.hidden, None, c.activation, c.dropout, c.batch_norm)
                                      for _ in range(c.num_experts))
         d_e = self.experts[0].out_features
@@ -87,6 +90,8 @@ class M2M(BaseModel):
     def expert_outputs(self, batch, emb: torch.Tensor) -> torch.Tensor:
         """[B, n_experts, d_e]."""
         parts = [emb[:, :self.n_sparse].flatten(1)]
+        if self.n_numeric:
+            parts.append(emb[:, self.embedding.num_fields:].flatten(1))
         if self.dense_dim:
             parts.append(batch.dense)
         table = self.embedding.weight

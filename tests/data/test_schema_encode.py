@@ -88,3 +88,19 @@ def test_pad_sequences_truncates_and_pads():
     offs = np.array([0, 2, 2, 6])
     out = pad_sequences(ids, offs, 3)
     assert out.tolist() == [[5, 6, 0], [0, 0, 0], [7, 8, 9]]
+
+
+def test_empty_sequence_string_is_no_unknown_token():
+    s = _schema()
+    enc = Encoders(s).fit(_table())
+    new = pa.table({"dom": ["a", "a", "b"], "uid": [1, 1, 1], "price": [1.0, 1.0, 1.0], "hist": ["", "x||y", "nope|"],
+                    "cat": ["x", "x", "x"], "click": [0, 1, 0]})
+    out = enc.transform(new, "new")
+    assert enc.unknown_counts["hist"] == 1  # only 'nope'; neither '' nor the empty token of 'x||y' / 'nope|'
+    assert out["hist"][0].tolist() == [0, 0, 0]
+    x, y = (enc.cat["cat"].vocab.index(v) + 1 for v in "xy")
+    assert out["hist"][1].tolist() == [x, 0, y]  # positions unchanged: the empty token is padding id 0
+    # a list-typed sequence column: an empty list and an empty-string item are no unknowns either
+    lst = new.set_column(3, "hist", pa.array([[], ["x", ""], ["nope"]], pa.list_(pa.string())))
+    enc.transform(lst, "list")
+    assert enc.unknown_counts["hist"] == 1

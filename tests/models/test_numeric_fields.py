@@ -34,13 +34,7 @@ def test_edges_fitted_on_train_in_model_units(num_data):
     torch.testing.assert_close(torch.tensor(f.ple_edges, dtype=torch.float64), q, atol=1e-5, rtol=1e-5)
 
 
-# m2m builds its expert input from its own per-sample tokens and ``batch.dense``, not from ``embed()``: it
-# sees the raw value of an embedded numeric feature but not its embedding (follow-up in dynarec/models/m2m.py).
-NOT_YET = {"m2m": "m2m's input does not go through embed(); the numeric-embedding parameters get no gradient"}
-
-
-@pytest.mark.parametrize("name", [pytest.param(m.name, marks=pytest.mark.xfail(reason=NOT_YET[m.name], strict=True))
-                                  if m.name in NOT_YET else m.name for m in list_models()])
+@pytest.mark.parametrize("name", [m.name for m in list_models()])
 def test_every_model_gets_numeric_fields(num_data, name, tmp_path):
     from dynarec.train.checkpoint import load_checkpoint, save_checkpoint
 
