@@ -72,9 +72,10 @@ def _lowest(sc, n):
     if n >= sc.numel():
         return torch.arange(sc.numel())
     v = torch.kthvalue(sc, n).values
-    below = torch.nonzero(sc < v).flatten()
-    tie = torch.nonzero(sc == v).flatten()[:n - below.numel()]
-    return torch.sort(torch.cat([below, tie])).values
+    low = torch.nonzero(sc <= v).flatten()  # ascending; all below v, then the ties by position
+    lv = sc.take(low)
+    below = low[lv < v]
+    return torch.sort(torch.cat([below, low[lv == v][:n - below.numel()]])).values
 
 
 class _SortedMap:
