@@ -320,7 +320,8 @@ class DynamicIndex(nn.Module):
     def end_pass(self):
         """Close a pass: update the decayed counts, expire, evict to the caps; returns this pass's
         ``dict(admitted, evicted, expired)``."""
-        self.dcount.mul_(self.gamma).add_(self.pcount)
+        if self.score_name == "feature":  # the decayed count is that score's only use
+            self.dcount.mul_(self.gamma).add_(self.pcount)
         if self.expiry_passes:
             self.ring[:, self.pass_no % self.expiry_passes] = self.pcount
             self.age += self.used.long()
