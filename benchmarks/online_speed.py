@@ -13,8 +13,9 @@ gradients, Adagrad lr 0.05 as PEPNet's tables), their embeddings are concatenate
 Ids (class ``Ids``): per feature, ``--births`` new ids a step and Zipf draws over a live window of
 ``--window`` ids, larger than the per-feature cap, so at steady state the table is full, every step admits
 ids and every pass end evicts. The table is first filled with the live window (untimed, one pass end); the
-timed part is ``--passes`` passes of ``--steps`` steps each, pass-end eviction included. Single thread by default; time
-under the machine lock:
+timed part is ``--passes`` passes of ``--steps`` steps each, pass-end eviction included; the three variants
+step in turn (interleaved, the order rotating), so that a noisy neighbour slows them alike. Single thread by
+default; both wall-clock and process CPU time are reported. Time under the machine lock:
 
     flock /work/bench.lock .venv/bin/python benchmarks/online_speed.py [--capacity 1000000] [--batch 4096]
         [--steps 40] [--passes 3] [--threads 1] [--json benchmarks/results/online_speed.json]
@@ -126,33 +127,47 @@ def run(kind, a):
         if index is not None:
             index.step()
 
+    return step, index, spent
+
+
+def run_all(a):
+    """Build the three variants, then time their steps interleaved (a different order every step), so that a
+    noisy neighbour slows them all alike. -> {variant: results}."""
     ids_ = Ids(a, seed=0)
-    if index is not None:  # fill the table with the live ids (untimed), then one pass end
-        for f in range(F):
-            for chunk in ids_.fill(f):
-                index.observe(chunk, f)
-        index.end_pass()
+    fill = [ids_.fill(f) for f in range(F)]
     timed = [ids_.batch() for _ in range(3 + a.passes * a.steps)]
-    for ids, y in timed[:3]:  # warm-up
-        step(ids, y)
-    stats = []
-    spent.update(map=0.0, end_pass=0.0)
-    t0, c0 = time.perf_counter(), time.process_time()
-    for p in range(a.passes):
-        for ids, y in timed[3 + p * a.steps: 3 + (p + 1) * a.steps]:
+    kinds = ("static", "index", "table")
+    built = {k: run(k, a) for k in kinds}
+    for k, (step, index, spent) in built.items():
+        if index is not None:  # fill the table with the live ids (untimed), then one pass end
+            for f in range(F):
+                for chunk in fill[f]:
+                    index.observe(chunk, f)
+            index.end_pass()
+        for ids, y in timed[:3]:  # warm-up
             step(ids, y)
-        if index is not None:
-            t = time.process_time()
-            stats.append(index.end_pass())
-            spent["end_pass"] += time.process_time() - t
-    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+        spent.update(map=0.0, end_pass=0.0)
+    wall, cpu, stats = dict.fromkeys(kinds, 0.0), dict.fromkeys(kinds, 0.0), {k: [] for k in kinds}
+    for i, (ids, y) in enumerate(timed[3:]):
+        for k in kinds[i % 3:] + kinds[:i % 3]:
+            step, index, spent = built[k]
+            t, c = time.perf_counter(), time.process_time()
+            step(ids, y)
+            if (i + 1) % a.steps == 0 and index is not None:
+                c1 = time.process_time()
+                stats[k].append(index.end_pass())
+                spent["end_pass"] += time.process_time() - c1
+            wall[k] += time.perf_counter() - t
+            cpu[k] += time.process_time() - c
     n = a.passes * a.steps
-    out = {"rows_per_s": n * a.batch / dt, "ms_per_step": 1e3 * dt / n,
-           "rows_per_cpu_s": n * a.batch / cpu, "cpu_ms_per_step": 1e3 * cpu / n}
-    if index is not None:
-        out.update(slots_in_use=index.slots_in_use, passes=stats,
-                   **{f"cpu_ms_{k}_per_step": 1e3 * v / (a.passes * a.steps) for k, v in spent.items()})
-    return out
+    res = {}
+    for k, (step, index, spent) in built.items():
+        r = res[k] = {"rows_per_s": n * a.batch / wall[k], "ms_per_step": 1e3 * wall[k] / n,
+                      "rows_per_cpu_s": n * a.batch / cpu[k], "cpu_ms_per_step": 1e3 * cpu[k] / n}
+        if index is not None:
+            r.update(slots_in_use=index.slots_in_use, passes=stats[k],
+                     **{f"cpu_ms_{x}_per_step": 1e3 * v / n for x, v in spent.items()})
+    return res
 
 
 def main() -> None:
@@ -168,7 +183,7 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the results here")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    res = {k: run(k, a) for k in ("static", "index", "table")}
+    res = run_all(a)
     base, cbase = res["static"]["rows_per_s"], res["static"]["rows_per_cpu_s"]
     print(f"capacity {a.capacity}  batch {a.batch} x {F} features  dim {a.dim}  threads {a.threads}")
     print(f"{'variant':8} {'rows/s':>10} {'ms/step':>8} {'x static':>8} {'rows/cpu-s':>10} {'x static':>8}"

@@ -72,9 +72,10 @@ def _lowest(sc, n):
     if n >= sc.numel():
         return torch.arange(sc.numel())
     v = torch.kthvalue(sc, n).values
-    below = torch.nonzero(sc < v).flatten()
-    tie = torch.nonzero(sc == v).flatten()[:n - below.numel()]
-    return torch.sort(torch.cat([below, tie])).values
+    low = torch.nonzero(sc <= v).flatten()  # ascending; all below v, then the ties by position
+    lv = sc.take(low)
+    below = low[lv < v]
+    return torch.sort(torch.cat([below, low[lv == v][:n - below.numel()]])).values
 
 
 class _SortedMap:
@@ -319,7 +320,8 @@ class DynamicIndex(nn.Module):
     def end_pass(self):
         """Close a pass: update the decayed counts, expire, evict to the caps; returns this pass's
         ``dict(admitted, evicted, expired)``."""
-        self.dcount.mul_(self.gamma).add_(self.pcount)
+        if self.score_name == "feature":  # the decayed count is that score's only use
+            self.dcount.mul_(self.gamma).add_(self.pcount)
         if self.expiry_passes:
             self.ring[:, self.pass_no % self.expiry_passes] = self.pcount
             self.age += self.used.long()

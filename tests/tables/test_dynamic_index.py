@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from dynarec.tables.dynamic import DynamicIndex, _SortedMap, reset_slots
+from dynarec.tables.dynamic import DynamicIndex, _lowest, _SortedMap, reset_slots
 from dynarec.tables.reference import ReferenceTable
 from dynarec.tables.scores import SCORES
 
@@ -64,6 +64,14 @@ def test_index_equals_reference_past_the_delta_merge(score, threshold, monkeypat
     ix, ref = DynamicIndex(700, **kw), ReferenceTable(700, **kw)
     _compare(ix, ref, kw, _stream(3, passes=3, steps=4, hi=2000, b=150, drift=400))
     assert len(flushes) > 2 * 3 + 5  # beyond the one flush per slot map at each of the 3 pass ends
+
+
+def test_lowest_is_the_head_of_a_stable_argsort():
+    g = torch.Generator().manual_seed(2)
+    for n in (1, 7, 50, 199, 200, 250):
+        sc = torch.randint(0, 6, (200,), generator=g).double()  # many ties
+        want = torch.sort(torch.argsort(sc, stable=True)[:n]).values
+        assert torch.equal(_lowest(sc, n), want)
 
 
 def test_sorted_map_matches_a_dict():
