@@ -31,12 +31,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(bundle: Path, backend: str, threads: int):
+def start_server(bundle: Path, backend: str, threads: int, extra=()):
     import httpx
 
     port = free_port()
     cmd = [sys.executable, "-m", "dynarec", "serve", "--model", str(bundle), "--port", str(port),
-           "--backend", backend, "--threads", str(threads)]
+           "--backend", backend, "--threads", str(threads), *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     for _ in range(300):
@@ -155,6 +155,9 @@ def main():
     ap.add_argument("--threads", type=int, default=1, help="torch / ORT threads in the server (the client takes a core)")
     ap.add_argument("--max-seconds", type=float, default=120)
     ap.add_argument("--json", type=Path, help="write the results here too")
+    ap.add_argument("--bundle", type=Path, help="serve this bundle instead of training + exporting one")
+    ap.add_argument("--serve-args", default="", help="extra `dynarec serve` arguments, e.g. '--max-wait-ms 1'")
+    ap.add_argument("--no-speed", action="store_true", help="skip the batch-1024 backend speed")
     ap.add_argument("--client", choices=["wrk", "httpx"], default="wrk" if shutil.which("wrk") else "httpx",
                     help="load generator (default: wrk when installed: apt-get install wrk)")
     a = ap.parse_args()
@@ -163,10 +166,12 @@ def main():
     backends = a.backends.split(",")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        assert cli(["data", "synthetic", "--rows", "20000", "--out", str(tmp / "data")]) == 0
-        assert cli(["train", "--model", a.model, "--data", str(tmp / "data"), "--epochs", "1",
-                    "--set", "trainer.progress=false", "--out", str(tmp / "ck")]) == 0
-        assert cli(["export", "--checkpoint", str(tmp / "ck"), "--out", str(tmp / "bundle")]) == 0
+        bundle = a.bundle or tmp / "bundle"
+        if a.bundle is None:
+            assert cli(["data", "synthetic", "--rows", "20000", "--out", str(tmp / "data")]) == 0
+            assert cli(["train", "--model", a.model, "--data", str(tmp / "data"), "--epochs", "1",
+                        "--set", "trainer.progress=false", "--out", str(tmp / "ck")]) == 0
+            assert cli(["export", "--checkpoint", str(tmp / "ck"), "--out", str(bundle)]) == 0
         from dynarec.data.synthetic import generate
 
         t, _ = generate(2048, seed=5)
@@ -177,7 +182,7 @@ def main():
         for k in [int(x) for x in a.rows.split(",")]:
             bodies = [json.dumps({"rows": rows[i:i + k]}).encode() for i in range(0, len(rows) - k + 1, max(k, 1))][:256]
             for be in backends:
-                proc, url = start_server(tmp / "bundle", be, a.threads)
+                proc, url = start_server(bundle, be, a.threads, a.serve_args.split())
                 try:
                     asyncio.run(load(url, bodies[:8], 200, a.concurrency, 30))  # warm-up
                     if a.client == "wrk":
@@ -192,7 +197,7 @@ def main():
                 print(f"{be:6s} rows/request {k:3d}: {r['requests']:6d} requests in {r['seconds']:5.1f} s  "
                       f"{r['rps']:7.0f} req/s {r['rows_per_s']:8.0f} rows/s  p50 {r['p50']:5.1f}  p95 {r['p95']:5.1f}  "
                       f"p99 {r['p99']:5.1f} ms  errors {r['errors']}", flush=True)
-        speed = backend_speed(tmp / "bundle", backends)
+        speed = {} if a.no_speed else backend_speed(bundle, backends)
     base = speed.get("eager")
     print("inference at batch 1024 (rows/s): " + "  ".join(
         f"{b} {v:,.0f}" + (f" ({v / base:.2f}x eager)" if base else "") for b, v in speed.items()))

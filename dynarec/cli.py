@@ -300,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--backend", default="onnx", choices=["torch", "onnx", "eager"])
     sv.add_argument("--watch", help="folder where new bundles appear (hot reload)")
     sv.add_argument("--max-batch", type=int, default=256, help="rows per inference call (micro-batching)")
-    sv.add_argument("--max-wait-ms", type=float, default=2.0, help="wait at most this long to fill a batch")
+    sv.add_argument("--max-wait-ms", type=float, default=0.0,
+                    help="after taking the queued requests, wait at most this long for more (0: run at once)")
     sv.add_argument("--max-rows", type=int, default=4096, help="rows per request")
     sv.add_argument("--queue-size", type=int, default=1024, help="pending requests before 503")
     sv.add_argument("--threads", type=int, default=0, help="torch / ONNX Runtime threads (0 = default)")

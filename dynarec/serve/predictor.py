@@ -25,11 +25,14 @@ class Encoded:
         unknown: feature -> number of non-null values unseen in training (mapped to id 0); every sparse and
             sequence feature is present (0 when none); empty for a prepared folder.
         has_labels: False when the rows carried no labels (the label tensors are zeros then).
+        unknown_rows: with ``per_row``: Int64[N, F] unknown values of row i in embedded field j
+            (``schema.fields`` order; for a sequence, its unknown tokens within ``max_len``), else None.
     """
 
     table: object
     unknown: dict[str, int] = field(default_factory=dict)
     has_labels: bool = True
+    unknown_rows: np.ndarray | None = None
 
 
 class Predictor:
@@ -79,14 +82,17 @@ class Predictor:
                 "domain": self.schema.domain, "domains": list(self.schema.domain_values)}
 
     # ------------------------------------------------------------------------------------- encoding
-    def encode(self, table: pa.Table, where: str = "rows", labels: bool | None = None) -> Encoded:
-        """Raw rows -> the model's tensors with the checkpoint's encoders.
+    def encode(self, table: pa.Table, where: str = "rows", labels: bool | None = None,
+               per_row: bool = False) -> Encoded:
+        """Raw rows -> the model's tensors with the checkpoint's encoders (the one encoder of ``dynarec
+        evaluate`` / ``predict`` and of the HTTP server, which calls it once per micro-batch).
 
         Args:
             table: raw columns (features; labels and the user column optional unless ``labels`` is True).
             where: names the source in error messages (a file path, 'rows').
             labels: True: every task's label column (and the user column) is required; False: labels are
                 ignored; None: used when all are present.
+            per_row: also count the unknown values of every row (``Encoded.unknown_rows``).
         """
         from dynarec.data.prepare import check_columns, to_tensor_table
 
@@ -102,7 +108,16 @@ class Predictor:
         with self._lock:
             cols = self.encoders.transform(table, where, labels=has)
             unknown = dict(self.encoders.unknown_counts)
-        return Encoded(to_tensor_table(self.schema, cols), unknown, has)
+        tt = to_tensor_table(self.schema, cols)
+        return Encoded(tt, unknown, has, _unknown_rows(self.schema, table, tt, unknown) if per_row else None)
+
+    def inputs(self, encoded: Encoded) -> tuple:
+        """The positional tensors of the exported programs (``sparse``, [``dense``], sequences...)."""
+        from dynarec.data.table import Batch
+        from dynarec.serve.export import batch_inputs
+
+        tt = encoded.table
+        return batch_inputs(self.schema, Batch(tt.sparse, tt.dense, tt.domain, {}, tt.sequences))
 
     def encode_rows(self, rows: list[dict], labels: bool | None = None) -> Encoded:
         """JSON-like rows (``[{"user_id": "u1", "item_price": 3.5, ...}]``) -> the model's tensors."""
@@ -181,6 +196,28 @@ class Predictor:
 
             summary["mc_dropout"] = mc_dropout_report(self.model, enc.table, mc_dropout)
         return summary
+
+
+def _unknown_rows(schema, table: pa.Table, tt, unknown: dict[str, int]) -> np.ndarray:
+    """Int64[N, F]: the unknown values of each row and embedded field; a feature without any unknown value
+    in the batch (the common case) costs nothing."""
+    import pyarrow.compute as pc
+
+    from dynarec.data.encode import column
+
+    out = np.zeros((len(tt), len(schema.fields)), dtype=np.int64)
+    for j, f in enumerate(schema.sparse):
+        if unknown.get(f.name):  # id 0 for a value that is not null (nor a null token)
+            valid = np.asarray(column(table, f).is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+            out[:, j] = (tt.sparse[:, j].numpy() == 0) & valid
+    for k, f in enumerate(schema.sequences):
+        if unknown.get(f.name):  # tokens within max_len minus the known ones
+            col = table.column(f.name)
+            lens = pc.list_value_length(pc.split_pattern(col, f.separator)).to_numpy(zero_copy_only=False)
+            lens = np.minimum(np.nan_to_num(np.asarray(lens, dtype=np.float64)), f.max_len).astype(np.int64)
+            lens[np.asarray(pc.equal(col, "").to_numpy(zero_copy_only=False), dtype=bool)] = 0
+            out[:, len(schema.sparse) + k] = np.maximum(lens - (tt.sequences[f.name].numpy() != 0).sum(1), 0)
+    return out
 
 
 def write_predictions(checkpoint: str | Path, data: str | Path, out: str | Path, id_column: str | None = None,

@@ -1,10 +1,12 @@
-"""``dynarec serve``: an HTTP predictor on RAW feature values (FastAPI + uvicorn) over an exported bundle.
+"""``dynarec serve``: an HTTP predictor on RAW feature values (uvicorn; FastAPI for all but the hot path) over an
+exported bundle.
 
 * ``POST /predict`` ``{"rows": [{feature: raw value, ...}, ...]}`` -> ``{"predictions": {task: [p, ...]},
   "unknown": {feature: count}, "model_version": "..."}``. Requests are validated one by one (a client's mistake
   is a 4xx with a one-line JSON ``{"error": ...}``; the server stays up) and then **micro-batched**: a bounded
-  queue feeds one inference worker that takes up to ``max_batch`` rows or waits at most ``max_wait_ms`` for
-  more, encodes them with the bundle's encoders in one go, runs the backend once and splits the answer.
+  queue feeds one inference worker that takes every request queued while the previous batch ran (up to
+  ``max_batch`` rows; optionally waiting ``max_wait_ms`` for more, 0 by default, so a lone request never
+  waits), encodes them with :meth:`Predictor.encode` in one go, runs the backend once and splits the answer.
   A full queue answers 503 (back-pressure) instead of growing without bound.
 * ``GET /healthz``, ``GET /metadata`` (tasks, features, inputs, version, backend), ``GET /metrics`` (Prometheus
   text: requests by status, errors, latency histogram, batch-size histogram, reloads).
@@ -25,28 +27,37 @@ import numpy as np
 import torch
 
 from dynarec.errors import DynarecError
-from dynarec.serve.rows import RowError, rows_to_table
+from dynarec.serve.rows import RowError, columns_to_table, rows_to_columns
+
+try:  # orjson (the serve extra): ~5x faster JSON both ways; the standard library otherwise
+    from orjson import dumps as _dumps
+    from orjson import loads as _loads
+except ImportError:  # pragma: no cover - exercised where orjson is not installed
+    _loads = json.loads
+
+    def _dumps(obj) -> bytes:
+        return json.dumps(obj, separators=(",", ":")).encode()
 
 
 @dataclass
 class ServerConfig:
     max_batch: int = 256  # rows per inference call
-    max_wait_ms: float = 2.0  # how long the worker waits for more requests to fill a batch
+    max_wait_ms: float = 0.0  # extra wait for more requests once the queue is drained (0: run at once)
     queue_size: int = 1024  # pending requests before 503
     max_rows: int = 4096  # rows per request
     max_body_bytes: int = 8 << 20
     watch_interval_s: float = 0.5
+    inline: bool = True  # run batches on the event loop (no thread hand-off / GIL ping-pong on few cores)
 
 
 @dataclass
 class Served:
-    """One loaded bundle: its manifest, encoders and backend."""
+    """One loaded bundle: its manifest, predictor (model + encoders) and backend."""
 
     path: Path
     manifest: dict
     backend_name: str
-    schema: object = None
-    encoders: object = None
+    predictor: object = None
     backend: object = None
     tasks: list = field(default_factory=list)
 
@@ -54,23 +65,27 @@ class Served:
     def version(self) -> str:
         return self.manifest["model_version"]
 
+    @property
+    def schema(self):
+        return self.predictor.schema
+
     @classmethod
     def load(cls, path: str | Path, backend: str) -> "Served":
-        from dynarec.serve.bundle import read_bundle
         from dynarec.serve.backends import load_backend
+        from dynarec.serve.bundle import read_bundle
+        from dynarec.serve.predictor import Predictor
 
         path = Path(path)
         manifest, model, encoders = read_bundle(path)
         run = load_backend(path, backend, model=model if backend == "eager" else None)
-        return cls(path, manifest, backend, model.schema, encoders, run, [t["name"] for t in manifest["tasks"]])
+        pred = Predictor(model, encoders, manifest["model"], manifest["model_version"], str(path))
+        return cls(path, manifest, backend, pred, run, [t["name"] for t in manifest["tasks"]])
 
     def predict_table(self, table) -> tuple[list[np.ndarray], np.ndarray]:
-        """-> (one array per task, unknown-category flags per row and embedded feature [N, F])."""
-        from dynarec.serve.bundle import encode_features
-
-        inputs, unknown = encode_features(self.schema, self.encoders, table)
-        out = self.backend(inputs)
-        return [torch.as_tensor(o).float().numpy() for o in out], unknown
+        """-> (one array per task, unknown values per row and embedded field [N, F])."""
+        enc = self.predictor.encode(table, "request", labels=False, per_row=True)
+        out = self.backend(self.predictor.inputs(enc))
+        return [o.float().numpy() if isinstance(o, torch.Tensor) else np.asarray(o) for o in out], enc.unknown_rows
 
 
 class ClientError(Exception):
@@ -81,7 +96,7 @@ class ClientError(Exception):
 
 @dataclass
 class _Pending:
-    table: object
+    cols: dict  # validated raw columns (rows_to_columns)
     n: int
     future: asyncio.Future
 
@@ -107,6 +122,7 @@ class Engine:
         self.batch_rows = Histogram("dynarec_batch_rows", "rows per inference call", registry=self.reg,
                                     buckets=tuple(2 ** i for i in range(13)))
         self.reloads = Counter("dynarec_reloads", "bundles swapped in", ["result"], registry=self.reg)
+        self.ok = self.requests.labels("/predict", "200")  # the hot path's counter, looked up once
         self.lock = threading.Lock()
 
     # ---- lifecycle ----------------------------------------------------------------------------------
@@ -124,42 +140,46 @@ class Engine:
 
     # ---- requests -----------------------------------------------------------------------------------
     async def predict(self, payload) -> dict:
-        if not isinstance(payload, dict) or "rows" not in payload:
+        if type(payload) is not dict or "rows" not in payload:
             raise ClientError(422, "expected a JSON object with a 'rows' list")
-        served = self.served
         try:
-            table = rows_to_table(payload["rows"], served.schema, self.cfg.max_rows)
+            cols = rows_to_columns(payload["rows"], self.served.schema, self.cfg.max_rows)
         except RowError as e:
             raise ClientError(413 if "at most" in str(e) else 422, str(e)) from None
         fut = asyncio.get_running_loop().create_future()
         try:
-            self.queue.put_nowait(_Pending(table, table.num_rows, fut))
+            self.queue.put_nowait(_Pending(cols, len(payload["rows"]), fut))
         except asyncio.QueueFull:
             raise ClientError(503, f"server busy: {self.cfg.queue_size} requests queued; retry later") from None
         return await fut
 
     async def _worker(self) -> None:
         loop = asyncio.get_running_loop()
+        q, cfg = self.queue, self.cfg
         while True:
-            first = await self.queue.get()
+            first = await q.get()
             batch, rows = [first], first.n
-            deadline = loop.time() + self.cfg.max_wait_ms / 1000
-            while rows < self.cfg.max_batch:
+            while rows < cfg.max_batch and not q.empty():  # everything that queued up meanwhile
+                item = q.get_nowait()
+                batch.append(item)
+                rows += item.n
+            deadline = loop.time() + cfg.max_wait_ms / 1000
+            while rows < cfg.max_batch and cfg.max_wait_ms > 0:  # optionally wait a little for more
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
                 try:
-                    item = self.queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    left = deadline - loop.time()
-                    if left <= 0:
-                        break
-                    try:
-                        item = await asyncio.wait_for(self.queue.get(), left)
-                    except asyncio.TimeoutError:
-                        break
+                    item = await asyncio.wait_for(q.get(), left)
+                except asyncio.TimeoutError:
+                    break
                 batch.append(item)
                 rows += item.n
             served = self.served  # one model for the whole batch, even if a reload lands meanwhile
             try:
-                results = await loop.run_in_executor(self.pool, _run_batch, served, batch)
+                if cfg.inline:
+                    results = _run_batch(served, batch)
+                else:
+                    results = await loop.run_in_executor(self.pool, _run_batch, served, batch)
             except Exception as e:  # noqa: BLE001 - a failed batch fails its requests, not the server
                 for p in batch:
                     if not p.future.done():
@@ -169,6 +189,8 @@ class Engine:
             for p, r in zip(batch, results):
                 if not p.future.done():
                     p.future.set_result(r)
+            if cfg.inline:
+                await asyncio.sleep(0)  # let the loop read the requests that arrived during the batch
 
     # ---- hot reload ---------------------------------------------------------------------------------
     async def _watcher(self) -> None:
@@ -193,19 +215,25 @@ class Engine:
             self.reloads.labels("ok").inc()
 
 
-def _run_batch(served: Served, batch: list[_Pending]) -> list[dict]:
-    import pyarrow as pa
-
-    table = pa.concat_tables([p.table for p in batch]) if len(batch) > 1 else batch[0].table
-    outs, unknown = served.predict_table(table)
-    names = [f.name for f in served.schema.fields]
+def _run_batch(served: Served, batch: list[_Pending]) -> list[bytes]:
+    """Encode + run the rows of every request in ``batch`` at once -> each request's JSON answer."""
+    names = [f.name for f in served.schema.features]
+    if len(batch) == 1:
+        cols = batch[0].cols
+    else:
+        cols = {n: [v for p in batch for v in p.cols[n]] for n in names}
+    outs, unknown = served.predict_table(columns_to_table(cols, served.schema))
+    outs = [o.tolist() for o in outs]
+    fields = [f.name for f in served.schema.fields]
+    any_unknown = bool(unknown.any())
     res, s = [], 0
     for p in batch:
         e = s + p.n
-        unk = unknown[s:e].sum(0)
-        res.append({"predictions": {t: o[s:e].tolist() for t, o in zip(served.tasks, outs)},
-                    "unknown": {n: int(c) for n, c in zip(names, unk) if c},
-                    "model_version": served.version})
+        unk = {}
+        if any_unknown:
+            unk = {n: int(c) for n, c in zip(fields, unknown[s:e].sum(0)) if c}
+        res.append(_dumps({"predictions": {t: o[s:e] for t, o in zip(served.tasks, outs)},
+                           "unknown": unk, "model_version": served.version}))
         s = e
     return res
 
@@ -222,13 +250,19 @@ def newest_bundle(watch: Path) -> Path | None:
     return max(subs, key=lambda p: (p / "manifest.json").stat().st_mtime) if subs else None
 
 
+_JSON = [(b"content-type", b"application/json")]
+
+
 def create_app(bundle: str | Path, backend: str = "onnx", watch: str | Path | None = None,
                cfg: ServerConfig | None = None):
-    """The FastAPI application serving ``bundle`` (loaded now: errors surface before the port opens)."""
+    """The ASGI application serving ``bundle`` (loaded now: errors surface before the port opens).
+
+    ``POST /predict`` is a plain ASGI handler (the hot path: no request / response models, orjson both
+    ways); every other route and the lifespan are a FastAPI app (``app.state.engine`` holds the engine)."""
     from contextlib import asynccontextmanager
 
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, PlainTextResponse
+    from fastapi import FastAPI
+    from fastapi.responses import PlainTextResponse
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     cfg = cfg or ServerConfig()
@@ -240,47 +274,61 @@ def create_app(bundle: str | Path, backend: str = "onnx", watch: str | Path | No
         yield
         await engine.stop()
 
-    app = FastAPI(title="dynarec", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.engine = engine
+    api = FastAPI(title="dynarec", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    api.state.engine = engine
 
-    def error(status: int, msg: str, endpoint: str) -> JSONResponse:
-        engine.requests.labels(endpoint, str(status)).inc()
+    async def respond(send, status: int, body: bytes, headers=()) -> None:
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [*_JSON, (b"content-length", str(len(body)).encode()), *headers]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def error(send, status: int, msg: str, headers=()) -> None:
+        engine.requests.labels("/predict", str(status)).inc()
         engine.errors.labels("client" if status < 500 else "server").inc()
-        return JSONResponse({"error": msg.splitlines()[0] if msg else "error"}, status_code=status)
+        await respond(send, status, _dumps({"error": msg.splitlines()[0] if msg else "error"}), headers)
 
-    @app.post("/predict")
-    async def predict(request: Request):
+    async def predict(scope, receive, send) -> None:
         t0 = time.perf_counter()
-        n = request.headers.get("content-length")
-        if n is not None and n.isdigit() and int(n) > cfg.max_body_bytes:
-            return error(413, f"request body over {cfg.max_body_bytes} bytes", "/predict")
-        body = await request.body()
+        if scope["method"] != "POST":
+            return await error(send, 405, "POST /predict with JSON {\"rows\": [...]}", [(b"allow", b"POST")])
+        limit = cfg.max_body_bytes
+        for k, v in scope["headers"]:
+            if k == b"content-length" and v.isdigit() and int(v) > limit:
+                return await error(send, 413, f"request body over {limit} bytes")
+        body = b""
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return
+            body += msg.get("body", b"")
+            if len(body) > limit:
+                return await error(send, 413, f"request body over {limit} bytes")
+            if not msg.get("more_body"):
+                break
         if not body:
-            return error(400, "empty request body; expected JSON {\"rows\": [...]}", "/predict")
-        if len(body) > cfg.max_body_bytes:
-            return error(413, f"request body over {cfg.max_body_bytes} bytes", "/predict")
+            return await error(send, 400, "empty request body; expected JSON {\"rows\": [...]}")
         try:
-            payload = json.loads(body)
+            payload = _loads(body)
         except (ValueError, UnicodeDecodeError) as e:
-            return error(400, f"malformed JSON: {e}", "/predict")
+            return await error(send, 400, f"malformed JSON: {e}")
         try:
             out = await engine.predict(payload)
         except ClientError as e:
-            return error(e.status, str(e), "/predict")
+            return await error(send, e.status, str(e))
         except DynarecError as e:  # e.g. a value the encoders refuse
-            return error(422, str(e), "/predict")
+            return await error(send, 422, str(e))
         except Exception as e:  # noqa: BLE001
-            return error(500, f"{type(e).__name__}: {e}", "/predict")
-        engine.requests.labels("/predict", "200").inc()
+            return await error(send, 500, f"{type(e).__name__}: {e}")
+        await respond(send, 200, out)
+        engine.ok.inc()
         engine.latency.observe(time.perf_counter() - t0)
-        return JSONResponse(out)
 
-    @app.get("/healthz")
+    @api.get("/healthz")
     async def healthz():
         engine.requests.labels("/healthz", "200").inc()
         return {"status": "ok", "model_version": engine.served.version}
 
-    @app.get("/metadata")
+    @api.get("/metadata")
     async def metadata():
         s = engine.served
         engine.requests.labels("/metadata", "200").inc()
@@ -289,10 +337,16 @@ def create_app(bundle: str | Path, backend: str = "onnx", watch: str | Path | No
                 "features": [{"name": f.name, "kind": f.kind, "group": f.group} for f in s.schema.features],
                 "max_rows": cfg.max_rows, "max_batch": cfg.max_batch, "max_wait_ms": cfg.max_wait_ms}
 
-    @app.get("/metrics")
+    @api.get("/metrics")
     async def metrics():
         return PlainTextResponse(generate_latest(engine.reg).decode(), media_type=CONTENT_TYPE_LATEST)
 
+    async def app(scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/predict":
+            return await predict(scope, receive, send)
+        return await api(scope, receive, send)
+
+    app.state = api.state  # callers reach the engine as app.state.engine, as on the FastAPI app
     return app
 
 
@@ -309,5 +363,4 @@ def serve(bundle: str | Path, host: str = "127.0.0.1", port: int = 8000, backend
     s = app.state.engine.served
     print(f"dynarec serve: {s.manifest['model']} {s.version} ({backend}) on http://{host}:{port}"
           + (f", watching {watch}" if watch else ""), file=sys.stderr, flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
-
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on")
