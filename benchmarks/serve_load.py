@@ -73,6 +73,18 @@ end
 """
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc; 0 elsewhere): the server's cost per
+    request, which a busy machine stretches less than the latency."""
+    import os
+
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def load_wrk(url: str, bodies: list[bytes], n: int, concurrency: int, max_seconds: float, tmp: Path) -> dict:
     """The same load from ``wrk`` (a C client: the Python client, not the server, limits the rate otherwise):
     one thread, ``concurrency`` connections, stopped after ``n`` requests or ``max_seconds``."""
@@ -185,18 +197,22 @@ def main():
                 proc, url = start_server(bundle, be, a.threads, a.serve_args.split())
                 try:
                     asyncio.run(load(url, bodies[:8], 200, a.concurrency, 30))  # warm-up
+                    cpu0 = cpu_seconds(proc.pid)
                     if a.client == "wrk":
                         r = load_wrk(url, bodies, a.requests, a.concurrency, a.max_seconds, tmp)
                     else:
                         r = asyncio.run(load(url, bodies, a.requests, a.concurrency, a.max_seconds))
+                    cpu = cpu_seconds(proc.pid) - cpu0
                 finally:
                     proc.terminate()
                     proc.wait(10)
-                r.update(backend=be, rows_per_request=k, rows_per_s=r["rps"] * k)
+                r.update(backend=be, rows_per_request=k, rows_per_s=r["rps"] * k,
+                         server_cpu_ms_per_request=1000 * cpu / max(r["requests"], 1))
                 results.append(r)
                 print(f"{be:6s} rows/request {k:3d}: {r['requests']:6d} requests in {r['seconds']:5.1f} s  "
                       f"{r['rps']:7.0f} req/s {r['rows_per_s']:8.0f} rows/s  p50 {r['p50']:5.1f}  p95 {r['p95']:5.1f}  "
-                      f"p99 {r['p99']:5.1f} ms  errors {r['errors']}", flush=True)
+                      f"p99 {r['p99']:5.1f} ms  errors {r['errors']}  server CPU {r['server_cpu_ms_per_request']:.3f} ms/request",
+                      flush=True)
         speed = {} if a.no_speed else backend_speed(bundle, backends)
     base = speed.get("eager")
     print("inference at batch 1024 (rows/s): " + "  ".join(

@@ -19,7 +19,7 @@ import pytest
 from dynarec.cli import main
 
 httpx = pytest.importorskip("httpx", reason="serving tests need the serve extra: pip install 'dynarec[serve]'")
-pytest.importorskip("fastapi", reason="serving needs the serve extra: pip install 'dynarec[serve]'")
+pytest.importorskip("httptools", reason="serving needs the serve extra: pip install 'dynarec[serve]'")
 pytest.importorskip("onnxruntime", reason="the onnx backend needs the onnx extra: pip install 'dynarec[onnx]'")
 
 
