@@ -25,8 +25,8 @@ class Encoded:
         unknown: feature -> number of non-null values unseen in training (mapped to id 0); every sparse and
             sequence feature is present (0 when none); empty for a prepared folder.
         has_labels: False when the rows carried no labels (the label tensors are zeros then).
-        unknown_rows: with ``per_row``: Int64[N, F] unknown values of row i in embedded field j
-            (``schema.fields`` order; for a sequence, its unknown tokens within ``max_len``), else None.
+        unknown_rows: from :meth:`Predictor.encode_columns`: Int64[N, F] unknown values of row i in embedded
+            field j (``schema.fields`` order; for a sequence, its unknown tokens within ``max_len``), else None.
     """
 
     table: object
@@ -82,17 +82,15 @@ class Predictor:
                 "domain": self.schema.domain, "domains": list(self.schema.domain_values)}
 
     # ------------------------------------------------------------------------------------- encoding
-    def encode(self, table: pa.Table, where: str = "rows", labels: bool | None = None,
-               per_row: bool = False) -> Encoded:
-        """Raw rows -> the model's tensors with the checkpoint's encoders (the one encoder of ``dynarec
-        evaluate`` / ``predict`` and of the HTTP server, which calls it once per micro-batch).
+    def encode(self, table: pa.Table, where: str = "rows", labels: bool | None = None) -> Encoded:
+        """Raw rows -> the model's tensors with the checkpoint's encoders (``dynarec evaluate`` / ``predict``;
+        the HTTP server's :meth:`encode_columns` gives the same on Python lists).
 
         Args:
             table: raw columns (features; labels and the user column optional unless ``labels`` is True).
             where: names the source in error messages (a file path, 'rows').
             labels: True: every task's label column (and the user column) is required; False: labels are
                 ignored; None: used when all are present.
-            per_row: also count the unknown values of every row (``Encoded.unknown_rows``).
         """
         from dynarec.data.prepare import check_columns, to_tensor_table
 
@@ -108,8 +106,78 @@ class Predictor:
         with self._lock:
             cols = self.encoders.transform(table, where, labels=has)
             unknown = dict(self.encoders.unknown_counts)
-        tt = to_tensor_table(self.schema, cols)
-        return Encoded(tt, unknown, has, _unknown_rows(self.schema, table, tt, unknown) if per_row else None)
+        return Encoded(to_tensor_table(self.schema, cols), unknown, has)
+
+    def encode_columns(self, cols: dict[str, list], where: str = "request") -> Encoded:
+        """Raw feature columns as Python lists (a server's micro-batch: categories ``str`` or None, numbers
+        ``float`` (NaN = missing), sequences one ``separator``-joined ``str``; :func:`dynarec.serve.rows.rows_to_columns`)
+        -> the tensors and unknown counts of :meth:`encode` on the same rows (``labels=False``; a test holds
+        the two equal) plus the unknowns of every row (``Encoded.unknown_rows``). Dictionary lookups
+        instead of ~60 pyarrow calls: for the small batches of a server.
+        """
+        from dynarec.data.prepare import to_tensor_table
+
+        if self.encoders is None:
+            raise DataError("checkpoint has no encoders; raw rows cannot be encoded")
+        luts = self._lookups()
+        n = len(cols[self.schema.domain])
+        out, unknown = {}, {}
+        unk_rows = np.zeros((n, len(self.schema.fields)), dtype=np.int64)
+        col_of = {f.name: j for j, f in enumerate(self.schema.fields)}
+        for f in self.schema.features:
+            vals = cols[f.name]
+            if f.kind == "dense":
+                out.update(self._dense_list(f, vals, where))
+                continue
+            lut, nulls = luts[f.table], frozenset(f.null_values or ())
+            if f.kind == "sparse":
+                ids = [0 if v is None or v in nulls else lut.get(v, 0) for v in vals]
+                miss = [i for i, (v, k) in enumerate(zip(vals, ids)) if k == 0 and v is not None and v not in nulls]
+                out[f.name] = np.asarray(ids, dtype=np.int32)
+                unknown[f.name] = len(miss)
+                unk_rows[miss, col_of[f.name]] = 1
+            else:  # sequence: the first max_len tokens, 0-padded; unknown tokens counted over all
+                ids = np.zeros((n, f.max_len), dtype=np.int32)
+                total = 0
+                for i, v in enumerate(vals):
+                    toks = (v or "").split(f.separator)
+                    row = [0 if t in nulls else lut.get(t, 0) for t in toks]
+                    bad = [t not in nulls and k == 0 for t, k in zip(toks, row)]
+                    total += sum(bad)
+                    if v:
+                        unk_rows[i, col_of[f.name]] = sum(bad[:f.max_len])
+                    ids[i, :min(len(row), f.max_len)] = row[:f.max_len]
+                out[f.name] = ids
+                unknown[f.name] = total
+        return Encoded(to_tensor_table(self.schema, out), unknown, False, unk_rows)
+
+    def _lookups(self) -> dict[str, dict[str, int]]:
+        """Encoder table -> {value: id} (ids 1.., as ``CategoricalEncoder``), built once."""
+        if getattr(self, "_luts", None) is None:
+            self._luts = {t: {v: i + 1 for i, v in enumerate(e.vocab)} for t, e in self.encoders.cat.items()}
+        return self._luts
+
+    def _dense_list(self, f, vals: list, where: str) -> dict[str, np.ndarray]:
+        """A dense feature's column as ``Encoders.transform`` encodes it (null tokens, NaN policy, transforms)."""
+        x = np.array(vals, dtype=np.float64)
+        nums = []
+        for t in f.null_values or ():
+            try:
+                nums.append(float(t))
+            except ValueError:
+                pass
+        if nums:
+            x[np.isin(x, nums)] = np.nan
+        if np.isinf(x).any():
+            raise DataError(f"{where}: dense column '{f.name}' contains inf")
+        nan = np.isnan(x)
+        if nan.any() and f.nan_policy == "error":
+            raise DataError(f"{where}: dense column '{f.name}' has {int(nan.sum())} NaN value(s) and its "
+                            f"nan_policy is 'error' (use nan_policy: fill to fill them with fill_value)")
+        out = {f.name: self.encoders.dense[f.name].transform(x, f, where)}
+        if f.missing_indicator:
+            out[f.name + "__missing"] = nan.astype(np.float32)
+        return out
 
     def inputs(self, encoded: Encoded) -> tuple:
         """The positional tensors of the exported programs (``sparse``, [``dense``], sequences...)."""
@@ -196,28 +264,6 @@ class Predictor:
 
             summary["mc_dropout"] = mc_dropout_report(self.model, enc.table, mc_dropout)
         return summary
-
-
-def _unknown_rows(schema, table: pa.Table, tt, unknown: dict[str, int]) -> np.ndarray:
-    """Int64[N, F]: the unknown values of each row and embedded field; a feature without any unknown value
-    in the batch (the common case) costs nothing."""
-    import pyarrow.compute as pc
-
-    from dynarec.data.encode import column
-
-    out = np.zeros((len(tt), len(schema.fields)), dtype=np.int64)
-    for j, f in enumerate(schema.sparse):
-        if unknown.get(f.name):  # id 0 for a value that is not null (nor a null token)
-            valid = np.asarray(column(table, f).is_valid().to_numpy(zero_copy_only=False), dtype=bool)
-            out[:, j] = (tt.sparse[:, j].numpy() == 0) & valid
-    for k, f in enumerate(schema.sequences):
-        if unknown.get(f.name):  # tokens within max_len minus the known ones
-            col = table.column(f.name)
-            lens = pc.list_value_length(pc.split_pattern(col, f.separator)).to_numpy(zero_copy_only=False)
-            lens = np.minimum(np.nan_to_num(np.asarray(lens, dtype=np.float64)), f.max_len).astype(np.int64)
-            lens[np.asarray(pc.equal(col, "").to_numpy(zero_copy_only=False), dtype=bool)] = 0
-            out[:, len(schema.sparse) + k] = np.maximum(lens - (tt.sequences[f.name].numpy() != 0).sum(1), 0)
-    return out
 
 
 def write_predictions(checkpoint: str | Path, data: str | Path, out: str | Path, id_column: str | None = None,

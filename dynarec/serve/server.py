@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from dynarec.errors import DynarecError
-from dynarec.serve.rows import RowError, columns_to_table, rows_to_columns
+from dynarec.serve.rows import RowError, rows_to_columns
 
 try:  # orjson (the serve extra): ~5x faster JSON both ways; the standard library otherwise
     from orjson import dumps as _dumps
@@ -82,9 +82,9 @@ class Served:
         pred = Predictor(model, encoders, manifest["model"], manifest["model_version"], str(path))
         return cls(path, manifest, backend, pred, run, [t["name"] for t in manifest["tasks"]])
 
-    def predict_table(self, table) -> tuple[list[np.ndarray], np.ndarray]:
-        """-> (one array per task, unknown values per row and embedded field [N, F])."""
-        enc = self.predictor.encode(table, "request", labels=False, per_row=True)
+    def predict_columns(self, cols: dict) -> tuple[list[np.ndarray], np.ndarray]:
+        """Validated raw columns -> (one array per task, unknown values per row and embedded field [N, F])."""
+        enc = self.predictor.encode_columns(cols, "request")
         out = self.backend(self.predictor.inputs(enc))
         return [o.float().numpy() if isinstance(o, torch.Tensor) else np.asarray(o) for o in out], enc.unknown_rows
 
@@ -239,7 +239,7 @@ def _run_batch(served: Served, batch: list[_Pending]) -> list[bytes]:
         cols = batch[0].cols
     else:
         cols = {n: [v for p in batch for v in p.cols[n]] for n in names}
-    outs, unknown = served.predict_table(columns_to_table(cols, served.schema))
+    outs, unknown = served.predict_columns(cols)
     outs = [o.tolist() for o in outs]
     fields = [f.name for f in served.schema.fields]
     any_unknown = bool(unknown.any())
