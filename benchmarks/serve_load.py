@@ -74,15 +74,31 @@ end
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far (Linux /proc; 0 elsewhere): the server's cost per
-    request, which a busy machine stretches less than the latency."""
+    """User + system CPU seconds of process ``pid`` and its children (``--workers``) so far (Linux /proc; 0
+    elsewhere): the server's cost per request, which a busy machine stretches less than the latency."""
     import os
 
-    try:
-        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
+    def stat(p):
+        try:
+            return Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+
+    total = 0.0
+    for d in Path("/proc").iterdir():
+        f = stat(d.name) if d.name.isdigit() else None
+        if f and (int(d.name) == pid or int(f[1]) == pid):
+            total += (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def mean_batch_rows(url: str) -> float:
+    """Mean rows per inference call so far, from the server's /metrics (warm-up included)."""
+    import httpx
+
+    m = dict(line.rsplit(" ", 1) for line in httpx.get(url + "/metrics", timeout=10).text.splitlines()
+             if line.startswith("dynarec_batch_rows_") and " " in line)
+    return float(m.get("dynarec_batch_rows_sum", 0)) / max(float(m.get("dynarec_batch_rows_count", 1)), 1)
 
 
 def load_wrk(url: str, bodies: list[bytes], n: int, concurrency: int, max_seconds: float, tmp: Path) -> dict:
@@ -203,15 +219,17 @@ def main():
                     else:
                         r = asyncio.run(load(url, bodies, a.requests, a.concurrency, a.max_seconds))
                     cpu = cpu_seconds(proc.pid) - cpu0
+                    batch = mean_batch_rows(url)
                 finally:
                     proc.terminate()
                     proc.wait(10)
                 r.update(backend=be, rows_per_request=k, rows_per_s=r["rps"] * k,
-                         server_cpu_ms_per_request=1000 * cpu / max(r["requests"], 1))
+                         server_cpu_ms_per_request=1000 * cpu / max(r["requests"], 1), mean_batch_rows=batch)
                 results.append(r)
                 print(f"{be:6s} rows/request {k:3d}: {r['requests']:6d} requests in {r['seconds']:5.1f} s  "
                       f"{r['rps']:7.0f} req/s {r['rows_per_s']:8.0f} rows/s  p50 {r['p50']:5.1f}  p95 {r['p95']:5.1f}  "
-                      f"p99 {r['p99']:5.1f} ms  errors {r['errors']}  server CPU {r['server_cpu_ms_per_request']:.3f} ms/request",
+                      f"p99 {r['p99']:5.1f} ms  errors {r['errors']}  server CPU {r['server_cpu_ms_per_request']:.3f} ms/request  "
+                      f"{batch:.1f} rows/batch",
                       flush=True)
         speed = {} if a.no_speed else backend_speed(bundle, backends)
     base = speed.get("eager")

@@ -185,7 +185,7 @@ def cmd_serve(a) -> int:
     from dynarec.serve.server import ServerConfig, serve
 
     cfg = ServerConfig(max_batch=a.max_batch, max_wait_ms=a.max_wait_ms, max_rows=a.max_rows, queue_size=a.queue_size)
-    serve(a.model, a.host, a.port, a.backend, a.watch, cfg, a.threads)
+    serve(a.model, a.host, a.port, a.backend, a.watch, cfg, a.threads, a.workers)
     return 0
 
 
@@ -305,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-rows", type=int, default=4096, help="rows per request")
     sv.add_argument("--queue-size", type=int, default=1024, help="pending requests before 503")
     sv.add_argument("--threads", type=int, default=0, help="torch / ONNX Runtime threads (0 = default)")
+    sv.add_argument("--workers", type=int, default=1, help="server processes sharing the port (SO_REUSEPORT)")
     sv.set_defaults(fn=cmd_serve)
 
     b = sub.add_parser("benchmark", help="run a benchmark suite (models × datasets × seeds)")

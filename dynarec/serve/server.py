@@ -230,6 +230,18 @@ class Engine:
                 continue
             self.served = new  # atomic swap: the next batch uses it
             self.reloads.labels("ok").inc()
+            _freeze(unfreeze=True)  # the old model's cycles become collectable again
+
+
+def _freeze(unfreeze: bool = False) -> None:
+    """Move the loaded model's objects out of the cyclic GC's reach (``gc.freeze``): a full collection then
+    walks only the objects of requests in flight, not the ~10^5 of torch / the model (tail latency)."""
+    import gc
+
+    if unfreeze:
+        gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def _run_batch(served: Served, batch: list[_Pending]) -> list[bytes]:
@@ -333,14 +345,17 @@ def create_app(bundle: str | Path, backend: str = "onnx", watch: str | Path | No
     return App(Engine(Served.load(bundle, backend), cfg, Path(watch) if watch else None))
 
 
-async def run_app(app: App, host: str, port: int, stop: asyncio.Event | None = None) -> None:
+async def run_app(app: App, host: str, port: int, stop: asyncio.Event | None = None,
+                  reuse_port: bool = False) -> None:
     """Serve ``app`` on ``host:port`` until ``stop`` is set (SIGINT / SIGTERM set it in :func:`serve`)."""
     from dynarec.serve.http import Connection
 
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
     await app.engine.start()
-    server = await loop.create_server(lambda: Connection(app, app.cfg.max_body_bytes), host, port, backlog=1024)
+    _freeze()
+    server = await loop.create_server(lambda: Connection(app, app.cfg.max_body_bytes), host, port, backlog=1024,
+                                      reuse_port=reuse_port or None)
     try:
         await stop.wait()
     finally:
@@ -349,8 +364,13 @@ async def run_app(app: App, host: str, port: int, stop: asyncio.Event | None = N
 
 
 def serve(bundle: str | Path, host: str = "127.0.0.1", port: int = 8000, backend: str = "onnx",
-          watch: str | Path | None = None, cfg: ServerConfig | None = None, threads: int = 0) -> None:
-    """Run the server until interrupted (``dynarec serve``)."""
+          watch: str | Path | None = None, cfg: ServerConfig | None = None, threads: int = 0,
+          workers: int = 1, _parent: int = 0) -> None:
+    """Run the server until interrupted (``dynarec serve``). ``workers`` > 1: that many processes share the
+    port (``SO_REUSEPORT``: the kernel spreads connections); each loads the bundle, batches, reloads and
+    counts its /metrics on its own."""
+    import multiprocessing as mp
+    import os
     import signal
     import sys
 
@@ -368,9 +388,29 @@ def serve(bundle: str | Path, host: str = "127.0.0.1", port: int = 8000, backend
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):  # pragma: no cover - e.g. Windows
             pass
-    print(f"dynarec serve: {s.manifest['model']} {s.version} ({backend}) on http://{host}:{port}"
-          + (f", watching {watch}" if watch else ""), file=sys.stderr, flush=True)
+    children = []
+    if workers > 1:
+        ctx = mp.get_context("spawn")
+        children = [ctx.Process(target=serve, args=(bundle, host, port, backend, watch, cfg, threads, 1, os.getpid()),
+                                daemon=True) for _ in range(workers - 1)]
+    if _parent:  # a worker ends with the process that started it
+        async def orphaned():
+            while os.getppid() == _parent:
+                await asyncio.sleep(1)
+            stop.set()
+
+        loop.create_task(orphaned())
+    else:
+        print(f"dynarec serve: {s.manifest['model']} {s.version} ({backend}) on http://{host}:{port}"
+              + (f", {workers} worker processes" if workers > 1 else "")
+              + (f", watching {watch}" if watch else ""), file=sys.stderr, flush=True)
     try:
-        loop.run_until_complete(run_app(app, host, port, stop))
+        for c in children:
+            c.start()
+        loop.run_until_complete(run_app(app, host, port, stop, reuse_port=workers > 1 or bool(_parent)))
     finally:
+        for c in children:
+            c.terminate()
+        for c in children:
+            c.join(10)
         loop.close()
