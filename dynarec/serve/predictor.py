@@ -110,7 +110,8 @@ class Predictor:
 
     def encode_columns(self, cols: dict[str, list], where: str = "request") -> Encoded:
         """Raw feature columns as Python lists (a server's micro-batch: categories ``str`` or None, numbers
-        ``float`` (NaN = missing), sequences one ``separator``-joined ``str``; :func:`dynarec.serve.rows.rows_to_columns`)
+        ``float`` (NaN = missing), sequences one ``separator``-joined ``str``, as
+        :func:`dynarec.serve.rows.rows_to_columns` gives them)
         -> the tensors and unknown counts of :meth:`encode` on the same rows (``labels=False``; a test holds
         the two equal) plus the unknowns of every row (``Encoded.unknown_rows``). Dictionary lookups
         instead of ~60 pyarrow calls: for the small batches of a server.

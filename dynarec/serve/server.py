@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -48,7 +47,6 @@ class ServerConfig:
     max_rows: int = 4096  # rows per request
     max_body_bytes: int = 8 << 20
     watch_interval_s: float = 0.5
-    inline: bool = True  # run batches on the event loop (no thread hand-off / GIL ping-pong on few cores)
 
 
 @dataclass
@@ -118,7 +116,6 @@ class Engine:
         self.cfg = cfg
         self.watch = watch
         self.queue: asyncio.Queue | None = None
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="dynarec-infer")
         self.loader = ThreadPoolExecutor(1, thread_name_prefix="dynarec-reload")
         self.tasks: list[asyncio.Task] = []
         self.reg = CollectorRegistry()
@@ -130,7 +127,6 @@ class Engine:
                                     buckets=tuple(2 ** i for i in range(13)))
         self.reloads = Counter("dynarec_reloads", "bundles swapped in", ["result"], registry=self.reg)
         self.ok = self.requests.labels("/predict", "200")  # the hot path's counter, looked up once
-        self.lock = threading.Lock()
 
     # ---- lifecycle ----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -142,7 +138,6 @@ class Engine:
     async def stop(self) -> None:
         for t in self.tasks:
             t.cancel()
-        self.pool.shutdown(wait=False, cancel_futures=True)
         self.loader.shutdown(wait=False, cancel_futures=True)
 
     # ---- requests -----------------------------------------------------------------------------------
@@ -187,11 +182,8 @@ class Engine:
                 batch.append(item)
                 rows += item.n
             served = self.served  # one model for the whole batch, even if a reload lands meanwhile
-            try:
-                if cfg.inline:
-                    results = _run_batch(served, batch)
-                else:
-                    results = await loop.run_in_executor(self.pool, _run_batch, served, batch)
+            try:  # on the loop itself: a thread hand-off costs GIL ping-pong and buys nothing on few cores
+                results = _run_batch(served, batch)
             except DynarecError as e:  # e.g. a value the encoders refuse: a client's mistake
                 for p in batch:
                     self.answer_error(p.reply, 422, str(e))
@@ -206,8 +198,7 @@ class Engine:
                 p.reply(200, r)
                 self.ok.inc()
                 self.latency.observe(now - p.t0)
-            if cfg.inline:
-                await asyncio.sleep(0)  # let the loop read the requests that arrived during the batch
+            await asyncio.sleep(0)  # let the loop read the requests that arrived during the batch
 
     # ---- hot reload ---------------------------------------------------------------------------------
     async def _watcher(self) -> None:
