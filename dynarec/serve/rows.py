@@ -66,8 +66,8 @@ def rows_to_columns(rows, schema, max_rows: int | None = None) -> dict[str, list
         raise RowError("'rows': expected at least one row, got an empty list")
     if max_rows is not None and len(rows) > max_rows:
         raise RowError(f"'rows': at most {max_rows} rows per request, got {len(rows)}")
-    feats = [(f.name, f.kind, f.nan_policy == "error", getattr(f, "separator", "|")) for f in schema.features]
-    cols: dict[str, list] = {name: [] for name, *_ in feats}
+    names, feats = _plan(schema)
+    cols: dict[str, list] = {name: [] for name in names}
     for i, r in enumerate(rows):
         if type(r) is not dict:
             raise RowError(f"rows[{i}]: expected an object of feature values, got {_tname(r)}")
@@ -89,6 +89,19 @@ def rows_to_columns(rows, schema, max_rows: int | None = None) -> dict[str, list
             else:
                 cols[name].append(_sequence(v, name, i, sep))
     return cols
+
+
+def _plan(schema) -> tuple[list[str], list[tuple]]:
+    """(feature names, (name, kind, nan_policy is 'error', separator) per feature) of ``schema``, kept on it."""
+    plan = getattr(schema, "_rows_plan", None)
+    if plan is None:
+        feats = [(f.name, f.kind, f.nan_policy == "error", f.separator) for f in schema.features]
+        plan = ([f[0] for f in feats], feats)
+        try:
+            schema._rows_plan = plan
+        except AttributeError:  # pragma: no cover - a schema object without a __dict__
+            pass
+    return plan
 
 
 _INF = (math.inf, -math.inf)
