@@ -337,7 +337,7 @@ def create_app(bundle: str | Path, backend: str = "onnx", watch: str | Path | No
 
 
 async def run_app(app: App, host: str, port: int, stop: asyncio.Event | None = None,
-                  reuse_port: bool = False) -> None:
+                  reuse_port: bool = False, ready=None) -> None:
     """Serve ``app`` on ``host:port`` until ``stop`` is set (SIGINT / SIGTERM set it in :func:`serve`)."""
     from dynarec.serve.http import Connection
 
@@ -347,6 +347,8 @@ async def run_app(app: App, host: str, port: int, stop: asyncio.Event | None = N
     _freeze()
     server = await loop.create_server(lambda: Connection(app, app.cfg.max_body_bytes), host, port, backlog=1024,
                                       reuse_port=reuse_port or None)
+    if ready is not None:
+        ready.set()
     try:
         await stop.wait()
     finally:
@@ -356,7 +358,7 @@ async def run_app(app: App, host: str, port: int, stop: asyncio.Event | None = N
 
 def serve(bundle: str | Path, host: str = "127.0.0.1", port: int = 8000, backend: str = "onnx",
           watch: str | Path | None = None, cfg: ServerConfig | None = None, threads: int = 0,
-          workers: int = 1, _parent: int = 0) -> None:
+          workers: int = 1, _parent: int = 0, _ready=None) -> None:
     """Run the server until interrupted (``dynarec serve``). ``workers`` > 1: that many processes share the
     port (``SO_REUSEPORT``: the kernel spreads connections); each loads the bundle, batches, reloads and
     counts its /metrics on its own."""
@@ -379,11 +381,12 @@ def serve(bundle: str | Path, host: str = "127.0.0.1", port: int = 8000, backend
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):  # pragma: no cover - e.g. Windows
             pass
-    children = []
-    if workers > 1:
+    children, ready = [], []
+    if workers > 1:  # the workers listen before this process does: its first answer means all are up
         ctx = mp.get_context("spawn")
-        children = [ctx.Process(target=serve, args=(bundle, host, port, backend, watch, cfg, threads, 1, os.getpid()),
-                                daemon=True) for _ in range(workers - 1)]
+        ready = [ctx.Event() for _ in range(workers - 1)]
+        children = [ctx.Process(target=serve, args=(bundle, host, port, backend, watch, cfg, threads, 1, os.getpid(),
+                                                    ev), daemon=True) for ev in ready]
     if _parent:  # a worker ends with the process that started it
         async def orphaned():
             while os.getppid() == _parent:
@@ -398,7 +401,11 @@ def serve(bundle: str | Path, host: str = "127.0.0.1", port: int = 8000, backend
     try:
         for c in children:
             c.start()
-        loop.run_until_complete(run_app(app, host, port, stop, reuse_port=workers > 1 or bool(_parent)))
+        for c, ev in zip(children, ready):
+            while not ev.wait(0.5):
+                if not c.is_alive():
+                    raise DynarecError(f"dynarec serve: a worker process failed to start (exit code {c.exitcode})")
+        loop.run_until_complete(run_app(app, host, port, stop, reuse_port=workers > 1 or bool(_parent), ready=_ready))
     finally:
         for c in children:
             c.terminate()
