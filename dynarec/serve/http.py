@@ -5,8 +5,9 @@ hot path: a request is parsed and validated inside ``data_received`` and its ans
 same handler in ``docs/benchmarks.md``.
 
 Keep-alive, pipelining (answers leave in request order), chunked request bodies, ``Expect: 100-continue``
-and a body-size limit (the body is read and dropped, then 413) are handled; anything the parser rejects
-gets a 400 and the connection is closed."""
+and a body-size limit (the body is read and dropped, then 413) are handled; an ``Upgrade`` request is
+answered without switching and its connection closed; anything the parser rejects gets a 400 and the
+connection is closed."""
 from __future__ import annotations
 
 import asyncio
@@ -71,6 +72,10 @@ class Connection(asyncio.Protocol):
 
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:  # no protocol switch: answer the request, then close
+            self.closing = True
+            if not self.pending and self.transport is not None:
+                self.transport.close()
         except httptools.HttpParserError as e:
             self.pending.clear()
             msg = str(e).splitlines()[0] if str(e) else "malformed HTTP request"

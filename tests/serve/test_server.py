@@ -241,6 +241,8 @@ def test_http_pipelining_chunked_expect_and_bad_http(env):
         assert httpx.get(srv.url + "/nope").status_code == 404
         r = httpx.get(srv.url + "/predict")
         assert r.status_code == 405 and "POST" in r.json()["error"]
+        got = _raw(srv.port, b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: h2c\r\n\r\n", 1)
+        assert got[0][0] == b"HTTP/1.1 200 OK"  # answered, no protocol switch
         got = _raw(srv.port, b"NOT HTTP AT ALL\r\n\r\n", 1)
         assert got[0][0].startswith(b"HTTP/1.1 400") and "malformed HTTP" in json.loads(got[0][1])["error"]
         assert httpx.post(srv.url + "/predict", json={"rows": rows}).status_code == 200
