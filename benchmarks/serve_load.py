@@ -3,7 +3,10 @@ Runtime, side by side in one run; plus the backends' raw inference speed at batc
 
     python benchmarks/serve_load.py [--requests 10000] [--concurrency 32] [--rows 1,64] [--model pepnet]
 
-For each backend and rows-per-request: requests/s, rows/s, p50 / p95 / p99 latency (ms), errors. The server
+For each backend and rows-per-request: requests/s, rows/s, p50 / p95 / p99 latency (ms), errors, the server's
+CPU time per request (steadier than latency on a shared machine), rows per inference call, the machine's load
+average. ``--bundle DIR`` serves a bundle instead of training one; ``--serve-args`` passes options to the
+server (``--workers 2``, ``--max-wait-ms 1``). The server
 runs as a subprocess on 127.0.0.1 (a free port); the client is an asyncio httpx pool of ``concurrency``
 connections in this process, or ``wrk`` (C, preferred when installed: the Python client saturates before the
 server does). Every run stops after ``--requests`` requests or ``--max-seconds``."""
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -31,12 +35,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(bundle: Path, backend: str, threads: int):
+def start_server(bundle: Path, backend: str, threads: int, extra=()):
     import httpx
 
     port = free_port()
     cmd = [sys.executable, "-m", "dynarec", "serve", "--model", str(bundle), "--port", str(port),
-           "--backend", backend, "--threads", str(threads)]
+           "--backend", backend, "--threads", str(threads), *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     for _ in range(300):
@@ -71,6 +75,34 @@ done = function(summary, latency, requests)
     latency:percentile(99) / 1e3, e.connect + e.read + e.write + e.timeout + e.status))
 end
 """
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` and its children (``--workers``) so far (Linux /proc; 0
+    elsewhere): the server's cost per request, which a busy machine stretches less than the latency."""
+    import os
+
+    def stat(p):
+        try:
+            return Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+
+    total = 0.0
+    for d in Path("/proc").iterdir():
+        f = stat(d.name) if d.name.isdigit() else None
+        if f and (int(d.name) == pid or int(f[1]) == pid):
+            total += (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def mean_batch_rows(url: str) -> float:
+    """Mean rows per inference call so far, from the server's /metrics (warm-up included)."""
+    import httpx
+
+    m = dict(line.rsplit(" ", 1) for line in httpx.get(url + "/metrics", timeout=10).text.splitlines()
+             if line.startswith("dynarec_batch_rows_") and " " in line)
+    return float(m.get("dynarec_batch_rows_sum", 0)) / max(float(m.get("dynarec_batch_rows_count", 1)), 1)
 
 
 def load_wrk(url: str, bodies: list[bytes], n: int, concurrency: int, max_seconds: float, tmp: Path) -> dict:
@@ -118,31 +150,42 @@ async def load(url: str, bodies: list[bytes], n: int, concurrency: int, max_seco
             "p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)), "p99": float(np.percentile(a, 99))}
 
 
-def backend_speed(bundle: Path, backends: list[str], batch: int = 1024, reps: int = 30) -> dict:
-    """Rows/s of each backend on one batch of ``batch`` rows (in process, same thread count)."""
+def backend_speed(bundle: Path, backends: list[str], batch: int = 1024, reps: int = 30,
+                  threads: int | None = None) -> tuple[dict, dict]:
+    """-> ({backend: rows/s}, {backend: rows per CPU-second}) on one batch of ``batch`` rows, in process,
+    interleaved repetitions (machine noise hits every backend alike), medians; ``threads`` torch / ORT threads
+    (None: torch's default). CPU time is the steadier measure on a shared machine (1 thread: no spinning)."""
     import torch
 
     from dynarec.serve.backends import load_backend
     from dynarec.serve.bundle import read_bundle
     from dynarec.serve.export import batch_inputs, example_batch
 
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
     _, model, _ = read_bundle(bundle)
     args = batch_inputs(model.schema, example_batch(model.schema, batch))
-    out = {}
     runs = {b: load_backend(bundle, b, model=model) for b in backends}
     for b, run in runs.items():
         for _ in range(3):
             run(args)
-    times = {b: [] for b in backends}
-    for _ in range(reps):  # interleaved, so machine noise hits every backend alike
+    wall, cpu = {b: [] for b in backends}, {b: [] for b in backends}
+    for _ in range(reps):
         for b, run in runs.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             run(args)
-            times[b].append(time.perf_counter() - t0)
-    for b in backends:
-        out[b] = batch / float(np.median(times[b]))
-    torch.set_num_threads(torch.get_num_threads())
-    return out
+            wall[b].append(time.perf_counter() - t0)
+            cpu[b].append(time.process_time() - c0)
+    torch.set_num_threads(before)
+    return ({b: batch / float(np.median(wall[b])) for b in backends},
+            {b: batch / float(np.median(cpu[b])) for b in backends})
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def main():
@@ -155,6 +198,9 @@ def main():
     ap.add_argument("--threads", type=int, default=1, help="torch / ORT threads in the server (the client takes a core)")
     ap.add_argument("--max-seconds", type=float, default=120)
     ap.add_argument("--json", type=Path, help="write the results here too")
+    ap.add_argument("--bundle", type=Path, help="serve this bundle instead of training + exporting one")
+    ap.add_argument("--serve-args", default="", help="extra `dynarec serve` arguments, e.g. '--max-wait-ms 1'")
+    ap.add_argument("--no-speed", action="store_true", help="skip the batch-1024 backend speed")
     ap.add_argument("--client", choices=["wrk", "httpx"], default="wrk" if shutil.which("wrk") else "httpx",
                     help="load generator (default: wrk when installed: apt-get install wrk)")
     a = ap.parse_args()
@@ -163,10 +209,12 @@ def main():
     backends = a.backends.split(",")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        assert cli(["data", "synthetic", "--rows", "20000", "--out", str(tmp / "data")]) == 0
-        assert cli(["train", "--model", a.model, "--data", str(tmp / "data"), "--epochs", "1",
-                    "--set", "trainer.progress=false", "--out", str(tmp / "ck")]) == 0
-        assert cli(["export", "--checkpoint", str(tmp / "ck"), "--out", str(tmp / "bundle")]) == 0
+        bundle = a.bundle or tmp / "bundle"
+        if a.bundle is None:
+            assert cli(["data", "synthetic", "--rows", "20000", "--out", str(tmp / "data")]) == 0
+            assert cli(["train", "--model", a.model, "--data", str(tmp / "data"), "--epochs", "1",
+                        "--set", "trainer.progress=false", "--out", str(tmp / "ck")]) == 0
+            assert cli(["export", "--checkpoint", str(tmp / "ck"), "--out", str(bundle)]) == 0
         from dynarec.data.synthetic import generate
 
         t, _ = generate(2048, seed=5)
@@ -177,27 +225,42 @@ def main():
         for k in [int(x) for x in a.rows.split(",")]:
             bodies = [json.dumps({"rows": rows[i:i + k]}).encode() for i in range(0, len(rows) - k + 1, max(k, 1))][:256]
             for be in backends:
-                proc, url = start_server(tmp / "bundle", be, a.threads)
+                proc, url = start_server(bundle, be, a.threads, a.serve_args.split())
                 try:
                     asyncio.run(load(url, bodies[:8], 200, a.concurrency, 30))  # warm-up
+                    cpu0, load1 = cpu_seconds(proc.pid), os.getloadavg()[0]
                     if a.client == "wrk":
                         r = load_wrk(url, bodies, a.requests, a.concurrency, a.max_seconds, tmp)
                     else:
                         r = asyncio.run(load(url, bodies, a.requests, a.concurrency, a.max_seconds))
+                    cpu = cpu_seconds(proc.pid) - cpu0
+                    batch = mean_batch_rows(url)
                 finally:
                     proc.terminate()
                     proc.wait(10)
-                r.update(backend=be, rows_per_request=k, rows_per_s=r["rps"] * k)
+                r.update(backend=be, rows_per_request=k, rows_per_s=r["rps"] * k,
+                         server_cpu_ms_per_request=1000 * cpu / max(r["requests"], 1), mean_batch_rows=batch,
+                         machine_load_1min=load1)
                 results.append(r)
                 print(f"{be:6s} rows/request {k:3d}: {r['requests']:6d} requests in {r['seconds']:5.1f} s  "
                       f"{r['rps']:7.0f} req/s {r['rows_per_s']:8.0f} rows/s  p50 {r['p50']:5.1f}  p95 {r['p95']:5.1f}  "
-                      f"p99 {r['p99']:5.1f} ms  errors {r['errors']}", flush=True)
-        speed = backend_speed(tmp / "bundle", backends)
-    base = speed.get("eager")
-    print("inference at batch 1024 (rows/s): " + "  ".join(
-        f"{b} {v:,.0f}" + (f" ({v / base:.2f}x eager)" if base else "") for b, v in speed.items()))
+                      f"p99 {r['p99']:5.1f} ms  errors {r['errors']}  "
+                      f"server CPU {r['server_cpu_ms_per_request']:.3f} ms/request  "
+                      f"{batch:.1f} rows/batch",
+                      flush=True)
+        speed = {} if a.no_speed else backend_speed(bundle, backends)[0]
+        cpu1 = {} if a.no_speed else backend_speed(bundle, backends, threads=1)[1]
+
+    def show(title, d, unit):
+        base = d.get("eager")
+        print(title + "  ".join(f"{b} {v:,.0f}" + (f" ({v / base:.2f}x eager)" if base else "") for b, v in d.items())
+              + unit)
+
+    show(f"inference at batch 1024, {torch_threads()} threads, wall: ", speed, " rows/s")
+    show("inference at batch 1024, 1 thread, CPU time: ", cpu1, " rows per CPU-second")
     if a.json:
-        a.json.write_text(json.dumps({"load": results, "batch1024_rows_per_s": speed, "args": vars(a)}, default=str,
+        a.json.write_text(json.dumps({"load": results, "batch1024_rows_per_s": speed,
+                                      "batch1024_1thread_rows_per_cpu_s": cpu1, "args": vars(a)}, default=str,
                                      indent=1))
 
 

@@ -199,7 +199,7 @@ def cmd_serve(a) -> int:
     from dynarec.serve.server import ServerConfig, serve
 
     cfg = ServerConfig(max_batch=a.max_batch, max_wait_ms=a.max_wait_ms, max_rows=a.max_rows, queue_size=a.queue_size)
-    serve(a.model, a.host, a.port, a.backend, a.watch, cfg, a.threads)
+    serve(a.model, a.host, a.port, a.backend, a.watch, cfg, a.threads, a.workers)
     return 0
 
 
@@ -320,10 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--backend", default="onnx", choices=["torch", "onnx", "eager"])
     sv.add_argument("--watch", help="folder where new bundles appear (hot reload)")
     sv.add_argument("--max-batch", type=int, default=256, help="rows per inference call (micro-batching)")
-    sv.add_argument("--max-wait-ms", type=float, default=2.0, help="wait at most this long to fill a batch")
+    sv.add_argument("--max-wait-ms", type=float, default=0.0,
+                    help="after taking the queued requests, wait at most this long for more (0: run at once)")
     sv.add_argument("--max-rows", type=int, default=4096, help="rows per request")
     sv.add_argument("--queue-size", type=int, default=1024, help="pending requests before 503")
     sv.add_argument("--threads", type=int, default=0, help="torch / ONNX Runtime threads (0 = default)")
+    sv.add_argument("--workers", type=int, default=1, help="server processes sharing the port (SO_REUSEPORT)")
     sv.set_defaults(fn=cmd_serve)
 
     on = sub.add_parser("online", help="train by passes over a stream of raw pass files (dynamic ids, deltas)")

@@ -36,7 +36,10 @@ def _number(v, name: str, i: int) -> float:
         return math.nan
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise RowError(f"rows[{i}].{name}: expected a number or null, got {_tname(v)}")
-    return float(v)
+    try:
+        return float(v)
+    except OverflowError:  # an integer beyond float range
+        raise RowError(f"rows[{i}].{name}: expected a finite number, got an integer of {len(str(v))} digits") from None
 
 
 def _sequence(v, name: str, i: int, sep: str) -> str:
@@ -54,30 +57,62 @@ def _tname(v) -> str:
         type(v), type(v).__name__)
 
 
-def rows_to_table(rows, schema, max_rows: int | None = None) -> pa.Table:
-    """Validate ``rows`` (a list of objects) and return them as a pyarrow table of the schema's raw columns."""
+def rows_to_columns(rows, schema, max_rows: int | None = None) -> dict[str, list]:
+    """Validate ``rows`` (a list of objects) -> {raw feature column: list of values} (categories as str or
+    None, numbers as float, sequences as one ``separator``-joined string), in the schema's feature order."""
     if not isinstance(rows, list):
         raise RowError(f"'rows': expected a list of objects, got {_tname(rows)}")
     if not rows:
         raise RowError("'rows': expected at least one row, got an empty list")
     if max_rows is not None and len(rows) > max_rows:
         raise RowError(f"'rows': at most {max_rows} rows per request, got {len(rows)}")
-    cols: dict[str, list] = {f.name: [] for f in schema.features}
+    names, feats = _plan(schema)
+    cols: dict[str, list] = {name: [] for name in names}
     for i, r in enumerate(rows):
-        if not isinstance(r, dict):
+        if type(r) is not dict:
             raise RowError(f"rows[{i}]: expected an object of feature values, got {_tname(r)}")
-        for f in schema.features:
-            if f.name not in r:
-                raise RowError(f"rows[{i}]: missing feature '{f.name}'")
-            v = r[f.name]
-            if f.kind == "sparse":
-                cols[f.name].append(_category(v, f.name, i))
-            elif f.kind == "dense":
-                x = _number(v, f.name, i)
-                if math.isnan(x) and f.nan_policy == "error":
-                    raise RowError(f"rows[{i}].{f.name}: a value is required (the feature's nan_policy is 'error')")
-                cols[f.name].append(x)
+        for name, kind, strict, sep in feats:
+            try:
+                v = r[name]
+            except KeyError:
+                raise RowError(f"rows[{i}]: missing feature '{name}'") from None
+            t = type(v)
+            if kind == "sparse":  # the common types first: one type() test per value
+                cols[name].append(v if t is str else str(v) if t is int else _category(v, name, i))
+            elif kind == "dense":
+                x = v if t is float else _number(v, name, i)
+                if x != x and strict:
+                    raise RowError(f"rows[{i}].{name}: a value is required (the feature's nan_policy is 'error')")
+                if x in _INF:
+                    raise RowError(f"rows[{i}].{name}: expected a finite number, got {x}")
+                cols[name].append(x)
             else:
-                cols[f.name].append(_sequence(v, f.name, i, f.separator))
-    types = {"sparse": pa.string(), "dense": pa.float64(), "sequence": pa.string()}
-    return pa.table({f.name: pa.array(cols[f.name], type=types[f.kind]) for f in schema.features})
+                cols[name].append(_sequence(v, name, i, sep))
+    return cols
+
+
+def _plan(schema) -> tuple[list[str], list[tuple]]:
+    """(feature names, (name, kind, nan_policy is 'error', separator) per feature) of ``schema``, kept on it."""
+    plan = getattr(schema, "_rows_plan", None)
+    if plan is None:
+        feats = [(f.name, f.kind, f.nan_policy == "error", f.separator) for f in schema.features]
+        plan = ([f[0] for f in feats], feats)
+        try:
+            schema._rows_plan = plan
+        except AttributeError:  # pragma: no cover - a schema object without a __dict__
+            pass
+    return plan
+
+
+_INF = (math.inf, -math.inf)
+_TYPES = {"sparse": pa.string(), "dense": pa.float64(), "sequence": pa.string()}
+
+
+def columns_to_table(cols: dict[str, list], schema) -> pa.Table:
+    """The columns of :func:`rows_to_columns` (of one or many requests) as a pyarrow table."""
+    return pa.table({f.name: pa.array(cols[f.name], type=_TYPES[f.kind]) for f in schema.features})
+
+
+def rows_to_table(rows, schema, max_rows: int | None = None) -> pa.Table:
+    """Validate ``rows`` (a list of objects) and return them as a pyarrow table of the schema's raw columns."""
+    return columns_to_table(rows_to_columns(rows, schema, max_rows), schema)

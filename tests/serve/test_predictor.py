@@ -108,3 +108,46 @@ def test_mc_dropout_without_dropout_is_the_point_prediction(trained):
     for t in p.tasks:
         np.testing.assert_allclose(mean[t], point[t], atol=1e-6)
         assert (var[t] == 0).all()
+
+
+def test_server_columns_encode_as_the_table_encoder_does():
+    """``encode_columns`` (the server's micro-batch path: dictionary lookups on Python lists) gives exactly what
+    ``encode`` (pyarrow, files) gives on the same rows: ids, dense transforms, bucket ids, missing indicators,
+    padded sequences, unknown counts per feature; and its per-row unknowns match a hand count (null tokens and
+    nulls are not unknown)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from dynarec.data.encode import Encoders
+    from dynarec.data.schema import Schema
+    from dynarec.serve.rows import columns_to_table, rows_to_columns
+
+    schema = Schema.from_dict({
+        "domain": "dom", "tasks": [{"name": "click"}],
+        "features": [{"name": "uid", "group": "user", "null_values": ["NA"]},
+                     {"name": "price", "kind": "dense", "group": "item", "transform": "log1p",
+                      "missing_indicator": True, "null_values": ["-1"]},
+                     {"name": "age", "kind": "dense", "group": "user", "buckets": 4},
+                     {"name": "hist", "kind": "sequence", "group": "user", "max_len": 3, "null_values": ["x"]}]})
+    rng = np.random.default_rng(0)
+    train = [{"dom": f"d{i % 3}", "uid": f"u{i % 20}", "price": float(rng.uniform(0, 50)), "age": float(20 + i % 40),
+              "hist": "|".join(f"c{j}" for j in rng.integers(0, 9, size=int(rng.integers(0, 5))))} for i in range(300)]
+    enc = Encoders(schema).fit(columns_to_table(rows_to_columns(train, schema), schema))
+    rows = [dict(train[0]), dict(train[1], uid="never-seen", price=None, hist=["c1", "zzz", "x", "c2", "yyy"]),
+            dict(train[2], uid="NA", dom=None, price=-1, age=None, hist=""), dict(train[3], uid=7, hist="zzz"),
+            dict(train[4], hist=["c1", "c2", "c3", "qqq"], dom="d9")]
+    p = Predictor(SimpleNamespace(schema=schema), enc)
+    cols = rows_to_columns(rows, schema)
+    fast = p.encode_columns(cols)
+    ref = p.encode(columns_to_table(cols, schema), labels=False)
+    for name in ("sparse", "dense"):
+        assert torch.equal(getattr(fast.table, name), getattr(ref.table, name)), name
+    assert torch.equal(fast.table.sequences["hist"], ref.table.sequences["hist"])
+    # hist: zzz, yyy; zzz; qqq (past max_len still counts); an empty sequence is one unknown "" token, as in a file
+    assert fast.unknown == ref.unknown and fast.unknown["uid"] == 2
+    assert fast.unknown["hist"] == 4 + 1 + (rows[0]["hist"] == "")
+    per_row = {f.name: fast.unknown_rows[:, j].tolist() for j, f in enumerate(schema.fields)}
+    assert per_row["uid"] == [0, 1, 0, 1, 0]  # "never-seen", 7; "NA" is a null token
+    assert per_row["dom"] == [0, 0, 0, 0, 1]  # None is missing, d9 unseen
+    assert per_row["hist"] == [0, 1, 0, 1, 0]  # within max_len 3: zzz (x is a null token); qqq is 4th

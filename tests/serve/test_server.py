@@ -19,7 +19,7 @@ import pytest
 from dynarec.cli import main
 
 httpx = pytest.importorskip("httpx", reason="serving tests need the serve extra: pip install 'dynarec[serve]'")
-pytest.importorskip("fastapi", reason="serving needs the serve extra: pip install 'dynarec[serve]'")
+pytest.importorskip("httptools", reason="serving needs the serve extra: pip install 'dynarec[serve]'")
 pytest.importorskip("onnxruntime", reason="the onnx backend needs the onnx extra: pip install 'dynarec[onnx]'")
 
 
@@ -190,3 +190,97 @@ def test_hot_reload_under_load_fails_no_request(env, tmp_path):
         srv.close()
     assert not failures, failures[:5]
     assert seen[0] == "a" and set(seen[-20:]) == {"b"}  # served a, switched to b, no failed request
+
+
+def _raw(port: int, data: bytes, want: int) -> list[bytes]:
+    """Send raw bytes on one connection; -> the first ``want`` responses' status lines and bodies."""
+    out, buf = [], b""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(data)
+        while len(out) < want:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+            while b"\r\n\r\n" in buf:
+                head, rest = buf.split(b"\r\n\r\n", 1)
+                if head.startswith(b"HTTP/1.1 100"):
+                    buf = rest
+                    continue
+                n = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                             if line.lower().startswith(b"content-length")))
+                if len(rest) < n:
+                    break
+                out.append((head.split(b"\r\n")[0], rest[:n]))
+                buf = rest[n:]
+    return out
+
+
+def test_http_pipelining_chunked_expect_and_bad_http(env):
+    """The lean HTTP server: pipelined requests are answered in order, chunked bodies and Expect: 100-continue
+    work, unknown routes / methods get 404 / 405, malformed HTTP a 400, and the server keeps answering."""
+    srv = Server(env / "bundle_a", "onnx")
+    try:
+        rows = _rows(env, 3)
+        bodies = [json.dumps({"rows": rows[:k]}).encode() for k in (1, 3, 2)]
+        req = b"".join(b"POST /predict HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                       b"content-length: %d\r\n\r\n%s" % (len(b), b) for b in bodies)
+        got = _raw(srv.port, req + b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n", 4)
+        assert [s for s, _ in got] == [b"HTTP/1.1 200 OK"] * 4
+        assert [len(json.loads(b)["predictions"]["click"]) for _, b in got[:3]] == [1, 3, 2]  # in request order
+        assert json.loads(got[3][1])["status"] == "ok"
+        want = httpx.post(srv.url + "/predict", json={"rows": rows[:3]}).json()
+        assert json.loads(got[1][1]) == want
+        b = bodies[1]
+        chunked = b"%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n" % (10, b[:10], len(b) - 10, b[10:])
+        got = _raw(srv.port, b"POST /predict HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n" + chunked, 1)
+        assert got[0][0] == b"HTTP/1.1 200 OK" and json.loads(got[0][1]) == want
+        got = _raw(srv.port, b"POST /predict HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\n"
+                   b"content-length: %d\r\n\r\n%s" % (len(b), b), 1)
+        assert json.loads(got[0][1]) == want
+        assert httpx.get(srv.url + "/nope").status_code == 404
+        r = httpx.get(srv.url + "/predict")
+        assert r.status_code == 405 and "POST" in r.json()["error"]
+        got = _raw(srv.port, b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: h2c\r\n\r\n", 1)
+        assert got[0][0] == b"HTTP/1.1 200 OK"  # answered, no protocol switch
+        got = _raw(srv.port, b"NOT HTTP AT ALL\r\n\r\n", 1)
+        assert got[0][0].startswith(b"HTTP/1.1 400") and "malformed HTTP" in json.loads(got[0][1])["error"]
+        assert httpx.post(srv.url + "/predict", json={"rows": rows}).status_code == 200
+    finally:
+        srv.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_worker_processes_share_the_port_and_end_with_the_server(env):
+    srv = Server(env / "bundle_a", "onnx", extra=["--workers", "2"])
+    try:
+        rows = _rows(env, 2)
+        want = httpx.post(srv.url + "/predict", json={"rows": rows}).json()
+        for _ in range(20):  # new connections: the kernel spreads them over both processes
+            with httpx.Client() as c:
+                assert c.post(srv.url + "/predict", json={"rows": rows}).json() == want
+        kids = [p for p in os.listdir("/proc") if p.isdigit() and _ppid(p) == srv.proc.pid]
+        assert len(kids) >= 1
+    finally:
+        srv.close()
+    deadline = time.time() + 15
+    while time.time() < deadline and any(_alive(k) for k in kids):
+        time.sleep(0.2)
+    assert not any(_alive(k) for k in kids)
+
+
+def _stat(pid: str) -> list[str]:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def _ppid(pid: str) -> int:
+    f = _stat(pid)
+    return int(f[1]) if f else -1
+
+
+def _alive(pid: str) -> bool:
+    f = _stat(pid)
+    return bool(f) and f[0] != "Z"
