@@ -142,8 +142,8 @@ class Predictor:
                 total = 0
                 for i, v in enumerate(vals):
                     toks = (v or "").split(f.separator)
-                    row = [0 if t in nulls else lut.get(t, 0) for t in toks]
-                    bad = [t not in nulls and k == 0 for t, k in zip(toks, row)]
+                    row = [0 if t in nulls or not t else lut.get(t, 0) for t in toks]  # "" token = null
+                    bad = [bool(t) and t not in nulls and k == 0 for t, k in zip(toks, row)]
                     total += sum(bad)
                     if v:
                         unk_rows[i, col_of[f.name]] = sum(bad[:f.max_len])

@@ -135,7 +135,7 @@ def test_server_columns_encode_as_the_table_encoder_does():
               "hist": "|".join(f"c{j}" for j in rng.integers(0, 9, size=int(rng.integers(0, 5))))} for i in range(300)]
     enc = Encoders(schema).fit(columns_to_table(rows_to_columns(train, schema), schema))
     rows = [dict(train[0]), dict(train[1], uid="never-seen", price=None, hist=["c1", "zzz", "x", "c2", "yyy"]),
-            dict(train[2], uid="NA", dom=None, price=-1, age=None, hist=""), dict(train[3], uid=7, hist="zzz"),
+            dict(train[2], uid="NA", dom=None, price=-1, age=None, hist=""), dict(train[3], uid=7, hist="c1||zzz"),
             dict(train[4], hist=["c1", "c2", "c3", "qqq"], dom="d9")]
     p = Predictor(SimpleNamespace(schema=schema), enc)
     cols = rows_to_columns(rows, schema)
@@ -144,9 +144,9 @@ def test_server_columns_encode_as_the_table_encoder_does():
     for name in ("sparse", "dense"):
         assert torch.equal(getattr(fast.table, name), getattr(ref.table, name)), name
     assert torch.equal(fast.table.sequences["hist"], ref.table.sequences["hist"])
-    # hist: zzz, yyy; zzz; qqq (past max_len still counts); an empty sequence is one unknown "" token, as in a file
+    # hist: zzz, yyy; zzz; qqq (past max_len still counts); an empty sequence or token is null, not unknown
     assert fast.unknown == ref.unknown and fast.unknown["uid"] == 2
-    assert fast.unknown["hist"] == 4 + 1 + (rows[0]["hist"] == "")
+    assert fast.unknown["hist"] == 4
     per_row = {f.name: fast.unknown_rows[:, j].tolist() for j, f in enumerate(schema.fields)}
     assert per_row["uid"] == [0, 1, 0, 1, 0]  # "never-seen", 7; "NA" is a null token
     assert per_row["dom"] == [0, 0, 0, 0, 1]  # None is missing, d9 unseen
