@@ -199,7 +199,7 @@ def cmd_serve(a) -> int:
     from dynarec.serve.server import ServerConfig, serve
 
     cfg = ServerConfig(max_batch=a.max_batch, max_wait_ms=a.max_wait_ms, max_rows=a.max_rows, queue_size=a.queue_size)
-    serve(a.model, a.host, a.port, a.backend, a.watch, cfg, a.threads, a.workers)
+    serve(a.model, a.host, a.port, a.backend, a.watch, cfg, a.threads, a.workers, retriever=a.retriever)
     return 0
 
 
@@ -326,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--queue-size", type=int, default=1024, help="pending requests before 503")
     sv.add_argument("--threads", type=int, default=0, help="torch / ONNX Runtime threads (0 = default)")
     sv.add_argument("--workers", type=int, default=1, help="server processes sharing the port (SO_REUSEPORT)")
+    sv.add_argument("--retriever", help="a two_tower checkpoint: also answer POST /retrieve (top-k unseen items)")
     sv.set_defaults(fn=cmd_serve)
 
     on = sub.add_parser("online", help="train by passes over a stream of raw pass files (dynamic ids, deltas)")

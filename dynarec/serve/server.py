@@ -155,8 +155,8 @@ class Engine:
         except asyncio.QueueFull:
             raise ClientError(503, f"server busy: {self.cfg.queue_size} requests queued; retry later") from None
 
-    def answer_error(self, reply, status: int, msg: str) -> None:
-        self.requests.labels("/predict", str(status)).inc()
+    def answer_error(self, reply, status: int, msg: str, endpoint: str = "/predict") -> None:
+        self.requests.labels(endpoint, str(status)).inc()
         self.errors.labels("client" if status < 500 else "server").inc()
         reply(status, error_body(msg))
 
@@ -274,17 +274,20 @@ class App:
     """The routes over an :class:`Engine`: ``POST /predict`` (queued for the next micro-batch), ``GET /healthz``,
     ``GET /metadata``, ``GET /metrics``; ``app(request)`` is the handler of :mod:`dynarec.serve.http`."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, retriever=None):
         self.engine = engine
         self.cfg = engine.cfg
+        self.retriever = retriever  # a dynarec.retrieval.lookup.Retriever for POST /retrieve, or None
 
     def __call__(self, req) -> None:
         try:
             if req.path == "/predict":
                 return self.predict(req)
+            if req.path == "/retrieve":
+                return self.retrieve(req)
             route = {"/healthz": self.healthz, "/metadata": self.metadata, "/metrics": self.metrics}.get(req.path)
             if route is None:
-                return req.reply(404, error_body(f"no route {req.path}; try POST /predict, GET /healthz, "
+                return req.reply(404, error_body(f"no route {req.path}; try POST /predict, POST /retrieve, GET /healthz, "
                                                  "/metadata or /metrics"))
             if req.method not in ("GET", "HEAD"):
                 return req.reply(405, error_body(f"{req.path} takes GET"), headers=((b"allow", b"GET"),))
@@ -312,6 +315,27 @@ class App:
         except ClientError as e:
             eng.answer_error(req.reply, e.status, str(e))
 
+    def retrieve(self, req) -> None:
+        from dynarec.serve.retrieve_route import RetrieveError, answer
+
+        eng, ep = self.engine, "/retrieve"
+        if self.retriever is None:
+            return eng.answer_error(req.reply, 404, "no retriever loaded: start the server with "
+                                                    "--retriever CHECKPOINT (a two_tower checkpoint)", ep)
+        if req.method != "POST":
+            return eng.answer_error(lambda s, b: req.reply(s, b, headers=((b"allow", b"POST"),)), 405,
+                                    "POST /retrieve with JSON {\"users\": [...], \"k\": 20}", ep)
+        if req.too_large:
+            return eng.answer_error(req.reply, 413, f"request body over {self.cfg.max_body_bytes} bytes", ep)
+        try:
+            out = answer(self.retriever, _loads(req.body or b"null"), self.cfg.max_rows)
+        except (ValueError, UnicodeDecodeError) as e:
+            return eng.answer_error(req.reply, 400, f"malformed JSON: {e}", ep)
+        except RetrieveError as e:
+            return eng.answer_error(req.reply, e.status, str(e), ep)
+        eng.requests.labels(req.path, "200").inc()
+        req.reply(200, _dumps(out))
+
     def healthz(self, req) -> None:
         req.reply(200, _dumps({"status": "ok", "model_version": self.engine.served.version}))
 
@@ -330,10 +354,16 @@ class App:
 
 
 def create_app(bundle: str | Path, backend: str = "onnx", watch: str | Path | None = None,
-               cfg: ServerConfig | None = None) -> App:
-    """The routes serving ``bundle`` (loaded now: errors surface before the port opens)."""
+               cfg: ServerConfig | None = None, retriever: str | Path | None = None) -> App:
+    """The routes serving ``bundle`` (loaded now: errors surface before the port opens), plus ``POST /retrieve``
+    over the two-tower checkpoint ``retriever`` when given."""
     cfg = cfg or ServerConfig()
-    return App(Engine(Served.load(bundle, backend), cfg, Path(watch) if watch else None))
+    r = None
+    if retriever is not None:
+        from dynarec.retrieval.lookup import Retriever
+
+        r = Retriever(retriever)
+    return App(Engine(Served.load(bundle, backend), cfg, Path(watch) if watch else None), r)
 
 
 async def run_app(app: App, host: str, port: int, stop: asyncio.Event | None = None,
@@ -358,7 +388,7 @@ async def run_app(app: App, host: str, port: int, stop: asyncio.Event | None = N
 
 def serve(bundle: str | Path, host: str = "127.0.0.1", port: int = 8000, backend: str = "onnx",
           watch: str | Path | None = None, cfg: ServerConfig | None = None, threads: int = 0,
-          workers: int = 1, _parent: int = 0, _ready=None) -> None:
+          workers: int = 1, _parent: int = 0, _ready=None, retriever: str | Path | None = None) -> None:
     """Run the server until interrupted (``dynarec serve``). ``workers`` > 1: that many processes share the
     port (``SO_REUSEPORT``: the kernel spreads connections); each loads the bundle, batches, reloads and
     counts its /metrics on its own."""
@@ -371,7 +401,7 @@ def serve(bundle: str | Path, host: str = "127.0.0.1", port: int = 8000, backend
 
     if threads:
         torch.set_num_threads(threads)
-    app = create_app(bundle, backend, watch, cfg)
+    app = create_app(bundle, backend, watch, cfg, retriever)
     s = app.engine.served
     loop = new_loop()
     asyncio.set_event_loop(loop)
@@ -386,7 +416,7 @@ def serve(bundle: str | Path, host: str = "127.0.0.1", port: int = 8000, backend
         ctx = mp.get_context("spawn")
         ready = [ctx.Event() for _ in range(workers - 1)]
         children = [ctx.Process(target=serve, args=(bundle, host, port, backend, watch, cfg, threads, 1, os.getpid(),
-                                                    ev), daemon=True) for ev in ready]
+                                                    ev, retriever), daemon=True) for ev in ready]
     if _parent:  # a worker ends with the process that started it
         async def orphaned():
             while os.getppid() == _parent:

@@ -128,6 +128,8 @@ def test_bad_requests_get_4xx_and_server_stays_up(env):
             err = r.json()["error"]
             assert word in err and "\n" not in err
             assert httpx.post(srv.url + "/predict", json={"rows": good}, timeout=30).status_code == 200
+        r = httpx.post(srv.url + "/retrieve", json={"users": ["u1"]}, timeout=30)  # no --retriever given
+        assert r.status_code == 404 and "--retriever" in r.json()["error"]
         m = httpx.get(srv.url + "/metrics").text
         assert 'dynarec_requests_total{endpoint="/predict",status="422"}' in m
         assert "dynarec_request_latency_seconds_bucket" in m and "dynarec_batch_rows_bucket" in m
