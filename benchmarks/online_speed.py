@@ -17,7 +17,7 @@ timed part is ``--passes`` passes of ``--steps`` steps each, pass-end eviction i
 step in turn (interleaved, the order rotating), so that a noisy neighbour slows them alike. Single thread by
 default; both wall-clock and process CPU time are reported. Time under the machine lock:
 
-    flock /work/bench.lock .venv/bin/python benchmarks/online_speed.py [--capacity 1000000] [--batch 4096]
+    flock "${DYNAREC_BENCH_LOCK:-.bench.lock}" .venv/bin/python benchmarks/online_speed.py [--capacity 1000000] [--batch 4096]
         [--steps 40] [--passes 3] [--threads 1] [--json benchmarks/results/online_speed.json]
 """
 from __future__ import annotations
