@@ -14,14 +14,13 @@ A delta (``passes/NNNN/delta.pt``, format ``dynarec-delta-1``, SHA-256 checked l
 pass's copy they reproduce every later pass's weights exactly (where the dense part was due)."""
 from __future__ import annotations
 
-import hashlib
 import io
 from pathlib import Path
 
 import torch
 
 from dynarec.errors import DataError
-from dynarec.train.checkpoint import write_atomic
+from dynarec.train.checkpoint import sealed, unsealed, write_atomic
 
 FORMAT = "dynarec-delta-1"
 
@@ -108,11 +107,7 @@ def from_state_dict(model, state: dict, owners_=None) -> dict:
 def write_delta(path: Path, delta: dict) -> None:
     buf = io.BytesIO()
     torch.save(delta, buf)
-    payload = buf.getvalue()
-    out = io.BytesIO()
-    torch.save({"format": FORMAT, "sha256": hashlib.sha256(payload).hexdigest(),
-                "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8)}, out)
-    write_atomic(Path(path), out.getvalue())
+    write_atomic(Path(path), sealed(FORMAT, buf.getvalue()))
 
 
 def read_delta(path: str | Path) -> dict:
@@ -124,7 +119,7 @@ def read_delta(path: str | Path) -> dict:
         raise DataError(f"{p}: not a readable dynarec delta ({type(e).__name__})") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise DataError(f"{p}: not a {FORMAT} file")
-    payload = blob["payload"].numpy().tobytes()
-    if hashlib.sha256(payload).hexdigest() != blob.get("sha256"):
+    payload, digest = unsealed(blob)
+    if digest != blob.get("sha256"):
         raise DataError(f"{p}: checksum mismatch: the delta is corrupted")
     return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)

@@ -29,6 +29,7 @@ from dynarec.retrieval.gramian import SAGram, SOGram
 from dynarec.retrieval.losses import gramian_loss, inbatch_loss, sampled_loss
 from dynarec.retrieval.sampling import NegativeSampler, StreamingFrequency
 from dynarec.train.optim import build_optimizers
+from dynarec.train.step import backward_and_step
 
 __all__ = ["RetrievalStep"]
 
@@ -100,14 +101,7 @@ class RetrievalStep:
         for o in self.optimizers:
             o.zero_grad(set_to_none=True)
         loss = self.loss(batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss became {loss.item()} (lower trainer.lr or check the data)")
-        loss.backward()
-        if self.cfg.grad_clip and self.cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.clipped, self.cfg.grad_clip)
-        for o in self.optimizers:
-            o.step()
-        return loss.item()
+        return backward_and_step(loss, self.optimizers, self.clipped, self.cfg.grad_clip)
 
     def state_dict(self) -> dict:
         return {"optimizers": [o.state_dict() for o in self.optimizers], "loss_state": self.state.state_dict(),

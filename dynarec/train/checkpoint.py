@@ -39,6 +39,19 @@ def _bytes(obj) -> bytes:
     return buf.getvalue()
 
 
+def sealed(fmt: str, payload: bytes) -> bytes:
+    """The bytes of a checksummed file: ``torch.save`` of ``{"format", "sha256", "payload"}`` (checkpoints,
+    online deltas)."""
+    return _bytes({"format": fmt, "sha256": hashlib.sha256(payload).hexdigest(),
+                   "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8)})
+
+
+def unsealed(blob: dict) -> tuple[bytes, str]:
+    """(payload bytes, their sha256) of a loaded checksummed file; compare the digest with ``blob["sha256"]``."""
+    payload = blob["payload"].numpy().tobytes()
+    return payload, hashlib.sha256(payload).hexdigest()
+
+
 def save_checkpoint(path: str | Path, model, params: dict, encoders: dict | None = None,
                     extra: dict | None = None) -> Path:
     path = Path(path)
@@ -52,8 +65,7 @@ def save_checkpoint(path: str | Path, model, params: dict, encoders: dict | None
         "state_dict": model.state_dict(),
         "extra": extra or {},
     })
-    write_atomic(path / "model.pt", _bytes({"format": FORMAT, "sha256": hashlib.sha256(payload).hexdigest(),
-                                            "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8)}))
+    write_atomic(path / "model.pt", sealed(FORMAT, payload))
     return path / "model.pt"
 
 
@@ -68,8 +80,7 @@ def read_checkpoint(f: Path) -> dict:
         return blob
     if fmt != FORMAT or not isinstance(blob.get("payload"), torch.Tensor):
         raise DataError(f"{f}: not a dynarec checkpoint")
-    payload = blob["payload"].numpy().tobytes()
-    got = hashlib.sha256(payload).hexdigest()
+    payload, got = unsealed(blob)
     if got != blob.get("sha256"):
         raise DataError(f"{f}: checksum mismatch (sha256 {got[:16]}…, recorded {str(blob.get('sha256'))[:16]}…): "
                         "the file is corrupted; restore it or retrain")

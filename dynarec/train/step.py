@@ -13,6 +13,19 @@ from dynarec.train.config import TrainerConfig
 from dynarec.train.optim import build_optimizers
 
 
+
+def backward_and_step(loss, optimizers, clipped, grad_clip) -> float:
+    """The end of every training step: refuse a non-finite loss, backward, clip ``clipped`` to ``grad_clip``
+    (when > 0), step every optimizer; returns the loss as a float."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"training loss became {loss.item()} (lower trainer.lr or check the data)")
+    loss.backward()
+    if grad_clip and grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(clipped, grad_clip)
+    for o in optimizers:
+        o.step()
+    return loss.item()
+
 class TrainStep:
     """``step(batch) -> loss``: one update of ``model`` (and of the task weighting's own parameters, e.g.
     Kendall et al.'s learned log-variances, trained with the dense optimizer).
@@ -50,14 +63,7 @@ class TrainStep:
         extra = self.model.extra_loss()
         if extra is not None:
             loss = loss + extra
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss became {loss.item()} (lower trainer.lr or check the data)")
-        loss.backward()
-        if self.cfg.grad_clip and self.cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.clipped, self.cfg.grad_clip)
-        for o in self.optimizers:
-            o.step()
-        return loss.item()
+        return backward_and_step(loss, self.optimizers, self.clipped, self.cfg.grad_clip)
 
     def state_dict(self) -> dict:
         """What a resumed run needs besides the model's weights: every optimizer's state (Adagrad
