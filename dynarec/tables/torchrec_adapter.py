@@ -128,6 +128,14 @@ class TorchRecFeatures(nn.Module):
                 out.append((table, 0, 0, v))
         return out
 
+    def held_bytes(self) -> dict[str, int]:
+        """Bytes of feature-table storage this rank holds: ``shards`` (its TorchRec shards / replicas) and
+        ``fused`` (the model's own fused table, still a full copy on every rank). The total over ranks of
+        ``shards`` is the table once for table_wise / column_wise, N times for data_parallel."""
+        shards = sum(t.numel() * t.element_size() for *_, t in self._pieces())
+        w = self.orig.weight.weight
+        return {"shards": int(shards), "fused": int(w.numel() * w.element_size())}
+
     @torch.no_grad()
     def scatter(self) -> None:
         """Copy the fused table's rows into this rank's shards (after sharding, or a load of the weights)."""

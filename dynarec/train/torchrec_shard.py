@@ -156,5 +156,9 @@ class _Sync(Callback):
         self.sharding.gather()
 
     def on_fit_end(self, loop) -> None:
+        mine = {k: sum(layer.held_bytes()[k] for _, layer in self.sharding.layers) for k in ("shards", "fused")}
+        ranks = [None] * dist.get_world_size()
+        dist.all_gather_object(ranks, mine)
+        loop.history.held_bytes = ranks  # per rank: bytes of table shards and of the (full) fused tables
         self.sharding.gather()
         torchrec_adapter.detach(self.sharding.model, self.sharding.layers)

@@ -58,6 +58,18 @@ def test_sharded_run_ends_with_the_weights_of_one_process(runs, name, sharding):
         assert math.isclose(v["all"], b["metrics"]["auc"][t]["all"], abs_tol=1e-5)
 
 
+@needs_torchrec
+def test_each_rank_holds_its_share_of_the_shards(runs):
+    """Column-wise: each of the 2 ranks holds exactly half of the table bytes; table-wise: the ranks' shards
+    together are the tables once. (The model's fused table is still a full copy per rank: ``fused``.)"""
+    _, two = runs
+    cw, tw = two["column_wise/dnn"]["held_bytes"], two["table_wise/dnn"]["held_bytes"]
+    total = cw[0]["fused"]
+    assert len(cw) == len(tw) == 2 and total > 0
+    assert [r["shards"] for r in cw] == [total // 2, total // 2]
+    assert sum(r["shards"] for r in tw) == total and all(r["shards"] > 0 for r in tw)
+
+
 def _plan_rows(text: str) -> dict[str, list[list[str]]]:
     """{table: [cells of each row]} of the two tables of TorchRec's printed plan."""
     rows: dict[str, list[list[str]]] = {}
@@ -172,6 +184,8 @@ def test_the_torchrec_layer_computes_what_feature_embedding_computes(small_synth
     layer.train()
     torch.testing.assert_close(layer(batch.sparse, batch.sequences), want, atol=1e-6, rtol=1e-5)
     assert not any(".ebc." in k for k in model.state_dict())  # the usual state_dict
+    held = layer.held_bytes()  # one process, unsharded: the collection holds every logical table once
+    assert held["shards"] == held["fused"] == orig.weight.weight.numel() * 4
     with torch.no_grad():
         layer.ebc.embedding_bags["item_id"].weight.add_(1.0)
     before = orig.weight.weight.clone()

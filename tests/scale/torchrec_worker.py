@@ -30,7 +30,8 @@ def main(out: str, names: list[str], shardings: list[str], optimizer: str = "ada
             saved[f"{sharding}/{name}"] = {
                 "state": {k: v.detach().clone() for k, v in res.model.state_dict().items()},
                 "history": res.history.epochs, "best_epoch": res.history.best_epoch, "metrics": res.metrics,
-                "stderr": err.getvalue()}
+                "stderr": err.getvalue(),
+                "held_bytes": getattr(res.history, "held_bytes", None)}
     ctx = context()
     saved["world"] = ctx.world
     if ctx.main:
