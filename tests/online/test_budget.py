@@ -138,3 +138,22 @@ def test_the_baselines_static_vocabulary_and_hashing_trick(stream, tmp_path):
     blob = read_checkpoint(tmp_path / "static" / pass_dir(3) / "model.pt")
     assert not any(f["dynamic"] for f in blob["schema"]["features"])
     assert blob["schema"]["features"][1]["vocab_size"] < 400  # user_id: the first pass's vocabulary + unknown
+
+
+def test_both_indexes_speak_one_protocol_and_report_the_slots_they_trained():
+    """The runner treats the dynamic index and the hashing trick alike (``SlotIndex``, no hasattr); each
+    reports exactly the slots its training touched since the last clear, so a hash baseline's delta log is
+    right too."""
+    from dynarec.online.ids import HashIndex, SlotIndex
+    from dynarec.tables.dynamic import DynamicIndex
+
+    ids = torch.tensor([3, 5, 3, 900, -1])
+    for ix in (HashIndex(50, 2), DynamicIndex(50, caps=[30, 30])):
+        assert isinstance(ix, SlotIndex)
+        ix.changed_slots(clear=True)
+        slots = ix.map(ids, 1)
+        ix.lookup(torch.tensor([77, 78]), 0)  # a lookup alone trains nothing
+        got, (f, i) = ix.changed_slots(clear=True)
+        assert got.tolist() == sorted(set(slots[slots > 0].tolist())) and f.numel() == i.numel() == 0
+        assert ix.changed_slots(clear=True)[0].numel() == 0
+        assert isinstance(ix.feature_counts(), list)
