@@ -157,3 +157,35 @@ def test_both_indexes_speak_one_protocol_and_report_the_slots_they_trained():
         assert got.tolist() == sorted(set(slots[slots > 0].tolist())) and f.numel() == i.numel() == 0
         assert ix.changed_slots(clear=True)[0].numel() == 0
         assert isinstance(ix.feature_counts(), list)
+
+
+def test_dnn_latent_cross_trains_online_with_a_dynamic_context_id(tmp_path):
+    """The Latent Cross table declares its context features (TableSpec.features / offsets), so a dynamic
+    context id maps into it: its rows get admitted, trained and counted like any dynamic table's."""
+    import random
+
+    from dynarec.online.rows import dynamic_targets
+    from dynarec.online.runner import run_online
+
+    schema = Schema.from_dict({"features": [{"name": "domain", "group": "domain"},
+                                            {"name": "ctx", "group": "context", "dynamic": True},
+                                            {"name": "item", "group": "item"}],
+                               "tasks": [{"name": "click"}], "domain": "domain"})
+    d = tmp_path / "passes"
+    d.mkdir()
+    rng = random.Random(0)
+    for k in range(3):
+        n = 600
+        ctx = [f"c{k}_{rng.randrange(20)}" for _ in range(n)]
+        pq.write_table(pa.table({"domain": [rng.choice("ab") for _ in range(n)], "ctx": ctx,
+                                 "item": [f"i{rng.randrange(30)}" for _ in range(n)],
+                                 "click": [int(c.endswith(("1", "3"))) for c in ctx]}), d / f"pass-{k:04d}.parquet")
+    sets = [s for s in SMALL if not s.startswith(("model.gate_emb_dim", "model.tower_hidden"))] + \
+        ["model.latent_cross=true", "online.max_rows=50"]
+    cfg = load_online_config(None, sets, "dnn")
+    rows = list(run_online(schema, d, tmp_path / "run", cfg))
+    assert len(rows) == 3 and all(0 < r["table_rows"] <= 50 and r["admitted"] > 0 for r in rows)
+    st = restore_state(cfg, read_checkpoint(tmp_path / "run" / pass_dir(2) / "model.pt"), "x")
+    assert any(name == "latent_cross" for name, _ in dynamic_targets(st.model, ["ctx"]))
+    w = st.model.tables["latent_cross"].weight.detach()
+    assert w[1:].abs().sum() > 0  # admitted context rows trained away from their zero init
