@@ -20,7 +20,7 @@ Speed: per feature, the id -> slot map (and the pending counts) is a sorted key 
 (:class:`_SortedMap`): a step costs one ``unique`` of its ids, ``searchsorted`` lookups and a scatter-merge of
 its new keys into the delta, which merges into the main array when it outgrows ``32 * sqrt(n)`` (O(n), every
 few dozen steps). Freed keys are tombstoned, then dropped by mask right after the eviction; the k lowest
-scores are found by selection (``kthvalue``), not a sort; per-feature counts and the free-slot list are kept
+scores are found by selection (``topk``), not a sort; per-feature counts and the free-slot list are kept
 up to date, never recounted in a step. No step rebuilds a map and no step runs Python per id.
 """
 import math
@@ -68,10 +68,10 @@ def _merge(a, av, b, bv):
 
 def _lowest(sc, n):
     """Ascending positions of the ``n`` lowest of ``sc``, ties to the lower position (the first ``n`` of a stable
-    argsort) in O(len(sc)): a selection of the n-th value and masks, no sort."""
+    argsort) in O(len(sc)): a selection of the n-th value (``topk``) and masks, no sort."""
     if n >= sc.numel():
         return torch.arange(sc.numel())
-    v = torch.kthvalue(sc, n).values
+    v = torch.topk(sc, n, largest=False, sorted=False).values.max()  # the n-th lowest (faster than kthvalue)
     low = sc < v
     need = n - int(low.sum())
     if need:
