@@ -40,7 +40,8 @@ class DNN(BaseModel):
                 raise ConfigError("model.dnn.latent_cross: needs a sparse feature in group 'context'")
             self.register_buffer("_ctx_cols", torch.tensor(cols, dtype=torch.long), persistent=False)
             self.latent_cross = LatentCross([schema.sparse[i].vocab_size for i in cols], self.mlp.out_features,
-                                            tables=self.tables, legacy="latent_cross")
+                                            tables=self.tables, legacy="latent_cross",
+                                            features=[schema.sparse[i].name for i in cols])
 
     def compute(self, batch):
         h = self.mlp(self.flat_input(batch))

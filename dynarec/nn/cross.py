@@ -23,17 +23,23 @@ class LatentCross(nn.Module):
     ``cardinalities[c]`` is the vocabulary size of context field c; one fused table holds all fields.
     ``cross(h, w)`` applies an already summed context vector ``w`` ([B, dim]). ``tables``: the model's table
     collection, which gets the table ``name`` (``None``: a private one); ``legacy``: this layer's module path
-    in checkpoints older than the collection."""
+    in checkpoints older than the collection; ``features``: the names of the context fields (one per
+    cardinality), declared in the table's spec with their row offsets so table consumers (online training's
+    fresh rows and resets of evicted ids) can map a field's ids to rows; () declares none."""
 
     def __init__(self, cardinalities: Sequence[int], dim: int, init_std: float = 0.0,
-                 tables: TableCollection | None = None, name: str = "latent_cross", legacy: str | None = None):
+                 tables: TableCollection | None = None, name: str = "latent_cross", legacy: str | None = None,
+                 features: Sequence[str] = ()):
         super().__init__()
         sizes = [max(int(n), 1) for n in cardinalities]
         offs = [0]
         for n in sizes[:-1]:
             offs.append(offs[-1] + n)
         self.register_buffer("offsets", torch.tensor(offs, dtype=torch.long), persistent=False)
-        spec = TableSpec(name, sum(sizes), dim, init_std if init_std > 0 else 0.0, "dense")
+        if features and len(features) != len(sizes):
+            raise ValueError(f"LatentCross: {len(features)} feature names for {len(sizes)} context fields")
+        spec = TableSpec(name, sum(sizes), dim, init_std if init_std > 0 else 0.0, "dense", tuple(features),
+                         offsets=tuple(offs) if features else ())
         borrow(self, table_for(tables, self, spec, legacy and legacy + ".table"))
 
     @property

@@ -7,6 +7,8 @@ and the empty string become -1, which the index reads as padding (slot 0). Seque
 lists) become [N, max_len] tensors padded with -1."""
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -64,6 +66,28 @@ def mix64(x: torch.Tensor) -> torch.Tensor:
     return x ^ _shr(x, 31)
 
 
+@runtime_checkable
+class SlotIndex(Protocol):
+    """What ``dynarec online`` calls on an index of raw ids -> slots (``DynamicIndex`` and :class:`HashIndex`).
+
+    ``lookup(ids, feature)`` / ``map(ids, feature, train)`` / ``observe(ids, feature)``: slots Long, same shape as
+    ``ids`` (0 = default row); ``step()`` after each batch; ``end_pass()`` -> dict(admitted, evicted, expired);
+    ``slots_in_use``; ``feature_counts()`` -> slots per feature ([] where slots are shared, as by hashing);
+    ``changed_slots(clear)`` -> (slots Long [n] whose rows training may have changed since the last clear,
+    (feature, id) Long pairs of ids freed since then); ``subscribe(on_admit, on_free)``."""
+
+    def lookup(self, ids, feature=0): ...
+    def map(self, ids, feature=0, train=True): ...
+    def observe(self, ids, feature=0): ...
+    def step(self): ...
+    def end_pass(self): ...
+    @property
+    def slots_in_use(self): ...
+    def feature_counts(self): ...
+    def changed_slots(self, clear=True): ...
+    def subscribe(self, on_admit=None, on_free=None): ...
+
+
 class HashIndex:
     """The hashing trick at a fixed memory: id -> ``1 + h(feature, id) mod capacity`` (padding -1 -> 0). No
     admission, no eviction: colliding ids share a row. Same calls as the dynamic index, so the runner can swap
@@ -72,6 +96,7 @@ class HashIndex:
     def __init__(self, capacity: int, features: int):
         self.capacity, self.features = capacity, features
         self.touched = torch.zeros(capacity + 1, dtype=torch.bool)
+        self.changed = torch.zeros(capacity + 1, dtype=torch.bool)  # touched since the last changed_slots()
 
     def lookup(self, ids: torch.Tensor, feature: int = 0) -> torch.Tensor:
         return torch.where(ids >= 0, 1 + torch.remainder(mix64(ids + torch.full_like(ids, feature + 1) * _GOLDEN), self.capacity),
@@ -80,11 +105,16 @@ class HashIndex:
     def map(self, ids: torch.Tensor, feature: int = 0, train: bool = True) -> torch.Tensor:
         s = self.lookup(ids, feature)
         if train:
-            self.touched[s.reshape(-1)] = True
+            self._touch(s)
         return s
 
     def observe(self, ids: torch.Tensor, feature: int = 0) -> None:
-        self.touched[self.lookup(ids, feature).reshape(-1)] = True
+        self._touch(self.lookup(ids, feature))
+
+    def _touch(self, s: torch.Tensor) -> None:
+        s = s.reshape(-1)
+        self.touched[s] = True
+        self.changed[s] = True
 
     def step(self) -> None: ...
 
@@ -95,10 +125,21 @@ class HashIndex:
     def slots_in_use(self) -> int:
         return int(self.touched[1:].sum())
 
+    def feature_counts(self) -> list:
+        return []  # buckets are shared by all features
+
+    def changed_slots(self, clear: bool = True):
+        """(buckets 1.. trained since the last clear, no freed ids: hashing never frees)."""
+        s = torch.nonzero(self.changed[1:]).flatten() + 1
+        if clear:
+            self.changed.zero_()
+        return s, (torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
+
     def subscribe(self, on_admit=None, on_free=None) -> None: ...
 
     def state_dict(self) -> dict:
-        return {"touched": self.touched.clone()}
+        return {"touched": self.touched.clone(), "changed": self.changed.clone()}
 
     def load_state_dict(self, d: dict) -> None:
         self.touched = d["touched"].clone()
+        self.changed = d["changed"].clone() if "changed" in d else torch.zeros_like(self.touched)

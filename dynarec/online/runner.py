@@ -160,9 +160,10 @@ def run_online(schema, passes, out, cfg: OnlineExperiment, resume: bool = False,
         loss, secs = _train_pass(st, table, raw, k)
         stats = st.index.end_pass() if st.index is not None else {"admitted": 0, "evicted": 0, "expired": 0}
         delta = make_delta(st.serving, snapshot(st.model, st.index), k, k % cfg.online.dense_every == 0)
-        if hasattr(st.index, "changed_slots"):
+        counts = []
+        if st.index is not None:  # any SlotIndex (dynarec.online.ids)
             st.index.changed_slots(clear=True)  # the delta is found by comparison: drop the index's own log
-        counts = st.index.feature_counts() if hasattr(st.index, "feature_counts") else []
+            counts = st.index.feature_counts()
         row = {"pass": k, "file": files[k].name, "rows": len(table), "auc": m.get("auc", {}),
                "logloss": m.get("logloss", {}), "table_rows": st.index.slots_in_use if st.index is not None else 0,
                "feature_rows": dict(zip(st.dynamic, counts)), "admitted": int(stats["admitted"]),

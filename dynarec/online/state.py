@@ -56,7 +56,7 @@ class OnlineState:
         return self.model.schema
 
     def _wire(self):
-        if self.index is not None and hasattr(self.index, "subscribe"):
+        if self.index is not None:
             self.index.subscribe(self.keeper.on_admit, self.keeper.on_free)
 
     def extra(self) -> dict:

@@ -20,7 +20,7 @@ Speed: per feature, the id -> slot map (and the pending counts) is a sorted key 
 (:class:`_SortedMap`): a step costs one ``unique`` of its ids, ``searchsorted`` lookups and a scatter-merge of
 its new keys into the delta, which merges into the main array when it outgrows ``32 * sqrt(n)`` (O(n), every
 few dozen steps). Freed keys are tombstoned, then dropped by mask right after the eviction; the k lowest
-scores are found by selection (``kthvalue``), not a sort; per-feature counts and the free-slot list are kept
+scores are found by selection (``topk``), not a sort; per-feature counts and the free-slot list are kept
 up to date, never recounted in a step. No step rebuilds a map and no step runs Python per id.
 """
 import math
@@ -68,14 +68,15 @@ def _merge(a, av, b, bv):
 
 def _lowest(sc, n):
     """Ascending positions of the ``n`` lowest of ``sc``, ties to the lower position (the first ``n`` of a stable
-    argsort) in O(len(sc)): a selection of the n-th value, no sort."""
+    argsort) in O(len(sc)): a selection of the n-th value (``topk``) and masks, no sort."""
     if n >= sc.numel():
         return torch.arange(sc.numel())
-    v = torch.kthvalue(sc, n).values
-    low = torch.nonzero(sc <= v).flatten()  # ascending; all below v, then the ties by position
-    lv = sc.take(low)
-    below = low[lv < v]
-    return torch.sort(torch.cat([below, low[lv == v][:n - below.numel()]])).values
+    v = torch.topk(sc, n, largest=False, sorted=False).values.max()  # the n-th lowest (faster than kthvalue)
+    low = sc < v
+    need = n - int(low.sum())
+    if need:
+        low[torch.nonzero(sc == v).flatten()[:need]] = True
+    return torch.nonzero(low).flatten()
 
 
 class _SortedMap:
@@ -310,11 +311,11 @@ class DynamicIndex(nn.Module):
             return
         sc = score(self.score_name, self.count, self.last, self.dcount, self.step_no, self.decay, self.ttl_steps)
         groups = [(self.used & (self.sfeat == f), keep[f]) for f in over] + [(None, glimit)]
-        for mask, limit in groups:
-            s = torch.nonzero(self.used if mask is None else mask & self.used).flatten()
-            extra = s.numel() - limit
+        for mask, limit in groups:  # free slots score +inf: positions in the masked scores are slots
+            m = self.used if mask is None else mask & self.used
+            extra = int(m.sum()) - limit
             if extra > 0:
-                self._free(s[_lowest(sc.take(s), extra)], "evicted")
+                self._free(_lowest(torch.where(m, sc, math.inf), extra), "evicted")
 
     @torch.no_grad()
     def end_pass(self):

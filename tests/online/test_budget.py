@@ -138,3 +138,54 @@ def test_the_baselines_static_vocabulary_and_hashing_trick(stream, tmp_path):
     blob = read_checkpoint(tmp_path / "static" / pass_dir(3) / "model.pt")
     assert not any(f["dynamic"] for f in blob["schema"]["features"])
     assert blob["schema"]["features"][1]["vocab_size"] < 400  # user_id: the first pass's vocabulary + unknown
+
+
+def test_both_indexes_speak_one_protocol_and_report_the_slots_they_trained():
+    """The runner treats the dynamic index and the hashing trick alike (``SlotIndex``, no hasattr); each
+    reports exactly the slots its training touched since the last clear, so a hash baseline's delta log is
+    right too."""
+    from dynarec.online.ids import HashIndex, SlotIndex
+    from dynarec.tables.dynamic import DynamicIndex
+
+    ids = torch.tensor([3, 5, 3, 900, -1])
+    for ix in (HashIndex(50, 2), DynamicIndex(50, caps=[30, 30])):
+        assert isinstance(ix, SlotIndex)
+        ix.changed_slots(clear=True)
+        slots = ix.map(ids, 1)
+        ix.lookup(torch.tensor([77, 78]), 0)  # a lookup alone trains nothing
+        got, (f, i) = ix.changed_slots(clear=True)
+        assert got.tolist() == sorted(set(slots[slots > 0].tolist())) and f.numel() == i.numel() == 0
+        assert ix.changed_slots(clear=True)[0].numel() == 0
+        assert isinstance(ix.feature_counts(), list)
+
+
+def test_dnn_latent_cross_trains_online_with_a_dynamic_context_id(tmp_path):
+    """The Latent Cross table declares its context features (TableSpec.features / offsets), so a dynamic
+    context id maps into it: its rows get admitted, trained and counted like any dynamic table's."""
+    import random
+
+    from dynarec.online.rows import dynamic_targets
+    from dynarec.online.runner import run_online
+
+    schema = Schema.from_dict({"features": [{"name": "domain", "group": "domain"},
+                                            {"name": "ctx", "group": "context", "dynamic": True},
+                                            {"name": "item", "group": "item"}],
+                               "tasks": [{"name": "click"}], "domain": "domain"})
+    d = tmp_path / "passes"
+    d.mkdir()
+    rng = random.Random(0)
+    for k in range(3):
+        n = 600
+        ctx = [f"c{k}_{rng.randrange(20)}" for _ in range(n)]
+        pq.write_table(pa.table({"domain": [rng.choice("ab") for _ in range(n)], "ctx": ctx,
+                                 "item": [f"i{rng.randrange(30)}" for _ in range(n)],
+                                 "click": [int(c.endswith(("1", "3"))) for c in ctx]}), d / f"pass-{k:04d}.parquet")
+    sets = [s for s in SMALL if not s.startswith(("model.gate_emb_dim", "model.tower_hidden"))] + \
+        ["model.latent_cross=true", "online.max_rows=50"]
+    cfg = load_online_config(None, sets, "dnn")
+    rows = list(run_online(schema, d, tmp_path / "run", cfg))
+    assert len(rows) == 3 and all(0 < r["table_rows"] <= 50 and r["admitted"] > 0 for r in rows)
+    st = restore_state(cfg, read_checkpoint(tmp_path / "run" / pass_dir(2) / "model.pt"), "x")
+    assert any(name == "latent_cross" for name, _ in dynamic_targets(st.model, ["ctx"]))
+    w = st.model.tables["latent_cross"].weight.detach()
+    assert w[1:].abs().sum() > 0  # admitted context rows trained away from their zero init
