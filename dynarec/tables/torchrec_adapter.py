@@ -4,13 +4,18 @@ table; the fused physical table has no per-table boundary it could use).
 
 :func:`attach` replaces each :class:`~dynarec.nn.embedding.FeatureEmbedding` of a model by a
 :class:`TorchRecFeatures` with the same call (``(sparse [B, S], sequences) -> [B, S + n_seq, dim]``); the
-model's code is unchanged. In training mode the lookup goes through the (sharded) collection: sparse fields
+model's code is unchanged. Every lookup goes through the (sharded) collection, in training and in evaluation: sparse fields
 are one id per row, sequence fields jagged bags without their padding ids, mean pooling as per-id weights
-``1 / length`` (the ``per_sample_weights`` of ``FeatureEmbedding``). The original fused table stays in
-``model.tables`` frozen (``requires_grad=False``): :meth:`TorchRecFeatures.gather` copies the trained
-shards back into it (every rank gets the whole table), and evaluation mode looks up that local copy, so
-validation, the best-state copy of early stopping and the checkpoint see the model's usual ``state_dict``
-(the collection's own keys are left out of it). :func:`detach` puts the original layers back.
+``1 / length`` (the ``per_sample_weights`` of ``FeatureEmbedding``). Once the shards hold the model's
+initial rows (:meth:`TorchRecFeatures.scatter`), the model's own fused table is RELEASED on every rank
+(:meth:`TorchRecFeatures.release`: its storage shrinks to zero rows), so during the fit a rank holds only
+its shards. A sharded lookup is a collective call: every rank must run the same number of forwards at the
+same batch size (:func:`dynarec.train.distributed.gather_predictions` pads the ranks' slices for that).
+While attached, ``model.state_dict()`` leaves the collection's keys out and holds this rank's shards under
+``<path>.local_shard.<i>`` instead (what early stopping's best-state copy keeps; loading such a state puts
+them back into the shards). :meth:`TorchRecFeatures.consolidate` assembles the trained table on ONE rank
+at the fit's end (point-to-point, shard by shard) and :func:`detach` puts the original layers back, so the
+checkpoint written by rank 0 is the usual one.
 
 Other tables of the collection (CAN / co-action tables, APG's domain table, M2M's task table, position
 tables) stay in the model and train under DDP like its dense part: they are small (domains, tasks,
@@ -74,7 +79,7 @@ class TorchRecFeatures(nn.Module):
 
     @property
     def weight(self) -> nn.Embedding:
-        if self.training:
+        if True:  # the fused table is released while the collection holds the rows
             raise ConfigError("trainer.distributed: torchrec cannot shard a model that reads its feature table "
                               "directly (e.g. m2m's sequence tokens); use trainer.distributed: ddp")
         return self.orig.weight
@@ -112,8 +117,6 @@ class TorchRecFeatures(nn.Module):
                                  weights=torch.cat(weights) if self.weighted else None)
 
     def forward(self, sparse: torch.Tensor, sequences: dict | None = None) -> torch.Tensor:
-        if not self.training:
-            return self.orig(sparse, sequences)
         pooled = self.ebc(self.features(sparse, sequences)).to_dict()
         return torch.stack([pooled[f] for f in self.field_names], 1)
 
@@ -130,34 +133,89 @@ class TorchRecFeatures(nn.Module):
 
     def held_bytes(self) -> dict[str, int]:
         """Bytes of feature-table storage this rank holds: ``shards`` (its TorchRec shards / replicas) and
-        ``fused`` (the model's own fused table, still a full copy on every rank). The total over ranks of
-        ``shards`` is the table once for table_wise / column_wise, N times for data_parallel."""
+        ``fused`` (the model's own fused table: 0 once released), and ``table`` (the logical tables' bytes
+        once, for reference). The total over ranks of ``shards`` is ``table`` for table_wise / column_wise,
+        N times it for data_parallel."""
         shards = sum(t.numel() * t.element_size() for *_, t in self._pieces())
         w = self.orig.weight.weight
-        return {"shards": int(shards), "fused": int(w.numel() * w.element_size())}
+        table = sum(self.layout.table_sizes[t] for t in self.logical.values()) * self.embed_dim * w.element_size()
+        return {"shards": int(shards), "fused": int(w.numel() * w.element_size()), "table": int(table)}
 
     @torch.no_grad()
     def scatter(self) -> None:
-        """Copy the fused table's rows into this rank's shards (after sharding, or a load of the weights)."""
+        """Copy the fused table's rows into this rank's shards (after sharding, before :meth:`release`)."""
         full = self.orig.weight.weight
         for table, r, c, t in self._pieces():
             rows = self.layout.table_rows(table)
             src = full[rows][r:r + t.shape[0], c:c + t.shape[1]]
             t.copy_(src.to(t.device, t.dtype))
 
+    def release(self) -> None:
+        """Free the model's fused table on this rank (zero rows; shape, dtype and device remembered)."""
+        w = self.orig.weight.weight
+        if w.shape[0]:
+            self.__dict__["_full_shape"] = tuple(w.shape)
+            w.data = w.data.new_empty((0, w.shape[1]))
+
+    def local_state(self) -> list[torch.Tensor]:
+        """Copies of this rank's shards, in :meth:`_pieces` order (for a best-state copy)."""
+        return [t.detach().clone() for *_, t in self._pieces()]
+
     @torch.no_grad()
-    def gather(self) -> None:
-        """Every rank's shards copied into the fused table of every rank (a collective call)."""
-        mine = [(tb, r, c, t.detach().cpu()) for tb, r, c, t in self._pieces()]
-        parts = [mine]
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            parts = [None] * dist.get_world_size()
-            dist.all_gather_object(parts, mine)
-        full = self.orig.weight.weight
-        for part in parts:
-            for table, r, c, t in part:
-                o = self.layout.table_offsets[table] + r
-                full[o:o + t.shape[0], c:c + t.shape[1]] = t.to(full.device, full.dtype)
+    def load_local_state(self, tensors: list[torch.Tensor]) -> None:
+        pieces = self._pieces()
+        if len(tensors) != len(pieces):
+            raise ValueError(f"torchrec: {len(tensors)} saved shards for {len(pieces)} held on this rank")
+        for (*_, t), v in zip(pieces, tensors):
+            t.copy_(v.to(t.device, t.dtype))
+
+    @torch.no_grad()
+    def consolidate(self, dst: int = 0) -> None:
+        """The trained table assembled into the fused table of rank ``dst`` only (a collective call): the
+        shards' places are all-gathered (small), then each shard goes point-to-point to ``dst``, so no rank
+        but ``dst`` ever holds more than its own shards, and ``dst`` the table once. Data-parallel replicas
+        are taken from ``dst``'s own copy. Without a process group the local shards fill the local table."""
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        rank = dist.get_rank() if world > 1 else 0
+        pieces = self._pieces()
+        shape = self.__dict__.get("_full_shape")
+        w = self.orig.weight.weight
+        if rank == dst and shape is not None and w.shape[0] == 0:
+            w.data = w.data.new_zeros(shape)
+        full = w.data
+
+        def put(table, r, c, t):
+            o = self.layout.table_offsets[table] + r
+            full[o:o + t.shape[0], c:c + t.shape[1]] = t.to(full.device, full.dtype)
+
+        if world == 1:
+            for p in pieces:
+                put(*p)
+            return
+        kinds = self._sharded_tables()
+        sharded = [kinds[p[0]] for p in pieces]
+        places = [(tb, r, c, tuple(t.shape), str(t.dtype)) for (tb, r, c, t), s in zip(pieces, sharded) if s]
+        everyone: list = [None] * world
+        dist.all_gather_object(everyone, places)
+        if rank == dst:
+            for p in pieces:
+                put(*p)
+            for src, theirs in enumerate(everyone):
+                if src == dst:
+                    continue
+                for tb, r, c, shp, dt in theirs:
+                    buf = torch.empty(shp, dtype=getattr(torch, dt.split(".")[-1]), device=pieces[0][3].device
+                                      if pieces else "cpu")
+                    dist.recv(buf, src=src)
+                    put(tb, r, c, buf)
+        else:
+            for (tb, r, c, t), s in zip(pieces, sharded):
+                if s:
+                    dist.send(t.detach().contiguous(), dst=dst)
+
+    def _sharded_tables(self) -> dict[str, bool]:
+        """{logical table: held as a ShardedTensor (table / column / row-wise), not as a replica}."""
+        return {self.logical[k.split(".")[-2]]: hasattr(v, "local_shards") for k, v in self.ebc.state_dict().items()}
 
 
 def feature_layers(model: nn.Module) -> tuple[list, list]:
@@ -171,7 +229,8 @@ def feature_layers(model: nn.Module) -> tuple[list, list]:
 def attach(model: nn.Module) -> list[tuple[str, TorchRecFeatures]]:
     """Replace every :class:`FeatureEmbedding` of ``model`` that TorchRec can hold (:func:`feature_layers`)
     by a :class:`TorchRecFeatures` (same path); -> [(path, new layer)]. Their TorchRec keys are left out of
-    ``model.state_dict()``."""
+    ``model.state_dict()``, which holds this rank's shards as ``<path>.local_shard.<i>`` instead (and
+    ``load_state_dict`` puts such entries back into the shards)."""
     found = feature_layers(model)[0]
     if not found:
         raise ConfigError(f"trainer.distributed: torchrec found no feature table of a width that is a multiple "
@@ -184,11 +243,26 @@ def attach(model: nn.Module) -> list[tuple[str, TorchRecFeatures]]:
         made.append((path, new))
     prefixes = tuple(p + ".ebc." for p, _ in made)
 
-    def drop(module, state, prefix, meta):
+    def save(module, state, prefix, meta):  # the collection's keys out, this rank's shards in
         for k in [k for k in state if k[len(prefix):].startswith(prefixes)]:
             del state[k]
+        for path, layer in made:
+            for i, t in enumerate(layer.local_state()):
+                state[f"{prefix}{path}.local_shard.{i}"] = t
 
-    model.__dict__["_torchrec_hooks"] = (model._register_state_dict_hook(drop),)
+    def load(state, prefix, meta, strict, missing, unexpected, errors):
+        for path, layer in made:
+            key = f"{prefix}{path}.local_shard."
+            mine = sorted((int(k[len(key):]), k) for k in state if k.startswith(key))
+            if mine:
+                layer.load_local_state([state.pop(k) for _, k in mine])
+
+    def loaded(module, incompatible):  # the shards came in through local_shard.<i>, not the collection's keys
+        incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if not k.startswith(prefixes)]
+
+    model.__dict__["_torchrec_hooks"] = (model._register_state_dict_hook(save),
+                                         model._register_load_state_dict_pre_hook(load),
+                                         model.register_load_state_dict_post_hook(loaded))
     return made
 
 

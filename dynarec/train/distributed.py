@@ -114,21 +114,29 @@ def wrap_ddp(model, device: torch.device):
 
 def gather_predictions(model, table, batch_size: int, ctx: Context | None = None) -> dict[str, np.ndarray]:
     """Predictions for every row of ``table``: rank r predicts its contiguous slice, the slices are
-    all-gathered and joined in row order (so every rank holds the same full arrays)."""
+    all-gathered and joined in row order (so every rank holds the same full arrays).
+
+    Every rank's slice is padded (with copies of row 0, predicted and dropped) to ``ceil(n / world)`` rows,
+    so all ranks run the same number of forwards at the same batch sizes: a model whose tables are sharded
+    (TorchRec) looks them up in collective calls that every rank must join."""
     ctx = ctx or context()
     if ctx.world == 1:
         return predict_table(model, table, batch_size)
     n = len(table)
     lo, hi = n * ctx.rank // ctx.world, n * (ctx.rank + 1) // ctx.world
+    width = -(-n // ctx.world)
+    rows = torch.cat([torch.arange(lo, hi), torch.zeros(width - (hi - lo), dtype=torch.long)])
     host = getattr(table, "host", table)
-    part = host.subset(torch.arange(lo, hi))
+    part = host.subset(rows)
     dev = next(model.parameters()).device
     if dev.type != "cpu":
         from dynarec.train.device import DeviceTable
         part = DeviceTable(part, dev)
-    mine = predict_table(model, part, batch_size)
+    mine = {t: v[: hi - lo] for t, v in predict_table(model, part, batch_size).items()} if width else {}
     parts: list = [None] * ctx.world
     dist.all_gather_object(parts, mine)
+    if not width:
+        return {t.name: np.zeros(0) for t in model.schema.tasks}
     return {t: np.concatenate([p[t] for p in parts]) for t in mine}
 
 

@@ -82,8 +82,9 @@ def train_model(model_name: str, schema, tables: dict, params: dict | None = Non
     if out is None or not is_main():  # no output folder, or a rank other than 0 of several processes
         if resume and out is None:
             raise DynarecError("resume: needs the interrupted run's out folder")
-        hist = Trainer(model, cfg, seed, None, task_weighting, console).fit(tables["train"], valid)
-        return _finish(model, cfg, hist, tables, params, None, encoders, seed)
+        tr = Trainer(model, cfg, seed, None, task_weighting, console)
+        hist = tr.fit(tables["train"], valid, finish=False)
+        return _finish(model, cfg, hist, tables, params, None, encoders, seed, tr.finish)
     out = outdir.check_out(out, MARKERS, "training run")
     work = outdir.work_dir(out)
     tr = Trainer(model, cfg, seed, work / "log.csv", task_weighting, console)  # checks the config first
@@ -102,8 +103,8 @@ def train_model(model_name: str, schema, tables: dict, params: dict | None = Non
                           "trainer": {**to_dict(cfg), "task_weighting": task_weighting or cfg.task_weighting}}
         (work / "config.json").write_text(json.dumps(run_config, indent=2))
     try:
-        hist = tr.fit(tables["train"], valid, [LastState(work / LAST, meta)], resume=state)
-        res = _finish(model, cfg, hist, tables, params, work, encoders, seed)
+        hist = tr.fit(tables["train"], valid, [LastState(work / LAST, meta)], resume=state, finish=False)
+        res = _finish(model, cfg, hist, tables, params, work, encoders, seed, tr.finish)
         (work / LAST).unlink(missing_ok=True)
     except BaseException as e:  # a refused or diverged run, or one that stopped before a resume point
         if isinstance(e, DynarecError) or not (work / LAST).exists():
@@ -128,14 +129,19 @@ def batch_hint(train_rows: int, batch_size: int) -> list[str]:
             f"a smaller batch (e.g. --batch-size {better}) usually reaches a better AUC on data this size"]
 
 
-def _finish(model, cfg, hist, tables, params, folder, encoders, seed) -> Result:
-    """Test metrics of the trained model; with ``folder``: model.pt, metrics.json (and gate_usage.json)."""
+def _finish(model, cfg, hist, tables, params, folder, encoders, seed, done=None) -> Result:
+    """Test metrics of the trained model; with ``folder``: model.pt, metrics.json (and gate_usage.json).
+    ``done``: called after the test metrics (a TorchRec fit: the tables, sharded until then, assembled on
+    rank 0; the other ranks' models then hold no feature table and compute no gate usage)."""
     test = tables.get("test") or tables.get("valid")
     t0 = time.perf_counter()
     metrics = evaluate_split(model, test, cfg.eval_batch_size) if test is not None else {}  # gathered over ranks
     eval_rps = len(test) / max(time.perf_counter() - t0, 1e-9) if test is not None else 0.0
+    if done is not None:
+        done()
     model.to("cpu")  # trained on trainer.device; results, gate usage and checkpoint on the host
-    usage = gate_usage_of(model, test)
+    sharded = cfg.distributed == "torchrec" and not is_main()
+    usage = {} if sharded else gate_usage_of(model, test)
     if folder is not None:
         save_checkpoint(folder, model, params, encoders,
                         {"trainer": to_dict(cfg), "seed": seed, "best_epoch": hist.best_epoch})

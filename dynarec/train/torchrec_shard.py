@@ -59,7 +59,9 @@ def column_shard(dim: int, world: int) -> int | None:
 class TorchRecSharding:
     """Shards ``model`` (already on ``device``; its optimizers built with the feature tables frozen):
     ``self.dmp`` is the module to call, ``self.plan`` TorchRec's plan, ``self.optimizers`` the extra ones
-    (data-parallel tables), :meth:`callback` keeps the fused tables in step with the shards."""
+    (data-parallel tables). The model's fused tables are released once the shards hold their rows: during
+    the fit, validation and early stopping's best state go through the shards; :meth:`finish` assembles
+    the trained tables on one rank at the end."""
 
     def __init__(self, model, cfg, device: torch.device, world: int):
         with _quiet():
@@ -110,6 +112,7 @@ class TorchRecSharding:
             data_parallel_wrapper=DefaultDataParallelWrapper(static_graph=False, find_unused_parameters=True))
         for _, layer in self.layers:
             layer.scatter()  # the sharded collections start from the model's own initial rows
+            layer.release()  # ... and from now on only they hold the rows (see torchrec_adapter)
         replicas = [p for n, p in self.dmp.named_parameters()
                     if ".ebc." in n and p.requires_grad and not hasattr(p, "_in_backward_optimizers")]
         self.optimizers = []
@@ -123,9 +126,15 @@ class TorchRecSharding:
     def print_plan(self) -> None:
         print(self.describe(), file=sys.stderr)
 
-    def gather(self) -> None:
-        for _, layer in self.layers:
-            layer.gather()
+    def finish(self, dst: int = 0) -> None:
+        """The fit is over: the trained tables assembled on rank ``dst`` (a collective call; the other ranks
+        keep empty fused tables) and the model's original layers put back, so rank ``dst`` holds the usual
+        model (the checkpoint it writes needs no TorchRec). Idempotent."""
+        if self.layers:
+            for _, layer in self.layers:
+                layer.consolidate(dst)
+            torchrec_adapter.detach(self.model, self.layers)
+            self.layers = []
 
     def callback(self) -> Callback:
         return _Sync(self)
@@ -146,19 +155,15 @@ def _quiet():
 
 
 class _Sync(Callback):
-    """First callback of a TorchRec fit: after each epoch the trained shards are copied into the fused
-    tables (validation and checkpoints read those); at the fit's end the original layers are put back."""
+    """First callback of a TorchRec fit: at the fit's end, the bytes of table storage each rank held
+    (``history.held_bytes``: its shards, its fused copy — 0 since released — and the table once)."""
 
     def __init__(self, sharding: TorchRecSharding):
         self.sharding = sharding
 
-    def on_epoch_end(self, loop, row: dict) -> None:
-        self.sharding.gather()
-
     def on_fit_end(self, loop) -> None:
-        mine = {k: sum(layer.held_bytes()[k] for _, layer in self.sharding.layers) for k in ("shards", "fused")}
+        keys = ("shards", "fused", "table")
+        mine = {k: sum(layer.held_bytes()[k] for _, layer in self.sharding.layers) for k in keys}
         ranks = [None] * dist.get_world_size()
         dist.all_gather_object(ranks, mine)
-        loop.history.held_bytes = ranks  # per rank: bytes of table shards and of the (full) fused tables
-        self.sharding.gather()
-        torchrec_adapter.detach(self.sharding.model, self.sharding.layers)
+        loop.history.held_bytes = ranks

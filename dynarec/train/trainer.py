@@ -116,10 +116,12 @@ class Trainer:
             cbs.append(CsvLog(self.log_path))
         return cbs
 
-    def fit(self, train, valid=None, callbacks=(), resume: dict | None = None) -> History:
+    def fit(self, train, valid=None, callbacks=(), resume: dict | None = None, finish: bool = True) -> History:
         """Train on ``train`` (a TensorTable) for ``cfg.epochs`` epochs, early-stopping on ``valid``; extra
         ``callbacks`` (e.g. :class:`~dynarec.train.callbacks.Checkpointing`) run after the standard ones.
-        ``resume``: a saved :meth:`Loop.state_dict` to continue from (same model, config and data)."""
+        ``resume``: a saved :meth:`Loop.state_dict` to continue from (same model, config and data).
+        ``finish=False`` (``trainer.distributed: torchrec``): the tables stay sharded after the fit (e.g. to
+        evaluate the test split through the shards); call :meth:`finish` afterwards."""
         if resume is not None and self.sharding is not None:
             raise ConfigError("train --resume: a trainer.distributed: torchrec run cannot be resumed yet (the "
                               "fused optimizer's state is not saved); start it again")
@@ -132,4 +134,12 @@ class Trainer:
                                               self.dist.world, self.device)
         hist = loop.fit(staged, self.cfg.epochs, self.cfg.batch_size, self.seed, self.cfg.threads, resume=resume)
         hist.train_rows_per_s *= self.dist.world  # rows of all ranks per second
+        if finish:
+            self.finish()
         return hist
+
+    def finish(self) -> None:
+        """After a TorchRec fit: the trained tables assembled on rank 0 (the usual model there; the other
+        ranks' fused tables stay empty) and the model's own layers back. A no-op otherwise."""
+        if self.sharding is not None:
+            self.sharding.finish()

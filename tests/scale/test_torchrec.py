@@ -23,7 +23,8 @@ from tests.scale.test_ddp import _close, _env, _torchrun
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("torchrec_worker.py")
-MODELS = ["dnn", "deepfm"]  # deepfm: a second fused table (first order, width 2) that stays under DDP
+MODELS = ["dnn", "deepfm", "mmoe"]  # deepfm: a second fused table (first order, width 2) that stays under DDP;
+# mmoe: its best validation epoch is not the last, so the best state is reloaded through the shards
 SHARDINGS = ["table_wise", "column_wise"]
 needs_torchrec = pytest.mark.skipif(
     not torchrec_adapter.available(),
@@ -59,15 +60,33 @@ def test_sharded_run_ends_with_the_weights_of_one_process(runs, name, sharding):
 
 
 @needs_torchrec
+def test_a_best_state_was_reloaded_through_the_shards(runs):
+    """The weight match above covers early stopping's reload of an earlier epoch's state (held as each
+    rank's shards while the fused table is released) only if some case stopped improving: check it did."""
+    one, two = runs
+    early = [m for m in MODELS if one[f"one/{m}"]["best_epoch"] < len(one[f"one/{m}"]["history"])]
+    assert early, "no case reloads an earlier best state; pick a model / seed whose best epoch is not the last"
+    for m in early:
+        for sharding in SHARDINGS:
+            assert two[f"{sharding}/{m}"]["best_epoch"] == one[f"one/{m}"]["best_epoch"]
+
+
+@needs_torchrec
 def test_each_rank_holds_its_share_of_the_shards(runs):
-    """Column-wise: each of the 2 ranks holds exactly half of the table bytes; table-wise: the ranks' shards
-    together are the tables once. (The model's fused table is still a full copy per rank: ``fused``.)"""
-    _, two = runs
+    """During the fit no rank holds the model's fused table (released once the shards have its rows):
+    column-wise, each of the 2 ranks holds exactly half of the table bytes; table-wise, the ranks' shards
+    together are the tables once. At the end the table is assembled on rank 0 only (the checkpoint's)."""
+    one, two = runs
     cw, tw = two["column_wise/dnn"]["held_bytes"], two["table_wise/dnn"]["held_bytes"]
-    total = cw[0]["fused"]
+    total = cw[0]["table"]
     assert len(cw) == len(tw) == 2 and total > 0
+    assert [r["fused"] for r in cw + tw] == [0] * 4
     assert [r["shards"] for r in cw] == [total // 2, total // 2]
     assert sum(r["shards"] for r in tw) == total and all(r["shards"] > 0 for r in tw)
+    full = one["one/dnn"]["table_rows_after"][0]
+    assert full > 0
+    for sharding in SHARDINGS:
+        assert two[f"{sharding}/dnn"]["table_rows_after"] == [full, 0]
 
 
 def _plan_rows(text: str) -> dict[str, list[list[str]]]:
@@ -168,8 +187,9 @@ def test_column_shards_are_multiples_of_4():
 @needs_torchrec
 def test_the_torchrec_layer_computes_what_feature_embedding_computes(small_synth):
     """One process, no sharding: the KeyedJaggedTensor of a batch (sparse fields, a mean-pooled sequence with
-    padding that shares the ``category`` table) through the collection gives FeatureEmbedding's output, and
-    rows written into the collection come back into the right rows of the fused table."""
+    padding that shares the ``category`` table) through the collection gives FeatureEmbedding's output, in
+    training and in evaluation with the fused table released; the state_dict carries the collection's rows
+    (as ``local_shard`` entries) through a save / load; consolidation writes them back into the right rows."""
     from dynarec.models import build_model
 
     schema, tables, _ = small_synth
@@ -177,23 +197,37 @@ def test_the_torchrec_layer_computes_what_feature_embedding_computes(small_synth
     batch = tables["train"].take(torch.arange(64))
     orig = model.embedding
     want = orig(batch.sparse, batch.sequences)
+    n_rows = orig.weight.weight.shape[0]
     assert (batch.sequences["hist_categories"] == 0).any()  # padding present
     [(path, layer)] = torchrec_adapter.attach(model)
     assert path == "embedding" and model.embedding is layer and not orig.weight.weight.requires_grad
     layer.scatter()
-    layer.train()
-    torch.testing.assert_close(layer(batch.sparse, batch.sequences), want, atol=1e-6, rtol=1e-5)
-    assert not any(".ebc." in k for k in model.state_dict())  # the usual state_dict
     held = layer.held_bytes()  # one process, unsharded: the collection holds every logical table once
-    assert held["shards"] == held["fused"] == orig.weight.weight.numel() * 4
+    assert held["shards"] == held["fused"] == held["table"] == orig.weight.weight.numel() * 4
+    layer.release()
+    assert orig.weight.weight.shape[0] == 0 and layer.held_bytes()["fused"] == 0
+    for mode in (True, False):
+        layer.train(mode)
+        torch.testing.assert_close(layer(batch.sparse, batch.sequences), want, atol=1e-6, rtol=1e-5)
+    state = model.state_dict()
+    assert not any(".ebc." in k for k in state) and any(".local_shard." in k for k in state)
     with torch.no_grad():
         layer.ebc.embedding_bags["item_id"].weight.add_(1.0)
-    before = orig.weight.weight.clone()
-    layer.gather()
+    assert not torch.allclose(layer(batch.sparse, batch.sequences), want)
+    model.load_state_dict(state)  # strict: the shards come back through their local_shard entries
+    torch.testing.assert_close(layer(batch.sparse, batch.sequences), want, atol=1e-6, rtol=1e-5)
+    with torch.no_grad():
+        layer.ebc.embedding_bags["item_id"].weight.add_(1.0)
+    layer.consolidate()
+    assert orig.weight.weight.shape[0] == n_rows
+    after = orig.weight.weight.clone()
+    layer.ebc.embedding_bags["item_id"].weight.data.sub_(1.0)
+    layer.consolidate()
+    before = orig.weight.weight
     rows = orig.table_rows("item_id")
-    torch.testing.assert_close(orig.weight.weight[rows], before[rows] + 1.0)
+    torch.testing.assert_close(after[rows], before[rows] + 1.0)
     outside = torch.ones(len(before), dtype=torch.bool)
     outside[rows] = False
-    assert torch.equal(orig.weight.weight[outside], before[outside])
+    assert torch.equal(after[outside], before[outside])
     torchrec_adapter.detach(model, [(path, layer)])
     assert model.embedding is orig and orig.weight.weight.requires_grad

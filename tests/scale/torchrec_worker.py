@@ -13,6 +13,19 @@ from tests.scale.ddp_worker import CASES, TRAINER, data
 from dynarec.train.distributed import context, launched, shutdown
 
 
+def _rows_per_rank(model) -> list[int] | None:
+    """Rows of the model's fused feature table on each rank after the run (all-gathered)."""
+    import torch.distributed as dist
+    from dynarec.tables.torchrec_adapter import feature_layers
+
+    rows = sum(m.weight.weight.shape[0] for _, m in feature_layers(model)[0])
+    if not (dist.is_available() and dist.is_initialized()):
+        return [rows]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, rows)
+    return out
+
+
 def main(out: str, names: list[str], shardings: list[str], optimizer: str = "adagrad") -> None:
     from dynarec.train.run import train_model
 
@@ -31,7 +44,8 @@ def main(out: str, names: list[str], shardings: list[str], optimizer: str = "ada
                 "state": {k: v.detach().clone() for k, v in res.model.state_dict().items()},
                 "history": res.history.epochs, "best_epoch": res.history.best_epoch, "metrics": res.metrics,
                 "stderr": err.getvalue(),
-                "held_bytes": getattr(res.history, "held_bytes", None)}
+                "held_bytes": getattr(res.history, "held_bytes", None),
+                "table_rows_after": _rows_per_rank(res.model)}
     ctx = context()
     saved["world"] = ctx.world
     if ctx.main:
