@@ -33,6 +33,8 @@ NONEMPTY_WIDTHS = rule(min=1, nonempty=True)
 @register("m2m", paper="Zhang et al., Leaving No One Behind: A Multi-Scenario Multi-Task Meta Learning Approach "
           "for Advertiser Modeling, WSDM 2022", needs=("domain",), multi_task=True, multi_domain=True)
 class M2M(BaseModel):
+    looks_up_tokens = True  # unpooled sequence tokens besides the pooled lookup (TorchRec refuses it)
+
     @dataclass
     class Config(ModelConfig):
         hidden: list[int] = field(default_factory=lambda: [128, 64], metadata=NONEMPTY_WIDTHS)  # each expert's MLP
@@ -94,10 +96,9 @@ class M2M(BaseModel):
             parts.append(emb[:, self.embedding.num_fields:].flatten(1))
         if self.dense_dim:
             parts.append(batch.dense)
-        table = self.embedding.weight
         for j, (name, attn) in enumerate(zip(self.seq_names, self.seq_attn)):
             ids = batch.sequences[name]
-            tokens = table(ids + self.embedding.seq_offsets[j])  # [B, L, d], per-sample tokens
+            tokens = self.embedding.tokens(j, ids)  # [B, L, d], per-sample tokens
             parts.append(attn(tokens, ids > 0))
         x = torch.cat(parts, 1)
         return torch.stack([e(x) for e in self.experts], 1)

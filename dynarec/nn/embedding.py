@@ -66,6 +66,11 @@ class FeatureEmbedding(nn.Module):
                                           per_sample_weights=mask.reshape(-1)))
         return torch.cat([out, torch.stack(pooled, 1)], 1)
 
+    def tokens(self, j: int, ids: torch.Tensor) -> torch.Tensor:
+        """The unpooled rows of sequence ``j``'s ids ``[B, L]`` -> ``[B, L, dim]`` (padding ids 0 read their
+        table's row 0; callers mask them)."""
+        return self.weight(ids + self.seq_offsets[j])
+
     def table_rows(self, name: str) -> slice:
         """Rows of the fused table that belong to table ``name`` (for tests and export)."""
         return self.layout.table_rows(name)

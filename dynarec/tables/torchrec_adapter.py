@@ -33,6 +33,11 @@ EXTRA_HINT = ("pip install 'dynarec[torchrec]' and then pip install --no-deps to
               "(docs/scale_out.md)")
 
 
+TOKENS_REFUSAL = ("trainer.distributed: torchrec cannot train a model that also looks up unpooled sequence "
+                  "tokens (m2m): TorchRec's fused optimizer updates the table at each lookup's backward, so a "
+                  "second lookup in the same step would update it twice; use trainer.distributed: ddp")
+
+
 def available() -> bool:
     try:
         import torchrec  # noqa: F401
@@ -81,7 +86,7 @@ class TorchRecFeatures(nn.Module):
     def weight(self) -> nn.Embedding:
         if True:  # the fused table is released while the collection holds the rows
             raise ConfigError("trainer.distributed: torchrec cannot shard a model that reads its feature table "
-                              "directly (e.g. m2m's sequence tokens); use trainer.distributed: ddp")
+                              "directly; use trainer.distributed: ddp")
         return self.orig.weight
 
     @property
@@ -115,6 +120,10 @@ class TorchRecFeatures(nn.Module):
                 weights.append(w.unsqueeze(1).expand_as(ids)[keep])
         return KeyedJaggedTensor(keys=self.field_names, values=torch.cat(values), lengths=torch.cat(lengths),
                                  weights=torch.cat(weights) if self.weighted else None)
+
+    def tokens(self, j: int, ids: torch.Tensor) -> torch.Tensor:
+        """Refused (:func:`attach` refuses such models first): a second lookup of the table in one step."""
+        raise ConfigError(TOKENS_REFUSAL)
 
     def forward(self, sparse: torch.Tensor, sequences: dict | None = None) -> torch.Tensor:
         pooled = self.ebc(self.features(sparse, sequences)).to_dict()
@@ -231,6 +240,8 @@ def attach(model: nn.Module) -> list[tuple[str, TorchRecFeatures]]:
     by a :class:`TorchRecFeatures` (same path); -> [(path, new layer)]. Their TorchRec keys are left out of
     ``model.state_dict()``, which holds this rank's shards as ``<path>.local_shard.<i>`` instead (and
     ``load_state_dict`` puts such entries back into the shards)."""
+    if getattr(model, "looks_up_tokens", False):
+        raise ConfigError(TOKENS_REFUSAL)
     found = feature_layers(model)[0]
     if not found:
         raise ConfigError(f"trainer.distributed: torchrec found no feature table of a width that is a multiple "

@@ -179,6 +179,18 @@ def test_refusals_are_one_line(over, world, msg):
         check(TrainerConfig(distributed="torchrec", **over), torch.device("cpu"), world)
 
 
+@needs_torchrec
+def test_a_model_that_looks_up_tokens_is_refused(small_synth):
+    """m2m looks its sequence tokens up besides the pooled lookup: under TorchRec's fused optimizer the
+    second lookup would apply a second update in the same step (measured: weights 1.6 away from one
+    process's), so attaching it is refused in one line before anything is sharded."""
+    from dynarec.models import build_model
+
+    model = build_model("m2m", small_synth[0], {})
+    with pytest.raises(ConfigError, match=re.escape("torchrec cannot train a model that also looks up unpooled")):
+        torchrec_adapter.attach(model)
+
+
 def test_column_shards_are_multiples_of_4():
     assert column_shard(16, 2) == 8 and column_shard(16, 4) == 4 and column_shard(8, 4) == 4
     assert column_shard(24, 4) == 8 and column_shard(12, 2) is None and column_shard(2, 2) is None
