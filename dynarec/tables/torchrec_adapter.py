@@ -79,7 +79,9 @@ class TorchRecFeatures(nn.Module):
         self.logical = {prefix + t: t for t in features}  # TorchRec table name -> logical table
         configs = [EmbeddingBagConfig(name=prefix + t, embedding_dim=self.embed_dim, num_embeddings=lay.table_sizes[t],
                                       feature_names=fs) for t, fs in features.items() if fs]
-        self.ebc = EmbeddingBagCollection(tables=configs, is_weighted=self.weighted, device=torch.device("cpu"))
+        # on "meta": no storage here (TorchRec keeps the unsharded parameter it shards from for the sharded
+        # module's life); sharding allocates each rank's shards, :meth:`scatter` writes the model's rows into them
+        self.ebc = EmbeddingBagCollection(tables=configs, is_weighted=self.weighted, device=torch.device("meta"))
         orig.weight.weight.requires_grad_(False)
 
     @property
@@ -152,8 +154,11 @@ class TorchRecFeatures(nn.Module):
 
     @torch.no_grad()
     def scatter(self) -> None:
-        """Copy the fused table's rows into this rank's shards (after sharding, before :meth:`release`)."""
+        """Copy the fused table's rows into this rank's shards (after sharding, before :meth:`release`). An
+        unsharded collection (one process, no DMP) still on ``meta`` gets its storage here."""
         full = self.orig.weight.weight
+        if any(p.is_meta for p in self.ebc.parameters()):
+            self.ebc.to_empty(device=full.device)
         for table, r, c, t in self._pieces():
             rows = self.layout.table_rows(table)
             src = full[rows][r:r + t.shape[0], c:c + t.shape[1]]
