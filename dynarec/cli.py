@@ -180,7 +180,10 @@ def cmd_predict(a) -> int:
 
     res = write_predictions(a.checkpoint, a.data, a.out, a.id_column, a.mc_dropout)
     for feat, n in res["unknown"].items():
-        print(f"note: {n:,} value(s) of '{feat}' unseen in training (mapped to the unknown id)", file=sys.stderr)
+        if feat in res["dynamic"]:
+            print(f"note: {n:,} id(s) of '{feat}' hold no slot in this pass (read the default row)", file=sys.stderr)
+        else:
+            print(f"note: {n:,} value(s) of '{feat}' unseen in training (mapped to the unknown id)", file=sys.stderr)
     print(f"wrote {res['rows']:,} predictions to {res['out']}")
     return 0
 

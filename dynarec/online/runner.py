@@ -6,7 +6,7 @@ For each pass file of DIR (CSV / Parquet, in name order): evaluate it first with
 (one :class:`~dynarec.train.step.TrainStep` per batch, raw ids mapped to slots batch by batch, so ids are
 admitted as they arrive), close the pass in the index (expiry, eviction to the caps), then write
 ``RUN/passes/NNNN/`` (``model.pt``: a checksummed checkpoint with the index, optimizer and generator states;
-``delta.pt``; ``metrics.json``) aside, rename it into place and point ``RUN/current`` at it atomically.
+``delta.pt``; ``serving.pt``: what serving the pass needs, :mod:`dynarec.online.serving`; ``metrics.json``) aside, rename it into place and point ``RUN/current`` at it atomically.
 ``resume=True`` continues after the pass ``current`` names, exactly as if the run had never stopped. One CPU
 process (``trainer.device`` auto / cpu)."""
 from __future__ import annotations

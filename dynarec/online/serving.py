@@ -27,7 +27,7 @@ from dynarec.train.checkpoint import sealed, unsealed, write_atomic
 
 FORMAT = "dynarec-serving-1"
 SERVING = "serving.pt"
-RUN_FILE = "online.json"
+RUN_FILE = "online.json"  # dynarec.online.runner.RUN_FILE: what marks an online run folder
 MASK63 = (1 << 63) - 1
 
 
@@ -37,12 +37,12 @@ def lookups(index, n_features: int) -> list[dict]:
     Long [n]}`` for a :class:`DynamicIndex`, ``{"kind": "hash", "capacity": C}`` for a ``HashIndex``."""
     if not hasattr(index, "ids_of"):  # the hashing trick: the function is the lookup
         return [{"kind": "hash", "capacity": int(index.capacity)} for _ in range(n_features)]
-    used, sfeat, sid = index.used.clone(), index.sfeat, index.sid
-    used[0] = False
+    feat, ids = index.ids_of(torch.arange(1, index.capacity + 1))  # owner of every slot, -1 where free
     out = []
     for k in range(n_features):
-        s = torch.nonzero(used & (sfeat == k)).flatten()
-        keys, order = torch.sort(sid[s])
+        s = torch.nonzero(feat == k).flatten()
+        keys, order = torch.sort(ids[s].long())
+        s = s + 1
         out.append({"kind": "map", "keys": keys.clone(), "slots": s[order].clone()})
     return out
 

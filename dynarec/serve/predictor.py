@@ -366,4 +366,5 @@ def write_predictions(checkpoint: str | Path, data: str | Path, out: str | Path,
     tmp = out.with_name(f".{out.name}.tmp")
     (pq.write_table if out.suffix == ".parquet" else pacsv.write_csv)(table, tmp)
     os.replace(tmp, out)
-    return {"rows": table.num_rows, "unknown": {k: v for k, v in enc.unknown.items() if v}, "out": str(out)}
+    return {"rows": table.num_rows, "unknown": {k: v for k, v in enc.unknown.items() if v}, "out": str(out),
+            "dynamic": pred.dynamic.features if pred.dynamic is not None else []}
