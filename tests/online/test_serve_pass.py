@@ -146,6 +146,36 @@ def test_baseline_tables_serve_too(stream, tmp_path, table):
         np.testing.assert_allclose(got[t], evals[1][t], rtol=0, atol=1e-6)
 
 
+def test_text_ids_are_hashed_as_in_training(stream, tmp_path):
+    """String ids ('u17'): a request's value hashes to the id training hashed, on both encodings."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from dynarec.serve.rows import rows_to_columns
+
+    passes = tmp_path / "passes"
+    passes.mkdir()
+    shutil.copy(stream / "schema.yaml", passes)
+    for k in range(2):
+        t = pq.read_table(stream / f"pass-{k:04d}.parquet")
+        i = t.schema.get_field_index("user_id")
+        t = t.set_column(i, "user_id", pc.binary_join_element_wise("u", pc.cast(t.column("user_id"), pa.string()), ""))
+        pq.write_table(t, passes / f"pass-{k:04d}.parquet")
+    _, evals = _run(passes, tmp_path / "run", SMALL + ["online.max_rows=400"])
+    p = Predictor.load(tmp_path / "run" / pass_dir(0))
+    got = p.predict(p.encode_file(passes / "pass-0001.parquet"))
+    for t in TASKS:
+        np.testing.assert_allclose(got[t], evals[1][t], rtol=0, atol=1e-6)
+    p = Predictor.load(tmp_path / "run")  # pass 1
+    blob, _ = read_serving(tmp_path / "run" / pass_dir(1) / SERVING)
+    assert {e["feature"]: e["ints"] for e in blob["dynamic"]} == {"user_id": False, "item_id": True, "author_id": True}
+    rows = _requests(passes / "pass-0001.parquet", 200) + [dict(_requests(passes / "pass-0001.parquet", 1)[0],
+                                                                user_id="never-seen")]
+    fast, table = p.encode_columns(rows_to_columns(rows, p.schema)), p.encode_rows(rows, labels=False)
+    assert torch.equal(fast.table.sparse, table.table.sparse) and fast.unknown == table.unknown
+    assert 0 < fast.unknown["user_id"] < len(rows)  # some request ids hold slots, the unseen one does not
+
+
 def test_bad_pass_is_a_one_line_error_exit_2(live, tmp_path, capsys):
     run, stream = tmp_path / "run", live["stream"]
     shutil.copytree(live["run"], run)
