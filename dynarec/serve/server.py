@@ -94,7 +94,7 @@ class Served:
     @classmethod
     def load_online(cls, path: str | Path, backend: str = "eager") -> "Served":
         """An online run folder (the pass ``RUN/current`` names; followed by the watcher) or one pass folder."""
-        from dynarec.online.serving import RUN_FILE, current_text
+        from dynarec.online.serving import RUN_FILE, pass_folder
         from dynarec.serve.export import TensorEntry, input_spec
         from dynarec.serve.predictor import Predictor
 
@@ -103,8 +103,9 @@ class Served:
             raise DynarecError(f"--backend {backend}: an online pass is served by the eager backend (passes are not "
                                "exported); drop --backend or pass --backend eager")
         run = path if (path / RUN_FILE).is_file() else None
-        marker = current_text(run) if run is not None else None
-        pred = Predictor.load_pass(run / marker if run is not None and marker else path)
+        folder = pass_folder(path)  # for a run: the pass its `current` names now
+        marker = folder.relative_to(run).as_posix() if run is not None else None
+        pred = Predictor.load_pass(folder)
         schema = pred.schema
         entry = TensorEntry(pred.model).eval()
 
