@@ -24,7 +24,7 @@ import torch
 from dynarec.cli import main
 from dynarec.data.schema import Schema
 from dynarec.online.config import load_online_config
-from dynarec.online.marker import pass_dir
+from dynarec.online.marker import pass_dir, write_current
 from dynarec.online.runner import run_online
 from dynarec.online.serving import SERVING, read_serving
 from dynarec.serve.predictor import Predictor
@@ -330,6 +330,20 @@ def test_server_follows_current_to_the_next_pass(live, tmp_path):
         assert "dynarec_reload_seconds_count 1.0" in metrics
         swap = float(next(x for x in metrics.splitlines() if x.startswith("dynarec_reload_seconds_sum")).split()[-1])
         print(f"pass 2 -> 3 load + swap: {swap * 1e3:.0f} ms")
+
+        # a pass that cannot be loaded (corrupt serving file) is skipped: the served pass stays, requests succeed
+        bad = run / pass_dir(4)
+        shutil.copytree(run / pass_dir(3), bad)
+        b = bytearray((bad / SERVING).read_bytes())
+        b[len(b) // 3] ^= 0xFF
+        (bad / SERVING).write_bytes(bytes(b))
+        write_current(run, 4)
+        deadline = time.time() + 30
+        while 'dynarec_reloads_total{result="failed"} 1.0' not in httpx.get(url + "/metrics").text:
+            assert time.time() < deadline, "the server did not try the corrupt pass"
+            time.sleep(0.1)
+        r = httpx.post(url + "/predict", json={"rows": rows}, timeout=30)
+        assert r.status_code == 200 and r.json()["model_version"] == p3.version
     finally:
         srv.terminate()
         try:
