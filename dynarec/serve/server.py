@@ -78,10 +78,9 @@ class Served:
     @classmethod
     def load(cls, path: str | Path, backend: str) -> "Served":
         from dynarec.serve.backends import load_backend
+        from dynarec.online.serving import is_online
         from dynarec.serve.bundle import read_bundle
         from dynarec.serve.predictor import Predictor
-
-        from dynarec.online.serving import is_online
 
         path = Path(path)
         if is_online(path):
@@ -266,7 +265,6 @@ class Engine:
             self.reload_s.observe(time.perf_counter() - t0)
             self.reloads.labels("ok").inc()
             _freeze(unfreeze=True)  # the old model's cycles become collectable again
-
 
     async def _follow_run(self) -> None:
         """An online run: when ``RUN/current`` names another pass, load it beside the served one (a thread) and
