@@ -180,7 +180,10 @@ def cmd_predict(a) -> int:
 
     res = write_predictions(a.checkpoint, a.data, a.out, a.id_column, a.mc_dropout)
     for feat, n in res["unknown"].items():
-        print(f"note: {n:,} value(s) of '{feat}' unseen in training (mapped to the unknown id)", file=sys.stderr)
+        if feat in res["dynamic"]:
+            print(f"note: {n:,} id(s) of '{feat}' hold no slot in this pass (read the default row)", file=sys.stderr)
+        else:
+            print(f"note: {n:,} value(s) of '{feat}' unseen in training (mapped to the unknown id)", file=sys.stderr)
     print(f"wrote {res['rows']:,} predictions to {res['out']}")
     return 0
 
@@ -291,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("evaluate", help="score data with a checkpoint")
-    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--checkpoint", required=True, help="checkpoint folder, or an online run / pass folder")
     e.add_argument("--data", required=True, help="prepared folder or raw csv/parquet file")
     e.add_argument("--split", default=None, choices=["train", "valid", "test"],
                    help="split of a prepared folder (default test)")
@@ -300,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(fn=cmd_evaluate)
 
     pd = sub.add_parser("predict", help="score an unlabeled raw file: one row per input row, one column per task")
-    pd.add_argument("--checkpoint", required=True)
+    pd.add_argument("--checkpoint", required=True, help="checkpoint folder, or an online run / pass folder")
     pd.add_argument("--data", required=True, help="raw csv/parquet file (labels not needed)")
     pd.add_argument("--out", required=True, help="FILE.parquet or FILE.csv")
     pd.add_argument("--id-column", help="copy this input column to the output (default: _row, the raw row index)")
@@ -314,10 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
     ex.set_defaults(fn=cmd_export)
 
     sv = sub.add_parser("serve", help="HTTP predictor on raw feature values over an exported bundle")
-    sv.add_argument("--model", required=True, help="bundle folder (from `dynarec export`)")
+    sv.add_argument("--model", required=True, help="bundle folder (from `dynarec export`), or an online run folder "
+                    "(serves the pass its current marker names and follows it) or one pass folder")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
-    sv.add_argument("--backend", default="onnx", choices=["torch", "onnx", "eager"])
+    sv.add_argument("--backend", default=None, choices=["torch", "onnx", "eager"],
+                    help="default: onnx for a bundle, eager for an online run")
     sv.add_argument("--watch", help="folder where new bundles appear (hot reload)")
     sv.add_argument("--max-batch", type=int, default=256, help="rows per inference call (micro-batching)")
     sv.add_argument("--max-wait-ms", type=float, default=0.0,

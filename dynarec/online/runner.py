@@ -6,7 +6,7 @@ For each pass file of DIR (CSV / Parquet, in name order): evaluate it first with
 (one :class:`~dynarec.train.step.TrainStep` per batch, raw ids mapped to slots batch by batch, so ids are
 admitted as they arrive), close the pass in the index (expiry, eviction to the caps), then write
 ``RUN/passes/NNNN/`` (``model.pt``: a checksummed checkpoint with the index, optimizer and generator states;
-``delta.pt``; ``metrics.json``) aside, rename it into place and point ``RUN/current`` at it atomically.
+``delta.pt``; ``serving.pt``: what serving the pass needs, :mod:`dynarec.online.serving`; ``metrics.json``) aside, rename it into place and point ``RUN/current`` at it atomically.
 ``resume=True`` continues after the pass ``current`` names, exactly as if the run had never stopped. One CPU
 process (``trainer.device`` auto / cpu)."""
 from __future__ import annotations
@@ -29,6 +29,7 @@ from dynarec.online.delta import delta_rows, make_delta, snapshot, write_delta
 from dynarec.online.marker import pass_dir, read_current, write_current
 from dynarec.online.state import fresh_state, restore_state
 from dynarec.online.schema import encode_pass
+from dynarec.online.serving import write_serving
 from dynarec.train.checkpoint import read_checkpoint, save_checkpoint, write_atomic
 from dynarec.train.loop import DivergedError
 
@@ -85,7 +86,7 @@ def _train_pass(st, table, raw, k: int) -> tuple[float, float]:
     return total / max(steps, 1), time.perf_counter() - t0
 
 
-def _write_pass(out: Path, st, k: int, delta: dict, row: dict) -> None:
+def _write_pass(out: Path, st, k: int, delta: dict, row: dict, raw_table=None) -> None:
     """``RUN/passes/NNNN`` written aside, renamed into place, then ``current`` pointed at it."""
     final = out / pass_dir(k)
     tmp = final.parent / f".{final.name}.partial"
@@ -93,6 +94,8 @@ def _write_pass(out: Path, st, k: int, delta: dict, row: dict) -> None:
     tmp.mkdir(parents=True)
     save_checkpoint(tmp, st.model, dict(st.cfg.params), None, {"online": st.extra(), "pass": k})
     write_delta(tmp / "delta.pt", delta)
+    if raw_table is not None:
+        write_serving(tmp, st, raw_table)
     (tmp / "metrics.json").write_text(json.dumps(row, indent=2))
     shutil.rmtree(final, ignore_errors=True)  # only a pass that `current` never named can be here
     os.replace(tmp, final)
@@ -173,7 +176,7 @@ def run_online(schema, passes, out, cfg: OnlineExperiment, resume: bool = False,
         st.files.append(files[k].name)
         st.rows.append(row)
         st.next_pass = k + 1
-        _write_pass(out, st, k, delta, row)
+        _write_pass(out, st, k, delta, row, raw_table)
         if on_pass is not None:
             on_pass(row)
         yield row

@@ -46,8 +46,11 @@ class Predictor:
         checkpoint: where it was loaded from ('' when built in memory).
     """
 
-    def __init__(self, model, encoders=None, name: str = "", version: str = "", checkpoint: str = ""):
+    def __init__(self, model, encoders=None, name: str = "", version: str = "", checkpoint: str = "",
+                 dynamic=None, online: dict | None = None):
         self.model = model
+        self.dynamic = dynamic  # an online pass's SlotLookup (raw ids -> slots of its dynamic features), or None
+        self.online = online  # {pass, file, folder, dynamic} of an online pass, or None
         self.schema = model.schema
         self.encoders = encoders
         self.name = name or getattr(model, "registry_name", "")
@@ -57,15 +60,47 @@ class Predictor:
 
     @classmethod
     def load(cls, checkpoint: str | Path) -> Predictor:
-        """The checkpoint folder (or its ``model.pt``) -> a predictor."""
+        """The checkpoint folder (or its ``model.pt``) -> a predictor; an online run folder (the pass its
+        ``current`` marker names) or one of its pass folders -> :meth:`load_pass`."""
         from dynarec.data.encode import Encoders
+        from dynarec.online.serving import is_online
         from dynarec.train.checkpoint import load_checkpoint
 
+        if is_online(checkpoint):
+            return cls.load_pass(checkpoint)
         model, blob = load_checkpoint(checkpoint)
         enc = Encoders.from_dict(model.schema, blob["encoders"]) if blob.get("encoders") is not None else None
         p = Path(checkpoint)
         f = p / "model.pt" if p.is_dir() else p
         return cls(model, enc, blob["model"], hashlib.sha256(f.read_bytes()).hexdigest()[:12], str(checkpoint))
+
+    @classmethod
+    def load_pass(cls, path: str | Path) -> Predictor:
+        """An online run folder (follows ``RUN/current``) or a pass folder -> the predictor of that pass's
+        ``serving.pt`` (:mod:`dynarec.online.serving`): its full model, the first pass's encoders for the
+        static features, and the id -> slot lookups of the dynamic ones (unseen ids read the default row)."""
+        from dynarec.data.schema import Schema
+        from dynarec.models import build_model
+        from dynarec.online.schema import encoders_for
+        from dynarec.online.serving import SERVING, SlotLookup, describe, pass_folder, read_serving
+
+        d = pass_folder(path)
+        f = d / SERVING
+        blob, digest = read_serving(f)
+        try:
+            schema = Schema.from_dict(blob["schema"], str(f))
+            model = build_model(blob["model"], schema, blob["params"])
+            model.prepare_for_load(blob["state_dict"])
+            model.load_state_dict(blob["state_dict"])
+            dyn = [e["feature"] for e in blob["dynamic"]]
+            enc = encoders_for(schema, dyn, blob["encoders"])
+        except (KeyError, TypeError, RuntimeError) as e:
+            raise DataError(f"{f}: does not match its model ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+        model.eval()
+        model.merge_for_inference()
+        k = blob.get("pass")
+        version = f"pass{k:04d}-{digest[:8]}" if isinstance(k, int) else digest[:12]
+        return cls(model, enc, blob["model"], version, str(d), SlotLookup(blob["dynamic"]), describe(d, blob))
 
     # ------------------------------------------------------------------------------------- metadata
     @property
@@ -78,8 +113,11 @@ class Predictor:
 
     def metadata(self) -> dict:
         """``{model, version, tasks, features, domain, domains}`` (what a server's /metadata shows)."""
-        return {"model": self.name, "version": self.version, "tasks": self.tasks, "features": self.feature_columns(),
-                "domain": self.schema.domain, "domains": list(self.schema.domain_values)}
+        m = {"model": self.name, "version": self.version, "tasks": self.tasks, "features": self.feature_columns(),
+             "domain": self.schema.domain, "domains": list(self.schema.domain_values)}
+        if self.online is not None:
+            m["online"] = self.online
+        return m
 
     # ------------------------------------------------------------------------------------- encoding
     def encode(self, table: pa.Table, where: str = "rows", labels: bool | None = None) -> Encoded:
@@ -106,6 +144,14 @@ class Predictor:
         with self._lock:
             cols = self.encoders.transform(table, where, labels=has)
             unknown = dict(self.encoders.unknown_counts)
+        if self.dynamic is not None:
+            from dynarec.online.ids import raw_ids
+
+            for name in self.dynamic.features:
+                ids = raw_ids(table, self.schema.feature(name))
+                slots = self.dynamic.slots(name, ids)
+                cols[name] = slots.numpy()
+                unknown[name] = int(((ids >= 0) & (slots == 0)).sum())  # ids without a slot: the default row
         return Encoded(to_tensor_table(self.schema, cols), unknown, has)
 
     def encode_columns(self, cols: dict[str, list], where: str = "request") -> Encoded:
@@ -125,10 +171,19 @@ class Predictor:
         out, unknown = {}, {}
         unk_rows = np.zeros((n, len(self.schema.fields)), dtype=np.int64)
         col_of = {f.name: j for j, f in enumerate(self.schema.fields)}
+        dyn = self.dynamic.features if self.dynamic is not None else ()
         for f in self.schema.features:
             vals = cols[f.name]
             if f.kind == "dense":
                 out.update(self._dense_list(f, vals, where))
+                continue
+            if f.name in dyn:  # an online pass's dynamic feature: raw id -> slot (0: the default row)
+                ids = self.dynamic.ids_of_values(f.name, vals, f)
+                slots = self.dynamic.slots(f.name, ids)
+                miss = ((ids >= 0) & (slots == 0)).numpy()
+                out[f.name] = slots.numpy()
+                unknown[f.name] = int(miss.sum())
+                unk_rows[:, col_of[f.name]] = miss.reshape(n, -1).sum(1)
                 continue
             lut, nulls = luts[f.table], frozenset(f.null_values or ())
             if f.kind == "sparse":
@@ -311,4 +366,5 @@ def write_predictions(checkpoint: str | Path, data: str | Path, out: str | Path,
     tmp = out.with_name(f".{out.name}.tmp")
     (pq.write_table if out.suffix == ".parquet" else pacsv.write_csv)(table, tmp)
     os.replace(tmp, out)
-    return {"rows": table.num_rows, "unknown": {k: v for k, v in enc.unknown.items() if v}, "out": str(out)}
+    return {"rows": table.num_rows, "unknown": {k: v for k, v in enc.unknown.items() if v}, "out": str(out),
+            "dynamic": pred.dynamic.features if pred.dynamic is not None else []}

@@ -13,6 +13,11 @@ server, :mod:`dynarec.serve.http`: half the CPU per request of FastAPI + uvicorn
 * Hot reload: with ``watch``, a new bundle appearing there (the folder named by ``watch/current``, else the
   newest sub-folder with a manifest) is loaded beside the old one and swapped in with one reference assignment
   between two batches, so no request fails or mixes two models (each answer names the version that made it).
+* An online run (``dynarec online --out RUN``) is served from the pass its ``RUN/current`` marker names (the
+  pass's ``serving.pt``: full model, encoders, id -> slot lookups; eager backend); the marker is read every
+  ``watch_interval_s`` (one small file read) and a newer pass is loaded the same way, in a thread, then
+  swapped in between two batches (``dynarec_reload_seconds`` in /metrics: load + swap time). One pass folder
+  is served as it is, unwatched.
 """
 from __future__ import annotations
 
@@ -59,6 +64,8 @@ class Served:
     predictor: object = None
     backend: object = None
     tasks: list = field(default_factory=list)
+    run: Path | None = None  # an online run folder whose `current` marker is followed, or None
+    marker: str | None = None  # the marker text naming the served pass (online runs)
 
     @property
     def version(self) -> str:
@@ -71,14 +78,43 @@ class Served:
     @classmethod
     def load(cls, path: str | Path, backend: str) -> "Served":
         from dynarec.serve.backends import load_backend
+        from dynarec.online.serving import is_online
         from dynarec.serve.bundle import read_bundle
         from dynarec.serve.predictor import Predictor
 
         path = Path(path)
+        if is_online(path):
+            return cls.load_online(path, backend)
         manifest, model, encoders = read_bundle(path)
         run = load_backend(path, backend, model=model if backend == "eager" else None)
         pred = Predictor(model, encoders, manifest["model"], manifest["model_version"], str(path))
         return cls(path, manifest, backend, pred, run, [t["name"] for t in manifest["tasks"]])
+
+    @classmethod
+    def load_online(cls, path: str | Path, backend: str = "eager") -> "Served":
+        """An online run folder (the pass ``RUN/current`` names; followed by the watcher) or one pass folder."""
+        from dynarec.online.serving import RUN_FILE, pass_folder
+        from dynarec.serve.export import TensorEntry, input_spec
+        from dynarec.serve.predictor import Predictor
+
+        path = Path(path)
+        if backend != "eager":
+            raise DynarecError(f"--backend {backend}: an online pass is served by the eager backend (passes are not "
+                               "exported); drop --backend or pass --backend eager")
+        run = path if (path / RUN_FILE).is_file() else None
+        folder = pass_folder(path)  # for a run: the pass its `current` names now
+        marker = folder.relative_to(run).as_posix() if run is not None else None
+        pred = Predictor.load_pass(folder)
+        schema = pred.schema
+        entry = TensorEntry(pred.model).eval()
+
+        def call(inputs):
+            with torch.no_grad():
+                return entry(*inputs)
+
+        manifest = {"model": pred.name, "model_version": pred.version, "inputs": input_spec(schema),
+                    "tasks": [{"name": t.name, "type": t.type} for t in schema.tasks], "online": pred.online}
+        return cls(Path(pred.checkpoint), manifest, "eager", pred, call, pred.tasks, run, marker)
 
     def predict_columns(self, cols: dict) -> tuple[list[np.ndarray], np.ndarray]:
         """Validated raw columns -> (one array per task, unknown values per row and embedded field [N, F])."""
@@ -126,13 +162,18 @@ class Engine:
         self.batch_rows = Histogram("dynarec_batch_rows", "rows per inference call", registry=self.reg,
                                     buckets=tuple(2 ** i for i in range(13)))
         self.reloads = Counter("dynarec_reloads", "bundles swapped in", ["result"], registry=self.reg)
+        self.reload_s = Histogram("dynarec_reload_seconds", "load + swap time of a new bundle / online pass",
+                                  registry=self.reg, buckets=(.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
+        self.failed_marker: str | None = None  # an online pass that failed to load (retried when the marker moves)
         self.ok = self.requests.labels("/predict", "200")  # the hot path's counter, looked up once
 
     # ---- lifecycle ----------------------------------------------------------------------------------
     async def start(self) -> None:
         self.queue = asyncio.Queue(self.cfg.queue_size)
         self.tasks.append(asyncio.create_task(self._worker()))
-        if self.watch is not None:
+        if self.served.run is not None:
+            self.tasks.append(asyncio.create_task(self._follow_run()))
+        elif self.watch is not None:
             self.tasks.append(asyncio.create_task(self._watcher()))
 
     async def stop(self) -> None:
@@ -214,14 +255,41 @@ class Engine:
                 continue  # half-written or not a bundle: look again next time
             if ver == self.served.version:
                 continue
+            t0 = time.perf_counter()
             try:
                 new = await loop.run_in_executor(self.loader, Served.load, cand, self.served.backend_name)
             except Exception:  # noqa: BLE001 - keep serving the old model
                 self.reloads.labels("failed").inc()
                 continue
             self.served = new  # atomic swap: the next batch uses it
+            self.reload_s.observe(time.perf_counter() - t0)
             self.reloads.labels("ok").inc()
             _freeze(unfreeze=True)  # the old model's cycles become collectable again
+
+    async def _follow_run(self) -> None:
+        """An online run: when ``RUN/current`` names another pass, load it beside the served one (a thread) and
+        swap it in; in-flight batches keep the model they started with. A pass that fails to load is skipped
+        (the old one stays) until the marker moves again."""
+        from dynarec.online.serving import current_text
+
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.cfg.watch_interval_s)
+            run = self.served.run
+            text = current_text(run)
+            if text is None or text == self.served.marker or text == self.failed_marker:
+                continue
+            t0 = time.perf_counter()
+            try:
+                new = await loop.run_in_executor(self.loader, Served.load_online, run, "eager")
+            except Exception:  # noqa: BLE001 - keep serving the old pass
+                self.reloads.labels("failed").inc()
+                self.failed_marker = text
+                continue
+            self.served = new  # atomic swap: the next batch uses it
+            self.reload_s.observe(time.perf_counter() - t0)
+            self.reloads.labels("ok").inc()
+            _freeze(unfreeze=True)
 
 
 def _freeze(unfreeze: bool = False) -> None:
@@ -345,7 +413,8 @@ class App:
             "model": s.manifest["model"], "model_version": s.version, "backend": s.backend_name,
             "tasks": s.manifest["tasks"], "inputs": s.manifest["inputs"],
             "features": [{"name": f.name, "kind": f.kind, "group": f.group} for f in s.schema.features],
-            "max_rows": cfg.max_rows, "max_batch": cfg.max_batch, "max_wait_ms": cfg.max_wait_ms}))
+            "max_rows": cfg.max_rows, "max_batch": cfg.max_batch, "max_wait_ms": cfg.max_wait_ms,
+            **({"online": s.manifest["online"]} if s.manifest.get("online") else {})}))
 
     def metrics(self, req) -> None:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -353,11 +422,18 @@ class App:
         req.reply(200, generate_latest(self.engine.reg), CONTENT_TYPE_LATEST.encode())
 
 
-def create_app(bundle: str | Path, backend: str = "onnx", watch: str | Path | None = None,
+def create_app(bundle: str | Path, backend: str | None = "onnx", watch: str | Path | None = None,
                cfg: ServerConfig | None = None, retriever: str | Path | None = None) -> App:
     """The routes serving ``bundle`` (loaded now: errors surface before the port opens), plus ``POST /retrieve``
     over the two-tower checkpoint ``retriever`` when given."""
+    from dynarec.online.serving import is_online
+
     cfg = cfg or ServerConfig()
+    online = is_online(bundle)
+    backend = backend or ("eager" if online else "onnx")
+    if online and watch:
+        raise DynarecError(f"--watch: {bundle} is an online run or pass; a run is followed through its own "
+                           "current marker (drop --watch)")
     r = None
     if retriever is not None:
         from dynarec.retrieval.lookup import Retriever
@@ -386,7 +462,7 @@ async def run_app(app: App, host: str, port: int, stop: asyncio.Event | None = N
         await app.engine.stop()
 
 
-def serve(bundle: str | Path, host: str = "127.0.0.1", port: int = 8000, backend: str = "onnx",
+def serve(bundle: str | Path, host: str = "127.0.0.1", port: int = 8000, backend: str | None = "onnx",
           watch: str | Path | None = None, cfg: ServerConfig | None = None, threads: int = 0,
           workers: int = 1, _parent: int = 0, _ready=None, retriever: str | Path | None = None) -> None:
     """Run the server until interrupted (``dynarec serve``). ``workers`` > 1: that many processes share the
@@ -403,6 +479,7 @@ def serve(bundle: str | Path, host: str = "127.0.0.1", port: int = 8000, backend
         torch.set_num_threads(threads)
     app = create_app(bundle, backend, watch, cfg, retriever)
     s = app.engine.served
+    backend = s.backend_name
     loop = new_loop()
     asyncio.set_event_loop(loop)
     stop = asyncio.Event()
@@ -427,7 +504,8 @@ def serve(bundle: str | Path, host: str = "127.0.0.1", port: int = 8000, backend
     else:
         print(f"dynarec serve: {s.manifest['model']} {s.version} ({backend}) on http://{host}:{port}"
               + (f", {workers} worker processes" if workers > 1 else "")
-              + (f", watching {watch}" if watch else ""), file=sys.stderr, flush=True)
+              + (f", watching {watch}" if watch else "")
+              + (f", following {s.run / 'current'} ({s.marker})" if s.run is not None else ""), file=sys.stderr, flush=True)
     try:
         for c in children:
             c.start()
