@@ -5,13 +5,16 @@ feature), and (d) the dynamic table with the ``pepnet_online`` optimizers from s
 before the model trains on it. Also reported: the AUC on rows whose user or
 item id was not in the first pass (ids a static vocabulary never learns; "known": such ids that also appeared
 in an earlier pass, which a dynamic table can have learned), on the domain born mid-stream
-(synthetic: d6), and for the synthetic stream the Bayes-optimal AUC from the true probabilities.
+(synthetic: d6, declared in the stream's schema so it has its own domain id), and for the synthetic stream the
+Bayes-optimal AUC from the true probabilities plus the generator's metadata (``stream.yaml``: the measured share
+of the click logit carried by the ids, ``--id-share``, and the expected AUC of the id terms alone and of the
+logit without them — the ceiling of a model whose ids all read the unknown row).
 
 "Same memory": the dynamic features of every variant get as many rows as the static vocabulary has on the
 first pass (``--memory`` scales it), so only the policy differs.
 
     nice -n 10 .venv/bin/python benchmarks/online_quality.py --stream synthetic --passes 12 --rows-per-pass 20000 \
-        --out benchmarks/results/online_quality_synthetic.json
+        --memory 1 --out benchmarks/results/online_quality_synthetic.json
     nice -n 10 .venv/bin/python benchmarks/online_quality.py --stream movielens --passes 10 \
         --out benchmarks/results/online_quality_movielens.json
 
@@ -42,11 +45,11 @@ def ml100k() -> Path:
     return base / "movielens" / "ml-100k"
 
 
-def make_stream(kind: str, passes: int, rows: int, seed: int, folder: Path) -> Path:
+def make_stream(kind: str, passes: int, rows: int, seed: int, folder: Path, id_share: float | None = None) -> Path:
     if kind == "synthetic":
-        from dynarec.data.stream import write_stream
+        from dynarec.data.stream import ID_SHARE, write_stream
 
-        write_stream(folder, passes, rows, seed)
+        write_stream(folder, passes, rows, seed, id_share=ID_SHARE if id_share is None else id_share)
     else:
         from dynarec.datasets import load_dataset
         from dynarec.datasets.stream_cut import cut_stream
@@ -166,13 +169,17 @@ def main() -> None:
     ap.add_argument("--expiry", type=int, default=2, help="online.expiry_passes of the dynamic variants")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", nargs="*", help="run these variants only")
+    ap.add_argument("--id-share", type=float, help="synthetic: share of the click logit's variance carried by the "
+                    "ids, in [0, 1) (default: dynarec.data.stream.ID_SHARE)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     torch.set_num_threads(1)
     from dynarec.data.schema import Schema
 
     tmp = Path(tempfile.mkdtemp(prefix="online-stream-"))
-    stream = make_stream(a.stream, a.passes, a.rows_per_pass, a.seed, tmp / "stream")
+    if a.id_share is not None and not (a.stream == "synthetic" and 0 <= a.id_share < 1):
+        ap.error(f"--id-share: need --stream synthetic and a number in [0, 1), got {a.id_share}")
+    stream = make_stream(a.stream, a.passes, a.rows_per_pass, a.seed, tmp / "stream", a.id_share)
     schema = Schema.load(stream / "schema.yaml")
     task = schema.tasks[0].name
     first = pq.read_table(stream / "pass-0000.parquet")
@@ -183,6 +190,10 @@ def main() -> None:
     res = {"stream": a.stream, "passes": a.passes, "rows_per_pass": a.rows_per_pass, "model": a.model, "task": task,
            "dynamic_features": dyn, "memory_rows": memory, "train": TRAIN, "seed": a.seed,
            "bayes_auc": bayes(stream, a.passes) if a.stream == "synthetic" else None, "variants": {}}
+    if a.stream == "synthetic":  # the generator's parameters, measured id share and oracle AUCs per pass
+        import yaml
+
+        res["stream_meta"] = yaml.safe_load((stream / "stream.yaml").read_text())
     out = Path(a.out)
     for name, sets in variants(memory, a.expiry).items():
         if a.only and name not in a.only:
