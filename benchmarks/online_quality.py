@@ -182,6 +182,41 @@ def bayes(stream: Path, passes: int) -> list[float]:
     return out
 
 
+def oracles(stream: Path, passes: int) -> dict:
+    """Synthetic: the expected AUC (from the true probabilities, no sampling noise) of scoring each pass by the
+    logit without the id terms plus the id terms of only some ids: none (``no_ids``), the ids of pass 0
+    (``first_pass_ids``: the ceiling of a static vocabulary that learnt those ids exactly), every id met in an
+    earlier pass (``seen_ids``: the ceiling of a table that never forgets, scoring before training on the pass),
+    all (``bayes``). Per pass and pooled over passes 1+ (as the variants' pooled AUC)."""
+    from dynarec.data.stream import expected_auc
+
+    known: dict[str, set] = {c: set() for c in ("user_id", "item_id", "author_id")}
+    first: dict[str, np.ndarray] = {}
+    keys = ("no_ids", "first_pass_ids", "seen_ids", "bayes")
+    per, pool = {k: [] for k in keys}, {k: ([], []) for k in keys}
+    for k in range(passes):
+        t = pq.read_table(stream / f"pass-{k:04d}.parquet", columns=list(known))
+        tr = np.load(stream / f"truth-{k:04d}.npz")
+        cols = {c: t.column(c).to_numpy() for c in known}
+        if k == 0:
+            first = {c: np.unique(v) for c, v in cols.items()}
+        part = {"user_id": tr["user_logit"], "item_id": tr["item_logit"], "author_id": tr["author_logit"]}
+        in_first = sum(part[c] * np.isin(cols[c], first[c]) for c in known)
+        in_seen = sum(part[c] * np.isin(cols[c], np.fromiter(known[c], np.int64, len(known[c]))) for c in known)
+        scores = {"no_ids": tr["rest_logit"], "first_pass_ids": tr["rest_logit"] + in_first,
+                  "seen_ids": tr["rest_logit"] + in_seen, "bayes": tr["p_click"]}
+        for name, sc in scores.items():
+            per[name].append(round(expected_auc(sc, tr["p_click"]), 4))
+            if k >= 1:
+                pool[name][0].append(sc if name != "bayes" else np.log(sc) - np.log1p(-sc))
+                pool[name][1].append(tr["p_click"])
+        for c in known:
+            known[c] |= set(cols[c].tolist())
+    pooled = {n: round(expected_auc(np.concatenate(a), np.concatenate(b)), 4) if a else None
+              for n, (a, b) in pool.items()}
+    return {"per_pass": per, "pooled": pooled}
+
+
 def plot(res: dict, path: Path) -> None:
     import matplotlib
 
@@ -220,6 +255,7 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", help="run these variants only")
     ap.add_argument("--id-share", type=float, help="synthetic: share of the click logit's variance carried by the "
                     "ids, in [0, 1) (default: dynarec.data.stream.ID_SHARE)")
+    ap.add_argument("--drop", nargs="*", help="features left out of the stream's schema (an ablation)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--measure-id-share", action="store_true",
                     help="only measure the ids' share of a logistic regression's logit on MovieLens-100K (the anchor "
@@ -238,6 +274,15 @@ def main() -> None:
         ap.error(f"--id-share: need --stream synthetic and a number in [0, 1), got {a.id_share}")
     stream = make_stream(a.stream, a.passes, a.rows_per_pass, a.seed, tmp / "stream", a.id_share)
     schema = Schema.load(stream / "schema.yaml")
+    if a.drop:  # an ablation: the model does not see these columns (e.g. per-id attributes that stand in for ids)
+        import yaml
+
+        d = yaml.safe_load((stream / "schema.yaml").read_text())
+        missing = sorted(set(a.drop) - {f["name"] for f in d["features"]})
+        if missing:
+            ap.error(f"--drop: no feature {missing[0]!r} in the stream's schema")
+        d["features"] = [f for f in d["features"] if f["name"] not in a.drop]
+        schema = Schema.from_dict(d, "schema.yaml")
     task = schema.tasks[0].name
     first = pq.read_table(stream / "pass-0000.parquet")
     dyn = [f.name for f in schema.features if f.dynamic]
@@ -245,12 +290,14 @@ def main() -> None:
     memory = max(1, int(round(a.memory * sum(len(np.unique(first.column(c).to_numpy(zero_copy_only=False)))
                                              for c in dyn))))
     res = {"stream": a.stream, "passes": a.passes, "rows_per_pass": a.rows_per_pass, "model": a.model, "task": task,
-           "dynamic_features": dyn, "memory_rows": memory, "train": TRAIN, "seed": a.seed,
+           "dynamic_features": dyn, "dropped": a.drop or [], "memory_rows": memory, "train": TRAIN, "seed": a.seed,
            "bayes_auc": bayes(stream, a.passes) if a.stream == "synthetic" else None, "variants": {}}
     if a.stream == "synthetic":  # the generator's parameters, measured id share and oracle AUCs per pass
         import yaml
 
         res["stream_meta"] = yaml.safe_load((stream / "stream.yaml").read_text())
+        res["oracle_auc"] = oracles(stream, a.passes)
+        print("oracles (expected AUC, pooled passes 1+):", res["oracle_auc"]["pooled"], flush=True)
     out = Path(a.out)
     for name, sets in variants(memory, a.expiry).items():
         if a.only and name not in a.only:

@@ -26,7 +26,7 @@ could matter; ``id_share=None`` keeps that unscaled world (factor 1).
 
 ``write_stream`` writes ``pass-0000.parquet ...`` (raw columns), ``truth-0000.npz`` (``p_click``,
 ``p_conversion``, ``domain``, ``new_user`` / ``new_item`` = id born in this pass, ``id_logit`` = the scaled id
-terms of each row, and scalars ``id_share`` = measured share on this pass, ``id_scale``), ``stream.yaml`` (the
+terms of each row and its parts ``user_logit`` / ``item_logit`` / ``author_logit``, and scalars ``id_share`` = measured share on this pass, ``id_scale``), ``stream.yaml`` (the
 generator's parameters and, per pass, the measured id share and the expected AUC of three oracles: the true
 probabilities (Bayes), the id terms alone, the logit without the id terms — the best a model can do whose
 ids all read one unknown row) and ``schema.yaml`` (user / item / author ids ``dynamic: true``; the domains
@@ -167,7 +167,8 @@ def generate_stream(passes: int, rows_per_pass: int, seed: int = 0, churn: float
             in [0, 1); None: the unscaled id biases (about 0.02-0.03).
     Returns (per pass): the table (columns as ``synthetic.generate``'s, ``ts`` increasing across passes) and
     truth with ``p_click``, ``p_conversion``, ``domain`` (int, 6 = new), ``new_user``, ``new_item``, ``id_logit``
-    [rows], ``rest_logit`` [rows] (the logit without the id terms), and the scalars ``id_share`` (measured on
+    [rows] and its parts ``user_logit`` / ``item_logit`` / ``author_logit``, ``rest_logit`` [rows] (the logit
+    without the id terms), and the scalars ``id_share`` (measured on
     this pass) and ``id_scale``."""
     check_id_share(id_share)
     rng = np.random.default_rng(seed)
@@ -228,6 +229,8 @@ def generate_stream(passes: int, rows_per_pass: int, seed: int = 0, churn: float
         if scale is None:  # solved once, on pass 0; the world keeps it
             scale = _id_scale(id_terms, rest, id_share)
         id_logit = scale * id_terms
+        parts = {"user_logit": scale * users["bias"][uid], "item_logit": scale * items["bias"][iid],
+                 "author_logit": scale * authors["bias"][aid]}
         logit = rest + id_logit
         p_click = 1.0 / (1.0 + np.exp(-logit))
         p_cvr = 1.0 / (1.0 + np.exp(-(cvr_d[dom] + items["cvr"][iid] + 0.5 * z_act - 0.4 * z_price)))
@@ -246,7 +249,7 @@ def generate_stream(passes: int, rows_per_pass: int, seed: int = 0, churn: float
         v = float(np.var(logit))
         yield table, {"p_click": p_click, "p_conversion": p_click * p_cvr, "domain": dom,
                       "new_user": users.born[uid] == p, "new_item": items.born[iid] == p,
-                      "id_logit": id_logit, "rest_logit": rest,
+                      "id_logit": id_logit, "rest_logit": rest, **parts,
                       "id_share": np.float64(np.var(id_logit) / v if v > 0 else 0.0), "id_scale": np.float64(scale)}
 
 

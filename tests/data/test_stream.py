@@ -195,6 +195,7 @@ def test_id_share_is_what_the_generator_does(share):
     for k, (t, tr) in enumerate(generate_stream(3, 20_000, seed=1, id_share=share)):
         logit = _logit(tr["p_click"])
         assert np.allclose(tr["id_logit"] + tr["rest_logit"], logit, atol=1e-6)
+        assert np.allclose(tr["user_logit"] + tr["item_logit"] + tr["author_logit"], tr["id_logit"])
         assert np.isclose(tr["id_share"], np.var(tr["id_logit"]) / np.var(logit))
         if k == 0:
             assert abs(float(tr["id_share"]) - share) < 1e-9
