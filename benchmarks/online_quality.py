@@ -104,8 +104,9 @@ def movielens_id_share() -> dict:
             id_part += b @ w[off:off + b.shape[1]]
         off += b.shape[1]
     logit = x @ w
-    return {"ids": ids, "features": list(blocks), "id_share_of_fitted_logit": round(float(np.var(id_part) / np.var(logit)), 3),
-            "auc_all": a_all, "auc_ids_only": fit(ids)[2], "auc_without_ids": fit([c for c in blocks if c not in ids])[2]}
+    return {"ids": ids, "features": list(blocks),
+            "id_share_of_fitted_logit": round(float(np.var(id_part) / np.var(logit)), 3), "auc_all": a_all,
+            "auc_ids_only": fit(ids)[2], "auc_without_ids": fit([c for c in blocks if c not in ids])[2]}
 
 
 def variants(memory: int, expiry: int) -> dict[str, list[str]]:

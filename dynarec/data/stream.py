@@ -26,7 +26,8 @@ could matter; ``id_share=None`` keeps that unscaled world (factor 1).
 
 ``write_stream`` writes ``pass-0000.parquet ...`` (raw columns), ``truth-0000.npz`` (``p_click``,
 ``p_conversion``, ``domain``, ``new_user`` / ``new_item`` = id born in this pass, ``id_logit`` = the scaled id
-terms of each row and its parts ``user_logit`` / ``item_logit`` / ``author_logit``, and scalars ``id_share`` = measured share on this pass, ``id_scale``), ``stream.yaml`` (the
+terms of each row and its parts ``user_logit`` / ``item_logit`` / ``author_logit``, ``rest_logit`` = the logit
+without them, and the scalars ``id_share`` = the share measured on this pass, ``id_scale``), ``stream.yaml`` (the
 generator's parameters and, per pass, the measured id share and the expected AUC of three oracles: the true
 probabilities (Bayes), the id terms alone, the logit without the id terms — the best a model can do whose
 ids all read one unknown row) and ``schema.yaml`` (user / item / author ids ``dynamic: true``; the domains
