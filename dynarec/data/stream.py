@@ -38,6 +38,7 @@ on the fly (for memory benchmarks of dynamic tables).
 from __future__ import annotations
 
 import inspect
+import numbers
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Iterator
@@ -71,7 +72,7 @@ def check_id_share(id_share: float | None) -> None:
     """Raise ``ValueError`` (one line) unless ``id_share`` is None or a number in [0, 1)."""
     if id_share is None:
         return
-    if isinstance(id_share, bool) or not isinstance(id_share, (int, float)) or not 0 <= id_share < 1:
+    if isinstance(id_share, bool) or not isinstance(id_share, numbers.Real) or not 0 <= id_share < 1:
         raise ValueError(f"id_share must be a number in [0, 1), got {id_share!r}")
 
 
