@@ -52,20 +52,38 @@ def _fractions(text: str | None):
     return parse_fractions(text) if text else (0.8, 0.1, 0.1)
 
 
+def _finite_float(text: str) -> float:
+    import math
+
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(x):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return x
+
+
 def cmd_data_synthetic(a) -> int:
     from dynarec.data.prepare import write_synthetic
 
     if a.stream:
-        from dynarec.data.stream import write_stream
+        from dynarec.data.stream import ID_SHARE, write_stream
 
         if a.passes < 1:
             raise DynarecError(f"--passes: need at least 1 pass, got {a.passes}")
         if a.rows_per_pass < 100:
             raise DynarecError(f"--rows-per-pass: need at least 100 rows, got {a.rows_per_pass}")
-        write_stream(a.out, a.passes, a.rows_per_pass, a.seed)
+        share = ID_SHARE if a.id_share is None else a.id_share
+        if not 0 <= share < 1:
+            raise DynarecError(f"--id-share: need a number in [0, 1), got {a.id_share}")
+        write_stream(a.out, a.passes, a.rows_per_pass, a.seed, id_share=share)
         print(f"wrote {a.passes} passes of {a.rows_per_pass:,} rows to {Path(a.out)} (pass-NNNN.parquet + "
-              f"schema.yaml with dynamic ids; true probabilities in truth-NNNN.npz)")
+              f"schema.yaml with dynamic ids; true probabilities in truth-NNNN.npz; id share {share:g} of the "
+              f"click logit's variance, measured per pass in stream.yaml)")
         return 0
+    if a.id_share is not None:
+        raise DynarecError("--id-share: only with --stream")
     if a.rows < 100:
         raise DynarecError(f"--rows: need at least 100 rows, got {a.rows}")
     write_synthetic(a.out, a.rows, a.seed, a.split, _fractions(a.fractions))
@@ -275,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="write a drifting stream of raw pass files (ids born and retired, a new domain midway)")
     sy.add_argument("--passes", type=int, default=10, help="with --stream: number of passes (10)")
     sy.add_argument("--rows-per-pass", type=int, default=100_000, help="with --stream: rows per pass (100000)")
+    sy.add_argument("--id-share", type=_finite_float, metavar="SHARE",
+                    help="with --stream: share of the click logit's variance carried by the user / item / author "
+                         "ids, in [0, 1) (0.5)")
     sy.set_defaults(fn=cmd_data_synthetic)
 
     t = sub.add_parser("train", help="train a model on a prepared folder")

@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from dynarec.data.schema import Feature, Schema
-from dynarec.data.stream import NEW_DOMAIN, generate_stream, id_stream, write_stream
+from dynarec.data.stream import ID_SHARE, NEW_DOMAIN, expected_auc, generate_stream, id_stream, write_stream
 from dynarec.errors import SchemaError
 from dynarec.metrics import auc
 
@@ -181,3 +182,107 @@ def test_cut_stream_movielens(tmp_path):
     # a real stream has new users arriving over time
     seen = set(parts[0].column("user_id").to_pylist())
     assert set(parts[-1].column("user_id").to_pylist()) - seen
+
+
+def _logit(p):
+    return np.log(p) - np.log1p(-p)
+
+
+@pytest.mark.parametrize("share", [0.0, 0.2, 0.5, 0.8])
+def test_id_share_is_what_the_generator_does(share):
+    """The recorded id terms are the ones in the click logit, and their share of its variance is ``id_share`` on
+    pass 0 (where the scale is solved) and is measured, not assumed, on the later passes."""
+    for k, (t, tr) in enumerate(generate_stream(3, 20_000, seed=1, id_share=share)):
+        logit = _logit(tr["p_click"])
+        assert np.allclose(tr["id_logit"] + tr["rest_logit"], logit, atol=1e-6)
+        assert np.allclose(tr["user_logit"] + tr["item_logit"] + tr["author_logit"], tr["id_logit"])
+        assert np.isclose(tr["id_share"], np.var(tr["id_logit"]) / np.var(logit))
+        if k == 0:
+            assert abs(float(tr["id_share"]) - share) < 1e-9
+        # the id terms are a function of (user, item, author): rows with the same three ids carry the same term
+        key = np.stack([t.column(c).to_numpy() for c in ("user_id", "item_id", "author_id")], 1)
+        _, inv = np.unique(key, axis=0, return_inverse=True)
+        inv = inv.ravel()
+        n, first = np.bincount(inv), np.bincount(inv, tr["id_logit"])
+        spread = np.bincount(inv, tr["id_logit"] ** 2) / n - (first / n) ** 2
+        assert spread.max() < 1e-9
+
+
+def test_an_id_only_oracle_reaches_its_predicted_auc_and_gains_with_the_share():
+    """Scoring the sampled clicks by the id terms alone reaches the AUC that ``expected_auc`` predicts from the true
+    probabilities; that AUC grows with ``id_share`` and the no-id oracle's falls (0.5 / Bayes at share 0)."""
+    got = {}
+    for share in (0.0, 0.25, 0.5, 0.75):
+        (t, tr), = generate_stream(1, 60_000, seed=2, id_share=share)
+        y, p = t.column("click").to_numpy(), tr["p_click"]
+        ids_auc, rest_auc = expected_auc(tr["id_logit"], p), expected_auc(tr["rest_logit"], p)
+        assert abs(auc(y, tr["id_logit"]) - ids_auc) < 0.01  # predicted = measured on 60k sampled clicks
+        assert abs(auc(y, tr["rest_logit"]) - rest_auc) < 0.01
+        got[share] = ids_auc, rest_auc, expected_auc(p, p)
+    assert got[0.0][0] == 0.5 and abs(got[0.0][1] - got[0.0][2]) < 1e-12  # ids carry nothing
+    ids_only = [got[s][0] for s in sorted(got)]
+    no_ids = [got[s][1] for s in sorted(got)]
+    assert all(a < b for a, b in zip(ids_only, ids_only[1:])) and all(a > b for a, b in zip(no_ids, no_ids[1:]))
+    assert got[0.5][0] > 0.75 and got[0.5][1] < got[0.5][2] - 0.1  # at the default, ids carry much of the signal
+
+
+def test_expected_auc_matches_the_pair_count():
+    rng = np.random.default_rng(0)
+    s, p = rng.integers(0, 5, 40).astype(float), rng.random(40)
+    num = den = 0.0
+    for i in range(40):
+        for j in range(40):
+            if i != j:
+                w = p[i] * (1 - p[j])
+                num += w * ((s[i] > s[j]) + 0.5 * (s[i] == s[j]))
+                den += w
+    assert np.isclose(expected_auc(s, p), num / den)
+
+
+def test_stream_yaml_records_the_measured_share_and_oracles(stream):
+    out, _, truth = stream
+    meta = yaml.safe_load((out / "stream.yaml").read_text())
+    assert meta["id_share"] == ID_SHARE and meta["passes"] == PASSES and len(meta["per_pass"]) == PASSES
+    for k, row in enumerate(meta["per_pass"]):
+        assert row["id_share"] == round(float(truth[k]["id_share"]), 4)
+        assert row["id_only_auc"] < row["bayes_auc"] and row["no_id_auc"] < row["bayes_auc"]
+    assert meta["per_pass"][0]["id_share"] == ID_SHARE
+
+
+def test_new_domain_has_its_own_domain_id(stream):
+    """``d6`` is declared in the schema, so the encoders fitted on pass 0 (where it does not occur) give it its own
+    id instead of the unknown id 0."""
+    from dynarec.online.schema import fit_schema
+
+    out, tables, _ = stream
+    s, enc, _ = fit_schema(Schema.load(out / "schema.yaml"), tables[0], "dynamic", 1000, "pass-0")
+    assert s.domain_values == ["d0", "d1", "d2", "d3", "d4", "d5", NEW_DOMAIN] and s.num_domains == 8
+    assert NEW_DOMAIN not in tables[0].column("domain").to_pylist()
+    last = tables[-1]
+    dom = enc.transform(last, "pass-last")["domain"]
+    is_new = np.array(last.column("domain").to_pylist()) == NEW_DOMAIN
+    assert is_new.any() and np.all(dom[is_new] == 7) and np.all((dom[~is_new] >= 1) & (dom[~is_new] <= 6))
+
+
+@pytest.mark.parametrize("value", ["1", "-0.1", "abc", "nan"])
+def test_cli_id_share_rejects_bad_values(tmp_path, value):
+    r = subprocess.run([sys.executable, "-m", "dynarec", "data", "synthetic", "--stream", "--passes", "1",
+                        "--rows-per-pass", "200", "--id-share", value, "--out", str(tmp_path / "s")],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "--id-share" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "s").exists()
+
+
+def test_cli_id_share_is_written(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "dynarec", "data", "synthetic", "--stream", "--passes", "2",
+                        "--rows-per-pass", "2000", "--id-share", "0.3", "--out", str(tmp_path / "s")],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    meta = yaml.safe_load((tmp_path / "s" / "stream.yaml").read_text())
+    assert meta["id_share"] == 0.3 and meta["per_pass"][0]["id_share"] == 0.3
+
+
+def test_generate_stream_rejects_bad_id_share():
+    for bad in (1.0, -0.5, "0.5", True):
+        with pytest.raises(ValueError, match="id_share"):
+            next(generate_stream(1, 200, id_share=bad))

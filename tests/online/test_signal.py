@@ -44,9 +44,11 @@ def test_progressive_auc_rises_and_dynamic_beats_static_on_new_ids(tmp_path):
     _, static_new, _ = _run(d, tmp_path / "static", ["online.table=static"])
     aucs = [r["auc"]["click"]["all"] for r in dyn_rows]
     assert abs(aucs[0] - 0.5) < 0.05  # pass 0 is scored by the untrained model
-    assert min(aucs[2:]) > 0.6
+    assert min(aucs[2:]) > 0.7
     assert share > 0.2  # a real share of the rows carries ids born later
-    assert dyn_new > static_new + 0.01, (dyn_new, static_new)
+    # the ids carry half of the click logit (stream.ID_SHARE): 0.811 vs 0.743 here; seeds 1, 2, 4 of this
+    # stream give +0.024 to +0.031
+    assert dyn_new > static_new + 0.02, (dyn_new, static_new)
     assert max(r["table_rows"] for r in dyn_rows) <= 2000
 
 
