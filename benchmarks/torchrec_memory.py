@@ -14,6 +14,7 @@ Needs ``dynarec[torchrec]`` for the torchrec runs (Linux: reads /proc)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -48,7 +49,12 @@ def worker(out: str, rows: int, dim: int, backend: str, sharding: str) -> None:
     schema.features = [replace(f, vocab_size=rows) if f.name == "user_id" else f for f in schema.features]
     base = rss_mb()
     torch.manual_seed(0)
-    model = build_model("dnn", schema, {"hidden": [64], "embed_dim": dim})
+    build = contextlib.nullcontext()
+    if backend == "torchrec":  # as dynarec train does: the TorchRec tables built without storage
+        from dynarec.tables.torchrec_adapter import sharded_build
+        build = sharded_build()
+    with build:
+        model = build_model("dnn", schema, {"hidden": [64], "embed_dim": dim})
     built = rss_mb()
     cfg = TrainerConfig(epochs=1, batch_size=1024, progress=False, distributed=backend, sharding=sharding,
                         embedding_grad="sparse", embedding_optimizer="adagrad")

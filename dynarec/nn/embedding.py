@@ -35,7 +35,7 @@ class FeatureEmbedding(nn.Module):
         self.seq_pooling = list(layout.seq_pooling)
         self.register_buffer("sparse_offsets", torch.tensor(layout.sparse_offsets, dtype=torch.long), persistent=False)
         self.register_buffer("seq_offsets", torch.tensor(layout.seq_offsets, dtype=torch.long), persistent=False)
-        borrow(self, table_for(tables, self, layout.spec, legacy and legacy + ".weight"))
+        borrow(self, table_for(tables, self, layout.spec, legacy and legacy + ".weight", deferrable=True))
 
     @property
     def weight(self) -> nn.Embedding:

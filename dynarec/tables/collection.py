@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from dynarec.tables import deferred
 from dynarec.tables.spec import TableSpec
 
 
@@ -23,12 +24,19 @@ class TableCollection(nn.Module):
         self.legacy_keys: dict[str, str] = {}  # old state_dict prefix -> table name (old checkpoints)
         self.dense_gradients = False
 
-    def add(self, spec: TableSpec, legacy: str | None = None) -> nn.Embedding:
+    def add(self, spec: TableSpec, legacy: str | None = None, deferrable: bool = False) -> nn.Embedding:
         """Create, initialise and register the table of ``spec``; returns it. ``legacy`` is the module path
-        the table had in checkpoints written before the collection existed (they still load)."""
+        the table had in checkpoints written before the collection existed (they still load).
+        ``deferrable``: inside :func:`dynarec.tables.deferred.deferred_tables` the table is created with
+        zero rows and its initialisation recipe (``table.deferred``), for TorchRec to shard."""
         if spec.name in self.specs:
             raise ValueError(f"table '{spec.name}' added twice")
-        table = nn.Embedding(spec.rows, spec.dim, sparse=spec.group == "embedding" and not self.dense_gradients)
+        sparse = spec.group == "embedding" and not self.dense_gradients
+        if deferrable and deferred.wants(spec):
+            table = nn.Embedding(0, spec.dim, sparse=sparse)
+            table.__dict__["deferred"] = deferred.recipe(spec)
+        else:
+            table = nn.Embedding(spec.rows, spec.dim, sparse=sparse)
         if spec.init_std is not None:
             if spec.init_std > 0:
                 nn.init.normal_(table.weight, std=spec.init_std)
@@ -95,14 +103,14 @@ def borrowed(layer: nn.Module):
 
 
 def table_for(tables: TableCollection | None, owner: nn.Module, spec: TableSpec,
-              legacy: str | None = None) -> nn.Embedding:
+              legacy: str | None = None, deferrable: bool = False) -> nn.Embedding:
     """The table of ``spec`` added to ``tables`` (a model's collection), or, for a layer used on its own
     (``tables=None``), to a private collection registered on ``owner`` as ``owner.tables``."""
     if tables is None:
         if "tables" not in owner._modules:
             owner.tables = TableCollection()
         tables = owner.tables
-    return tables.add(spec, legacy)
+    return tables.add(spec, legacy, deferrable)
 
 
 def unowned_tables(model: nn.Module, tables: TableCollection | None) -> list[str]:

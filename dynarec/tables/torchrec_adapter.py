@@ -28,6 +28,7 @@ from torch import nn
 
 from dynarec.errors import ConfigError
 from dynarec.nn.embedding import FeatureEmbedding
+from dynarec.tables.deferred import deferred_tables, initial_rows
 
 EXTRA_HINT = ("pip install 'dynarec[torchrec]' and then pip install --no-deps torchrec==1.8.0 "
               "(docs/scale_out.md)")
@@ -154,20 +155,30 @@ class TorchRecFeatures(nn.Module):
 
     @torch.no_grad()
     def scatter(self) -> None:
-        """Copy the fused table's rows into this rank's shards (after sharding, before :meth:`release`). An
-        unsharded collection (one process, no DMP) still on ``meta`` gets its storage here."""
-        full = self.orig.weight.weight
+        """Write the model's initial rows into this rank's shards (after sharding, before :meth:`release`):
+        from the fused table, or — a deferred table (:mod:`dynarec.tables.deferred`, no storage) — replayed
+        from its recipe chunk by chunk, each chunk's rows copied where they meet a shard. An unsharded
+        collection (one process, no DMP) still on ``meta`` gets its storage here."""
+        w = self.orig.weight
         if any(p.is_meta for p in self.ebc.parameters()):
-            self.ebc.to_empty(device=full.device)
-        for table, r, c, t in self._pieces():
-            rows = self.layout.table_rows(table)
-            src = full[rows][r:r + t.shape[0], c:c + t.shape[1]]
-            t.copy_(src.to(t.device, t.dtype))
+            self.ebc.to_empty(device=w.weight.device)
+        pieces = [(self.layout.table_offsets[tb] + r, c, t) for tb, r, c, t in self._pieces()]
+        recipe = w.__dict__.get("deferred")
+        chunks = initial_rows(recipe) if recipe is not None else [(0, w.weight)]
+        for lo, rows in chunks:
+            hi = lo + rows.shape[0]
+            for start, c, t in pieces:
+                a, b = max(lo, start), min(hi, start + t.shape[0])
+                if a < b:
+                    t[a - start:b - start].copy_(rows[a - lo:b - lo, c:c + t.shape[1]].to(t.device, t.dtype))
 
     def release(self) -> None:
-        """Free the model's fused table on this rank (zero rows; shape, dtype and device remembered)."""
+        """Free the model's fused table on this rank (zero rows; its full shape remembered)."""
         w = self.orig.weight.weight
-        if w.shape[0]:
+        recipe = self.orig.weight.__dict__.get("deferred")
+        if recipe is not None:
+            self.__dict__["_full_shape"] = (recipe["rows"], recipe["dim"])
+        elif w.shape[0]:
             self.__dict__["_full_shape"] = tuple(w.shape)
             w.data = w.data.new_empty((0, w.shape[1]))
 
@@ -196,6 +207,8 @@ class TorchRecFeatures(nn.Module):
         w = self.orig.weight.weight
         if rank == dst and shape is not None and w.shape[0] == 0:
             w.data = w.data.new_zeros(shape)
+            self.orig.weight.num_embeddings = shape[0]
+            self.orig.weight.__dict__.pop("deferred", None)  # the table now has its (trained) rows
         full = w.data
 
         def put(table, r, c, t):
@@ -232,12 +245,24 @@ class TorchRecFeatures(nn.Module):
         return {self.logical[k.split(".")[-2]]: hasattr(v, "local_shards") for k, v in self.ebc.state_dict().items()}
 
 
+def shardable(spec) -> bool:
+    """Whether a fused feature table of ``spec`` goes to TorchRec (FBGEMM's widths are multiples of 4)."""
+    return spec.dim % 4 == 0
+
+
+def sharded_build():
+    """The context to build a model in whose feature tables TorchRec will shard: those tables are created
+    without storage (:mod:`dynarec.tables.deferred`), so no rank ever holds a whole one; each rank's
+    :meth:`TorchRecFeatures.scatter` writes its shards' initial rows, the rows of an eager build."""
+    return deferred_tables(shardable)
+
+
 def feature_layers(model: nn.Module) -> tuple[list, list]:
     """(the :class:`FeatureEmbedding` s of ``model`` TorchRec can hold, the others), as [(path, layer)].
     FBGEMM's kernels need rows of a width that is a multiple of 4: narrower fused tables (e.g. DeepFM's
     first-order weights, one per task) stay in the model and train under DDP."""
     found = [(n, m) for n, m in model.named_modules() if isinstance(m, FeatureEmbedding)]
-    return [f for f in found if f[1].embed_dim % 4 == 0], [f for f in found if f[1].embed_dim % 4]
+    return ([f for f in found if shardable(f[1].layout.spec)], [f for f in found if not shardable(f[1].layout.spec)])
 
 
 def attach(model: nn.Module) -> list[tuple[str, TorchRecFeatures]]:

@@ -77,7 +77,8 @@ def train_model(model_name: str, schema, tables: dict, params: dict | None = Non
         cfg = build_dataclass(TrainerConfig, trainer or {}, "trainer")
     params = dict(params or {})
     torch.manual_seed(seed)
-    model = build_model(model_name, schema, params)
+    with _build_context(cfg):
+        model = build_model(model_name, schema, params)
     valid = tables.get("valid")
     if out is None or not is_main():  # no output folder, or a rank other than 0 of several processes
         if resume and out is None:
@@ -113,6 +114,23 @@ def train_model(model_name: str, schema, tables: dict, params: dict | None = Non
     outdir.swap_in(work, out)
     res.checkpoint = str(out)
     return res
+
+
+def _build_context(cfg: TrainerConfig):
+    """Where the model is built: under torchrun with ``trainer.distributed: torchrec``, its TorchRec tables
+    are created without storage (each rank later writes only its shards' initial rows, the rows of an
+    eager build); anywhere else, eagerly."""
+    import contextlib
+    import os
+
+    from dynarec.train.distributed import launched
+
+    if cfg.distributed == "torchrec" and launched() and int(os.environ["WORLD_SIZE"]) > 1:
+        from dynarec.tables import torchrec_adapter
+
+        if torchrec_adapter.available():
+            return torchrec_adapter.sharded_build()
+    return contextlib.nullcontext()
 
 
 MIN_STEPS_PER_EPOCH = 50

@@ -191,6 +191,38 @@ def test_a_model_that_looks_up_tokens_is_refused(small_synth):
         torchrec_adapter.attach(model)
 
 
+@pytest.mark.parametrize("name", ["dnn", "deepfm", "pepnet"])
+def test_a_deferred_build_replays_the_eager_tables_and_parameters(small_synth, name, monkeypatch):
+    """Built inside ``sharded_build`` the TorchRec tables hold no storage, yet their replayed initial rows
+    are the eager build's exactly, and every other parameter (drawn after them) is the eager one: the
+    generator was advanced as the eager initialisation advances it. Chunks of 16 rows (not 16k) so that
+    the small tables are replayed in several chunks, a short last one included."""
+    from dynarec.models import build_model
+    from dynarec.tables import deferred
+
+    monkeypatch.setattr(deferred, "CHUNK_ROWS", 16)
+    schema = small_synth[0]
+    torch.manual_seed(3)
+    eager = build_model(name, schema, {})
+    torch.manual_seed(3)
+    with torchrec_adapter.sharded_build():
+        lazy = build_model(name, schema, {})
+    a, b = eager.state_dict(), lazy.state_dict()
+    shardable = {p for p, m in torchrec_adapter.feature_layers(lazy)[0]}
+    assert shardable, "no TorchRec table in this model"
+    for path, layer in torchrec_adapter.feature_layers(lazy)[0]:
+        emb = layer.weight
+        assert emb.weight.shape[0] == 0 and "deferred" in emb.__dict__
+        rows = torch.cat([t for _, t in deferred.initial_rows(emb.deferred)])
+        want = torchrec_adapter.feature_layers(eager)[0]
+        want = dict(want)[path].weight.weight
+        assert torch.equal(rows, want)
+    for k in a:
+        if b[k].numel() == 0:
+            continue  # a deferred table (checked above)
+        assert torch.equal(a[k], b[k]), k
+
+
 def test_column_shards_are_multiples_of_4():
     assert column_shard(16, 2) == 8 and column_shard(16, 4) == 4 and column_shard(8, 4) == 4
     assert column_shard(24, 4) == 8 and column_shard(12, 2) is None and column_shard(2, 2) is None
