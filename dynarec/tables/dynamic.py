@@ -25,6 +25,7 @@ up to date, never recounted in a step. No step rebuilds a map and no step runs P
 """
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -67,16 +68,22 @@ def _merge(a, av, b, bv):
 
 
 def _lowest(sc, n):
-    """Ascending positions of the ``n`` lowest of ``sc``, ties to the lower position (the first ``n`` of a stable
-    argsort) in O(len(sc)): a selection of the n-th value (``topk``) and masks, no sort."""
+    """Ascending positions of the ``n`` lowest of ``sc`` (CPU float64), ties to the lower position (the first
+    ``n`` of a stable argsort) in O(len(sc)): the n-th lowest value by selection (NumPy's introselect,
+    ``partition``: a third of ``torch.topk``'s time over 1M scores), then masks; no sort."""
     if n >= sc.numel():
         return torch.arange(sc.numel())
-    v = torch.topk(sc, n, largest=False, sorted=False).values.max()  # the n-th lowest (faster than kthvalue)
-    low = sc < v
-    need = n - int(low.sum())
-    if need:
-        low[torch.nonzero(sc == v).flatten()[:need]] = True
-    return torch.nonzero(low).flatten()
+    if n <= 0:
+        return torch.zeros(0, dtype=_L)
+    a = sc.contiguous().numpy()
+    v = np.partition(a, n - 1)[n - 1]
+    pos = np.flatnonzero(a <= v)  # ascending; those equal to v beyond the first n - (# below v) are cut
+    eq = a[pos] == v
+    ne = int(np.count_nonzero(eq))
+    need = n - (pos.size - ne)
+    if need < ne:
+        pos = pos[~eq | (np.cumsum(eq) <= need)]
+    return torch.from_numpy(pos.astype(np.int64, copy=False))
 
 
 class _SortedMap:
@@ -157,6 +164,10 @@ class DynamicIndex(nn.Module):
         self.threshold, self.admit_prob, self.expiry_passes, self.min_updates = threshold, admit_prob, expiry_passes, min_updates
         self.headroom, self.decay, self.ttl_steps, self.gamma = headroom, decay, ttl_steps, gamma
         self.eviction_interval = eviction_interval
+        # per-slot state that nothing reads under this configuration is not kept up to date (it stays 0):
+        # the per-pass count feeds only the feature score and expiry, the last step only lru / distance_lfu / ttl
+        self._track_pcount = score == "feature" or bool(expiry_passes)
+        self._track_last = score in ("lru", "distance_lfu", "ttl")
         self.gen = torch.Generator().manual_seed(seed)
         self._on_admit, self._on_free = [], []
         n, E = capacity + 1, max(expiry_passes or 1, 1)
@@ -223,13 +234,19 @@ class DynamicIndex(nn.Module):
     def _observe(self, flat, f):
         u, inv, c = torch.unique(flat, return_inverse=True, return_counts=True)
         slots = self._maps[f].get(u).clamp_(min=0)
-        hit = slots > 0
-        hs, hc = slots[hit], c[hit]
-        self.count.index_add_(0, hs, hc)
-        self.pcount.index_add_(0, hs, hc)
-        self.last.index_fill_(0, hs, self.step_no)
-        self.changed.index_fill_(0, hs, True)
-        miss = torch.nonzero(~hit).flatten()
+        # every id adds to its slot's counters, the not-admitted ones to the unused slot 0, reset after:
+        # cheaper than selecting the hits by a mask first
+        self.count.index_add_(0, slots, c)
+        self.count[0] = 0
+        if self._track_pcount:
+            self.pcount.index_add_(0, slots, c)
+            self.pcount[0] = 0
+        if self._track_last:
+            self.last.index_fill_(0, slots, self.step_no)
+            self.last[0] = 0
+        self.changed.index_fill_(0, slots, True)
+        self.changed[0] = False
+        miss = torch.nonzero(slots == 0).flatten()
         if miss.numel():
             cand, free = self._admit(u[miss], c[miss], f)
             slots[miss[cand]] = free
@@ -255,12 +272,19 @@ class DynamicIndex(nn.Module):
         free = self._free_slots[:m]
         if m:
             self._free_slots = self._free_slots[m:]
-            self.used[free], self.sid[free], self.sfeat[free] = True, u[cand], f
-            self.count[free] = self.pcount[free] = c[cand]
-            self.last[free] = self.step_no
-            self.dcount[free], self.age[free], self.ring[free] = 0.0, 0, 0
+            uc, cc = (u, c) if m == u.numel() else (u[cand], c[cand])
+            self.used[free], self.sid[free], self.sfeat[free] = True, uc, f
+            self.count[free] = cc
+            if self._track_pcount:
+                self.pcount[free] = cc
+            if self._track_last:
+                self.last[free] = self.step_no
+            if self.score_name == "feature":
+                self.dcount[free] = 0.0
+            if self.expiry_passes:
+                self.age[free], self.ring[free] = 0, 0
             self.changed[free] = True
-            self._maps[f].insert(u[cand], free)  # during a pass the maps hold no tombstones: these keys are new
+            self._maps[f].insert(uc, free)  # during a pass the maps hold no tombstones: these keys are new
             self._n[f] += m
             self.stats["admitted"] += m
             for cb in self._on_admit:
@@ -332,7 +356,8 @@ class DynamicIndex(nn.Module):
             self._free(torch.nonzero(dead).flatten(), "expired")
         self._evict_to_caps()
         self._after_free()
-        self.pcount.zero_()
+        if self._track_pcount:
+            self.pcount.zero_()
         self._pend = [_SortedMap() for _ in self.caps]
         self.pass_no += 1
         self.last_pass_stats, self.stats = self.stats, {"admitted": 0, "evicted": 0, "expired": 0}
