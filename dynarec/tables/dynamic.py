@@ -68,14 +68,14 @@ def _merge(a, av, b, bv):
 
 
 def _lowest(sc, n):
-    """Ascending positions of the ``n`` lowest of ``sc`` (CPU float64), ties to the lower position (the first
+    """Ascending positions of the ``n`` lowest of ``sc`` (CPU float64 tensor or array), ties to the lower position (the first
     ``n`` of a stable argsort) in O(len(sc)): the n-th lowest value by selection (NumPy's introselect,
     ``partition``: a third of ``torch.topk``'s time over 1M scores), then masks; no sort."""
-    if n >= sc.numel():
-        return torch.arange(sc.numel())
+    a = sc if isinstance(sc, np.ndarray) else sc.contiguous().numpy()
+    if n >= a.size:
+        return torch.arange(a.size)
     if n <= 0:
         return torch.zeros(0, dtype=_L)
-    a = sc.contiguous().numpy()
     v = np.partition(a, n - 1)[n - 1]
     pos = np.flatnonzero(a <= v)  # ascending; those equal to v beyond the first n - (# below v) are cut
     eq = a[pos] == v
@@ -133,9 +133,10 @@ class _SortedMap:
     def flush(self):
         """Merge the delta into the main array and drop tombstones."""
         k, v, dk, dv = self.k, self.v, self.dk, self.dv
-        if self.dead:
-            a, b = v >= 0, dv >= 0
-            k, v, dk, dv = k.masked_select(a), v.masked_select(a), dk.masked_select(b), dv.masked_select(b)
+        if self.dead:  # boolean indexing in NumPy: several times faster than torch's masked_select
+            a, b = v.numpy() >= 0, dv.numpy() >= 0
+            k, v = torch.from_numpy(k.numpy()[a]), torch.from_numpy(v.numpy()[a])
+            dk, dv = torch.from_numpy(dk.numpy()[b]), torch.from_numpy(dv.numpy()[b])
         self.k, self.v = _merge(k, v, dk, dv)
         self.dk, self.dv = torch.zeros(0, dtype=_L), torch.zeros(0, dtype=_L)
         self.dead = False
@@ -325,7 +326,7 @@ class DynamicIndex(nn.Module):
     def _after_free(self):
         for m in self._maps:
             m.flush()
-        self._free_slots = torch.nonzero(~self.used[1:]).flatten() + 1
+        self._free_slots = torch.from_numpy(np.flatnonzero(~self.used.numpy()[1:]) + 1)
 
     def _evict_to_caps(self):
         keep = [math.floor(cap * (1 - self.headroom)) for cap in self.caps]
@@ -333,13 +334,16 @@ class DynamicIndex(nn.Module):
         glimit = math.floor(self.capacity * (1 - self.headroom))
         if not over and sum(self._n) <= glimit:
             return
-        sc = score(self.score_name, self.count, self.last, self.dcount, self.step_no, self.decay, self.ttl_steps)
-        groups = [(self.used & (self.sfeat == f), keep[f]) for f in over] + [(None, glimit)]
-        for mask, limit in groups:  # free slots score +inf: positions in the masked scores are slots
-            m = self.used if mask is None else mask & self.used
-            extra = int(m.sum()) - limit
-            if extra > 0:
-                self._free(_lowest(torch.where(m, sc, math.inf), extra), "evicted")
+        # over the whole table the masks run in NumPy (views of the same memory): 2-4x faster than torch's
+        # single-thread kernels at 1M slots. Slots outside the group score +inf: positions are slots.
+        sc = score(self.score_name, self.count, self.last, self.dcount, self.step_no, self.decay,
+                   self.ttl_steps).numpy()
+        used, sfeat = self.used.numpy(), self.sfeat.numpy()
+        for f in over:
+            self._free(_lowest(np.where(used & (sfeat == f), sc, np.inf), self._n[f] - keep[f]), "evicted")
+        extra = sum(self._n) - glimit
+        if extra > 0:
+            self._free(_lowest(np.where(used, sc, np.inf), extra), "evicted")
 
     @torch.no_grad()
     def end_pass(self):
