@@ -53,18 +53,24 @@ def reset_slots(optimizer, weight, slots, rows_offset=0):
 
 
 def _merge(a, av, b, bv):
-    """Merge sorted disjoint keys ``b`` (values ``bv``) into sorted ``a`` (``av``) in O(len(a) + len(b)), with
-    scatters only (no boolean-mask indexing, which is several times slower on CPU)."""
+    """Merge sorted disjoint keys ``b`` (values ``bv``) into sorted ``a`` (``av``) in O(len(a) + len(b)), in
+    NumPy on views of the tensors: small arrays by a stable argsort of the two runs (timsort merges them in
+    linear time), large ones by placing ``b`` at its insertion points and ``a`` in the rest."""
     if a.numel() == 0 or b.numel() == 0:
         return (b, bv) if a.numel() == 0 else (a, av)
-    n, m = a.numel(), b.numel()
-    ins = torch.searchsorted(a, b)  # b[j] goes before a[ins[j]]
-    shift = torch.zeros(n + 1, dtype=_L).scatter_add_(0, ins, torch.ones(m, dtype=_L)).cumsum_(0)[:n]
-    pa, pb = shift.add_(torch.arange(n)), ins.add_(torch.arange(m))
-    k, v = torch.empty(n + m, dtype=a.dtype), torch.empty(n + m, dtype=av.dtype)
-    k.scatter_(0, pa, a).scatter_(0, pb, b)
-    v.scatter_(0, pa, av).scatter_(0, pb, bv)
-    return k, v
+    a, av, b, bv = a.numpy(), av.numpy(), b.numpy(), bv.numpy()
+    n, m = a.size, b.size
+    if n + m <= 65536:
+        k, v = np.concatenate([a, b]), np.concatenate([av, bv])
+        o = np.argsort(k, kind="stable")
+        return torch.from_numpy(k[o]), torch.from_numpy(v[o])
+    pb = np.searchsorted(a, b) + np.arange(m)  # b[j] lands at its insertion point, shifted by the j before it
+    rest = np.ones(n + m, dtype=bool)
+    rest[pb] = False
+    k, v = np.empty(n + m, dtype=a.dtype), np.empty(n + m, dtype=av.dtype)
+    k[pb], v[pb] = b, bv
+    k[rest], v[rest] = a, av
+    return torch.from_numpy(k), torch.from_numpy(v)
 
 
 def _lowest(sc, n):
@@ -98,15 +104,19 @@ class _SortedMap:
         self.dead = False  # whether some value is a tombstone
 
     def find(self, q):
-        """(values of keys ``q`` [n], -1 where absent; their locations, for :meth:`put`)."""
-        out, loc = torch.full_like(q, -1), []
+        """(values of keys ``q`` [n], -1 where absent; their locations, for :meth:`put`). In NumPy on views:
+        a few small-array ops, each several times cheaper to call than torch's."""
+        qn = q.numpy()
+        out, loc = np.full(qn.shape, -1, dtype=np.int64), []
         for k, v in ((self.k, self.v), (self.dk, self.dv)):
             if k.numel():
-                pos = torch.searchsorted(k, q).clamp_(max=k.numel() - 1)
-                hit = k.take(pos) == q
-                out = torch.where(hit, v.take(pos), out)
-                loc.append((v, pos, hit))
-        return out, loc
+                kn, vn = k.numpy(), v.numpy()
+                pos = np.searchsorted(kn, qn)
+                np.minimum(pos, kn.size - 1, out=pos)
+                hit = kn[pos] == qn
+                np.copyto(out, vn[pos], where=hit)
+                loc.append((vn, pos, hit))
+        return torch.from_numpy(out), loc
 
     def get(self, q):
         return self.find(q)[0]
@@ -114,15 +124,16 @@ class _SortedMap:
     def put(self, q, vals, loc=None, sel=None):
         """Upsert unique sorted keys ``q`` with ``vals`` (-1 removes), only where ``sel`` (default all);
         ``loc`` from a :meth:`find` of the same ``q`` with no change in between saves the search."""
-        new = torch.ones_like(q, dtype=torch.bool) if sel is None else sel.clone()
+        qn, vn = q.numpy(), vals.numpy()
+        new = np.ones(qn.shape, dtype=bool) if sel is None else sel.numpy().copy()
         for v, pos, hit in loc if loc is not None else self.find(q)[1]:
             h = hit & new
-            v[pos[h]] = vals[h]
+            v[pos[h]] = vn[h]
             new &= ~hit
-        self.dead = self.dead or bool((vals < 0).any())
-        new &= vals >= 0
+        self.dead = self.dead or bool((vn < 0).any())
+        new &= vn >= 0
         if new.any():
-            self.insert(q[new], vals[new])
+            self.insert(torch.from_numpy(qn[new]), torch.from_numpy(vn[new]))
 
     def insert(self, q, vals):
         """Add sorted keys ``q`` that are known to be absent."""
