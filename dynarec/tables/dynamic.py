@@ -245,21 +245,26 @@ class DynamicIndex(nn.Module):
     @torch.no_grad()
     def _observe(self, flat, f):
         u, inv, c = torch.unique(flat, return_inverse=True, return_counts=True)
-        slots = self._maps[f].get(u).clamp_(min=0)
-        # every id adds to its slot's counters, the not-admitted ones to the unused slot 0, reset after:
-        # cheaper than selecting the hits by a mask first
+        slots = self._maps[f].get(u)
+        sn = slots.numpy()  # the slot writes below run in NumPy on views: about twice as fast as index_put_
+        np.maximum(sn, 0, out=sn)
+        # every id updates its slot's counters, the not-admitted ones the unused slot 0, reset after: cheaper
+        # than selecting the hits by a mask first (the slots of distinct ids are distinct, but for 0)
         self.count.index_add_(0, slots, c)
         self.count[0] = 0
         if self._track_pcount:
             self.pcount.index_add_(0, slots, c)
             self.pcount[0] = 0
         if self._track_last:
-            self.last.index_fill_(0, slots, self.step_no)
-            self.last[0] = 0
-        self.changed.index_fill_(0, slots, True)
-        self.changed[0] = False
-        miss = torch.nonzero(slots == 0).flatten()
-        if miss.numel():
+            last = self.last.numpy()
+            last[sn] = self.step_no
+            last[0] = 0
+        changed = self.changed.numpy()
+        changed[sn] = True
+        changed[0] = False
+        miss = np.flatnonzero(sn == 0)
+        if miss.size:
+            miss = torch.from_numpy(miss)
             cand, free = self._admit(u[miss], c[miss], f)
             slots[miss[cand]] = free
         return slots, inv
@@ -276,33 +281,33 @@ class DynamicIndex(nn.Module):
             tot = c + prev.clamp(min=0)
             ok = tot >= self.threshold
         else:
-            ok = torch.ones_like(u, dtype=torch.bool)
+            ok = None  # every id qualifies
         room = max(min(self.caps[f] - self._n[f], self.capacity - sum(self._n)), 0)
-        cand = torch.nonzero(ok).flatten()[:room] if room < u.numel() or not bool(ok.all()) else \
-            torch.arange(u.numel())
+        cand = torch.arange(min(room, u.numel())) if ok is None else torch.nonzero(ok).flatten()[:room]
         m = cand.numel()
         free = self._free_slots[:m]
         if m:
             self._free_slots = self._free_slots[m:]
             uc, cc = (u, c) if m == u.numel() else (u[cand], c[cand])
-            self.used[free], self.sid[free], self.sfeat[free] = True, uc, f
-            self.count[free] = cc
+            fn, ccn = free.numpy(), cc.numpy()  # NumPy on views, as in _observe
+            self.used.numpy()[fn], self.sid.numpy()[fn], self.sfeat.numpy()[fn] = True, uc.numpy(), f
+            self.count.numpy()[fn] = ccn
             if self._track_pcount:
-                self.pcount[free] = cc
+                self.pcount.numpy()[fn] = ccn
             if self._track_last:
-                self.last[free] = self.step_no
+                self.last.numpy()[fn] = self.step_no
             if self.score_name == "feature":
-                self.dcount[free] = 0.0
+                self.dcount.numpy()[fn] = 0.0
             if self.expiry_passes:
-                self.age[free], self.ring[free] = 0, 0
-            self.changed[free] = True
+                self.age.numpy()[fn], self.ring.numpy()[fn] = 0, 0
+            self.changed.numpy()[fn] = True
             self._maps[f].insert(uc, free)  # during a pass the maps hold no tombstones: these keys are new
             self._n[f] += m
             self.stats["admitted"] += m
             for cb in self._on_admit:
                 cb(free)
         if self._counting():  # the rest accumulate; admitted ids keep a stale count that no lookup reads
-            rest = torch.ones_like(ok)
+            rest = torch.ones_like(u, dtype=torch.bool)
             rest[cand] = False
             self._pend[f].put(u, tot, loc, rest)
         return cand, free
