@@ -228,11 +228,11 @@ class DynamicIndex(nn.Module):
         if not train:
             return self.lookup(ids, feature)
         flat = ids.reshape(-1).to(self.sid.device, _L)
-        valid = flat >= 0
-        if bool(valid.all()):
+        if flat.numel() == 0 or int(flat.numpy().min()) >= 0:  # no padding (NumPy: cheaper calls)
             su, inv = self._observe(flat, feature)
-            out = su[inv]
+            out = torch.from_numpy(su.numpy()[inv.numpy()])
         else:
+            valid = flat >= 0
             out = torch.zeros_like(flat)
             su, inv = self._observe(flat[valid], feature)
             out[valid] = su[inv]
@@ -357,8 +357,9 @@ class DynamicIndex(nn.Module):
         sc = score(self.score_name, self.count, self.last, self.dcount, self.step_no, self.decay,
                    self.ttl_steps).numpy()
         used, sfeat = self.used.numpy(), self.sfeat.numpy()
-        for f in over:
-            self._free(_lowest(np.where(used & (sfeat == f), sc, np.inf), self._n[f] - keep[f]), "evicted")
+        for f in over:  # over the feature's slots only (ascending, so ties still go to the lower slot)
+            mine = np.flatnonzero(used & (sfeat == f))
+            self._free(torch.from_numpy(mine[_lowest(sc[mine], self._n[f] - keep[f]).numpy()]), "evicted")
         extra = sum(self._n) - glimit
         if extra > 0:
             self._free(_lowest(np.where(used, sc, np.inf), extra), "evicted")
