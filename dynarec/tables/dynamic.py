@@ -253,10 +253,10 @@ class DynamicIndex(nn.Module):
         # every id updates its slot's counters, the not-admitted ones the unused slot 0, reset after: cheaper
         # than selecting the hits by a mask first (the slots of distinct ids are distinct, but for 0)
         self.count.index_add_(0, slots, c)
-        self.count[0] = 0
+        self.count.numpy()[0] = 0
         if self._track_pcount:
             self.pcount.index_add_(0, slots, c)
-            self.pcount[0] = 0
+            self.pcount.numpy()[0] = 0
         if self._track_last:
             last = self.last.numpy()
             last[sn] = self.step_no
@@ -266,9 +266,8 @@ class DynamicIndex(nn.Module):
         changed[0] = False
         miss = np.flatnonzero(sn == 0)
         if miss.size:
-            miss = torch.from_numpy(miss)
-            cand, free = self._admit(u[miss], c[miss], f)
-            slots[miss[cand]] = free
+            cand, free = self._admit(torch.from_numpy(u.numpy()[miss]), torch.from_numpy(c.numpy()[miss]), f)
+            sn[miss[cand.numpy()]] = free.numpy()
         return slots, inv
 
     def _counting(self):
@@ -326,13 +325,14 @@ class DynamicIndex(nn.Module):
     def _free(self, slots, key):
         if slots.numel() == 0:
             return
-        feats, ids = self.sfeat[slots].clone(), self.sid[slots].clone()
-        self.used[slots] = False
-        self.changed[slots] = True
-        self.evicted_ids.append((feats, ids))
-        for f, n in enumerate(torch.bincount(feats, minlength=len(self.caps)).tolist()):
+        sn = slots.numpy()  # NumPy on views, as in _observe
+        feats, ids = self.sfeat.numpy()[sn], self.sid.numpy()[sn]
+        self.used.numpy()[sn] = False
+        self.changed.numpy()[sn] = True
+        self.evicted_ids.append((torch.from_numpy(feats), torch.from_numpy(ids)))
+        for f, n in enumerate(np.bincount(feats, minlength=len(self.caps)).tolist()):
             if n:
-                k = torch.sort(ids[feats == f]).values
+                k = torch.from_numpy(np.sort(ids[feats == f]))
                 self._maps[f].put(k, torch.full_like(k, -1))
                 if self._counting():  # a freed id counts from zero again
                     self._pend[f].put(k, torch.full_like(k, -1))
