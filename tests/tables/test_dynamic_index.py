@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from dynarec.tables.dynamic import DynamicIndex, _lowest, _SortedMap, reset_slots
+from dynarec.tables.dynamic import DynamicIndex, _lowest, _merge, _SortedMap, reset_slots
 from dynarec.tables.reference import ReferenceTable
 from dynarec.tables.scores import SCORES
 
@@ -72,6 +72,22 @@ def test_lowest_is_the_head_of_a_stable_argsort():
         sc = torch.randint(0, 6, (200,), generator=g).double()  # many ties
         want = torch.sort(torch.argsort(sc, stable=True)[:n]).values
         assert torch.equal(_lowest(sc, n), want)
+
+
+@pytest.mark.parametrize("n,m", [(0, 5), (5, 0), (900, 300), (60000, 9000), (300000, 17000)])
+def test_merge_equals_a_sort_of_both(n, m):
+    # both merge paths: a stable argsort of the two runs (small) and insertion points (beyond 65,536 keys)
+    g = torch.Generator().manual_seed(n + m)
+    keys = torch.randperm(4 * (n + m) + 1, generator=g)[:n + m] - 2 * (n + m)  # distinct, some negative
+    a, b = torch.sort(keys[:n]).values, torch.sort(keys[n:]).values
+    k, v = _merge(a, a * 3, b, b * 3)
+    assert torch.equal(k, torch.sort(keys).values) and torch.equal(v, k * 3)
+
+
+def test_lowest_takes_a_numpy_array_like_a_tensor():
+    sc = torch.randint(0, 4, (50_000,), generator=torch.Generator().manual_seed(5)).double()
+    assert torch.equal(_lowest(sc.numpy(), 777), _lowest(sc, 777))
+    assert torch.equal(_lowest(sc, 777), torch.sort(torch.argsort(sc, stable=True)[:777]).values)
 
 
 def test_sorted_map_matches_a_dict():
