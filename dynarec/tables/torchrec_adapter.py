@@ -6,10 +6,11 @@ table; the fused physical table has no per-table boundary it could use).
 :class:`TorchRecFeatures` with the same call (``(sparse [B, S], sequences) -> [B, S + n_seq, dim]``); the
 model's code is unchanged. Every lookup goes through the (sharded) collection, in training and in evaluation: sparse fields
 are one id per row, sequence fields jagged bags without their padding ids, mean pooling as per-id weights
-``1 / length`` (the ``per_sample_weights`` of ``FeatureEmbedding``). Once the shards hold the model's
-initial rows (:meth:`TorchRecFeatures.scatter`), the model's own fused table is RELEASED on every rank
-(:meth:`TorchRecFeatures.release`: its storage shrinks to zero rows), so during the fit a rank holds only
-its shards. A sharded lookup is a collective call: every rank must run the same number of forwards at the
+``1 / length`` (the ``per_sample_weights`` of ``FeatureEmbedding``). A model built inside
+:func:`sharded_build` has its TorchRec tables without storage (:mod:`dynarec.tables.deferred`): each rank's
+:meth:`TorchRecFeatures.scatter` replays their initialisation into its shards; a model built eagerly has
+its fused table RELEASED once the shards hold its rows (:meth:`TorchRecFeatures.release`). Either way a
+rank holds only its shards during the fit. A sharded lookup is a collective call: every rank must run the same number of forwards at the
 same batch size (:func:`dynarec.train.distributed.gather_predictions` pads the ranks' slices for that).
 While attached, ``model.state_dict()`` leaves the collection's keys out and holds this rank's shards under
 ``<path>.local_shard.<i>`` instead (what early stopping's best-state copy keeps; loading such a state puts
