@@ -264,20 +264,28 @@ def test_new_domain_has_its_own_domain_id(stream):
     assert is_new.any() and np.all(dom[is_new] == 7) and np.all((dom[~is_new] >= 1) & (dom[~is_new] <= 6))
 
 
+def _main(argv) -> int:
+    """``dynarec`` in this process (argparse's own refusals exit through SystemExit)."""
+    from dynarec.cli import main
+
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+
+
 @pytest.mark.parametrize("value", ["1", "-0.1", "abc", "nan"])
-def test_cli_id_share_rejects_bad_values(tmp_path, value):
-    r = subprocess.run([sys.executable, "-m", "dynarec", "data", "synthetic", "--stream", "--passes", "1",
-                        "--rows-per-pass", "200", "--id-share", value, "--out", str(tmp_path / "s")],
-                       capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 2 and "--id-share" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+def test_cli_id_share_rejects_bad_values(tmp_path, value, capsys):
+    rc = _main(["data", "synthetic", "--stream", "--passes", "1", "--rows-per-pass", "200", "--id-share", value,
+                "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--id-share" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "s").exists()
 
 
-def test_cli_id_share_is_written(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "dynarec", "data", "synthetic", "--stream", "--passes", "2",
-                        "--rows-per-pass", "2000", "--id-share", "0.3", "--out", str(tmp_path / "s")],
-                       capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 0, r.stderr
+def test_cli_id_share_is_written(tmp_path, capsys):
+    assert _main(["data", "synthetic", "--stream", "--passes", "2", "--rows-per-pass", "2000", "--id-share", "0.3",
+                  "--out", str(tmp_path / "s")]) == 0, capsys.readouterr().err
     meta = yaml.safe_load((tmp_path / "s" / "stream.yaml").read_text())
     assert meta["id_share"] == 0.3 and meta["per_pass"][0]["id_share"] == 0.3
 
