@@ -19,8 +19,7 @@ from pathlib import Path
 
 import torch
 
-from dynarec.errors import DataError
-from dynarec.train.checkpoint import sealed, unsealed, write_atomic
+from dynarec.train.checkpoint import read_sealed, sealed, write_atomic
 
 FORMAT = "dynarec-delta-1"
 
@@ -112,14 +111,4 @@ def write_delta(path: Path, delta: dict) -> None:
 
 def read_delta(path: str | Path) -> dict:
     """The delta in ``path``, its checksum verified; a one-line DataError for a broken file."""
-    p = Path(path)
-    try:
-        blob = torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise DataError(f"{p}: not a readable dynarec delta ({type(e).__name__})") from None
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise DataError(f"{p}: not a {FORMAT} file")
-    payload, digest = unsealed(blob)
-    if digest != blob.get("sha256"):
-        raise DataError(f"{p}: checksum mismatch: the delta is corrupted")
-    return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
+    return read_sealed(Path(path), FORMAT, f"{FORMAT} file", "the delta is corrupted")[0]

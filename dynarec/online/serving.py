@@ -23,7 +23,7 @@ import pyarrow as pa
 import torch
 
 from dynarec.errors import DataError
-from dynarec.train.checkpoint import sealed, unsealed, write_atomic
+from dynarec.train.checkpoint import read_sealed, sealed, write_atomic
 
 FORMAT = "dynarec-serving-1"
 SERVING = "serving.pt"
@@ -76,20 +76,8 @@ def write_serving(folder: Path, st, raw: pa.Table) -> Path:
 def read_serving(f: Path) -> tuple[dict, str]:
     """(the serving file ``f``, its payload's sha256), the checksum verified; a one-line DataError naming the
     file otherwise."""
-    try:
-        blob = torch.load(f, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise DataError(f"{f}: not a readable dynarec serving file ({type(e).__name__})") from None
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT or not isinstance(blob.get("payload"), torch.Tensor):
-        raise DataError(f"{f}: not a {FORMAT} file")
-    payload, digest = unsealed(blob)
-    if digest != blob.get("sha256"):
-        raise DataError(f"{f}: checksum mismatch: the serving file is corrupted (the run's model.pt of the same "
-                        "pass holds the same weights)")
-    try:
-        inner = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise DataError(f"{f}: not a readable dynarec serving file ({type(e).__name__})") from None
+    inner, digest = read_sealed(f, FORMAT, f"{FORMAT} file", "the serving file is corrupted (the run's model.pt "
+                                "of the same pass holds the same weights)")
     if not isinstance(inner, dict) or inner.get("format") != FORMAT or "state_dict" not in inner:
         raise DataError(f"{f}: not a {FORMAT} file")
     return inner, digest

@@ -242,8 +242,22 @@ class Engine:
             await asyncio.sleep(0)  # let the loop read the requests that arrived during the batch
 
     # ---- hot reload ---------------------------------------------------------------------------------
+    async def _swap_in(self, load, *args) -> bool:
+        """``load(*args)`` in the loader thread, then swapped in for the next batch (one reference
+        assignment); on failure the served model stays. -> whether it was swapped in."""
+        t0 = time.perf_counter()
+        try:
+            new = await asyncio.get_running_loop().run_in_executor(self.loader, load, *args)
+        except Exception:  # noqa: BLE001 - keep serving the old model
+            self.reloads.labels("failed").inc()
+            return False
+        self.served = new  # atomic swap: the next batch uses it
+        self.reload_s.observe(time.perf_counter() - t0)
+        self.reloads.labels("ok").inc()
+        _freeze(unfreeze=True)  # the old model's cycles become collectable again
+        return True
+
     async def _watcher(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.cfg.watch_interval_s)
             cand = newest_bundle(self.watch)
@@ -255,16 +269,7 @@ class Engine:
                 continue  # half-written or not a bundle: look again next time
             if ver == self.served.version:
                 continue
-            t0 = time.perf_counter()
-            try:
-                new = await loop.run_in_executor(self.loader, Served.load, cand, self.served.backend_name)
-            except Exception:  # noqa: BLE001 - keep serving the old model
-                self.reloads.labels("failed").inc()
-                continue
-            self.served = new  # atomic swap: the next batch uses it
-            self.reload_s.observe(time.perf_counter() - t0)
-            self.reloads.labels("ok").inc()
-            _freeze(unfreeze=True)  # the old model's cycles become collectable again
+            await self._swap_in(Served.load, cand, self.served.backend_name)
 
     async def _follow_run(self) -> None:
         """An online run: when ``RUN/current`` names another pass, load it beside the served one (a thread) and
@@ -272,24 +277,14 @@ class Engine:
         (the old one stays) until the marker moves again."""
         from dynarec.online.serving import current_text
 
-        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.cfg.watch_interval_s)
             run = self.served.run
             text = current_text(run)
             if text is None or text == self.served.marker or text == self.failed_marker:
                 continue
-            t0 = time.perf_counter()
-            try:
-                new = await loop.run_in_executor(self.loader, Served.load_online, run, "eager")
-            except Exception:  # noqa: BLE001 - keep serving the old pass
-                self.reloads.labels("failed").inc()
+            if not await self._swap_in(Served.load_online, run, "eager"):
                 self.failed_marker = text
-                continue
-            self.served = new  # atomic swap: the next batch uses it
-            self.reload_s.observe(time.perf_counter() - t0)
-            self.reloads.labels("ok").inc()
-            _freeze(unfreeze=True)
 
 
 def _freeze(unfreeze: bool = False) -> None:

@@ -88,10 +88,9 @@ class TorchRecFeatures(nn.Module):
 
     @property
     def weight(self) -> nn.Embedding:
-        if True:  # the fused table is released while the collection holds the rows
-            raise ConfigError("trainer.distributed: torchrec cannot shard a model that reads its feature table "
-                              "directly; use trainer.distributed: ddp")
-        return self.orig.weight
+        """Refused: while sharded, the model's own table holds no rows."""
+        raise ConfigError("trainer.distributed: torchrec cannot shard a model that reads its feature table "
+                          "directly; use trainer.distributed: ddp")
 
     @property
     def num_fields(self) -> int:
@@ -133,16 +132,17 @@ class TorchRecFeatures(nn.Module):
         pooled = self.ebc(self.features(sparse, sequences)).to_dict()
         return torch.stack([pooled[f] for f in self.field_names], 1)
 
-    def _pieces(self):
-        """(table, row offset, col offset, local tensor) of each shard / replica this rank holds."""
+    def _pieces(self, kinds: bool = False):
+        """(table, row offset, col offset, local tensor) of each shard / replica this rank holds; with
+        ``kinds`` a fifth item: whether it is a shard (table / column / row-wise) rather than a replica."""
         out = []
         for key, v in self.ebc.state_dict().items():
             table = self.logical[key.split(".")[-2]]  # embedding_bags.<table>.weight
             if hasattr(v, "local_shards"):
-                out += [(table, *s.metadata.shard_offsets[:2], s.tensor) for s in v.local_shards()]
+                out += [(table, *s.metadata.shard_offsets[:2], s.tensor, True) for s in v.local_shards()]
             else:  # data-parallel: a full replica
-                out.append((table, 0, 0, v))
-        return out
+                out.append((table, 0, 0, v, False))
+        return out if kinds else [p[:4] for p in out]
 
     def held_bytes(self) -> dict[str, int]:
         """Bytes of feature-table storage this rank holds: ``shards`` (its TorchRec shards / replicas) and
@@ -203,7 +203,7 @@ class TorchRecFeatures(nn.Module):
         are taken from ``dst``'s own copy. Without a process group the local shards fill the local table."""
         world = dist.get_world_size() if dist.is_initialized() else 1
         rank = dist.get_rank() if world > 1 else 0
-        pieces = self._pieces()
+        pieces = self._pieces(kinds=True)
         shape = self.__dict__.get("_full_shape")
         w = self.orig.weight.weight
         if rank == dst and shape is not None and w.shape[0] == 0:
@@ -212,7 +212,7 @@ class TorchRecFeatures(nn.Module):
             self.orig.weight.__dict__.pop("deferred", None)  # the table now has its (trained) rows
         full = w.data
 
-        def put(table, r, c, t):
+        def put(table, r, c, t, *_):
             o = self.layout.table_offsets[table] + r
             full[o:o + t.shape[0], c:c + t.shape[1]] = t.to(full.device, full.dtype)
 
@@ -220,9 +220,7 @@ class TorchRecFeatures(nn.Module):
             for p in pieces:
                 put(*p)
             return
-        kinds = self._sharded_tables()
-        sharded = [kinds[p[0]] for p in pieces]
-        places = [(tb, r, c, tuple(t.shape), str(t.dtype)) for (tb, r, c, t), s in zip(pieces, sharded) if s]
+        places = [(tb, r, c, tuple(t.shape), str(t.dtype)) for tb, r, c, t, shard in pieces if shard]
         everyone: list = [None] * world
         dist.all_gather_object(everyone, places)
         if rank == dst:
@@ -237,13 +235,9 @@ class TorchRecFeatures(nn.Module):
                     dist.recv(buf, src=src)
                     put(tb, r, c, buf)
         else:
-            for (tb, r, c, t), s in zip(pieces, sharded):
-                if s:
+            for *_, t, shard in pieces:
+                if shard:
                     dist.send(t.detach().contiguous(), dst=dst)
-
-    def _sharded_tables(self) -> dict[str, bool]:
-        """{logical table: held as a ShardedTensor (table / column / row-wise), not as a replica}."""
-        return {self.logical[k.split(".")[-2]]: hasattr(v, "local_shards") for k, v in self.ebc.state_dict().items()}
 
 
 def shardable(spec) -> bool:

@@ -69,25 +69,35 @@ def save_checkpoint(path: str | Path, model, params: dict, encoders: dict | None
     return path / "model.pt"
 
 
-def read_checkpoint(f: Path) -> dict:
-    """The checkpoint dict stored in file ``f``, its checksum verified (format 2), or a one-line DataError."""
+def read_sealed(f: Path, fmt: str, what: str, corrupt: str, unverified: str | None = None) -> tuple[object, str | None]:
+    """(the object sealed in file ``f`` by :func:`sealed` with format ``fmt``, its payload's sha256), the
+    checksum verified; a one-line DataError naming ``f`` otherwise (``what``: the kind of file, for the
+    messages; ``corrupt``: what the user can do about a checksum mismatch). A file whose format is
+    ``unverified`` (an older, unsealed layout) is returned as it is, with digest ``None``."""
     try:
         blob = torch.load(f, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated / not a checkpoint
-        raise DataError(f"{f}: not a readable dynarec checkpoint ({type(e).__name__})") from None
-    fmt = blob.get("format") if isinstance(blob, dict) else None
-    if fmt == FORMAT_UNVERIFIED:
-        return blob
-    if fmt != FORMAT or not isinstance(blob.get("payload"), torch.Tensor):
-        raise DataError(f"{f}: not a dynarec checkpoint")
+    except Exception as e:  # truncated / not such a file
+        raise DataError(f"{f}: not a readable {what} ({type(e).__name__})") from None
+    got_fmt = blob.get("format") if isinstance(blob, dict) else None
+    if unverified is not None and got_fmt == unverified:
+        return blob, None
+    if got_fmt != fmt or not isinstance(blob.get("payload"), torch.Tensor):
+        raise DataError(f"{f}: not a {what}")
     payload, got = unsealed(blob)
     if got != blob.get("sha256"):
         raise DataError(f"{f}: checksum mismatch (sha256 {got[:16]}…, recorded {str(blob.get('sha256'))[:16]}…): "
-                        "the file is corrupted; restore it or retrain")
+                        f"{corrupt}")
     try:
         inner = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
     except Exception as e:
-        raise DataError(f"{f}: not a readable dynarec checkpoint ({type(e).__name__})") from None
+        raise DataError(f"{f}: not a readable {what} ({type(e).__name__})") from None
+    return inner, got
+
+
+def read_checkpoint(f: Path) -> dict:
+    """The checkpoint dict stored in file ``f``, its checksum verified (format 2), or a one-line DataError."""
+    inner, _ = read_sealed(f, FORMAT, "dynarec checkpoint", "the file is corrupted; restore it or retrain",
+                           unverified=FORMAT_UNVERIFIED)
     if not isinstance(inner, dict) or "state_dict" not in inner:
         raise DataError(f"{f}: not a dynarec checkpoint")
     return inner
