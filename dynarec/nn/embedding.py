@@ -54,7 +54,7 @@ class FeatureEmbedding(nn.Module):
         pooled = []
         for name, off, pool in zip(self.seq_names, self.seq_offsets, self.seq_pooling):
             ids = sequences[name]
-            mask = (ids > 0).float()
+            mask = (ids > 0).to(table.weight.dtype)
             if pool == "mean":
                 mask = mask / mask.sum(1, keepdim=True).clamp_min(1.0)
             if torch.compiler.is_exporting():  # embedding + masked sum: the form ONNX runs fast (no Sequence ops)

@@ -1,14 +1,18 @@
 """Run under torchrun (or with WORLD_SIZE unset, as one process): train each model of CASES on the same small
-synthetic split and save (rank 0) its weights, validation history and test metrics, plus, for the first
-model, the gathered validation predictions and their metrics. Used by tests/scale/test_ddp.py."""
+synthetic split and save (rank 0) its test predictions and metrics, plus a record of every training step: the
+weights before the step, the batch each rank took and the gradient the step applied (DDP's average over ranks,
+before clipping). For the first model also the gathered validation predictions and their metrics.
+Used by tests/scale/test_ddp.py."""
 import sys
 
 import torch
+import torch.distributed as dist
 
+import dynarec.train.step as step_module
 from dynarec.data.prepare import synthetic_tables
 from dynarec.train.distributed import context, gather_predictions, shutdown
 
-# no dropout and no batch statistics: with them one process and several cannot end with the same weights
+# no dropout and no batch statistics: with them one process and several do not compute the same gradient
 CASES = {
     "dnn": ({"hidden": [16]}, {"embedding_grad": "sparse"}),  # sparse table gradients, all-gathered by gloo
     "mmoe": ({"hidden": [8], "num_experts": 2, "expert_dropout": 0.0}, {}),
@@ -26,19 +30,76 @@ def data():
                     "test": pick(tables["test"], 301)}
 
 
+def dense_grads(model) -> dict[str, torch.Tensor]:
+    """Every parameter's gradient as a dense tensor (zeros where none was formed)."""
+    out = {}
+    for name, p in model.named_parameters():
+        g = p.grad
+        out[name] = torch.zeros_like(p) if g is None else (g.to_dense() if g.is_sparse else g).detach().clone()
+    return out
+
+
+class Recorder:
+    """Wraps ``TrainStep.step`` and ``backward_and_step`` to keep, for every step, the weights before it, this
+    rank's batch and the gradient after backward (for DDP: already averaged over the ranks)."""
+
+    def __init__(self):
+        self.steps, self._current = [], None
+        self._step, self._backward = step_module.TrainStep.step, step_module.backward_and_step
+        recorder = self
+
+        def step(ts, batch):
+            recorder._current = {"model": ts.model, "batch": batch,
+                                 "before": {k: v.detach().clone() for k, v in ts.model.state_dict().items()}}
+            return recorder._step(ts, batch)
+
+        def backward_and_step(loss, optimizers, clipped, grad_clip):
+            cur = recorder._current
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training loss became {loss.item()}")
+            loss.backward()
+            recorder.steps.append({"before": cur["before"], "batch": cur["batch"],
+                                   "grads": dense_grads(cur["model"]), "loss": loss.item()})
+            if grad_clip and grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(clipped, grad_clip)
+            for o in optimizers:
+                o.step()
+            return loss.item()
+
+        step_module.TrainStep.step, step_module.backward_and_step = step, backward_and_step
+
+    def close(self) -> None:
+        """Put the training step's own functions back."""
+        step_module.TrainStep.step, step_module.backward_and_step = self._step, self._backward
+
+    def take(self) -> list[dict]:
+        """The steps recorded since the last call; each step's ``batches`` holds every rank's batch, in rank
+        order (a collective under torchrun: every rank calls it)."""
+        steps, self.steps = self.steps, []
+        for s in steps:
+            mine = s.pop("batch")
+            if dist.is_available() and dist.is_initialized():
+                every = [None] * dist.get_world_size()
+                dist.all_gather_object(every, mine)
+            else:
+                every = [mine]
+            s["batches"] = every
+        return steps
+
+
 def main(out: str, names: list[str]) -> None:
     from dynarec.metrics import compute_metrics, predict_table
     from dynarec.train.run import train_model
 
     torch.set_num_threads(1)
     schema, tables = data()
+    recorder = Recorder()
     saved = {}
     for name in names:
         params, extra = CASES[name]
         res = train_model(name, schema, tables, params, {**TRAINER, **extra}, seed=0)
-        saved[name] = {"state": {k: v.detach().clone() for k, v in res.model.state_dict().items()},
-                       "history": res.history.epochs, "best_epoch": res.history.best_epoch,
-                       "metrics": res.metrics}
+        saved[name] = {"steps": recorder.take(), "test_preds": predict_table(res.model, tables["test"], 100),
+                       "metrics": res.metrics, "epochs": len(res.history.epochs)}
         if name == names[0]:
             valid = tables["valid"]
             preds = gather_predictions(res.model, valid, 100)
