@@ -19,13 +19,29 @@ from dynarec.errors import ConfigError
 from dynarec.tables import torchrec_adapter
 from dynarec.train.config import TrainerConfig
 from dynarec.train.torchrec_shard import column_shard
-from tests.scale.test_ddp import _close, _env, _torchrun
+from tests.scale.test_ddp import _env, _torchrun
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("torchrec_worker.py")
 MODELS = ["dnn", "deepfm", "mmoe"]  # deepfm: a second fused table (first order, width 2) that stays under DDP;
 # mmoe: its best validation epoch is not the last, so the best state is reloaded through the shards
 SHARDINGS = ["table_wise", "column_wise"]
+# the 2-process step sums the two half-batch gradients in another order than one process: float32 rounding,
+# amplified a little by Adam over 8 steps. Tables: Adagrad's first step on a row is lr * g / (|g| + 1e-10),
+# which turns the rounding of a near-zero gradient into up to lr * 1e-2; so at most 0.1% of a table's numbers
+# may differ by more, and none by more than TABLE_MAX.
+ATOL, RTOL = 2e-5, 1e-4
+TABLE_SHARE, TABLE_MAX = 1e-3, 5e-3
+
+
+def _close(name, key, got, want):
+    if not key.startswith("tables."):
+        torch.testing.assert_close(got, want, atol=ATOL, rtol=RTOL, msg=lambda m: f"{name} {key}: {m}")
+        return
+    diff = (got - want).abs()
+    off = diff > ATOL + RTOL * want.abs()
+    assert off.float().mean() <= TABLE_SHARE and diff.max() <= TABLE_MAX, \
+        f"{name} {key}: {int(off.sum())} of {off.numel()} differ, max {float(diff.max()):.2e}"
 needs_torchrec = pytest.mark.skipif(
     not torchrec_adapter.available(),
     reason="TorchRec is not installed: pip install 'dynarec[torchrec]' then pip install --no-deps "
