@@ -105,7 +105,7 @@ def _parse_options(opts: list[str] | None) -> dict:
 
 
 def cmd_data_prepare(a) -> int:
-    from dynarec.data.prepare import prepare_input
+    from dynarec.datasets import prepare_input
 
     tables = prepare_input(a.input, a.out, a.schema, a.raw, a.format, _parse_options(a.option), a.split,
                            _fractions(a.fractions), a.seed)

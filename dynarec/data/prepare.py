@@ -174,25 +174,6 @@ def write_synthetic(out: str | Path, rows: int, seed: int = 0, split: str | Spli
     return tables
 
 
-def prepare_input(source: str, out: str | Path, schema_file: str | None = None, raw: str | None = None,
-                  fmt: str | None = None, options: dict | None = None, split: str | SplitSpec = "random",
-                  fractions=(0.8, 0.1, 0.1), seed: int = 0) -> dict[str, TensorTable]:
-    """``dynarec data prepare``: a prepared folder in ``out`` from a data file with its schema (``schema_file``,
-    whose ``read:`` options apply) or from a public dataset (``source`` = its loader name, ``raw`` = its folder,
-    ``options`` for the loader). Returns: {split: TensorTable}."""
-    if raw:
-        from dynarec.datasets import load_dataset
-
-        table, schema = load_dataset(source, raw, **(options or {}))
-        return prepare_table(table, schema, out, split, fractions, seed, source=str(raw))
-    if not schema_file:
-        raise DataError("data prepare: --schema FILE is required for a data file (or give a dataset name and --raw DIR)")
-    if options:
-        raise DataError("data prepare: --option applies to a named dataset (with --raw); a data file takes its "
-                        "reading options from the schema's read: section")
-    return prepare_file(source, Schema.load(schema_file), out, split, fractions, seed, fmt)
-
-
 def synthetic_tables(rows: int = 20_000, seed: int = 0, split_seed: int | None = None, **kw):
     """Synthetic data prepared in memory: (schema, {split: TensorTable}, truth per split).
 
