@@ -10,9 +10,20 @@ import sys
 import warnings
 from pathlib import Path
 
-from dynarec.errors import DynarecError
+from dynarec.errors import DataWarning, DynarecError
 
 warnings.filterwarnings("ignore", message="Sparse invariant checks")
+_showwarning = warnings.showwarning
+
+
+def _one_line_warning(message, category, *args, **kw):  # a DataWarning is one stderr line, as errors are
+    if issubclass(category, DataWarning):
+        print(f"dynarec: warning: {message}", file=sys.stderr)
+    else:
+        _showwarning(message, category, *args, **kw)
+
+
+warnings.showwarning = _one_line_warning
 
 
 def _console():

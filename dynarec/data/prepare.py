@@ -14,8 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from dynarec.data.encode import Encoders, dense_column
+from dynarec.data.encode import Encoders
 from dynarec.data.labels import check_label_rules
+from dynarec.data.rawchecks import check_raw_values
 from dynarec.data.read import check_columns, read_table
 from dynarec.data.schema import Schema
 from dynarec.data.split import SPLITS, SplitSpec, parse_split, split_indices
@@ -61,11 +62,7 @@ def prepare_table(t: pa.Table, schema: Schema, out: str | Path | None = None, sp
     a SplitSpec. Each split keeps the raw row index of its rows (``_row``, never a model input)."""
     check_columns(t, schema.columns(), source)
     check_label_rules(t, schema, source)
-    for f in schema.dense + [f for f in schema.sparse if f.bucketised]:
-        nan = int(np.isnan(dense_column(t, f, source)).sum())  # counted over the whole file, not one split
-        if nan and f.nan_policy == "error":
-            raise DataError(f"{source}: dense column '{f.name}' has {nan} NaN value(s) and its nan_policy is "
-                            f"'error' (use nan_policy: fill, with a fill_value in raw units)")
+    check_raw_values(t, schema, source)  # missing domains, dense values: rows of the file, before the split
     spec = parse_split(split, fractions, seed)
     idx = split_indices(t, schema, spec, where=source)
     enc = Encoders(schema).fit(t.take(pa.array(idx["train"])), "train")
