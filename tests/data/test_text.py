@@ -133,3 +133,26 @@ def test_a_model_learns_from_a_text_column_through_the_cli(tmp_path):
 def test_prepare_table_keeps_text_as_a_padded_sequence():
     tables = prepare_table(_reviews(400), _schema(max_len=6), None)
     assert tables["train"].sequences["title"].shape[1] == 6
+
+
+def test_the_servers_row_encoder_tokenizes_text_as_the_table_encoder_does():
+    from types import SimpleNamespace
+
+    import torch
+
+    from dynarec.serve.predictor import Predictor
+    from dynarec.serve.rows import columns_to_table, rows_to_columns
+
+    s = _schema(max_len=5, ngrams=2, null_values=["the"])
+    enc = Encoders(s).fit(_reviews(300))
+    rows = [{"shop": "a", "title": "Love the DRESS!"}, {"shop": "b", "title": None},
+            {"shop": "a", "title": "zzz, love; Perfect fit"}, {"shop": "b", "title": ["Cute", "small!"]}]
+    p = Predictor(SimpleNamespace(schema=s), enc)
+    cols = rows_to_columns(rows, s)
+    fast, ref = p.encode_columns(cols), p.encode(columns_to_table(cols, s), labels=False)
+    assert torch.equal(fast.table.sequences["title"], ref.table.sequences["title"])
+    assert fast.unknown == ref.unknown
+    j = [f.name for f in s.fields].index("title")
+    assert fast.unknown_rows[:2, j].tolist() == [2, 0]  # 'love the', 'the dress' ('the' alone is a null token)
+    love = enc.cat["title"].vocab.index("love") + 1
+    assert fast.table.sequences["title"][0, 0].item() == love
