@@ -3,12 +3,12 @@ column and the task labels. Saved as JSON next to prepared data (DESIGN.md, "The
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from dynarec.data.read import READ_ALIASES, ReadOptions
+from dynarec.data.text import check_text_keys
 from dynarec.data.validate import boolean, bounds, check_fields, check_keys, increasing, integer, number, scalars, text
 from dynarec.errors import SchemaError
 
@@ -70,7 +70,7 @@ class Feature:
     # text options (kind: text is stored as kind: sequence with text: true)
     text: bool = False
     lowercase: bool | None = None  # text: default true
-    token_pattern: str | None = None  # text: default TOKEN_PATTERN
+    token_pattern: str | None = None  # text: default text.TOKEN_PATTERN
     ngrams: int | None = None  # text: default 1
     max_vocab: int | None = None  # text: default unlimited
     # online training: ids go to a dynamic table, not a fitted vocabulary
@@ -128,25 +128,7 @@ class Feature:
                 if getattr(self, k) != _DEFAULTS[k]:
                     raise SchemaError(f"{where}: key '{k}' applies to sequence and text features only "
                                       f"(this one is {self.kind})")
-        if not self.text:
-            for k in _TEXT_ONLY:
-                if getattr(self, k) is not None:
-                    raise SchemaError(f"{where}: key '{k}' applies to kind: text features only (this one is "
-                                      f"{self.kind})")
-            return
-        if self.separator != _DEFAULTS["separator"]:
-            raise SchemaError(f"{where}: key 'separator' has no effect on a text feature (its tokens are the "
-                              f"matches of token_pattern)")
-        if self.dynamic:
-            raise SchemaError(f"{where}: key 'dynamic' applies to sparse and sequence features only (this one is text)")
-        self.lowercase = True if self.lowercase is None else self.lowercase
-        self.token_pattern = self.token_pattern or TOKEN_PATTERN
-        self.ngrams = self.ngrams or 1
-        try:
-            re.compile(self.token_pattern)
-        except re.error as e:
-            raise SchemaError(f"{where}: key 'token_pattern' is not a valid regular expression "
-                              f"({self.token_pattern!r}: {e})") from None
+        check_text_keys(self, where, _DEFAULTS["separator"])
 
     @property
     def bucketised(self) -> bool:
@@ -180,8 +162,7 @@ _FEATURE_SPEC = {
     "lowercase": lambda v: v if v is None else boolean(v), "token_pattern": text(nullable=True),
     "ngrams": integer(1, nullable=True), "max_vocab": integer(1, nullable=True),
 }
-TOKEN_PATTERN = r"\w+"  # text: a run of letters, digits or '_' (Unicode): 'Dress!' -> 'dress'
-_TEXT_ONLY = ("lowercase", "token_pattern", "ngrams", "max_vocab")
+
 PLE_BINS = 16  # PLE: train-quantile bins per feature
 PLR_SIGMA = 1.0  # PLR: frequency init std on standardised inputs (benchmarks/tabular.py --probe, see docs)
 

@@ -13,6 +13,33 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dynarec.data.read import as_text
+from dynarec.errors import SchemaError
+
+TOKEN_PATTERN = r"\w+"  # a run of letters, digits or '_' (Unicode): 'Dress!' -> 'dress'
+TEXT_KEYS = ("lowercase", "token_pattern", "ngrams", "max_vocab")  # null (unset) on every other feature
+
+
+def check_text_keys(f, where: str, default_separator: str) -> None:
+    """The text keys of schema feature ``f``: refused on a feature that is no text (no effect there); on a
+    text feature, defaults filled in, the pattern compiled, ``separator`` and ``dynamic`` refused."""
+    if not f.text:
+        for k in TEXT_KEYS:
+            if getattr(f, k) is not None:
+                raise SchemaError(f"{where}: key '{k}' applies to kind: text features only (this one is {f.kind})")
+        return
+    if f.separator != default_separator:
+        raise SchemaError(f"{where}: key 'separator' has no effect on a text feature (its tokens are the matches "
+                          f"of token_pattern)")
+    if f.dynamic:  # online/ids.py reads sequence ids by separator
+        raise SchemaError(f"{where}: key 'dynamic' applies to sparse and sequence features only (this one is text)")
+    f.lowercase = True if f.lowercase is None else f.lowercase
+    f.token_pattern = f.token_pattern or TOKEN_PATTERN
+    f.ngrams = f.ngrams or 1
+    try:
+        re.compile(f.token_pattern)
+    except re.error as e:
+        raise SchemaError(f"{where}: key 'token_pattern' is not a valid regular expression ({f.token_pattern!r}: "
+                          f"{e})") from None
 
 
 @lru_cache(maxsize=64)
