@@ -290,7 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--option", action="append", metavar="KEY=VALUE", help="dataset loader option")
     pr.add_argument("--out", required=True)
     pr.add_argument("--split", default="random", metavar="METHOD",
-                    help="random | temporal[:COL] | stratified[:TASK] | group[:COL] | column:COL")
+                    help="random | temporal[:COL] | stratified[:TASK|COL] | group[:COL] | column:COL | "
+                         "leave_last_out[:TASK]")
     pr.add_argument("--fractions", metavar="TRAIN,VALID,TEST", help="default 0.8,0.1,0.1")
     pr.add_argument("--seed", type=int, default=0)
     pr.set_defaults(fn=cmd_data_prepare)

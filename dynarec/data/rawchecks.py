@@ -42,6 +42,7 @@ def check_domain(t: pa.Table, schema, where: str) -> None:
     if miss.any():
         rows = np.flatnonzero(miss)
         warnings.warn(f"{where}: domain column '{f.name}' has {len(rows)} missing value(s) "
-                      f"({100 * len(rows) / len(miss):.1f} % of {len(miss)} rows, the first at row {rows[0]}); they get "
+                      f"({100 * len(rows) / len(miss):.1f} % of {len(miss)} rows, the first at row {rows[0]}); "
+                      f"they get "
                       f"the unknown domain (id 0), shared with domains unseen in training; fill them to give them a "
                       f"domain of their own", DataWarning, stacklevel=3)

@@ -129,7 +129,8 @@ def csv_hint(msg: str, options) -> str:
                 if "Expected" in msg else "; quoted values hold line breaks: set read: {newlines_in_values: true} "
                                           "in the schema")
     if "straddling" in msg or "block size" in msg:
-        return f"; a row is longer than the block read at a time: set read: {{block_size: {4 * (o.block_size or 1 << 20)}}}"
+        bigger = 4 * (o.block_size or 1 << 20)
+        return f"; a row is longer than the block read at a time: set read: {{block_size: {bigger}}}"
     if ("UTF8" in msg or "UTF-8" in msg or "decode" in msg.lower()) and o.encoding.lower().replace("-", "") == "utf8":
         return "; the file is not UTF-8: set read: {encoding: latin-1} (or the file's encoding) in the schema"
     return ""

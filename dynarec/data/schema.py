@@ -178,8 +178,9 @@ _DEFAULTS = {f.name: f.default for f in fields(Feature)}
 _DENSE_ONLY = ("fill_value", "missing_indicator", "clip", "transform", "buckets", "boundaries", "embedding", "bins",
                "sigma", "ple_edges")
 _FEATURE_ALIASES = {"type": "kind", "dtype": "kind", "lower": "lowercase", "pattern": "token_pattern",
-                    "regex": "token_pattern", "ngram_range": "ngrams", "n_grams": "ngrams", "vocab_size_max": "max_vocab",
-                    "max_features": "max_vocab", "max_tokens": "max_vocab", "na_values": "null_values", "nulls": "null_values",
+                    "regex": "token_pattern", "ngram_range": "ngrams", "n_grams": "ngrams", "max_features": "max_vocab",
+                    "max_tokens": "max_vocab", "vocab_max": "max_vocab", "na_values": "null_values",
+                    "nulls": "null_values",
                     "missing": "null_values", "n_buckets": "buckets", "num_buckets": "buckets",
                     "fill": "fill_value", "log": "transform", "scale": "normalize", "emb": "embedding",
                     "frequencies_sigma": "sigma", "n_bins": "bins", "num_bins": "bins"}
