@@ -75,11 +75,9 @@ def tokenize(col: pa.ChunkedArray | pa.Array, f) -> tuple[pa.Array, np.ndarray]:
     uniq = [tokens(v, f) for v in enc.dictionary.to_pylist()]
     lens = np.array([len(t) for t in uniq] + [0], dtype=np.int64)  # the last entry: a missing value
     idx = pc.fill_null(enc.indices, len(uniq)).to_numpy(zero_copy_only=False).astype(np.int64)
-    flat_u = np.array([t for ts in uniq for t in ts] or [""], dtype=object)
+    flat_u = pa.array([t for ts in uniq for t in ts], pa.string())  # the tokens of each distinct value, in turn
     start_u = np.concatenate([[0], np.cumsum(lens)[:-1]])
     row_len = lens[idx]
     offsets = np.concatenate([[0], np.cumsum(row_len)]).astype(np.int64)
-    total = int(offsets[-1])
-    pos = np.arange(total) - np.repeat(offsets[:-1], row_len)
-    flat = flat_u[np.repeat(start_u[idx], row_len) + pos] if total else np.zeros(0, dtype=object)
-    return pa.array(flat.tolist(), pa.string()), offsets
+    pos = np.arange(int(offsets[-1])) - np.repeat(offsets[:-1], row_len)
+    return flat_u.take(pa.array(np.repeat(start_u[idx], row_len) + pos)), offsets
