@@ -43,8 +43,8 @@ class ReadOptions:
 
     Example::
 
-        >>> ReadOptions(delimiter="tab", newlines_in_values=True).delimiter
-        '\t'
+        >>> ReadOptions(delimiter="tab", newlines_in_values=True).delimiter == chr(9)  # a tab
+        True
     """
 
     delimiter: str = ","
