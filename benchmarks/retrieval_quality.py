@@ -45,7 +45,7 @@ TRAINER = {"epochs": 10, "batch_size": 1024, "lr": 1e-3, "embedding_lr": 0.2, "p
 
 
 def prepare(name: str, work: Path):
-    from dynarec.data.prepare import prepare_input
+    from dynarec.datasets import prepare_input
     from dynarec.retrieval.train import load_retrieval_data
 
     loader, raw, split, opts = DATASETS[name]

@@ -10,9 +10,20 @@ import sys
 import warnings
 from pathlib import Path
 
-from dynarec.errors import DynarecError
+from dynarec.errors import DataWarning, DynarecError
 
 warnings.filterwarnings("ignore", message="Sparse invariant checks")
+_showwarning = warnings.showwarning
+
+
+def _one_line_warning(message, category, *args, **kw):  # a DataWarning is one stderr line, as errors are
+    if issubclass(category, DataWarning):
+        print(f"dynarec: warning: {message}", file=sys.stderr)
+    else:
+        _showwarning(message, category, *args, **kw)
+
+
+warnings.showwarning = _one_line_warning
 
 
 def _console():
@@ -105,7 +116,7 @@ def _parse_options(opts: list[str] | None) -> dict:
 
 
 def cmd_data_prepare(a) -> int:
-    from dynarec.data.prepare import prepare_input
+    from dynarec.datasets import prepare_input
 
     tables = prepare_input(a.input, a.out, a.schema, a.raw, a.format, _parse_options(a.option), a.split,
                            _fractions(a.fractions), a.seed)
@@ -279,7 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--option", action="append", metavar="KEY=VALUE", help="dataset loader option")
     pr.add_argument("--out", required=True)
     pr.add_argument("--split", default="random", metavar="METHOD",
-                    help="random | temporal[:COL] | stratified[:TASK] | group[:COL] | column:COL")
+                    help="random | temporal[:COL] | stratified[:TASK|COL] | group[:COL] | column:COL | "
+                         "leave_last_out[:TASK]")
     pr.add_argument("--fractions", metavar="TRAIN,VALID,TEST", help="default 0.8,0.1,0.1")
     pr.add_argument("--seed", type=int, default=0)
     pr.set_defaults(fn=cmd_data_prepare)

@@ -15,3 +15,8 @@ class SchemaError(ConfigError):
 
 class DataError(DynarecError):
     pass
+
+
+class DataWarning(UserWarning):
+    """Data that is accepted but may not mean what the user thinks (e.g. rows without a domain); the CLI
+    prints it as one ``dynarec: warning:`` line on stderr."""

@@ -16,19 +16,24 @@ import pyarrow.compute as pc
 from dynarec.data.labels import label_column
 from dynarec.data.numeric import NumericEncoder
 from dynarec.data.read import as_text as _as_str
-from dynarec.data.read import null_tokens
+from dynarec.data.read import null_tokens, values_seen
 from dynarec.data.schema import Feature, Schema
+from dynarec.data.text import tokenize
 from dynarec.errors import DataError
 
 
-def _seq_values(col, sep: str) -> tuple[pa.Array, np.ndarray]:
-    """Sequence column (list or 'a|b|c' strings) -> (flat string values, offsets); empty tokens are null."""
+def _seq_values(col, sep: str, where: str = "data", name: str = "?") -> tuple[pa.Array, np.ndarray]:
+    """Sequence column (list or 'a|b|c' strings; an integer column holds one id per row) -> (flat string
+    values, offsets); empty tokens are null."""
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks()
+    if pa.types.is_integer(col.type):
+        col = pc.cast(col, pa.string())
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
         col = pc.split_pattern(pc.fill_null(col, ""), sep)
     if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)):
-        raise DataError(f"sequence column has type {col.type}; expected a list or '{sep}'-separated strings")
+        raise DataError(f"{where}: sequence feature '{name}': column has type {col.type} (values seen: "
+                        f"{values_seen(col, 3)}); expected '{sep}'-separated ids (text), integer ids or lists")
     col = pc.fill_null(col, pa.scalar([], col.type))
     flat = _as_str(col.flatten())
     # an empty string (an empty sequence, or between two separators) is no token: null (id 0, not unknown)
@@ -46,14 +51,15 @@ class CategoricalEncoder:
     def size(self) -> int:
         return len(self.vocab) + 1
 
-    def fit(self, values: pa.Array, min_count: int = 1) -> CategoricalEncoder:
+    def fit(self, values: pa.Array, min_count: int = 1, max_size: int | None = None) -> CategoricalEncoder:
+        """Values seen at least ``min_count`` times, most frequent first (ties by value); at most ``max_size``."""
         vc = pc.value_counts(pc.drop_null(values))
         v = vc.field("values").to_numpy(zero_copy_only=False)
         c = vc.field("counts").to_numpy()
         keep = (c >= min_count) & (v != "")
         v, c = v[keep], c[keep]
         order = np.lexsort((v.astype(str), -c))  # frequent first, ties by value: deterministic
-        self.vocab = [str(x) for x in v[order]]
+        self.vocab = [str(x) for x in v[order[:max_size]]]
         return self
 
     def transform(self, values: pa.Array) -> tuple[np.ndarray, int]:
@@ -73,15 +79,38 @@ def column(table: pa.Table, f: Feature) -> pa.Array:
 
 
 def dense_column(table: pa.Table, f: Feature, where: str) -> np.ndarray:
+    """Float64 [N] raw values of dense feature ``f`` (NaN = missing). Text that is no number or an infinite
+    value -> DataError naming the column, the value and its row (its position in ``table``)."""
     col = column(table, f)
     try:
         x = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        raise DataError(f"{where}: dense column '{f.name}' has type {col.type}; expected numbers") from None
+        raise DataError(f"{where}: dense column '{f.name}' {_not_numbers(col)}") from None
     x = np.asarray(x, dtype=np.float64)
-    if np.isinf(x).any():
-        raise DataError(f"{where}: dense column '{f.name}' contains inf")
+    inf = np.flatnonzero(np.isinf(x))
+    if len(inf):
+        raise DataError(f"{where}: dense column '{f.name}' has {len(inf)} infinite value(s), the first {x[inf[0]]:g} "
+                        f"at row {inf[0]}; a dense value must be finite (add the token to the feature's null_values "
+                        f"to read it as missing)")
     return x
+
+
+def _not_numbers(col: pa.Array) -> str:
+    """Why a column does not cast to numbers: its first value that is no number, its row and count."""
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        vals = col.to_pylist()
+        bad = []
+        for i, v in enumerate(vals):
+            try:
+                if v is not None:
+                    float(v)
+            except ValueError:
+                bad.append(i)
+        if bad:
+            return (f"holds text that is no number: {vals[bad[0]]!r} at row {bad[0]} ({len(bad)} row(s) in all; "
+                    f"values seen: {values_seen(pc.take(col, pa.array(bad)), 3)}); add such tokens to the "
+                    f"feature's null_values if they mean missing, or declare it kind: sparse")
+    return f"has type {col.type} (values seen: {values_seen(col, 3)}); expected numbers"
 
 
 class Encoders:
@@ -93,22 +122,28 @@ class Encoders:
         self.dense: dict[str, DenseEncoder] = {}
         self.unknown_counts: dict[str, int] = {}
 
-    def _categorical(self, table: pa.Table, f: Feature) -> tuple[pa.Array, np.ndarray | None]:
+    def _categorical(self, table: pa.Table, f: Feature, where: str) -> tuple[pa.Array, np.ndarray | None]:
         """(string values, sequence offsets or None) of a sparse or sequence feature."""
         if f.kind == "sparse":
             return _as_str(column(table, f)), None
-        flat, offs = _seq_values(table.column(f.name), f.separator)
+        if f.text:
+            flat, offs = tokenize(table.column(f.name), f)
+        else:
+            flat, offs = _seq_values(table.column(f.name), f.separator, where, f.name)
         return null_tokens(flat, f.null_values), offs
 
     def fit(self, table: pa.Table, where: str = "train") -> Encoders:
         by_table: dict[str, list[pa.Array]] = {}
         min_count: dict[str, int] = {}
+        max_size: dict[str, int | None] = {}
         cat_fields = [f for f in self.schema.fields if not f.bucketised]
         for f in cat_fields:
-            by_table.setdefault(f.table, []).append(self._categorical(table, f)[0])
+            by_table.setdefault(f.table, []).append(self._categorical(table, f, where)[0])
             min_count[f.table] = max(min_count.get(f.table, 1), f.min_count)
+            if f.max_vocab is not None:  # features sharing a table: the smallest cap
+                max_size[f.table] = min(max_size.get(f.table) or f.max_vocab, f.max_vocab)
         for t, arrs in by_table.items():
-            self.cat[t] = CategoricalEncoder().fit(pa.concat_arrays(arrs), min_count[t])
+            self.cat[t] = CategoricalEncoder().fit(pa.concat_arrays(arrs), min_count[t], max_size.get(t))
         for f in cat_fields:
             f.vocab_size = self.cat[f.table].size
         self.schema.domain_values = list(self.cat[self.schema.feature(self.schema.domain).table].vocab)
@@ -130,11 +165,11 @@ class Encoders:
         self.unknown_counts = {}
         for f in self.schema.features:
             if f.kind == "sequence":
-                flat, offs = self._categorical(table, f)
+                flat, offs = self._categorical(table, f, where)
                 ids, self.unknown_counts[f.name] = self.cat[f.table].transform(flat)
                 out[f.name] = pad_sequences(ids, offs, f.max_len)
             elif f.kind == "sparse":
-                out[f.name], self.unknown_counts[f.name] = self.cat[f.table].transform(self._categorical(table, f)[0])
+                out[f.name], self.unknown_counts[f.name] = self.cat[f.table].transform(self._categorical(table, f, where)[0])
             else:
                 x = dense_column(table, f, where)
                 nan = np.isnan(x)

@@ -22,6 +22,36 @@ def quantile_edges(x: np.ndarray, bins: int) -> list[float]:
     return [float(b) for b in e]
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # the model's numbers: a larger value overflows to inf
+
+
+def raw_steps(x: np.ndarray, f, where: str) -> np.ndarray:
+    """Fill (raw units), clip, log1p of raw values ``x`` (float64 [N], NaN = missing): the steps before any
+    fitted statistic. A value the model's float32 cannot hold after them (beyond +-3.4e38, e.g. 1e308) is a
+    DataError naming the column, the raw value and its row: refused, not clipped, since any cap would be a
+    guess (``clip: [low, high]`` in raw units or ``transform: log1p`` say what the user means)."""
+    raw = x
+    x = x.copy()
+    if f.fill_value is not None:
+        x[np.isnan(x)] = f.fill_value
+    if f.clip is not None:
+        lo, hi = f.clip
+        x = np.clip(x, -np.inf if lo is None else lo, np.inf if hi is None else hi)
+    if f.transform == "log1p" and not f.bucketised:
+        bad = x <= -1
+        if bad.any():
+            raise DataError(f"{where}: dense column '{f.name}': transform log1p needs values > -1, got "
+                            f"{x[bad].min():g} (clip: [0, null] or a fill_value >= 0 may be what you want)")
+        x = np.log1p(x)
+    if not f.bucketised:
+        big = np.flatnonzero(np.abs(x) > FLOAT32_MAX)
+        if len(big):
+            raise DataError(f"{where}: dense column '{f.name}' has {len(big)} value(s) beyond the float32 range of the "
+                            f"model (+-3.4e38), the first {raw[big[0]]:g} at row {big[0]}; clip it in raw units "
+                            f"(clip: [low, high]), use transform: log1p, or add the token to null_values")
+    return x
+
+
 @dataclass
 class NumericEncoder:
     """Fitted state of one dense feature.
@@ -46,19 +76,7 @@ class NumericEncoder:
 
     def _pre(self, x: np.ndarray, f, where: str) -> np.ndarray:
         """Fill (raw units), clip, log1p: the steps before any fitted statistic."""
-        x = x.copy()
-        if f.fill_value is not None:
-            x[np.isnan(x)] = f.fill_value
-        if f.clip is not None:
-            lo, hi = f.clip
-            x = np.clip(x, -np.inf if lo is None else lo, np.inf if hi is None else hi)
-        if f.transform == "log1p" and not f.bucketised:
-            bad = x <= -1
-            if bad.any():
-                raise DataError(f"{where}: dense column '{f.name}': transform log1p needs values > -1, got "
-                                f"{x[bad].min():g} (clip: [0, null] or a fill_value >= 0 may be what you want)")
-            x = np.log1p(x)
-        return x
+        return raw_steps(x, f, where)
 
     def fit(self, x: np.ndarray, f, where: str = "train") -> NumericEncoder:
         """``x``: float64 [N] raw train values, NaN = missing."""

@@ -14,8 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from dynarec.data.encode import Encoders, dense_column
+from dynarec.data.encode import Encoders
 from dynarec.data.labels import check_label_rules
+from dynarec.data.rawchecks import check_raw_values
 from dynarec.data.read import check_columns, read_table
 from dynarec.data.schema import Schema
 from dynarec.data.split import SPLITS, SplitSpec, parse_split, split_indices
@@ -61,11 +62,7 @@ def prepare_table(t: pa.Table, schema: Schema, out: str | Path | None = None, sp
     a SplitSpec. Each split keeps the raw row index of its rows (``_row``, never a model input)."""
     check_columns(t, schema.columns(), source)
     check_label_rules(t, schema, source)
-    for f in schema.dense + [f for f in schema.sparse if f.bucketised]:
-        nan = int(np.isnan(dense_column(t, f, source)).sum())  # counted over the whole file, not one split
-        if nan and f.nan_policy == "error":
-            raise DataError(f"{source}: dense column '{f.name}' has {nan} NaN value(s) and its nan_policy is "
-                            f"'error' (use nan_policy: fill, with a fill_value in raw units)")
+    check_raw_values(t, schema, source)  # missing domains, dense values: rows of the file, before the split
     spec = parse_split(split, fractions, seed)
     idx = split_indices(t, schema, spec, where=source)
     enc = Encoders(schema).fit(t.take(pa.array(idx["train"])), "train")
@@ -172,25 +169,6 @@ def write_synthetic(out: str | Path, rows: int, seed: int = 0, split: str | Spli
         ix = tt.row.numpy()
         np.savez(Path(out) / f"truth_{s}.npz", p_click=truth["p_click"][ix], p_conversion=truth["p_conversion"][ix])
     return tables
-
-
-def prepare_input(source: str, out: str | Path, schema_file: str | None = None, raw: str | None = None,
-                  fmt: str | None = None, options: dict | None = None, split: str | SplitSpec = "random",
-                  fractions=(0.8, 0.1, 0.1), seed: int = 0) -> dict[str, TensorTable]:
-    """``dynarec data prepare``: a prepared folder in ``out`` from a data file with its schema (``schema_file``,
-    whose ``read:`` options apply) or from a public dataset (``source`` = its loader name, ``raw`` = its folder,
-    ``options`` for the loader). Returns: {split: TensorTable}."""
-    if raw:
-        from dynarec.datasets import load_dataset
-
-        table, schema = load_dataset(source, raw, **(options or {}))
-        return prepare_table(table, schema, out, split, fractions, seed, source=str(raw))
-    if not schema_file:
-        raise DataError("data prepare: --schema FILE is required for a data file (or give a dataset name and --raw DIR)")
-    if options:
-        raise DataError("data prepare: --option applies to a named dataset (with --raw); a data file takes its "
-                        "reading options from the schema's read: section")
-    return prepare_file(source, Schema.load(schema_file), out, split, fractions, seed, fmt)
 
 
 def synthetic_tables(rows: int = 20_000, seed: int = 0, split_seed: int | None = None, **kw):

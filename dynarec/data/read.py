@@ -1,8 +1,11 @@
-"""Read a raw CSV / Parquet file with the schema's ``read:`` options (delimiter, null tokens, encoding,
-column renames) and a column's own ``null_values``; every failure is one DataError naming the file."""
+"""Read a raw CSV / Parquet file with the schema's ``read:`` options (``ReadOptions``: delimiter, null tokens,
+encoding, column renames, quoting, line breaks inside quoted values, ...) and a column's own ``null_values``;
+every failure is one DataError naming the file (and, for a CSV the reader cannot parse, the ``read:`` key
+that may fix it)."""
 from __future__ import annotations
 
 import difflib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +14,68 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from dynarec.errors import DataError
+from dynarec.data.validate import boolean, check_fields, integer, mapping, scalars, text
+from dynarec.errors import DataError, SchemaError
 
 _PYARROW_NULLS = list(pacsv.ConvertOptions().null_values)  # '', 'NA', 'NULL', 'NaN', 'nan', 'N/A', ...
+
+
+def _char_or_false(v):
+    """One character, or false (none)."""
+    if v is False:
+        return False
+    if isinstance(v, str) and len(v) == 1:
+        return v
+    raise ValueError("one character or false")
+
+
+@dataclass
+class ReadOptions:
+    """How to read the raw file (the schema's ``read:`` section).
+
+    ``delimiter``: one character (``tab`` allowed) for CSV; ``null_values``: tokens read as missing in every
+    column (added to pyarrow's defaults: empty, NA, NULL, NaN, ...); ``encoding`` of a CSV file; ``rename``:
+    raw column -> schema name. CSV quoting and layout (pyarrow's reader options): ``newlines_in_values``
+    (quoted values may hold line breaks; slower, so off by default), ``quote_char`` (``'"'``; false: no
+    quoting), ``double_quote`` (``""`` inside a quoted value is one quote), ``escape_char`` (false: none;
+    e.g. ``\\``), ``skip_rows`` (lines before the header), ``block_size`` (bytes read at a time: a row longer
+    than this needs a larger one).
+
+    Example::
+
+        >>> ReadOptions(delimiter="tab", newlines_in_values=True).delimiter == chr(9)  # a tab
+        True
+    """
+
+    delimiter: str = ","
+    null_values: list[str] | None = None
+    encoding: str = "utf-8"
+    rename: dict[str, str] = field(default_factory=dict)
+    newlines_in_values: bool = False
+    quote_char: str | bool = '"'
+    double_quote: bool = True
+    escape_char: str | bool = False
+    skip_rows: int = 0
+    block_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.delimiter in ("tab", "\\t"):
+            self.delimiter = "\t"
+        check_fields(self, _READ_SPEC, "read")
+        if len(self.delimiter) != 1:
+            raise SchemaError(f"read: key 'delimiter' expects one character (or 'tab'), got {self.delimiter!r}")
+        if self.quote_char is not False and self.quote_char == self.delimiter:
+            raise SchemaError(f"read: key 'quote_char' {self.quote_char!r} is also the delimiter")
+
+
+_READ_SPEC = {"delimiter": text(), "null_values": scalars(), "encoding": text(), "rename": mapping,
+              "newlines_in_values": boolean, "quote_char": _char_or_false, "double_quote": boolean,
+              "escape_char": _char_or_false, "skip_rows": integer(0), "block_size": integer(1 << 16, nullable=True)}
+READ_ALIASES = {"sep": "delimiter", "separator": "delimiter", "na_values": "null_values", "nulls": "null_values",
+                "columns": "rename", "charset": "encoding", "multiline": "newlines_in_values",
+                "multiline_values": "newlines_in_values", "newlines": "newlines_in_values", "quotechar": "quote_char",
+                "quote": "quote_char", "escapechar": "escape_char", "escape": "escape_char",
+                "doublequote": "double_quote", "skiprows": "skip_rows", "skip": "skip_rows"}
 
 
 def read_table(path: str | Path, fmt: str | None = None, columns: list[str] | None = None,
@@ -41,7 +103,8 @@ def read_table(path: str | Path, fmt: str | None = None, columns: list[str] | No
     except (pa.ArrowInvalid, OSError, LookupError, UnicodeDecodeError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         kind = "truncated or not a parquet file" if fmt == "parquet" else "not a readable CSV file"
-        raise DataError(f"{p}: {kind} ({msg})") from None
+        hint = "" if fmt == "parquet" else csv_hint(msg, options)
+        raise DataError(f"{p}: {kind} ({msg}){hint}") from None
     names = t.column_names
     dup = sorted({c for c in names if names.count(c) > 1})
     if dup:
@@ -57,11 +120,30 @@ def read_table(path: str | Path, fmt: str | None = None, columns: list[str] | No
     return t
 
 
+def csv_hint(msg: str, options) -> str:
+    """The ``read:`` key that may fix a CSV the reader could not parse ('' when none applies)."""
+    o = options if options is not None else ReadOptions()
+    if ("newlines_in_values" in msg or "spanning multiple lines" in msg or "Expected" in msg) \
+            and not o.newlines_in_values and o.quote_char is not False:
+        return ("; if a quoted value holds line breaks, set read: {newlines_in_values: true} in the schema"
+                if "Expected" in msg else "; quoted values hold line breaks: set read: {newlines_in_values: true} "
+                                          "in the schema")
+    if "straddling" in msg or "block size" in msg:
+        bigger = 4 * (o.block_size or 1 << 20)
+        return f"; a row is longer than the block read at a time: set read: {{block_size: {bigger}}}"
+    if ("UTF8" in msg or "UTF-8" in msg or "decode" in msg.lower()) and o.encoding.lower().replace("-", "") == "utf8":
+        return "; the file is not UTF-8: set read: {encoding: latin-1} (or the file's encoding) in the schema"
+    return ""
+
+
 def _csv_options(options, nulls: list[str]) -> dict:
     if options is None:
         return {}
-    read = pacsv.ReadOptions(encoding=options.encoding)
-    parse = pacsv.ParseOptions(delimiter=options.delimiter)
+    read = pacsv.ReadOptions(encoding=options.encoding, skip_rows=options.skip_rows,
+                             **({"block_size": options.block_size} if options.block_size else {}))
+    parse = pacsv.ParseOptions(delimiter=options.delimiter, newlines_in_values=options.newlines_in_values,
+                               quote_char=options.quote_char, double_quote=options.double_quote,
+                               escape_char=options.escape_char)
     conv = pacsv.ConvertOptions(null_values=_PYARROW_NULLS + nulls, strings_can_be_null=True) if nulls \
         else pacsv.ConvertOptions()
     return {"read_options": read, "parse_options": parse, "convert_options": conv}

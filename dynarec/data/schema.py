@@ -7,11 +7,12 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from dynarec.data.validate import boolean, bounds, check_fields, check_keys, increasing, integer, mapping, number, \
-    scalars, text
+from dynarec.data.read import READ_ALIASES, ReadOptions
+from dynarec.data.text import check_text_keys
+from dynarec.data.validate import boolean, bounds, check_fields, check_keys, increasing, integer, number, scalars, text
 from dynarec.errors import SchemaError
 
-KINDS = ("sparse", "dense", "sequence")
+KINDS = ("sparse", "dense", "sequence", "text")  # text: a sequence of word tokens
 GROUPS = ("user", "item", "author", "context", "domain", "position")
 TASK_TYPES = ("binary", "regression")
 RESERVED = ("_row",)  # prepared-folder columns that are not features
@@ -21,7 +22,10 @@ RESERVED = ("_row",)  # prepared-folder columns that are not features
 class Feature:
     """One input column.
 
-    kind: ``sparse`` (categorical id), ``dense`` (float) or ``sequence`` (variable-length ids).
+    kind: ``sparse`` (categorical id), ``dense`` (float), ``sequence`` (variable-length ids) or ``text``
+    (free text cut into word tokens: stored as a ``sequence`` with ``text: true``, so every model pools it
+    like a sequence; ``lowercase`` (true), ``token_pattern`` (a regex of one token, ``\\w+``), ``ngrams``
+    (1: words only; n: also the 2..n-word runs), ``max_vocab`` (the most frequent train tokens kept)).
     group: one of ``GROUPS``; models resolve their inputs by group.
     table: embedding table name; features naming the same table share it (default: own name).
     vocab_size: set by the encoder at preparation (ids 0..vocab_size-1, 0 = unknown/rare/padding).
@@ -63,6 +67,12 @@ class Feature:
     max_len: int = 20
     separator: str = "|"
     pooling: str = "mean"  # mean | sum
+    # text options (kind: text is stored as kind: sequence with text: true)
+    text: bool = False
+    lowercase: bool | None = None  # text: default true
+    token_pattern: str | None = None  # text: default text.TOKEN_PATTERN
+    ngrams: int | None = None  # text: default 1
+    max_vocab: int | None = None  # text: default unlimited
     # online training: ids go to a dynamic table, not a fitted vocabulary
     dynamic: bool = False
 
@@ -73,6 +83,7 @@ class Feature:
         if self.name in RESERVED:
             raise SchemaError(f"{where}: the name '{self.name}' is reserved (the prepared folder's raw row index)")
         check_fields(self, _FEATURE_SPEC, where)
+        self._check_kind_keys(where)
         if self.kind != "dense":
             for k in _DENSE_ONLY:
                 if getattr(self, k) != _DEFAULTS[k] and not (k == "fill_value" and self.fill_value == 0.0):
@@ -102,6 +113,23 @@ class Feature:
         if self.table is None:
             self.table = self.name
 
+    def _check_kind_keys(self, where: str) -> None:
+        """Keys of one kind set on a feature of another kind have no effect: refused. ``kind: text`` becomes
+        a sequence with ``text: true`` and its defaults filled in."""
+        if self.kind == "text":
+            self.kind, self.text = "sequence", True
+        if self.text and self.kind != "sequence":
+            raise SchemaError(f"{where}: key 'text' applies to sequence features only (use kind: text)")
+        if self.kind == "dense" and self.min_count != 1:
+            raise SchemaError(f"{where}: key 'min_count' applies to sparse, sequence and text features (this one is "
+                              f"dense: it has no vocabulary; for rare values of a number use buckets)")
+        if self.kind != "sequence":
+            for k in ("max_len", "separator", "pooling"):
+                if getattr(self, k) != _DEFAULTS[k]:
+                    raise SchemaError(f"{where}: key '{k}' applies to sequence and text features only "
+                                      f"(this one is {self.kind})")
+        check_text_keys(self, where, _DEFAULTS["separator"])
+
     @property
     def bucketised(self) -> bool:
         """A dense column cut into buckets: embedded like a sparse id feature."""
@@ -130,8 +158,11 @@ _FEATURE_SPEC = {
     "clip": bounds, "transform": text(("log1p",), nullable=True), "buckets": integer(2, nullable=True),
     "boundaries": increasing(1), "embedding": text(("ple", "plr"), nullable=True),
     "bins": integer(2, nullable=True), "sigma": lambda v: _positive(v), "ple_edges": increasing(2),
-    "max_len": integer(1), "separator": text(), "pooling": text(("mean", "sum")),
+    "max_len": integer(1), "separator": text(), "pooling": text(("mean", "sum")), "text": boolean,
+    "lowercase": lambda v: v if v is None else boolean(v), "token_pattern": text(nullable=True),
+    "ngrams": integer(1, nullable=True), "max_vocab": integer(1, nullable=True),
 }
+
 PLE_BINS = 16  # PLE: train-quantile bins per feature
 PLR_SIGMA = 1.0  # PLR: frequency init std on standardised inputs (benchmarks/tabular.py --probe, see docs)
 
@@ -146,7 +177,10 @@ def _positive(v):
 _DEFAULTS = {f.name: f.default for f in fields(Feature)}
 _DENSE_ONLY = ("fill_value", "missing_indicator", "clip", "transform", "buckets", "boundaries", "embedding", "bins",
                "sigma", "ple_edges")
-_FEATURE_ALIASES = {"type": "kind", "dtype": "kind", "na_values": "null_values", "nulls": "null_values",
+_FEATURE_ALIASES = {"type": "kind", "dtype": "kind", "lower": "lowercase", "pattern": "token_pattern",
+                    "regex": "token_pattern", "ngram_range": "ngrams", "n_grams": "ngrams", "max_features": "max_vocab",
+                    "max_tokens": "max_vocab", "vocab_max": "max_vocab", "na_values": "null_values",
+                    "nulls": "null_values",
                     "missing": "null_values", "n_buckets": "buckets", "num_buckets": "buckets",
                     "fill": "fill_value", "log": "transform", "scale": "normalize", "emb": "embedding",
                     "frequencies_sigma": "sigma", "n_bins": "bins", "num_bins": "bins"}
@@ -191,30 +225,6 @@ _TASK_ALIASES = {"kind": "type", "label": "column", "source": "column", "positiv
 
 
 @dataclass
-class ReadOptions:
-    """How to read the raw file (the schema's ``read:`` section). ``delimiter``: one character (``tab``
-    allowed) for CSV; ``null_values``: tokens read as missing in every column (added to pyarrow's defaults:
-    empty, NA, NULL, NaN, ...); ``encoding`` of a CSV file; ``rename``: raw column -> schema name."""
-
-    delimiter: str = ","
-    null_values: list[str] | None = None
-    encoding: str = "utf-8"
-    rename: dict[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.delimiter in ("tab", "\\t"):
-            self.delimiter = "\t"
-        check_fields(self, _READ_SPEC, "read")
-        if len(self.delimiter) != 1:
-            raise SchemaError(f"read: key 'delimiter' expects one character (or 'tab'), got {self.delimiter!r}")
-
-
-_READ_SPEC = {"delimiter": text(), "null_values": scalars(), "encoding": text(), "rename": mapping}
-_READ_ALIASES = {"sep": "delimiter", "separator": "delimiter", "na_values": "null_values", "nulls": "null_values",
-                 "columns": "rename", "charset": "encoding"}
-
-
-@dataclass
 class Schema:
     """Features + domain column + task labels (+ optional user column for gAUC and timestamp for splits,
     + how to read the raw file)."""
@@ -238,7 +248,7 @@ class Schema:
         self.tasks = [t if isinstance(t, Task) else _build(Task, t, _item_where("task", t, i), _TASK_ALIASES)
                       for i, t in enumerate(self.tasks)]
         if not isinstance(self.read, ReadOptions):
-            self.read = _build(ReadOptions, {} if self.read is None else self.read, "read", _READ_ALIASES)
+            self.read = _build(ReadOptions, {} if self.read is None else self.read, "read", READ_ALIASES)
         if not self.tasks:
             raise SchemaError("schema: at least one task label column is required under 'tasks'")
         names = [f.name for f in self.features]
@@ -367,6 +377,8 @@ _SCHEMA_SPEC = {"domain": text(), "user": text(nullable=True), "timestamp": text
 
 
 def _item_where(kind: str, d: Any, i: int) -> str:
+    if isinstance(d, (str, int, float)) and not isinstance(d, bool):  # `tasks: [click]`: name the value, show the form
+        raise SchemaError(f"{kind}s[{i}]: expected a mapping such as {{name: {d}}}, got the plain value {d!r}")
     name = d.get("name") if isinstance(d, dict) else None
     return f"{kind} '{name}'" if isinstance(name, str) and name else f"{kind}s[{i}]"
 

@@ -1,7 +1,8 @@
 """Train / valid / test row indices of a raw table, reproducible by seed.
 
-Methods: ``random``; ``temporal`` (by the schema's timestamp, or ``temporal:COL``); ``stratified`` (each
-class of a binary task split by the fractions, ``stratified:TASK``, default the first task); ``group``
+Methods: ``random``; ``temporal`` (by the schema's timestamp, or ``temporal:COL``: numbers, dates or times,
+never text); ``stratified`` (each class of a binary task split by the fractions, ``stratified:TASK``, default
+the first task; or each value of a column, ``stratified:COLUMN``, e.g. the domain column); ``group``
 (no value of a column in two splits, ``group:COL``, default the schema's user column); ``column`` (a split
 column holding train / valid / test, ``column:COL``); ``leave_last_out`` (for retrieval: per user, by the
 schema's timestamp, the latest positive of a binary task is test and the one before valid, everything else
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import torch
 
 from dynarec.data.labels import label_column
 from dynarec.data.read import as_text, check_columns, values_seen
@@ -85,22 +87,14 @@ def split_indices(t: pa.Table, schema, how: str | SplitSpec = "random", fraction
         col = spec.by or schema.timestamp
         if not col:
             raise DataError("temporal split needs 'timestamp' in the schema (or temporal:COLUMN)")
-        check_columns(t, [col], where)
-        ts = t.column(col)
-        if ts.null_count:
-            raise DataError(f"{where}: timestamp column '{col}' has {ts.null_count} missing value(s); a temporal "
-                            f"split needs a time for every row")
-        order = np.argsort(ts.to_numpy(zero_copy_only=False), kind="stable")
+        order = np.argsort(time_values(t, col, where, "a temporal split"), kind="stable")
         a, b = _cuts(n, spec.fractions)
         idx = {"train": order[:a], "valid": order[a:b], "test": order[b:]}
     elif m == "stratified":
-        task = schema.task(spec.by) if spec.by else schema.tasks[0]
-        if task.type != "binary":
-            raise ConfigError(f"split: stratified needs a binary task; '{task.name}' is {task.type}")
-        y = label_column(t, task, where)
+        strata = _strata(t, schema, spec.by, where)
         parts = {s: [] for s in SPLITS}
-        for c in (0.0, 1.0):
-            rows = rng.permutation(np.flatnonzero(y == c))
+        for c in range(int(strata.max()) + 1 if len(strata) else 0):
+            rows = rng.permutation(np.flatnonzero(strata == c))
             a, b = _cuts(len(rows), spec.fractions)
             for s, r in zip(SPLITS, (rows[:a], rows[a:b], rows[b:])):
                 parts[s].append(r)
@@ -132,17 +126,48 @@ def split_indices(t: pa.Table, schema, how: str | SplitSpec = "random", fraction
         idx = {s: np.flatnonzero(canon == s) for s in SPLITS}
     for s in SPLITS:
         if len(idx[s]) == 0:
-            raise DataError(f"{where}: split '{s}' would be empty ({n} row(s), split {spec.describe()}); "
-                            f"use more rows or other fractions")
+            counts = ", ".join(f"{k} {len(idx[k])}" for k in SPLITS)
+            raise DataError(f"{where}: split '{s}' would be empty: {n} row(s) split {spec.describe()} give "
+                            f"{counts}; use more rows or other fractions")
     return idx
+
+
+def _strata(t: pa.Table, schema, by: str | None, where: str) -> np.ndarray:
+    """Stratum id (0..k-1) of every row: the class of a binary task (``by`` a task name, default the first
+    task), or the value of a column (``by`` a column that is no task, e.g. the domain; missing = one value)."""
+    if by is None or by in schema.task_names:
+        task = schema.task(by) if by else schema.tasks[0]
+        if task.type != "binary":
+            raise ConfigError(f"split: stratified needs a binary task; '{task.name}' is {task.type} (or "
+                              f"stratify by a column: stratified:COLUMN)")
+        return label_column(t, task, where).astype(np.int64)
+    if by not in t.column_names:
+        raise ConfigError(f"split: stratified:{by}: no task or column named '{by}' (tasks: "
+                          f"{', '.join(schema.task_names)}; domain column: {schema.domain})")
+    v = pc.dictionary_encode(pc.fill_null(as_text(t.column(by)), "\x00null")).indices
+    return v.to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def time_values(t: pa.Table, col: str, where: str, why: str) -> np.ndarray:
+    """Times [N] of column ``col`` for ordering rows (numbers as they are; dates and timestamps as their
+    integer ticks, exact); text, a missing value or another type -> DataError naming the column and its type."""
+    check_columns(t, [col], where)
+    ts = t.column(col)
+    if ts.null_count:
+        raise DataError(f"{where}: timestamp column '{col}' has {ts.null_count} missing value(s); {why} needs a "
+                        f"time for every row")
+    typ = ts.type
+    if pa.types.is_timestamp(typ) or pa.types.is_date(typ) or pa.types.is_time(typ) or pa.types.is_duration(typ):
+        ts = pc.cast(ts, pa.int64()) if not pa.types.is_date32(typ) else pc.cast(ts, pa.int32())
+    elif not (pa.types.is_integer(typ) or pa.types.is_floating(typ)):
+        raise DataError(f"{where}: timestamp column '{col}' has type {typ} (values seen: {values_seen(ts, 3)}); "
+                        f"{why} needs numbers, dates or times to order the rows")
+    return np.asarray(ts.to_numpy(zero_copy_only=False))
 
 
 def _leave_last_out(t: pa.Table, schema, task_name: str | None, where: str) -> dict[str, np.ndarray]:
     """Per user, by timestamp (ties: the later row): the last positive of the task is test, the one before
     valid; users with fewer positives keep them in train; negative rows are train."""
-    from dynarec.retrieval.data import leave_last_out
-    import torch
-
     if not schema.user or not schema.timestamp:
         raise DataError(f"{where}: split leave_last_out needs 'user' and 'timestamp' in the schema "
                         f"(have user={schema.user!r}, timestamp={schema.timestamp!r}); use --split random")
@@ -152,7 +177,7 @@ def _leave_last_out(t: pa.Table, schema, task_name: str | None, where: str) -> d
     check_columns(t, [schema.user, schema.timestamp], where)
     user = pc.dictionary_encode(pc.fill_null(as_text(t.column(schema.user)), "\x00null")).indices
     user = torch.from_numpy(user.to_numpy(zero_copy_only=False).astype(np.int64))
-    ts = torch.from_numpy(np.asarray(t.column(schema.timestamp).to_numpy(zero_copy_only=False), dtype=np.float64))
+    ts = torch.from_numpy(np.asarray(time_values(t, schema.timestamp, where, "split leave_last_out"), np.float64))
     pos = np.flatnonzero(label_column(t, task, where) == 1)
     out = np.zeros(t.num_rows, np.int64)  # 0 train, 1 valid, 2 test
     rest = torch.from_numpy(pos)
@@ -161,6 +186,31 @@ def _leave_last_out(t: pa.Table, schema, task_name: str | None, where: str) -> d
         out[rest[held].numpy()] = part
         rest = rest[~held]
     return {s: np.flatnonzero(out == k) for k, s in enumerate(SPLITS)}
+
+
+def leave_last_out(user: torch.Tensor, timestamp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split interactions: each user's latest one (ties: the later row) is test, the rest train.
+    Users with a single interaction keep it in train.
+
+    Args:
+        user: Long [N]. timestamp: [N]. Returns (train_mask, test_mask), Bool [N] each.
+
+    Example::
+
+        >>> train, test = leave_last_out(torch.tensor([0, 0, 1]), torch.tensor([5.0, 7.0, 1.0]))
+        >>> test.tolist()
+        [False, True, False]
+    """
+    n = len(user)
+    order = torch.argsort(timestamp.double(), stable=True)
+    order = order[torch.argsort(user[order], stable=True)]            # by user, then time, then row
+    last = torch.ones(n, dtype=torch.bool)
+    last[:-1] = user[order][1:] != user[order][:-1]
+    first = torch.ones(n, dtype=torch.bool)
+    first[1:] = user[order][1:] != user[order][:-1]
+    test = torch.zeros(n, dtype=torch.bool)
+    test[order[last & ~first]] = True
+    return ~test, test
 
 
 def _cuts(n: int, fractions) -> tuple[int, int]:

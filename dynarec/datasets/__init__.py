@@ -15,7 +15,10 @@ from typing import Any, Callable
 
 import pyarrow as pa
 
+from dynarec.data.prepare import prepare_file, prepare_table
 from dynarec.data.schema import Schema
+from dynarec.data.split import SplitSpec
+from dynarec.data.table import TensorTable
 from dynarec.datasets import aliccp, aliexpress, amazon, douban, kuairand, movielens, obd
 from dynarec.datasets._util import Option
 from dynarec.errors import DataError
@@ -26,7 +29,7 @@ DATASET_OPTIONS: dict[str, dict[str, Option]] = {k: m.OPTIONS for k, m in _MODUL
 DATASET_DOCS: dict[str, str] = {k: (m.__doc__ or "").strip() for k, m in _MODULES.items()}
 
 __all__ = ["DATASETS", "DATASET_OPTIONS", "DATASET_DOCS", "Option", "load_dataset", "describe_dataset",
-           "parse_options"]
+           "parse_options", "prepare_input"]
 
 
 def _check_name(name: str) -> None:
@@ -75,3 +78,26 @@ def describe_dataset(name: str) -> str:
     lines = [DATASET_DOCS[name], "", "options:"]
     lines += [f"  {k}: {o.describe()}" for k, o in DATASET_OPTIONS[name].items()]
     return "\n".join(lines)
+
+
+def prepare_input(source: str, out: str | Path, schema_file: str | None = None, raw: str | None = None,
+                  fmt: str | None = None, options: dict | None = None, split: str | SplitSpec = "random",
+                  fractions=(0.8, 0.1, 0.1), seed: int = 0) -> dict[str, TensorTable]:
+    """``dynarec data prepare``: a prepared folder in ``out`` from a data file with its schema (``schema_file``,
+    whose ``read:`` options apply) or from a public dataset (``source`` = its loader name, ``raw`` = its folder,
+    ``options`` for the loader). Returns: {split: TensorTable}.
+
+    Example::
+
+        tables = prepare_input("reviews.csv", "prepared/", schema_file="schema.yaml", split="stratified:domain")
+        tables = prepare_input("movielens", "ml/", raw="raw/ml-100k", split="leave_last_out")
+    """
+    if raw:
+        table, schema = load_dataset(source, raw, **(options or {}))
+        return prepare_table(table, schema, out, split, fractions, seed, source=str(raw))
+    if not schema_file:
+        raise DataError("data prepare: --schema FILE is required for a data file (or give a dataset name and --raw DIR)")
+    if options:
+        raise DataError("data prepare: --option applies to a named dataset (with --raw); a data file takes its "
+                        "reading options from the schema's read: section")
+    return prepare_file(source, Schema.load(schema_file), out, split, fractions, seed, fmt)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from dynarec.data.split import leave_last_out  # the split lives with the others (data/split.py)
 from dynarec.errors import DataError
 
 __all__ = ["CSR", "leave_last_out", "random_split"]
@@ -55,24 +56,6 @@ class CSR:
         pos = torch.repeat_interleave(torch.arange(len(rows)), n)
         offset = torch.arange(int(n.sum())) - torch.repeat_interleave(torch.cumsum(n, 0) - n, n)
         return pos, self.indices[start[pos] + offset]
-
-
-def leave_last_out(user: torch.Tensor, timestamp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split interactions: each user's latest one (ties: the later row) is test, the rest train.
-    Users with a single interaction keep it in train.
-
-    Args:
-        user: Long [N]. timestamp: [N]. Returns (train_mask, test_mask), Bool [N] each."""
-    n = len(user)
-    order = torch.argsort(timestamp.double(), stable=True)
-    order = order[torch.argsort(user[order], stable=True)]            # by user, then time, then row
-    last = torch.ones(n, dtype=torch.bool)
-    last[:-1] = user[order][1:] != user[order][:-1]
-    first = torch.ones(n, dtype=torch.bool)
-    first[1:] = user[order][1:] != user[order][:-1]
-    test = torch.zeros(n, dtype=torch.bool)
-    test[order[last & ~first]] = True
-    return ~test, test
 
 
 def random_split(n: int, test_fraction: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

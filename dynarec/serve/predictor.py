@@ -163,6 +163,7 @@ class Predictor:
         instead of ~60 pyarrow calls: for the small batches of a server.
         """
         from dynarec.data.prepare import to_tensor_table
+        from dynarec.data.text import tokens
 
         if self.encoders is None:
             raise DataError("checkpoint has no encoders; raw rows cannot be encoded")
@@ -196,7 +197,7 @@ class Predictor:
                 ids = np.zeros((n, f.max_len), dtype=np.int32)
                 total = 0
                 for i, v in enumerate(vals):
-                    toks = (v or "").split(f.separator)
+                    toks = tokens(v, f) if f.text else (v or "").split(f.separator)  # text: its words
                     row = [0 if t in nulls or not t else lut.get(t, 0) for t in toks]  # "" token = null
                     bad = [bool(t) and t not in nulls and k == 0 for t, k in zip(toks, row)]
                     total += sum(bad)

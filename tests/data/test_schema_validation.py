@@ -41,7 +41,7 @@ CASES = [
     (_feature(1, fill_value="zero"), "feature 'price': key 'fill_value' expects a number or null, got 'zero'"),
     (_feature(2, max_len=-1), "feature 'hist': key 'max_len' expects an integer >= 1, got -1"),
     (_feature(0, type="dense"), "feature 'uid': unknown key 'type' (did you mean 'kind'?)"),
-    (_feature(0, kind="categorical"), "key 'kind' expects one of sparse, dense, sequence, got 'categorical'"),
+    (_feature(0, kind="categorical"), "key 'kind' expects one of sparse, dense, sequence, text, got 'categorical'"),
     (_feature(0, group="users"), "key 'group' expects one of user, item"),
     (_feature(1, normalize="zscore"), "key 'normalize' expects one of standard, minmax, none, got 'zscore'"),
     (_feature(1, buckets=1), "key 'buckets' expects an integer >= 2 or null, got 1"),

@@ -77,10 +77,11 @@ def test_column_split_follows_the_column_and_temporal_the_clock():
     assert ts[idx["train"]].max() < ts[idx["valid"]].min() and ts[idx["valid"]].max() < ts[idx["test"]].min()
 
 
-@pytest.mark.parametrize("rows,empty", [(1, "valid"), (5, "valid")])
-def test_data_too_small_names_the_empty_split(rows, empty):
+@pytest.mark.parametrize("rows,counts", [(1, "train 1, valid 0, test 0"), (5, "train 4, valid 0, test 1")])
+def test_data_too_small_names_the_empty_split_and_the_row_counts(rows, counts):
     t, s = _raw(rows), _schema()
-    with pytest.raises(DataError, match=f"tiny.csv: split '{empty}' would be empty \\({rows} row"):
+    with pytest.raises(DataError, match=f"tiny.csv: split 'valid' would be empty: {rows} row\\(s\\) split random.* "
+                                        f"give {counts};"):
         prepare_table(t, s, None, source="tiny.csv")
 
 
@@ -111,7 +112,7 @@ def test_bad_split_options_are_config_errors():
     t, s = _raw(100), _schema()
     with pytest.raises(ConfigError, match="stratified needs a binary task; 'r' is regression"):
         split_indices(t, s, "stratified:r")
-    with pytest.raises(ConfigError, match="no task named 'clik'"):
+    with pytest.raises(ConfigError, match="no task or column named 'clik'"):
         split_indices(t, s, "stratified:clik")
     with pytest.raises(DataError, match="missing column 'nope'"):
         split_indices(t, s, "column:nope")
