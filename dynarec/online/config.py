@@ -1,6 +1,7 @@
 """The settings of ``dynarec online`` (the ``online:`` section of its config, or ``--set online.KEY=VALUE``).
 
-The dynamic index (``table: dynamic``, :class:`dynarec.tables.dynamic.DynamicIndex`) maps the raw ids of the
+The dynamic index (``table: dynamic``, :class:`dynarec.tables.dynamic.DynamicIndex`, its eviction config
+built from these keys by :func:`eviction_config`) maps the raw ids of the
 schema's ``dynamic: true`` features to slots of ONE shared table of ``max_rows`` slots + the default row
 (PEPNet's global shared embedding table). ``table: static`` fits a vocabulary on the first pass instead (ids
 first seen later read the unknown row); ``table: hash`` is the hashing trick into ``max_rows`` buckets (the
@@ -24,7 +25,7 @@ from dynarec.checks import rule
 from dynarec.config import apply_overrides, build_dataclass, read_yaml_mapping
 from dynarec.errors import ConfigError
 from dynarec.online.preset import PRESETS, apply_preset
-from dynarec.tables.scores import SCORES
+from dynarec.tables.eviction import POLICIES, EvictionConfig
 from dynarec.train.config import TrainerConfig
 
 TABLES = ("dynamic", "static", "hash")
@@ -36,7 +37,7 @@ class OnlineConfig:
     table: str = field(default="dynamic", metadata=rule(choices=TABLES))
     max_rows: int = field(default=100_000, metadata=rule(min=1))  # global budget: slots over all dynamic features
     caps: dict[str, int] = field(default_factory=dict)  # per dynamic feature: its most slots
-    score: str = field(default="feature", metadata=rule(choices=SCORES))
+    score: str = field(default="feature", metadata=rule(choices=tuple(POLICIES)))
     threshold: int = field(default=1, metadata=rule(min=1))  # occurrences in a pass before admission
     admit_prob: float | None = field(default=None, metadata=rule(min=0, max=1, min_open=True))  # Monolith
     expiry_passes: int | None = field(default=None, metadata=rule(min=1))
@@ -92,6 +93,13 @@ def load_online_config(path: str | None, sets: list[str] | None = None, model: s
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ConfigError(f"{where}.online.caps.{k}: expected an integer >= 1, got {v!r}")
     return cfg
+
+
+def eviction_config(cfg: OnlineConfig) -> EvictionConfig:
+    """The one eviction config of the dynamic index (``TableSpec.eviction`` of the tables it indexes)."""
+    return EvictionConfig.build(cfg.score, strict=False, decay=cfg.decay, ttl_steps=cfg.ttl_steps, gamma=cfg.gamma,
+                                headroom=cfg.headroom, interval=cfg.eviction_interval, expiry_passes=cfg.expiry_passes,
+                                min_updates=cfg.min_updates, threshold=cfg.threshold, admit_prob=cfg.admit_prob)
 
 
 def check_caps(cfg: OnlineConfig, dynamic: list[str]) -> list[int]:

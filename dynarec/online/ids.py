@@ -1,7 +1,7 @@
 """Raw ids of the dynamic features as int64 tensors, and the hashing-trick index (a baseline).
 
 Integer columns are used as they are; any other column is read as text (``as_text``: 3.0 and "3" are the
-same id) and each distinct string is hashed to 63 bits with :func:`dynarec.tables.scores.hash_string`
+same id) and each distinct string is hashed to 63 bits with :func:`dynarec.tables.hashing.hash_string`
 (BLAKE2b; n distinct strings collide with probability about n² / 2^64, 5e-6 for 10M strings). Missing values
 and the empty string become -1, which the index reads as padding (slot 0). Sequences ('a|b|c' strings or
 lists) become [N, max_len] tensors padded with -1."""
@@ -16,7 +16,7 @@ import torch
 
 from dynarec.data.encode import _seq_values, column
 from dynarec.data.read import as_text
-from dynarec.tables.scores import hash_string
+from dynarec.tables.hashing import hash_string
 
 MASK63 = (1 << 63) - 1
 

@@ -148,7 +148,7 @@ class SlotLookup:
         """A server's raw values of feature ``f`` (sparse: ``str`` or None per row; sequence: one
         ``separator``-joined ``str`` per row, as :func:`dynarec.serve.rows.rows_to_columns` gives them) ->
         raw ids Long [N] or [N, max_len] (-1 = missing / padding), the ids :func:`raw_ids` gives on a table."""
-        from dynarec.tables.scores import hash_string
+        from dynarec.tables.hashing import hash_string
 
         _, e = self.entries[name]
         ints = bool(e["ints"]) and f.kind != "sequence"  # sequence tokens are always read as text

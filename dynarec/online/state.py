@@ -10,30 +10,29 @@ from dynarec.config import to_dict
 from dynarec.data.prepare import read_raw
 from dynarec.errors import DataError
 from dynarec.models import build_model
-from dynarec.online.config import OnlineExperiment, check_caps
+from dynarec.online.config import OnlineExperiment, check_caps, eviction_config
 from dynarec.online.delta import snapshot
 from dynarec.online.ids import HashIndex
 from dynarec.online.rows import RowKeeper
 from dynarec.online.schema import encoders_for, fit_schema
-from dynarec.train.step import TrainStep
-
 from dynarec.tables.dynamic import DynamicIndex
+from dynarec.train.step import TrainStep
 
 STATE_FORMAT = "dynarec-online-1"
 
 
-def build_index(cfg: OnlineExperiment, dyn: list[str]):
-    """The dynamic index (or the hashing trick) over the features ``dyn``; None without dynamic features."""
+def build_index(cfg: OnlineExperiment, dyn: list[str], model):
+    """The dynamic index (or the hashing trick) over the features ``dyn``; None without dynamic features. The
+    dynamic index is built from the eviction config of the tables it indexes (``TableSpec.eviction``), which
+    the ``online:`` keys set on every table serving a dynamic feature."""
     o = cfg.online
     if not dyn:
         return None
     caps = check_caps(o, dyn)
     if o.table == "hash":
         return HashIndex(o.max_rows, len(dyn))
-    return DynamicIndex(o.max_rows, caps=caps, score=o.score, threshold=o.threshold, admit_prob=o.admit_prob,
-                        expiry_passes=o.expiry_passes, min_updates=o.min_updates, headroom=o.headroom,
-                        decay=o.decay, ttl_steps=o.ttl_steps, gamma=o.gamma,
-                        eviction_interval=o.eviction_interval, seed=cfg.seed)
+    model.tables.set_eviction(dyn, eviction_config(o))
+    return DynamicIndex(o.max_rows, caps=caps, eviction=model.tables.eviction(), seed=cfg.seed)
 
 
 @dataclass
@@ -78,7 +77,7 @@ def fresh_state(cfg: OnlineExperiment, schema, first_file) -> OnlineState:
     mschema, enc, dyn = fit_schema(schema, first, cfg.online.table, cfg.online.max_rows, str(first_file))
     model = build_model(cfg.model, mschema, dict(cfg.params))
     step = TrainStep(model, cfg.trainer)
-    index = build_index(cfg, dyn)
+    index = build_index(cfg, dyn, model)
     keeper = RowKeeper(model, step.optimizers, dyn, cfg.seed, cfg.online.fresh_row)
     st = OnlineState(cfg, model, step, index, keeper, enc, dyn, snapshot(model, index),
                      torch.Generator().manual_seed(cfg.seed))
@@ -100,7 +99,7 @@ def restore_state(cfg: OnlineExperiment, blob: dict, where: str) -> OnlineState:
     model.eval()
     step = TrainStep(model, cfg.trainer)
     step.load_state_dict(on["step"])
-    index = build_index(cfg, dyn)
+    index = build_index(cfg, dyn, model)
     if index is not None:
         index.load_state_dict(on["index"])
     keeper = RowKeeper(model, step.optimizers, dyn, cfg.seed, cfg.online.fresh_row)
