@@ -128,18 +128,6 @@ class Feature(EvictionPolicy):
         m.dcount.mul_(self.gamma).add_(m.pcount)
 
 
-@register
-@dataclass(frozen=True)
-class DecayedLfu(EvictionPolicy):
-    """``count * 2^(-(t - last) / half_life)``: frequency that fades with the time since the last update."""
-    half_life: float = 100.0
-    name: ClassVar[str] = "decayed_lfu"
-    state: ClassVar[frozenset] = frozenset({"count", "last"})
-
-    def scores(self, m, t):
-        return m.count.double() * torch.exp2(-(t - m.last).double() / self.half_life)
-
-
 @dataclass(frozen=True)
 class EvictionConfig:
     """What a dynamic index does with its slots: admission, expiry, eviction.
