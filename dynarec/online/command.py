@@ -73,6 +73,10 @@ def online_command(a) -> int:
     schema, cfg = resolve(a)
     for row in run_online(schema, a.passes, a.out, cfg, resume=a.resume):
         print(json.dumps(row) if a.json else _line(row), flush=True)
+        for n, v in row.get("ids_hashed_as_text", {}).items():
+            print(f"note: {row['file']}: column '{n}' held integer ids on the first pass; {v['values']} value(s) "
+                  f"here are not integers (first: {v['first']!r}) and are read as text ids; the integer ones keep "
+                  "their ids", file=sys.stderr)
     if a.json:
         print(json.dumps(final_summary(a.out)))
     else:

@@ -151,7 +151,8 @@ def run_online(schema, passes, out, cfg: OnlineExperiment, resume: bool = False,
     for k in range(st.next_pass if st else 0, len(files)):
         if st is None:
             st = fresh_state(cfg, schema, files[0])
-        table, raw, raw_table = encode_pass(files[k], st.schema, st.encoders, st.dynamic)
+        notes: dict = {}
+        table, raw, raw_table = encode_pass(files[k], st.schema, st.encoders, st.dynamic, st.kinds, notes)
         if st.index is not None:
             _fill(st, table, raw)
         preds = predict_table(st.model, table, cfg.trainer.eval_batch_size)
@@ -173,6 +174,8 @@ def run_online(schema, passes, out, cfg: OnlineExperiment, resume: bool = False,
                "evicted": int(stats["evicted"]), "expired": int(stats["expired"]), "delta_rows": delta_rows(delta),
                "dense_in_delta": delta["dense"] is not None, "train_loss": loss,
                "train_rows_per_s": len(table) / max(secs, 1e-9)}
+        if notes:  # id columns that arrived with another type than on the first pass
+            row["ids_hashed_as_text"] = {n: {"values": len(v), "first": v[0]} for n, v in notes.items()}
         st.files.append(files[k].name)
         st.rows.append(row)
         st.next_pass = k + 1

@@ -12,7 +12,7 @@ from dynarec.errors import DataError
 from dynarec.models import build_model
 from dynarec.online.config import OnlineExperiment, check_caps, eviction_config
 from dynarec.online.delta import snapshot
-from dynarec.online.ids import HashIndex
+from dynarec.online.ids import HashIndex, id_kinds
 from dynarec.online.rows import RowKeeper
 from dynarec.online.schema import encoders_for, fit_schema
 from dynarec.tables.dynamic import DynamicIndex
@@ -49,6 +49,7 @@ class OnlineState:
     files: list[str] = field(default_factory=list)  # names of the passes done, in order
     rows: list[dict] = field(default_factory=list)  # the JSON row of each pass done
     next_pass: int = 0
+    kinds: dict | None = None  # id type per dynamic feature, recorded on the first pass (None: runs older than it)
 
     @property
     def schema(self):
@@ -65,7 +66,7 @@ class OnlineState:
                 "encoders": self.encoders.to_dict(),
                 "index": self.index.state_dict() if self.index is not None else None,
                 "step": self.step.state_dict(), "serving_dense": self.serving["dense"],
-                "row_std": dict(self.keeper.std),
+                "row_std": dict(self.keeper.std), "id_kinds": self.kinds,
                 "rng": {"torch": torch.get_rng_state(), "batches": self.batches.get_state(),
                         "rows": self.keeper.gen.get_state()}}
 
@@ -80,7 +81,7 @@ def fresh_state(cfg: OnlineExperiment, schema, first_file) -> OnlineState:
     index = build_index(cfg, dyn, model)
     keeper = RowKeeper(model, step.optimizers, dyn, cfg.seed, cfg.online.fresh_row)
     st = OnlineState(cfg, model, step, index, keeper, enc, dyn, snapshot(model, index),
-                     torch.Generator().manual_seed(cfg.seed))
+                     torch.Generator().manual_seed(cfg.seed), kinds=id_kinds(first, [mschema.feature(n) for n in dyn]))
     st._wire()
     return st
 
@@ -111,6 +112,6 @@ def restore_state(cfg: OnlineExperiment, blob: dict, where: str) -> OnlineState:
     gen.set_state(on["rng"]["batches"])
     torch.set_rng_state(on["rng"]["torch"])
     st = OnlineState(cfg, model, step, index, keeper, encoders_for(schema, dyn, on["encoders"]), dyn, serving, gen,
-                     list(on["files"]), list(on["rows"]), on["pass"] + 1)
+                     list(on["files"]), list(on["rows"]), on["pass"] + 1, on.get("id_kinds"))
     st._wire()
     return st
