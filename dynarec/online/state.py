@@ -13,6 +13,7 @@ from dynarec.models import build_model
 from dynarec.online.config import OnlineExperiment, check_caps, eviction_config
 from dynarec.online.delta import snapshot
 from dynarec.online.ids import HashIndex, id_kinds
+from dynarec.online.preset import apply_table_groups
 from dynarec.online.rows import RowKeeper
 from dynarec.online.schema import encoders_for, fit_schema
 from dynarec.tables.dynamic import DynamicIndex
@@ -77,6 +78,7 @@ def fresh_state(cfg: OnlineExperiment, schema, first_file) -> OnlineState:
     first = read_raw(first_file, schema)
     mschema, enc, dyn = fit_schema(schema, first, cfg.online.table, cfg.online.max_rows, str(first_file))
     model = build_model(cfg.model, mschema, dict(cfg.params))
+    apply_table_groups(cfg.online.preset, model)
     step = TrainStep(model, cfg.trainer)
     index = build_index(cfg, dyn, model)
     keeper = RowKeeper(model, step.optimizers, dyn, cfg.seed, cfg.online.fresh_row)
@@ -98,6 +100,7 @@ def restore_state(cfg: OnlineExperiment, blob: dict, where: str) -> OnlineState:
     model = build_model(blob["model"], schema, blob["params"])
     model.load_state_dict(blob["state_dict"])
     model.eval()
+    apply_table_groups(cfg.online.preset, model)
     step = TrainStep(model, cfg.trainer)
     step.load_state_dict(on["step"])
     index = build_index(cfg, dyn, model)

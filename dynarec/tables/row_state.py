@@ -7,8 +7,8 @@ shared by every row of the table), so a reset row of an Adam-trained table is NO
 would be (``1 - beta^k`` with k its own age): with the step far past 1/(1 - beta2), the row's first updates
 come uncorrected (up to ``sqrt(1/(1 - beta2)) * (1 - beta1)`` = 3.2x a fresh Adam's first step at the
 default betas). A per-row step would need an optimizer of our own; instead online training keeps every
-table whose rows it resets in the Adagrad (embedding) group under its ``pepnet_online`` preset
-(:mod:`dynarec.online.groups`), where the reset is exact.
+table in the Adagrad (embedding) group under its ``pepnet_online`` preset (:mod:`dynarec.online.preset`),
+where the reset is exact.
 
 Example::
 
