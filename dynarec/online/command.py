@@ -44,6 +44,8 @@ def resolve(a):
         cfg_d, schema = saved["config"], Schema.from_dict(saved["schema"], str(f))
     except (ValueError, KeyError, TypeError):
         raise DynarecError(f"{f}: not a readable online run file") from None
+    if isinstance(cfg_d, dict) and isinstance(cfg_d.get("online"), dict):
+        cfg_d["online"].setdefault("auto_batch", False)  # a run recorded before the key: its fixed batch size
     cfg = build_dataclass(OnlineExperiment, cfg_d, str(f))
     if a.config:
         new = to_dict(load_online_config(a.config, a.set, a.model))

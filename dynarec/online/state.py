@@ -6,11 +6,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from dynarec.config import to_dict
 from dynarec.data.prepare import read_raw
 from dynarec.errors import DataError
 from dynarec.models import build_model
-from dynarec.online.config import OnlineExperiment, check_caps, eviction_config
+from dynarec.online.config import OnlineExperiment, check_caps, eviction_config, run_config
 from dynarec.online.delta import snapshot
 from dynarec.online.ids import HashIndex, id_kinds
 from dynarec.online.preset import apply_table_groups
@@ -63,7 +62,7 @@ class OnlineState:
     def extra(self) -> dict:
         """The online part of a pass checkpoint (``extra["online"]``)."""
         return {"format": STATE_FORMAT, "pass": self.next_pass - 1, "files": list(self.files),
-                "rows": list(self.rows), "config": to_dict(self.cfg), "dynamic": list(self.dynamic),
+                "rows": list(self.rows), "config": run_config(self.cfg), "dynamic": list(self.dynamic),
                 "encoders": self.encoders.to_dict(),
                 "index": self.index.state_dict() if self.index is not None else None,
                 "step": self.step.state_dict(), "serving_dense": self.serving["dense"],
