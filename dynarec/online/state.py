@@ -67,6 +67,7 @@ class OnlineState:
                 "index": self.index.state_dict() if self.index is not None else None,
                 "step": self.step.state_dict(), "serving_dense": self.serving["dense"],
                 "row_std": dict(self.keeper.std), "id_kinds": self.kinds,
+                "table_groups": {n: s.group for n, s in self.model.tables.specs.items()},
                 "rng": {"torch": torch.get_rng_state(), "batches": self.batches.get_state(),
                         "rows": self.keeper.gen.get_state()}}
 
@@ -99,7 +100,8 @@ def restore_state(cfg: OnlineExperiment, blob: dict, where: str) -> OnlineState:
     model = build_model(blob["model"], schema, blob["params"])
     model.load_state_dict(blob["state_dict"])
     model.eval()
-    apply_table_groups(cfg.online.preset, model)
+    for name, group in (on.get("table_groups") or {}).items():  # as the run trained them (older runs: the model's)
+        model.tables.set_group(group, [name])
     step = TrainStep(model, cfg.trainer)
     step.load_state_dict(on["step"])
     index = build_index(cfg, dyn, model)

@@ -101,10 +101,11 @@ class TableCollection(nn.Module):
                              "configs; one dynamic index serves them all")
         return next(iter(found), None)
 
-    def set_group(self, group: str) -> None:
-        """Move every table to optimizer ``group`` (before the optimizers are built; the trainer then sets the
-        gradient form of the ``embedding`` group, :meth:`set_gradient_form`)."""
-        for n, s in self.specs.items():
+    def set_group(self, group: str, names=None) -> None:
+        """Move the tables ``names`` (default: every table) to optimizer ``group`` (before the optimizers are
+        built; the trainer then sets the gradient form of the ``embedding`` group, :meth:`set_gradient_form`)."""
+        for n in self.specs if names is None else names:
+            s = self.specs[n]
             self.specs[n] = dataclasses.replace(s, group=group)
             if group == "dense":
                 self._modules[n].sparse = False
