@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 from dynarec.data.stream import id_stream
-from dynarec.tables.dynamic import DynamicTable
+from dynarec.tables.dynamic_table import DynamicTable
+from dynarec.tables.eviction import EvictionConfig
 
 
 def rss_mb() -> float:
@@ -77,7 +78,8 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     births = a.batch // 4  # id_stream's default: every id born within 4 x ids / batch batches
     per_pass = math.ceil(math.ceil(a.ids / births) / a.passes)
-    table = DynamicTable(a.budget, a.dim, threshold=a.threshold, eviction_interval=a.eviction_interval, sparse=True)
+    table = DynamicTable(a.budget, a.dim, eviction=EvictionConfig(threshold=a.threshold, interval=a.eviction_interval),
+                         sparse=True)
     opt = torch.optim.Adagrad(table.parameters(), lr=0.05)
     table.attach(opt)
     rows, seen, t0 = [], 0, time.perf_counter()
@@ -90,16 +92,16 @@ def main() -> None:
             opt.zero_grad()
             table(ids).pow(2).sum().backward()
             opt.step()
-            table.step()
+            table.index.step()
             seen = max(seen, int(ids.max()) + 1)  # ids are born in increasing order
             n += 1
             if n == per_pass:
                 break
         if n == 0:
             break
-        st = table.end_pass()
-        table.changed_slots(clear=True)  # the delta of this pass (a runner writes it out)
-        r = {"pass": p, "ids_seen": seen, "slots_in_use": table.slots_in_use, **st, "rss_mb": rss_mb(),
+        st = table.index.end_pass()
+        table.index.changed_slots(clear=True)  # the delta of this pass (a runner writes it out)
+        r = {"pass": p, "ids_seen": seen, "slots_in_use": table.index.slots_in_use, **st, "rss_mb": rss_mb(),
              "seconds": time.perf_counter() - t0,
              "static_rows_mb": seen * a.dim * 4 * 2 / 2 ** 20}  # a row + Adagrad state for every id seen
         rows.append(r)

@@ -257,6 +257,8 @@ def main() -> None:
     ap.add_argument("--id-share", type=float, help="synthetic: share of the click logit's variance carried by the "
                     "ids, in [0, 1) (default: dynarec.data.stream.ID_SHARE)")
     ap.add_argument("--drop", nargs="*", help="features left out of the stream's schema (an ablation)")
+    ap.add_argument("--batch", default="512", help="trainer.batch_size of every variant, or 'auto': none set, so "
+                    "online picks one per pass (online.auto_batch, the default of `dynarec online`)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--measure-id-share", action="store_true",
                     help="only measure the ids' share of a logistic regression's logit on MovieLens-100K (the anchor "
@@ -284,6 +286,9 @@ def main() -> None:
             ap.error(f"--drop: no feature {missing[0]!r} in the stream's schema")
         d["features"] = [f for f in d["features"] if f["name"] not in a.drop]
         schema = Schema.from_dict(d, "schema.yaml")
+    global TRAIN
+    TRAIN = [t for t in TRAIN if not t.startswith("trainer.batch_size=")] + \
+        ([] if a.batch == "auto" else [f"trainer.batch_size={int(a.batch)}"])
     task = schema.tasks[0].name
     first = pq.read_table(stream / "pass-0000.parquet")
     dyn = [f.name for f in schema.features if f.dynamic]

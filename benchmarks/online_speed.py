@@ -31,7 +31,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from dynarec.tables.dynamic import DynamicIndex, DynamicTable, reset_slots
+from dynarec.tables.dynamic import DynamicIndex
+from dynarec.tables.dynamic_table import DynamicTable
+from dynarec.tables.row_state import reset_slots
 
 F = 3
 

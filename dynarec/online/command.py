@@ -44,6 +44,8 @@ def resolve(a):
         cfg_d, schema = saved["config"], Schema.from_dict(saved["schema"], str(f))
     except (ValueError, KeyError, TypeError):
         raise DynarecError(f"{f}: not a readable online run file") from None
+    if isinstance(cfg_d, dict) and isinstance(cfg_d.get("online"), dict):
+        cfg_d["online"].setdefault("auto_batch", False)  # a run recorded before the key: its fixed batch size
     cfg = build_dataclass(OnlineExperiment, cfg_d, str(f))
     if a.config:
         new = to_dict(load_online_config(a.config, a.set, a.model))
@@ -73,6 +75,10 @@ def online_command(a) -> int:
     schema, cfg = resolve(a)
     for row in run_online(schema, a.passes, a.out, cfg, resume=a.resume):
         print(json.dumps(row) if a.json else _line(row), flush=True)
+        for n, v in row.get("ids_hashed_as_text", {}).items():
+            print(f"note: {row['file']}: column '{n}' held integer ids on the first pass; {v['values']} value(s) "
+                  f"here are not integers (first: {v['first']!r}) and are read as text ids; the integer ones keep "
+                  "their ids", file=sys.stderr)
     if a.json:
         print(json.dumps(final_summary(a.out)))
     else:

@@ -1,10 +1,24 @@
 """Raw ids of the dynamic features as int64 tensors, and the hashing-trick index (a baseline).
 
 Integer columns are used as they are; any other column is read as text (``as_text``: 3.0 and "3" are the
-same id) and each distinct string is hashed to 63 bits with :func:`dynarec.tables.scores.hash_string`
+same id) and each distinct string is hashed to 63 bits with :func:`dynarec.tables.hashing.hash_string`
 (BLAKE2b; n distinct strings collide with probability about n² / 2^64, 5e-6 for 10M strings). Missing values
 and the empty string become -1, which the index reads as padding (slot 0). Sequences ('a|b|c' strings or
-lists) become [N, max_len] tensors padded with -1."""
+lists) become [N, max_len] tensors padded with -1.
+
+Id types are recorded on the first pass (:func:`id_kinds`: ``int`` for an integer column, ``text`` otherwise)
+and every later pass is read by the recorded type, so a pass whose column arrives with another type (one bad
+value turns a CSV integer column into text) never re-keys the feature's ids: under ``int``, a text value that
+is an integer (``'123'``, or ``123.0`` from a float column) is that id, any other value is hashed as a text
+id (the rule the serving lookup applies to a server's values, :mod:`dynarec.online.serving`) and counted in
+the pass's notes; under ``text``, integers are hashed as their text, as a text pass would.
+
+Example::
+
+    >>> import pyarrow as pa
+    >>> _ids(pa.array(["123", "abc", None]), "int")[[0, 2]].tolist()
+    [123, -1]
+"""
 from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
@@ -16,29 +30,68 @@ import torch
 
 from dynarec.data.encode import _seq_values, column
 from dynarec.data.read import as_text
-from dynarec.tables.scores import hash_string
+from dynarec.tables.hashing import hash_string
 
 MASK63 = (1 << 63) - 1
 
 
-def _ids(values: pa.Array) -> np.ndarray:
-    """int64 ids (>= 0) of a flat column; -1 for missing values."""
+KINDS = ("int", "text")
+
+
+def id_kinds(table: pa.Table, features) -> dict[str, str]:
+    """The id type of each feature (schema Features) in ``table`` (the first pass): ``int`` for an integer
+    column, ``text`` otherwise (a sequence's tokens always are text)."""
+    return {f.name: "int" if f.kind != "sequence" and pa.types.is_integer(table.schema.field(f.name).type)
+            else "text" for f in features}
+
+
+def _int_or_hash(s: str) -> tuple[int, bool]:
+    """(id of a text value under an ``int`` feature, whether it was hashed): the integer it spells, else its hash."""
+    try:
+        v = int(s)
+        if v <= MASK63:
+            return max(v, -1), False
+    except ValueError:
+        pass
+    return hash_string(s) & MASK63, True
+
+
+def _ids(values: pa.Array, kind: str | None = None, bad: list | None = None) -> np.ndarray:
+    """int64 ids (>= 0) of a flat column, -1 for missing values. ``kind`` None: by the column's own type.
+    ``bad`` receives the distinct values hashed although ``kind`` is ``int``."""
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
-    if pa.types.is_integer(values.type):
+    if pa.types.is_integer(values.type) and kind != "text":
         x = pc.fill_null(pc.cast(values, pa.int64()), -1).to_numpy(zero_copy_only=False).astype(np.int64)
         return np.where(x < 0, -1, x)
     text = as_text(values)
     uniq = pc.unique(pc.drop_null(text))
-    codes = np.array([hash_string(s) & MASK63 if s else -1 for s in uniq.to_pylist()], dtype=np.int64)
+    bad, codes = bad if bad is not None else [], []
+    for s in uniq.to_pylist():
+        if not s:
+            codes.append(-1)
+        elif kind == "int":
+            v, hashed = _int_or_hash(s)
+            codes.append(v)
+            if hashed:
+                bad.append(s)
+        else:
+            codes.append(hash_string(s) & MASK63)
+    codes = np.array(codes, dtype=np.int64)
     pos = pc.fill_null(pc.index_in(text, value_set=uniq), -1).to_numpy(zero_copy_only=False).astype(np.int64)
     return np.where(pos < 0, -1, codes[np.maximum(pos, 0)] if len(codes) else -1)
 
 
-def raw_ids(table: pa.Table, f) -> torch.Tensor:
-    """The raw ids of feature ``f`` (a schema Feature): Long [N] (sparse) or [N, max_len] (sequence)."""
+def raw_ids(table: pa.Table, f, kind: str | None = None, notes: dict | None = None) -> torch.Tensor:
+    """The raw ids of feature ``f`` (a schema Feature): Long [N] (sparse) or [N, max_len] (sequence), read as
+    ``kind`` (``int`` | ``text``, the type recorded on the first pass; None: the column's own type). Values an
+    ``int`` feature had to hash go to ``notes[f.name]`` (distinct values)."""
     if f.kind != "sequence":
-        return torch.from_numpy(_ids(column(table, f)))
+        bad = []
+        ids = _ids(column(table, f), kind, bad)
+        if bad and notes is not None:
+            notes[f.name] = bad
+        return torch.from_numpy(ids)
     flat, offs = _seq_values(table.column(f.name), f.separator)
     ids = _ids(flat)
     n = len(offs) - 1

@@ -13,8 +13,7 @@ from __future__ import annotations
 import torch
 
 from dynarec.errors import ConfigError
-
-from dynarec.tables.dynamic import reset_slots
+from dynarec.tables.row_state import reset_slots
 
 
 def dynamic_targets(model, dynamic: list[str]) -> list[tuple[str, int]]:

@@ -21,10 +21,9 @@ import numpy as np
 import torch
 
 from dynarec import outdir
-from dynarec.config import to_dict
 from dynarec.errors import DataError, DynarecError
 from dynarec.metrics import compute_metrics, predict_table
-from dynarec.online.config import OnlineExperiment
+from dynarec.online.config import OnlineExperiment, pass_batch, run_config
 from dynarec.online.delta import delta_rows, make_delta, snapshot, write_delta
 from dynarec.online.marker import pass_dir, read_current, write_current
 from dynarec.online.state import fresh_state, restore_state
@@ -65,7 +64,8 @@ def _fill(st, table, raw, idx=None, train=False) -> None:
 def _train_pass(st, table, raw, k: int) -> tuple[float, float]:
     """One pass of training -> (mean loss, seconds)."""
     cfg, model = st.cfg, st.model
-    n, bs = len(table), cfg.trainer.batch_size
+    n = len(table)
+    bs = pass_batch(n, cfg)
     order = torch.randperm(n, generator=st.batches) if cfg.online.shuffle else torch.arange(n)
     model.train()
     t0, total, steps = time.perf_counter(), 0.0, 0
@@ -129,7 +129,7 @@ def _start(out: Path, cfg: OnlineExperiment, schema, files, resume: bool):
                            "continue it with --resume or choose another --out")
     shutil.rmtree(out / "passes", ignore_errors=True)  # a first pass that never completed
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / RUN_FILE, json.dumps({"format": "dynarec-online-1", "config": to_dict(cfg),
+    write_atomic(out / RUN_FILE, json.dumps({"format": "dynarec-online-1", "config": run_config(cfg),
                                              "schema": schema.to_dict()}, indent=2).encode())
     return None
 
@@ -151,7 +151,8 @@ def run_online(schema, passes, out, cfg: OnlineExperiment, resume: bool = False,
     for k in range(st.next_pass if st else 0, len(files)):
         if st is None:
             st = fresh_state(cfg, schema, files[0])
-        table, raw, raw_table = encode_pass(files[k], st.schema, st.encoders, st.dynamic)
+        notes: dict = {}
+        table, raw, raw_table = encode_pass(files[k], st.schema, st.encoders, st.dynamic, st.kinds, notes)
         if st.index is not None:
             _fill(st, table, raw)
         preds = predict_table(st.model, table, cfg.trainer.eval_batch_size)
@@ -172,7 +173,9 @@ def run_online(schema, passes, out, cfg: OnlineExperiment, resume: bool = False,
                "feature_rows": dict(zip(st.dynamic, counts)), "admitted": int(stats["admitted"]),
                "evicted": int(stats["evicted"]), "expired": int(stats["expired"]), "delta_rows": delta_rows(delta),
                "dense_in_delta": delta["dense"] is not None, "train_loss": loss,
-               "train_rows_per_s": len(table) / max(secs, 1e-9)}
+               "train_rows_per_s": len(table) / max(secs, 1e-9), "batch_size": pass_batch(len(table), cfg)}
+        if notes:  # id columns that arrived with another type than on the first pass
+            row["ids_hashed_as_text"] = {n: {"values": len(v), "first": v[0]} for n, v in notes.items()}
         st.files.append(files[k].name)
         st.rows.append(row)
         st.next_pass = k + 1

@@ -76,15 +76,18 @@ def encoders_for(schema: Schema, dyn: list[str], d: dict) -> Encoders:
     return Encoders.from_dict(static_view(schema, dyn), d)
 
 
-def encode_pass(path, schema: Schema, enc: Encoders, dyn: list[str]):
+def encode_pass(path, schema: Schema, enc: Encoders, dyn: list[str], kinds: dict | None = None,
+                notes: dict | None = None):
     """A raw pass file -> (TensorTable with the dynamic columns left at 0, {feature: raw ids Long [N] or
-    [N, L]}, rows). The dynamic columns are filled with slots by the runner."""
+    [N, L]}, rows). The dynamic columns are filled with slots by the runner. ``kinds``: the id type of each
+    dynamic feature recorded on the first pass (:func:`dynarec.online.ids.id_kinds`); ``notes`` collects the
+    values an ``int`` feature had to hash."""
     t = read_raw(path, schema)
     cols = enc.transform(t, str(path))
     raw = {}
     for name in dyn:
         f = schema.feature(name)
-        raw[name] = raw_ids(t, f)
+        raw[name] = raw_ids(t, f, (kinds or {}).get(name), notes)
         cols[name] = np.zeros(tuple(raw[name].shape), dtype=np.int64)
     cols[ROW] = np.arange(t.num_rows, dtype=np.int64)
     return to_tensor_table(schema, cols), raw, t

@@ -56,7 +56,7 @@ def int_columns(raw: pa.Table, dynamic: list[str]) -> dict[str, bool]:
 def serving_blob(st, raw: pa.Table) -> dict:
     """The serving file's content for the state ``st`` (:class:`dynarec.online.state.OnlineState`) after its
     pass; ``raw`` is that pass's raw table (the id column types)."""
-    ints = int_columns(raw, st.dynamic)
+    ints = {n: k == "int" for n, k in st.kinds.items()} if st.kinds else int_columns(raw, st.dynamic)
     lk = lookups(st.index, len(st.dynamic)) if st.index is not None else []
     return {"format": FORMAT, "pass": st.next_pass - 1, "file": st.files[-1] if st.files else None,
             "model": st.model.registry_name, "params": dict(st.cfg.params), "schema": st.model.schema.to_dict(),
@@ -148,7 +148,7 @@ class SlotLookup:
         """A server's raw values of feature ``f`` (sparse: ``str`` or None per row; sequence: one
         ``separator``-joined ``str`` per row, as :func:`dynarec.serve.rows.rows_to_columns` gives them) ->
         raw ids Long [N] or [N, max_len] (-1 = missing / padding), the ids :func:`raw_ids` gives on a table."""
-        from dynarec.tables.scores import hash_string
+        from dynarec.tables.hashing import hash_string
 
         _, e = self.entries[name]
         ints = bool(e["ints"]) and f.kind != "sequence"  # sequence tokens are always read as text

@@ -9,6 +9,8 @@ The trainer asks the collection which parameters are tables and how they are upd
 (:meth:`parameters_of`, :meth:`set_gradient_form`); it never touches the model's modules."""
 from __future__ import annotations
 
+import dataclasses
+
 from torch import nn
 
 from dynarec.tables import deferred
@@ -82,6 +84,31 @@ class TableCollection(nn.Module):
     def sparse_gradients(self, name: str) -> bool:
         """Whether table ``name`` currently forms sparse gradients (for ``F.embedding_bag(sparse=...)``)."""
         return self._modules[name].sparse
+
+    def set_eviction(self, features, eviction) -> list[str]:
+        """Give every table serving one of ``features`` the eviction config ``eviction`` (its
+        :attr:`TableSpec.eviction`); returns their names."""
+        names = [n for n, s in self.specs.items() if set(s.features) & set(features)]
+        for n in names:
+            self.specs[n] = dataclasses.replace(self.specs[n], eviction=eviction)
+        return names
+
+    def eviction(self):
+        """The one eviction config of the tables that have one (None when none has); a ValueError if two differ."""
+        found = {s.eviction for s in self.specs.values() if s.eviction is not None}
+        if len(found) > 1:
+            raise ValueError(f"tables {[n for n, s in self.specs.items() if s.eviction]} carry different eviction "
+                             "configs; one dynamic index serves them all")
+        return next(iter(found), None)
+
+    def set_group(self, group: str, names=None) -> None:
+        """Move the tables ``names`` (default: every table) to optimizer ``group`` (before the optimizers are
+        built; the trainer then sets the gradient form of the ``embedding`` group, :meth:`set_gradient_form`)."""
+        for n in self.specs if names is None else names:
+            s = self.specs[n]
+            self.specs[n] = dataclasses.replace(s, group=group)
+            if group == "dense":
+                self._modules[n].sparse = False
 
     def rename_legacy_keys(self, state_dict: dict, prefix: str = "tables.") -> None:
         """In place: keys of checkpoints written before the collection (``embedding.weight.weight``, ...)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dynarec.tables.eviction import EvictionConfig
+
 #: ``embedding``: the embedding optimizer (row-wise Adagrad by default; sparse or dense gradients, see
 #: ``dynarec/train/optim.py``). ``dense``: trained with the dense parameters by the dense optimizer.
 OPTIMIZER_GROUPS = ("embedding", "dense")
@@ -23,7 +25,10 @@ class TableSpec:
         init_std: ``None`` keeps torch's ``nn.Embedding`` default N(0, 1); ``0`` zeros; ``> 0`` N(0, init_std²).
         group: optimizer group, one of :data:`OPTIMIZER_GROUPS`.
         features: names of the features (or inputs) whose ids index this table.
-        eviction: reserved for an eviction policy of online training (``None``: rows are never evicted).
+        eviction: the :class:`~dynarec.tables.eviction.EvictionConfig` of the dynamic index whose slots index
+            this table's rows of ``features`` (``None``: rows are never evicted). Online training sets it on
+            every table serving a dynamic feature (:meth:`TableCollection.set_eviction`) and builds its index
+            from it (:func:`dynarec.online.state.build_index`).
         offsets: first row of each feature's ids, parallel to ``features`` (feature ``features[k]``'s id ``i``
             is row ``offsets[k] + i``); empty when unknown. Online training resets the rows of evicted ids
             through it.
@@ -35,7 +40,7 @@ class TableSpec:
     init_std: float | None = None
     group: str = "dense"
     features: tuple[str, ...] = ()
-    eviction: object | None = None
+    eviction: EvictionConfig | None = None
     offsets: tuple[int, ...] = ()
 
     def __post_init__(self):

@@ -28,8 +28,8 @@ import torch.distributed as dist
 from torch import nn
 
 from dynarec.errors import ConfigError
-from dynarec.nn.embedding import FeatureEmbedding
 from dynarec.tables.deferred import deferred_tables, initial_rows
+from dynarec.tables.fused import FusedLayout
 
 EXTRA_HINT = ("pip install 'dynarec[torchrec]' and then pip install --no-deps torchrec==1.8.0 "
               "(docs/scale_out.md)")
@@ -61,7 +61,7 @@ class TorchRecFeatures(nn.Module):
         orig: the layer it replaces (kept, not registered: evaluation and :func:`detach` use it).
         prefix: put before each logical table's name to form its TorchRec name (unique over the model)."""
 
-    def __init__(self, orig: FeatureEmbedding, prefix: str = ""):
+    def __init__(self, orig: nn.Module, prefix: str = ""):
         super().__init__()
         from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
 
@@ -252,11 +252,18 @@ def sharded_build():
     return deferred_tables(shardable)
 
 
+def is_feature_layer(m: nn.Module) -> bool:
+    """Whether ``m`` is a layer over a fused feature table (:class:`~dynarec.nn.embedding.FeatureEmbedding`):
+    it holds the table's :class:`~dynarec.tables.fused.FusedLayout` as ``m.layout``. Found by what it holds,
+    so this floor does not import the layer above it."""
+    return isinstance(getattr(m, "layout", None), FusedLayout) and not isinstance(m, TorchRecFeatures)
+
+
 def feature_layers(model: nn.Module) -> tuple[list, list]:
     """(the :class:`FeatureEmbedding` s of ``model`` TorchRec can hold, the others), as [(path, layer)].
     FBGEMM's kernels need rows of a width that is a multiple of 4: narrower fused tables (e.g. DeepFM's
     first-order weights, one per task) stay in the model and train under DDP."""
-    found = [(n, m) for n, m in model.named_modules() if isinstance(m, FeatureEmbedding)]
+    found = [(n, m) for n, m in model.named_modules() if is_feature_layer(m)]
     return ([f for f in found if shardable(f[1].layout.spec)], [f for f in found if not shardable(f[1].layout.spec)])
 
 

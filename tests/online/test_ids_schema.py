@@ -9,7 +9,7 @@ from dynarec.data.schema import Feature, Schema
 from dynarec.errors import ConfigError
 from dynarec.online.ids import raw_ids
 from dynarec.online.schema import GSET, fit_schema
-from dynarec.tables.scores import hash_string
+from dynarec.tables.hashing import hash_string
 
 from tests.online.conftest import online
 

@@ -119,9 +119,10 @@ def test_deltas_replayed_on_the_first_pass_copy_reproduce_the_weights(stream, tm
     assert evicted > 0
 
 
-def test_resume_picks_up_passes_that_arrive_later(stream, tmp_path):
+@pytest.mark.parametrize("extra", [[], ["online.preset=pepnet_online"]])
+def test_resume_picks_up_passes_that_arrive_later(stream, tmp_path, extra):
     """The streaming use: passes land in the folder over time; ``--resume`` trains the new ones and gives the
-    same passes as one run over the whole folder."""
+    same passes as one run over the whole folder (with the preset too: its table groups are restored)."""
     import shutil
 
     from dynarec.data.schema import Schema
@@ -131,7 +132,7 @@ def test_resume_picks_up_passes_that_arrive_later(stream, tmp_path):
     live = tmp_path / "live"
     live.mkdir()
     shutil.copy(stream / "schema.yaml", live)
-    cfg = load_online_config(None, SMALL + ["online.max_rows=100", "online.expiry_passes=1"], "pepnet")
+    cfg = load_online_config(None, SMALL + ["online.max_rows=100", "online.expiry_passes=1"] + extra, "pepnet")
     schema = Schema.load(stream / "schema.yaml")
     whole = list(run_online(schema, stream, tmp_path / "whole", cfg))
     got = []

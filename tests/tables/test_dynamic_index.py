@@ -5,9 +5,11 @@ import copy
 import pytest
 import torch
 
-from dynarec.tables.dynamic import DynamicIndex, _lowest, _merge, _SortedMap, reset_slots
-from dynarec.tables.reference import ReferenceTable
-from dynarec.tables.scores import SCORES
+from dynamic_reference import ReferenceTable, make_index, make_table
+
+from dynarec.tables.eviction import POLICIES
+from dynarec.tables.row_state import reset_slots
+from dynarec.tables.sorted_map import SortedMap, lowest, merge
 
 
 def _stream(seed, passes=6, steps=6, feats=2, hi=80, b=16, drift=8):
@@ -41,27 +43,27 @@ def _compare(ix, ref, kw, stream):
         assert sorted(zip(ef.tolist(), ei.tolist())) == sorted(ref.evicted)
 
 
-@pytest.mark.parametrize("score", SCORES)
+@pytest.mark.parametrize("score", POLICIES)
 @pytest.mark.parametrize("mode", ["threshold", "prob", "interval"])
 def test_index_equals_reference(score, mode):
     kw = dict(caps=[16, 14], score=score, expiry_passes=2, min_updates=2, ttl_steps=8, seed=4)
     kw.update({"threshold": dict(threshold=2), "prob": dict(admit_prob=0.4),
-               "interval": dict(threshold=1, eviction_interval=4, headroom=0.25)}[mode])
-    ix, ref = DynamicIndex(24, **kw), ReferenceTable(24, **kw)
+               "interval": dict(threshold=1, interval=4, headroom=0.25)}[mode])
+    ix, ref = make_index(24, **kw), ReferenceTable(24, **kw)
     _compare(ix, ref, kw, _stream(2, hi=90))
     assert ref.evicted and ref.pass_no == 6
 
 
 @pytest.mark.parametrize("score,threshold", [("lfu", 1), ("feature", 2)])
-def test_index_equals_reference_past_the_delta_merge(score, threshold, monkeypatch):
+def test_index_equals_reference_past_the_deltamerge(score, threshold, monkeypatch):
     # a small delta limit, so that each feature map merges its delta into the main array mid-pass
-    monkeypatch.setattr(_SortedMap, "MIN_DELTA", 16)
-    monkeypatch.setattr(_SortedMap, "SQRT_DELTA", 1)
+    monkeypatch.setattr(SortedMap, "MIN_DELTA", 16)
+    monkeypatch.setattr(SortedMap, "SQRT_DELTA", 1)
     flushes = []
-    flush = _SortedMap.flush
-    monkeypatch.setattr(_SortedMap, "flush", lambda self: (flushes.append(1), flush(self)))
+    flush = SortedMap.flush
+    monkeypatch.setattr(SortedMap, "flush", lambda self: (flushes.append(1), flush(self)))
     kw = dict(caps=[500, 400], score=score, threshold=threshold, expiry_passes=1, headroom=0.2)
-    ix, ref = DynamicIndex(700, **kw), ReferenceTable(700, **kw)
+    ix, ref = make_index(700, **kw), ReferenceTable(700, **kw)
     _compare(ix, ref, kw, _stream(3, passes=3, steps=4, hi=2000, b=150, drift=400))
     assert len(flushes) > 2 * 3 + 5  # beyond the one flush per slot map at each of the 3 pass ends
 
@@ -71,7 +73,7 @@ def test_lowest_is_the_head_of_a_stable_argsort():
     for n in (1, 7, 50, 199, 200, 250):
         sc = torch.randint(0, 6, (200,), generator=g).double()  # many ties
         want = torch.sort(torch.argsort(sc, stable=True)[:n]).values
-        assert torch.equal(_lowest(sc, n), want)
+        assert torch.equal(lowest(sc, n), want)
 
 
 @pytest.mark.parametrize("n,m", [(0, 5), (5, 0), (900, 300), (60000, 9000), (300000, 17000)])
@@ -80,19 +82,19 @@ def test_merge_equals_a_sort_of_both(n, m):
     g = torch.Generator().manual_seed(n + m)
     keys = torch.randperm(4 * (n + m) + 1, generator=g)[:n + m] - 2 * (n + m)  # distinct, some negative
     a, b = torch.sort(keys[:n]).values, torch.sort(keys[n:]).values
-    k, v = _merge(a, a * 3, b, b * 3)
+    k, v = merge(a, a * 3, b, b * 3)
     assert torch.equal(k, torch.sort(keys).values) and torch.equal(v, k * 3)
 
 
 def test_lowest_takes_a_numpy_array_like_a_tensor():
     sc = torch.randint(0, 4, (50_000,), generator=torch.Generator().manual_seed(5)).double()
-    assert torch.equal(_lowest(sc.numpy(), 777), _lowest(sc, 777))
-    assert torch.equal(_lowest(sc, 777), torch.sort(torch.argsort(sc, stable=True)[:777]).values)
+    assert torch.equal(lowest(sc.numpy(), 777), lowest(sc, 777))
+    assert torch.equal(lowest(sc, 777), torch.sort(torch.argsort(sc, stable=True)[:777]).values)
 
 
 def test_sorted_map_matches_a_dict():
     g = torch.Generator().manual_seed(0)
-    m, d = _SortedMap(), {}
+    m, d = SortedMap(), {}
     for it in range(60):
         q = torch.unique(torch.randint(0, 30000, (700,), generator=g))
         v = torch.randint(-1, 50, q.shape, generator=g)
@@ -111,7 +113,7 @@ def test_sorted_map_matches_a_dict():
 
 
 def test_callbacks_report_exactly_the_admitted_and_freed_slots():
-    ix = DynamicIndex(6, headroom=0.5)
+    ix = make_index(6, headroom=0.5)
     got = {"admit": [], "free": []}
     ix.subscribe(lambda s: got["admit"].append(s.tolist()), lambda s: got["free"].append(s.tolist()))
     slots = ix.map(torch.tensor([10, 11, 10, 12, -1]))
@@ -125,7 +127,7 @@ def test_callbacks_report_exactly_the_admitted_and_freed_slots():
 
 
 def test_changed_slots_tracks_training_lookups_admissions_and_evictions():
-    ix = DynamicIndex(4, headroom=0.5)
+    ix = make_index(4, headroom=0.5)
     ix.map(torch.tensor([1, 2, 3]))
     s, (ef, ei) = ix.changed_slots()
     assert s.tolist() == [1, 2, 3] and ef.numel() == 0
@@ -140,7 +142,7 @@ def test_changed_slots_tracks_training_lookups_admissions_and_evictions():
 
 
 def test_map_is_observe_then_lookup():
-    a, b = DynamicIndex(50, threshold=2), DynamicIndex(50, threshold=2)
+    a, b = make_index(50, threshold=2), make_index(50, threshold=2)
     g = torch.Generator().manual_seed(1)
     for _ in range(20):
         ids = torch.randint(-2, 40, (8, 3), generator=g)
@@ -149,7 +151,7 @@ def test_map_is_observe_then_lookup():
 
 
 def test_int32_ids_map_like_int64():
-    a, b = DynamicIndex(30), DynamicIndex(30)
+    a, b = make_index(30), make_index(30)
     ids = torch.tensor([[5, 9, -1], [9, 12, 5]])
     assert torch.equal(a.map(ids.int()), b.map(ids)) and torch.equal(a.lookup(ids.int()), b.lookup(ids))
     assert a.lookup(ids.int()).dtype == torch.long
@@ -168,12 +170,12 @@ def test_index_checkpoint_continues_identically():
             out.append(ix.end_pass())
         return out
 
-    a = DynamicIndex(20, **kw)
+    a = make_index(20, **kw)
     run(a, stream[:2])
     for step in stream[2][:3]:  # stop mid-pass: pending counts and evictions not yet reported
         for f, ids in enumerate(step):
             a.map(ids, f)
-    b = DynamicIndex(20, **kw)
+    b = make_index(20, **kw)
     b.load_state_dict(copy.deepcopy(a.state_dict()))
     rest = [stream[2][3:]] + stream[3:]
     assert run(a, rest) == run(b, rest)
@@ -190,7 +192,7 @@ def test_reset_slots_with_offset_gives_fresh_optimizer_state(name):
     off, cap, dim = 5, 3, 2  # a fused table: 5 static rows, then the dynamic slots 0..cap
     w = torch.nn.Parameter(torch.randn(off + cap + 1, dim))
     opt = OPTS[name](w)
-    ix = DynamicIndex(cap, headroom=0.0, expiry_passes=1)
+    ix = make_index(cap, headroom=0.0, expiry_passes=1)
     def init(s):  # runs under no_grad: an in-place write to the parameter is allowed
         w[s + off] = 0.5
     ix.subscribe(on_admit=init, on_free=lambda s: reset_slots(opt, w, s, rows_offset=off))
@@ -225,8 +227,7 @@ def test_reset_slots_with_offset_gives_fresh_optimizer_state(name):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_dynamic_table_on_cuda_matches_cpu():
-    from dynarec.tables.dynamic import DynamicTable
-    cpu = DynamicTable(6, 3, headroom=0.5, expiry_passes=1, sparse=True)
+    cpu = make_table(6, 3, headroom=0.5, expiry_passes=1, sparse=True)
     gpu = copy.deepcopy(cpu).cuda()
     opts = [torch.optim.Adagrad(t.parameters(), lr=0.1) for t in (cpu, gpu)]
     for t, o in zip((cpu, gpu), opts):
@@ -239,5 +240,5 @@ def test_dynamic_table_on_cuda_matches_cpu():
             o.step()
             t.step()
         assert torch.allclose(cpu.weight, gpu.weight.cpu())
-        assert cpu.end_pass() == gpu.end_pass()
+        assert cpu.index.end_pass() == gpu.index.end_pass()
     assert torch.allclose(opts[0].state[cpu.weight]["sum"], opts[1].state[gpu.weight]["sum"].cpu())

@@ -1,4 +1,5 @@
-"""Plain-Python (dict-based) reference of DynamicIndex's policy, one id at a time; used by tests only.
+"""Plain-Python (dict-based) reference of DynamicIndex's policy, one id at a time, with each score written
+out by hand for one slot (:func:`score_py`); the keyword arguments are those of ``EvictionConfig.build``.
 
 Probabilistic admission draws, like the vectorised index, one ``torch.rand`` (float64, from a generator seeded
 with ``seed``) per observe call over the not-yet-admitted ids in id order."""
@@ -7,17 +8,30 @@ from collections import Counter
 
 import torch
 
-from dynarec.tables.scores import score_py
+
+
+def score_py(name, count, last, dcount, t, decay=1.0, ttl_steps=0):
+    """The score of one slot (higher = kept), in plain Python."""
+    if name == "lfu":
+        return float(count)
+    if name == "lru":
+        return float(last)
+    if name == "distance_lfu":
+        return float(count) / float(t - last + 1) ** decay
+    if name == "ttl":
+        return float(last + ttl_steps - t)
+    if name == "feature":
+        return float(dcount)
+    raise ValueError(name)
 
 
 class ReferenceTable:
     def __init__(self, capacity, caps, score="lfu", threshold=1, admit_prob=None, expiry_passes=None,
-                 min_updates=1, headroom=0.1, decay=1.0, ttl_steps=1000, gamma=0.5, eviction_interval=None,
-                 seed=0):
+                 min_updates=1, headroom=0.1, decay=1.0, ttl_steps=1000, gamma=0.5, interval=None, seed=0):
         self.capacity, self.caps, self.score = capacity, list(caps), score
         self.threshold, self.p, self.E, self.min_updates = threshold, admit_prob, expiry_passes, min_updates
         self.headroom, self.decay, self.ttl_steps, self.gamma = headroom, decay, ttl_steps, gamma
-        self.interval, self.gen = eviction_interval, torch.Generator().manual_seed(seed)
+        self.interval, self.gen = interval, torch.Generator().manual_seed(seed)
         self.slots, self.index, self.pend = {}, {}, [dict() for _ in caps]
         self.step_no = self.pass_no = 0
         self.evicted = []
@@ -89,3 +103,19 @@ class ReferenceTable:
             s["pcount"] = 0
         self.pend = [dict() for _ in self.caps]
         self.pass_no += 1
+
+
+def make_index(capacity, caps=None, seed=0, **kw):
+    """A DynamicIndex from the flat keywords of the reference (those of ``EvictionConfig.build``)."""
+    from dynarec.tables.dynamic import DynamicIndex
+    from dynarec.tables.eviction import EvictionConfig
+
+    return DynamicIndex(capacity, caps, EvictionConfig.build(strict=False, **kw), seed)
+
+
+def make_table(capacity, dim, caps=None, seed=0, init_std=0.01, sparse=False, **kw):
+    """A DynamicTable from the same flat keywords."""
+    from dynarec.tables.dynamic_table import DynamicTable
+    from dynarec.tables.eviction import EvictionConfig
+
+    return DynamicTable(capacity, dim, caps, EvictionConfig.build(strict=False, **kw), init_std, sparse, seed)
