@@ -113,7 +113,7 @@ def variants(memory: int, expiry: int) -> dict[str, list[str]]:
     v = {"static": ["online.table=static"], "hash": ["online.table=hash", f"online.max_rows={memory}"]}
     for s in SCORES:
         v[f"dynamic_{s}"] = ["online.table=dynamic", f"online.max_rows={memory}", f"online.score={s}",
-                             f"online.expiry_passes={expiry}", "online.ttl_steps=200"]
+                             f"online.expiry_passes={expiry}"] + (["online.ttl_steps=200"] if s == "ttl" else [])
     # PEPNet's deployment optimizers (Adagrad 0.05 / Adam 5e-6) from scratch: the warm-streaming recipe, cold
     v["dynamic_feature_pepnet_online"] = v["dynamic_feature"] + ["online.preset=pepnet_online"]
     return v

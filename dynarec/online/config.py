@@ -18,6 +18,8 @@ every new id with it); ``fresh_row: default`` starts an admitted id's rows from 
 from N(0, σ²) of the table's initialisation."""
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,6 +90,7 @@ def load_online_config(path: str | None, sets: list[str] | None = None, model: s
     if "batch_size" in t and "auto_batch" not in (d.get("online") or {}):
         d.setdefault("online", {})["auto_batch"] = False  # an explicit batch size is used as it is
     cfg = build_dataclass(OnlineExperiment, d, where)
+    _policy_keys_have_effect(d.get("online") or {}, cfg.online.score, where)
     for k in NO_EFFECT:
         if k in (d.get("trainer") or {}):
             raise ConfigError(f"{where}.trainer.{k}: has no effect in online training (each pass is trained on "
@@ -101,6 +104,17 @@ def load_online_config(path: str | None, sets: list[str] | None = None, model: s
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ConfigError(f"{where}.online.caps.{k}: expected an integer >= 1, got {v!r}")
     return cfg
+
+
+def _policy_keys_have_effect(given: dict, score: str, where: str) -> None:
+    """A policy parameter (``decay``, ``ttl_steps``, ``gamma``, ...) given for a score that does not read it is
+    refused: an accepted key always has an effect."""
+    mine = {f.name for f in dataclasses.fields(POLICIES[score])}
+    for name, pcls in POLICIES.items():
+        for f in dataclasses.fields(pcls):
+            if f.name in given and f.name not in mine:
+                raise ConfigError(f"{where}.online.{f.name}: has no effect with online.score={score} (it is a "
+                                  f"parameter of score {name})")
 
 
 def pass_batch(rows: int, cfg: OnlineExperiment) -> int:

@@ -20,3 +20,17 @@ def test_the_index_is_built_from_the_eviction_config_on_the_specs(stream):
         assert s.eviction == (want if n in serving else None), n
     assert st.index.eviction == want and st.index.policy == DistanceLfu(decay=1.5)
     assert st.index.headroom == 0.2 and st.index.threshold == 2 and st.index.expiry_passes == 3
+
+
+def test_a_policy_parameter_of_another_score_is_refused():
+    import pytest
+
+    from dynarec.errors import ConfigError
+
+    for score, key in (("lfu", "online.decay=1.5"), ("feature", "online.ttl_steps=200"), ("ttl", "online.gamma=0.3")):
+        with pytest.raises(ConfigError, match=rf"online\.{key.split('.')[1].split('=')[0]}: has no effect with "
+                                              rf"online\.score={score}"):
+            load_online_config(None, SMALL + [f"online.score={score}", key], "pepnet")
+    # the score's own parameter is accepted and reaches the policy
+    cfg = load_online_config(None, SMALL + ["online.score=ttl", "online.ttl_steps=200"], "pepnet")
+    assert cfg.online.ttl_steps == 200
