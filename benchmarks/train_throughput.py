@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("--models", default="dnn,mmoe")
     a = ap.parse_args()
 
-    from dynarec.config import TrainerConfig
+    from dynarec.train.config import TrainerConfig
     from dynarec.data.prepare import synthetic_tables
     from dynarec.models import build_model
     from dynarec.train.trainer import Trainer

@@ -1,32 +1,16 @@
-"""Typed experiment config: YAML -> dataclasses, with errors that name the key and the closest valid key."""
+"""Typed config: YAML -> dataclasses, with errors that name the key and the closest valid key (the experiment's
+own dataclasses live in :mod:`dynarec.experiment`)."""
 from __future__ import annotations
 
 import dataclasses
 import difflib
 import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dynarec.checks import validate
 from dynarec.errors import ConfigError
-from dynarec.train.config import TrainerConfig  # noqa: F401  (re-exported: it lives next to the trainer)
-
-
-@dataclass
-class DataConfig:
-    path: str = ""  # a prepared folder (schema.json + train/valid/test.parquet)
-
-
-@dataclass
-class ExperimentConfig:
-    model: str = "dnn"
-    data: DataConfig = field(default_factory=DataConfig)
-    params: dict[str, Any] = field(default_factory=dict)  # the model's hyper-parameters
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    seed: int = 0
-    out: str = "runs/exp"
 
 
 def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
@@ -157,17 +141,3 @@ def read_yaml_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
     if not isinstance(d, dict):
         raise ConfigError(f"{p}: expected a mapping at the top level")
     return d
-
-
-def load_experiment(path: str | None, overrides: dict[str, Any] | None = None, sets: list[str] | None = None) -> ExperimentConfig:
-    d: dict[str, Any] = read_yaml_mapping(path) if path else {}
-    for k, v in (overrides or {}).items():
-        if v is None:
-            continue
-        cur = d
-        parts = k.split(".")
-        for p_ in parts[:-1]:
-            cur = cur.setdefault(p_, {})
-        cur[parts[-1]] = v
-    apply_overrides(d, sets or [])
-    return build_dataclass(ExperimentConfig, d, path or "config")

@@ -88,6 +88,27 @@ def build_model(name: str, schema, params: dict | None = None):
     return info.cls(schema, cfg)
 
 
+def active_params(name: str, params: dict) -> dict:
+    """``params`` without the keys that have no effect on model ``name`` (for code that applies one set of
+    keys to every model, such as small test dimensions).
+
+    Example::
+
+        >>> from dynarec.models.registry import active_params
+        >>> "tower_hidden" in active_params("dnn", {"hidden": [8], "tower_hidden": [4]})
+        False
+    """
+    import dataclasses
+
+    from dynarec.models.keys import inactive_keys
+
+    info = get_model_info(name)
+    names = {f.name for f in dataclasses.fields(info.config_cls)}
+    cfg = info.config_cls(**{k: v for k, v in params.items() if k in names})
+    inactive = inactive_keys(info.cls, cfg)
+    return {k: v for k, v in params.items() if k not in inactive}
+
+
 def _other_models_key(info: ModelInfo, params: dict) -> None:
     """A key of other models' configs but not of this one: 'has no effect', naming where it belongs."""
     import dataclasses

@@ -5,43 +5,20 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from dynarec import outdir
 from dynarec.checks import validate
 from dynarec.config import build_dataclass, to_dict
-from dynarec.errors import DataError, DynarecError
+from dynarec.errors import DynarecError
 from dynarec.metrics import evaluate_model
 from dynarec.train.distributed import evaluate_split, is_main
 from dynarec.models import build_model
 from dynarec.train.checkpoint import save_checkpoint
 from dynarec.train.config import TrainerConfig
-from dynarec.train.loop import History
+from dynarec.train.result import MARKERS, Result  # noqa: F401  (Result: the return type)
 from dynarec.train.resume import LAST, LastState, load_state
 from dynarec.train.trainer import Trainer
-
-
-@dataclass
-class Result:
-    model: object
-    metrics: dict  # on the test split
-    history: History
-    train_rows_per_s: float
-    params: dict
-    checkpoint: str | None = None
-    valid_metrics: dict = field(default_factory=dict)
-    eval_rows_per_s: float = 0.0
-    gate_usage: dict = field(default_factory=dict)  # MoE models: per gate usage on the test split
-    hints: list = field(default_factory=list)  # advice for the user (printed by the CLI after a successful run)
-
-    def summary(self, model_name: str, data: str) -> dict:
-        out = {"model": model_name, "data": data, "metrics": self.metrics,
-               "train_rows_per_s": self.train_rows_per_s, "epochs": len(self.history.epochs),
-               "best_epoch": self.history.best_epoch, "checkpoint": self.checkpoint}
-        if self.gate_usage:
-            out["gate_usage"] = self.gate_usage
-        return out
 
 
 def gate_usage_of(model, table) -> dict:
@@ -49,9 +26,6 @@ def gate_usage_of(model, table) -> dict:
     if table is None or not hasattr(model, "gate_usage") or not model.gate_modules():
         return {}
     return model.gate_usage(table)
-
-
-MARKERS = ("model.pt",)  # what makes a folder a training run's (dynarec.outdir)
 
 
 def train_model(model_name: str, schema, tables: dict, params: dict | None = None, trainer: dict | TrainerConfig | None = None,
@@ -169,42 +143,3 @@ def _finish(model, cfg, hist, tables, params, folder, encoders, seed, done=None)
     return Result(model, metrics, hist, hist.train_rows_per_s, params, str(folder) if folder else None,
                   hints=batch_hint(len(tables["train"]), cfg.batch_size),
                   eval_rows_per_s=eval_rps, gate_usage=usage)
-
-
-def train_experiment(cfg, console=None, resume: bool = False) -> Result:
-    """``dynarec train``: train ``cfg`` (an ``ExperimentConfig``) on its prepared folder; checkpoint (with the
-    folder's encoders), log and ``config.json`` in ``cfg.out``. Returns the ``train_model`` result."""
-    from dynarec.data.prepare import load_encoders, load_prepared
-
-    if not cfg.data.path:
-        raise DynarecError("train: no data; give --data DIR (a prepared folder) or data.path in the config")
-    schema, tables = load_prepared(cfg.data.path)
-    load_encoders(cfg.data.path, schema)  # a missing / broken encoders.json is a one-line error
-    enc = json.loads((Path(cfg.data.path) / "encoders.json").read_text())
-    from dynarec.retrieval.train import is_retrieval, train_retrieval
-
-    if is_retrieval(cfg.model):  # two_tower / popularity: the retrieval trainer (dynarec/retrieval/train.py)
-        return train_retrieval(cfg.model, schema, tables, cfg.params, cfg.trainer, cfg.seed, cfg.out, enc,
-                               console=console, run_config=to_dict(cfg), resume=resume)
-    return train_model(cfg.model, schema, tables, cfg.params, cfg.trainer, cfg.seed, cfg.out, enc, console=console,
-                       run_config=to_dict(cfg), resume=resume)
-
-
-def load_interrupted(out: str | Path):
-    """The ``ExperimentConfig`` of the interrupted run into ``out`` (``dynarec train --resume out``): read from
-    its work folder's ``config.json``; a one-line error when there is no interrupted run."""
-    from dynarec.config import ExperimentConfig
-
-    out = Path(out)
-    work = outdir.work_dir(out)
-    if not (work / LAST).exists():
-        done = " (the run there finished: model.pt)" if (out / "model.pt").exists() else ""
-        raise DynarecError(f"{out}: no interrupted run to resume{done}; expected {work / LAST}")
-    f = work / "config.json"
-    try:
-        d = json.loads(f.read_text())
-    except (OSError, ValueError) as e:
-        raise DataError(f"{f}: not a readable run config ({type(e).__name__})") from None
-    cfg = build_dataclass(ExperimentConfig, d, str(f))
-    cfg.out = str(out)
-    return cfg

@@ -29,11 +29,11 @@ import io
 import pytest
 import torch
 
-from dynarec.config import TrainerConfig
+from dynarec.train.config import TrainerConfig
 from dynarec.losses import task_losses
 from dynarec.models import build_model, get_model_info, list_models
 from dynarec.models.base import BaseModel
-from dynarec.models.keys import active_params
+from dynarec.models.registry import active_params
 from dynarec.train.trainer import Trainer
 
 # Small dimensions for every model; a key is applied only where the model's Config has it with a
