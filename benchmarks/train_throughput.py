@@ -39,7 +39,7 @@ def train_flops_per_row(model: nn.Module, batch) -> float:
 
     from dynarec.losses import task_losses
 
-    types = {t.name: t.type for t in model.schema.tasks}
+    types = model.schema.task_types
     with FlopCounterMode(display=False) as fc:
         out = model(batch)
         sum(task_losses(out, batch.labels, types).values()).backward()

@@ -168,7 +168,7 @@ class BaseModel(nn.Module):
         """Per-task losses of the last forward (default: BCE / MSE per task type)."""
         from dynarec.losses import task_losses
 
-        return task_losses(outputs, labels, types or {t.name: t.type for t in self.schema.tasks})
+        return task_losses(outputs, labels, types or self.schema.task_types)
 
     def gate_modules(self) -> dict[str, nn.Module]:
         """Named softmax / top-k gates whose ``.last`` holds the gate weights of the last forward (none)."""
@@ -210,5 +210,5 @@ class BaseModel(nn.Module):
         with torch.no_grad():
             out = self(batch)
         self.train(was)
-        types = {t.name: t.type for t in self.schema.tasks}
+        types = self.schema.task_types
         return {k: torch.sigmoid(v) if types.get(k, "binary") == "binary" else v for k, v in out.items()}

@@ -16,6 +16,7 @@ from dynarec.train.distributed import evaluate_split, is_main
 from dynarec.models import build_model
 from dynarec.train.checkpoint import save_checkpoint
 from dynarec.train.config import TrainerConfig
+from dynarec.train.placement import placement_for
 from dynarec.train.result import MARKERS, Result  # noqa: F401  (Result: the return type)
 from dynarec.train.resume import LAST, LastState, load_state
 from dynarec.train.trainer import Trainer
@@ -51,18 +52,19 @@ def train_model(model_name: str, schema, tables: dict, params: dict | None = Non
         cfg = build_dataclass(TrainerConfig, trainer or {}, "trainer")
     params = dict(params or {})
     torch.manual_seed(seed)
-    with _build_context(cfg):
+    placement = placement_for(cfg)
+    with placement.build_context():  # TorchRec under torchrun: tables without storage (each rank fills its shards)
         model = build_model(model_name, schema, params)
     valid = tables.get("valid")
     if out is None or not is_main():  # no output folder, or a rank other than 0 of several processes
         if resume and out is None:
             raise DynarecError("resume: needs the interrupted run's out folder")
-        tr = Trainer(model, cfg, seed, None, task_weighting, console)
+        tr = Trainer(model, cfg, seed, None, task_weighting, console, placement)
         hist = tr.fit(tables["train"], valid, finish=False)
-        return _finish(model, cfg, hist, tables, params, None, encoders, seed, tr.finish)
+        return _finish(model, cfg, hist, tables, params, None, encoders, seed, placement)
     out = outdir.check_out(out, MARKERS, "training run")
     work = outdir.work_dir(out)
-    tr = Trainer(model, cfg, seed, work / "log.csv", task_weighting, console)  # checks the config first
+    tr = Trainer(model, cfg, seed, work / "log.csv", task_weighting, console, placement)  # checks the config first
     meta = {"model": model_name, "train_rows": len(tables["train"]), "valid_rows": len(valid) if valid else 0,
             "train_data": tables["train"].fingerprint(), "valid_data": valid.fingerprint() if valid else ""}
     state = None
@@ -79,7 +81,7 @@ def train_model(model_name: str, schema, tables: dict, params: dict | None = Non
         (work / "config.json").write_text(json.dumps(run_config, indent=2))
     try:
         hist = tr.fit(tables["train"], valid, [LastState(work / LAST, meta)], resume=state, finish=False)
-        res = _finish(model, cfg, hist, tables, params, work, encoders, seed, tr.finish)
+        res = _finish(model, cfg, hist, tables, params, work, encoders, seed, placement)
         (work / LAST).unlink(missing_ok=True)
     except BaseException as e:  # a refused or diverged run, or one that stopped before a resume point
         if isinstance(e, DynarecError) or not (work / LAST).exists():
@@ -88,23 +90,6 @@ def train_model(model_name: str, schema, tables: dict, params: dict | None = Non
     outdir.swap_in(work, out)
     res.checkpoint = str(out)
     return res
-
-
-def _build_context(cfg: TrainerConfig):
-    """Where the model is built: under torchrun with ``trainer.distributed: torchrec``, its TorchRec tables
-    are created without storage (each rank later writes only its shards' initial rows, the rows of an
-    eager build); anywhere else, eagerly."""
-    import contextlib
-    import os
-
-    from dynarec.train.distributed import launched
-
-    if cfg.distributed == "torchrec" and launched() and int(os.environ["WORLD_SIZE"]) > 1:
-        from dynarec.tables import torchrec_adapter
-
-        if torchrec_adapter.available():
-            return torchrec_adapter.sharded_build()
-    return contextlib.nullcontext()
 
 
 MIN_STEPS_PER_EPOCH = 50
@@ -121,19 +106,17 @@ def batch_hint(train_rows: int, batch_size: int) -> list[str]:
             f"a smaller batch (e.g. --batch-size {better}) usually reaches a better AUC on data this size"]
 
 
-def _finish(model, cfg, hist, tables, params, folder, encoders, seed, done=None) -> Result:
+def _finish(model, cfg, hist, tables, params, folder, encoders, seed, placement) -> Result:
     """Test metrics of the trained model; with ``folder``: model.pt, metrics.json (and gate_usage.json).
-    ``done``: called after the test metrics (a TorchRec fit: the tables, sharded until then, assembled on
-    rank 0; the other ranks' models then hold no feature table and compute no gate usage)."""
+    ``placement.finish()`` runs after the test metrics (a TorchRec fit: the tables, sharded until then,
+    assembled on rank 0; the other ranks' models then hold no feature table and compute no gate usage)."""
     test = tables.get("test") or tables.get("valid")
     t0 = time.perf_counter()
     metrics = evaluate_split(model, test, cfg.eval_batch_size) if test is not None else {}  # gathered over ranks
     eval_rps = len(test) / max(time.perf_counter() - t0, 1e-9) if test is not None else 0.0
-    if done is not None:
-        done()
+    placement.finish()
     model.to("cpu")  # trained on trainer.device; results, gate usage and checkpoint on the host
-    sharded = cfg.distributed == "torchrec" and not is_main()
-    usage = {} if sharded else gate_usage_of(model, test)
+    usage = gate_usage_of(model, test) if placement.whole_model else {}
     if folder is not None:
         save_checkpoint(folder, model, params, encoders,
                         {"trainer": to_dict(cfg), "seed": seed, "best_epoch": hist.best_epoch})

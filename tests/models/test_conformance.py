@@ -172,7 +172,7 @@ def check_gradient_reach(model, table, name=""):
     model.zero_grad(set_to_none=True)
     batch = table.take(torch.arange(512, 1024))
     out = model(batch)
-    loss = sum(task_losses(out, batch.labels, {t.name: t.type for t in model.schema.tasks}).values())
+    loss = sum(task_losses(out, batch.labels, model.schema.task_types).values())
     extra = model.extra_loss()
     if extra is not None:
         loss = loss + extra
