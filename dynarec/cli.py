@@ -93,13 +93,11 @@ def cmd_data_synthetic(a) -> int:
 
 
 def _parse_options(opts: list[str] | None) -> dict:
-    from dynarec.config import parse_value
+    from dynarec.config import key_value, parse_value
 
     d = {}
     for o in opts or []:
-        if "=" not in o:
-            raise DynarecError(f"--option '{o}': expected key=value")
-        k, v = o.split("=", 1)
+        k, v = key_value(o, "--option", DynarecError)
         d[k] = parse_value(v)
     return d
 

@@ -103,12 +103,25 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def key_value(text: str, flag: str, error: type[Exception] = ConfigError) -> tuple[str, str]:
+    """``"k=v"`` -> ``("k", "v")`` (split at the first ``=``); ``error`` naming ``flag`` and ``text`` when
+    there is no ``=``.
+
+    Example::
+
+        >>> key_value("trainer.lr=0.01", "--set")
+        ('trainer.lr', '0.01')
+    """
+    if "=" not in text:
+        raise error(f"{flag} '{text}': expected key=value")
+    k, v = text.split("=", 1)
+    return k, v
+
+
 def apply_overrides(d: dict[str, Any], sets: list[str]) -> dict[str, Any]:
     """Apply ``a.b=value`` overrides to a nested dict (``model.X`` is an alias of ``params.X``)."""
     for s in sets or []:
-        if "=" not in s:
-            raise ConfigError(f"--set '{s}': expected key=value")
-        key, val = s.split("=", 1)
+        key, val = key_value(s, "--set")
         parts = key.strip().split(".")
         if parts[0] == "model" and len(parts) > 1:
             parts[0] = "params"

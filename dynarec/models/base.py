@@ -28,6 +28,7 @@ from dynarec.checks import rule, validate
 from dynarec.data.schema import Schema
 from dynarec.data.table import Batch
 from dynarec.errors import ConfigError
+from dynarec.inference import eval_mode, task_outputs
 from dynarec.nn.mlp import ACTIVATIONS
 from dynarec.nn.embedding import FeatureEmbedding
 from dynarec.nn.numeric_fields import numeric_fields
@@ -183,14 +184,12 @@ class BaseModel(nn.Module):
         gates = self.gate_modules()
         if not gates:
             return {}
-        was = self.training
-        self.eval()
         acc: dict[str, list[torch.Tensor]] = {k: [] for k in gates}
-        for b in table.batches(batch_size):
-            self(b)
-            for k, g in gates.items():
-                acc[k].append(g.last)
-        self.train(was)
+        with eval_mode(self):
+            for b in table.batches(batch_size):
+                self(b)
+                for k, g in gates.items():
+                    acc[k].append(g.last)
         return {k: gate_usage_stats(torch.cat(v)) for k, v in acc.items()}
 
     def merge_for_inference(self) -> BaseModel:
@@ -205,10 +204,6 @@ class BaseModel(nn.Module):
 
     def predict(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Probabilities per task (binary) or values (regression), eval mode, no grad."""
-        was = self.training
-        self.eval()
-        with torch.no_grad():
+        with eval_mode(self), torch.no_grad():
             out = self(batch)
-        self.train(was)
-        types = self.schema.task_types
-        return {k: torch.sigmoid(v) if types.get(k, "binary") == "binary" else v for k, v in out.items()}
+        return task_outputs(out, self.schema.task_types)
