@@ -1,4 +1,4 @@
-"""BaseModel: the contract every model follows (DESIGN.md "Contracts worth keeping stable").
+"""BaseModel: the contract every model follows.
 
 A model is built from ``(schema, config)``. Its entry on plain tensors (stable names, for torch.export /
 ONNX and serving) is::
@@ -70,6 +70,27 @@ class ModelInputs(NamedTuple):
 
 
 class BaseModel(nn.Module):
+    """The base of every registered model: builds the embeddings and the table collection from the schema,
+    checks the config's values and keys, and gives ``forward(batch)`` over :meth:`forward_tensors`.
+
+    Example::
+
+        from dataclasses import dataclass
+
+        from dynarec.models.base import BaseModel, ModelConfig
+        from dynarec.models.registry import register
+
+        @register("my_dnn", paper="...", needs=("user", "item"))
+        class MyDNN(BaseModel):
+            @dataclass
+            class Config(ModelConfig):
+                hidden: list[int] = field(default_factory=lambda: [64])
+
+            def compute(self, x):  # x: ModelInputs
+                ...  # -> {task: logits Float [B]}
+
+        # then: dynarec.testing.check_model(MyDNN)
+    """
     Config = ModelConfig
     registry_name = "base"
     # config keys without effect on this model ({key: reason | keys.when(...)}; see dynarec.models.keys);

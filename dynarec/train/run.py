@@ -42,7 +42,18 @@ def train_model(model_name: str, schema, tables: dict, params: dict | None = Non
     refused run leaves an existing run there byte-identical, and a folder's files always describe one run.
     A run killed or interrupted after an epoch leaves its work folder: ``resume=True`` continues it after its
     last completed epoch (same arguments). A run stopped by a user mistake (a diverging loss included), or
-    before its first epoch ended, removes it."""
+    before its first epoch ended, removes it.
+
+    Example::
+
+        from dynarec.data.prepare import synthetic_tables
+        from dynarec.train.run import train_model
+
+        schema, tables, _ = synthetic_tables(4000, seed=0)
+        res = train_model("pepnet", schema, tables, {"embed_dim": 8}, {"epochs": 2, "progress": False},
+                          out="runs/pepnet")
+        res.metrics["auc"]["click"]["all"], res.checkpoint
+    """
     import torch
 
     if isinstance(trainer, TrainerConfig):

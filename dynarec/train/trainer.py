@@ -24,7 +24,15 @@ class Trainer:
 
     The config is checked against the model's tasks (:func:`~dynarec.train.config.check_trainer`) before
     anything is built; a NaN / inf loss stops :meth:`fit` with a
-    :class:`~dynarec.train.loop.DivergedError` naming the epoch, the step and the learning rates."""
+    :class:`~dynarec.train.loop.DivergedError` naming the epoch, the step and the learning rates.
+    ``placement``: where it runs (:func:`~dynarec.train.placement.placement_for` the config by default).
+
+    Example::
+
+        tr = Trainer(model, TrainerConfig(epochs=3, progress=False), seed=0)
+        history = tr.fit(tables["train"], tables["valid"])
+        history.best_epoch
+    """
 
     def __init__(self, model, cfg: TrainerConfig | None = None, seed: int = 0, log_path: str | Path | None = None,
                  task_weighting: str | None = None, console=None, placement: Placement | None = None):
