@@ -16,7 +16,7 @@ import time
 import torch
 from torch import nn
 
-from dynarec.config import TrainerConfig
+from dynarec.train.config import TrainerConfig
 from dynarec.tables import TableCollection, TableSpec
 from dynarec.train.optim import DENSE_TABLE_FLOATS, build_optimizers
 

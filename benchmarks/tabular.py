@@ -72,7 +72,7 @@ def prepare(csv: Path, treatment: str, buckets: int, split_seed: int, bins=None,
 
 
 def run_model(name, schema, tables, seed, a) -> dict:
-    from dynarec.models.keys import active_params
+    from dynarec.models.registry import active_params
     from dynarec.models.registry import get_model_info
     from dynarec.train.run import train_model
 

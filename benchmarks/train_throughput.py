@@ -39,7 +39,7 @@ def train_flops_per_row(model: nn.Module, batch) -> float:
 
     from dynarec.losses import task_losses
 
-    types = {t.name: t.type for t in model.schema.tasks}
+    types = model.schema.task_types
     with FlopCounterMode(display=False) as fc:
         out = model(batch)
         sum(task_losses(out, batch.labels, types).values()).backward()
@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("--models", default="dnn,mmoe")
     a = ap.parse_args()
 
-    from dynarec.config import TrainerConfig
+    from dynarec.train.config import TrainerConfig
     from dynarec.data.prepare import synthetic_tables
     from dynarec.models import build_model
     from dynarec.train.trainer import Trainer

@@ -104,13 +104,11 @@ def cmd_data_synthetic(a) -> int:
 
 
 def _parse_options(opts: list[str] | None) -> dict:
-    from dynarec.config import parse_value
+    from dynarec.config import key_value, parse_value
 
     d = {}
     for o in opts or []:
-        if "=" not in o:
-            raise DynarecError(f"--option '{o}': expected key=value")
-        k, v = o.split("=", 1)
+        k, v = key_value(o, "--option", DynarecError)
         d[k] = parse_value(v)
     return d
 
@@ -128,10 +126,11 @@ def cmd_data_prepare(a) -> int:
 def _print_result(summary: dict, as_json: bool, unknown: dict | None = None) -> None:
     from rich.console import Console
 
+    from dynarec.experiment import kind_of
     from dynarec.report import auc_table, gate_usage_table
 
     con = Console(stderr=as_json)
-    if "recall@10" in summary["metrics"]:  # a retrieval model's metrics
+    if kind_of(summary["model"]) == "retrieval":  # exact full-corpus metrics
         from dynarec.retrieval.cli import metrics_table
 
         con.print(metrics_table(summary["model"], summary["metrics"]))
@@ -146,9 +145,8 @@ def _print_result(summary: dict, as_json: bool, unknown: dict | None = None) -> 
 
 
 def cmd_train(a) -> int:
-    from dynarec.config import load_experiment
+    from dynarec.experiment import load_experiment, load_interrupted, train_experiment
     from dynarec.train import distributed
-    from dynarec.train.run import load_interrupted, train_experiment
 
     if a.resume is not None:
         given = [f for f, v in (("--config", a.config), ("--model", a.model), ("--data", a.data),
@@ -184,20 +182,11 @@ def cmd_retrieve(a) -> int:
 
 
 def cmd_evaluate(a) -> int:
-    from dynarec.retrieval.cli import evaluate_if_retrieval
-    from dynarec.serve.predictor import Predictor
+    from dynarec.experiment import evaluate_checkpoint
 
-    if evaluate_if_retrieval(a):  # a two_tower / popularity checkpoint: exact full-corpus metrics
-        return 0
-
-    if a.mc_dropout < 0:
-        raise DynarecError(f"--mc-dropout: expected a number of passes >= 0, got {a.mc_dropout}")
-    if a.split is not None and not Path(a.data).is_dir():
-        raise DynarecError(f"--split applies to a prepared folder; {a.data} is a raw file (all its rows are scored)")
-    predictor = Predictor.load(a.checkpoint)
-    summary = predictor.evaluate(a.data, a.split or "test", a.mc_dropout)
-    domain = predictor.schema.domain
-    if summary["unknown"].get(domain):
+    summary = evaluate_checkpoint(a.checkpoint, a.data, a.split, a.mc_dropout)
+    domain = summary.pop("domain", None)
+    if domain and summary["unknown"].get(domain):
         print(f"warning: {summary['unknown'][domain]:,} row(s) have a '{domain}' value unseen in training; "
               f"mapped to id 0 and reported as domain=<unknown>", file=sys.stderr)
     _print_result(summary, a.json)
@@ -205,9 +194,9 @@ def cmd_evaluate(a) -> int:
 
 
 def cmd_predict(a) -> int:
-    from dynarec.serve.predictor import write_predictions
+    from dynarec.experiment import predict_checkpoint
 
-    res = write_predictions(a.checkpoint, a.data, a.out, a.id_column, a.mc_dropout)
+    res = predict_checkpoint(a.checkpoint, a.data, a.out, a.id_column, a.mc_dropout)
     for feat, n in res["unknown"].items():
         if feat in res["dynamic"]:
             print(f"note: {n:,} id(s) of '{feat}' hold no slot in this pass (read the default row)", file=sys.stderr)

@@ -1,32 +1,16 @@
-"""Typed experiment config: YAML -> dataclasses, with errors that name the key and the closest valid key."""
+"""Typed config: YAML -> dataclasses, with errors that name the key and the closest valid key (the experiment's
+own dataclasses live in :mod:`dynarec.experiment`)."""
 from __future__ import annotations
 
 import dataclasses
 import difflib
 import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dynarec.checks import validate
 from dynarec.errors import ConfigError
-from dynarec.train.config import TrainerConfig  # noqa: F401  (re-exported: it lives next to the trainer)
-
-
-@dataclass
-class DataConfig:
-    path: str = ""  # a prepared folder (schema.json + train/valid/test.parquet)
-
-
-@dataclass
-class ExperimentConfig:
-    model: str = "dnn"
-    data: DataConfig = field(default_factory=DataConfig)
-    params: dict[str, Any] = field(default_factory=dict)  # the model's hyper-parameters
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    seed: int = 0
-    out: str = "runs/exp"
 
 
 def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
@@ -119,12 +103,25 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def key_value(text: str, flag: str, error: type[Exception] = ConfigError) -> tuple[str, str]:
+    """``"k=v"`` -> ``("k", "v")`` (split at the first ``=``); ``error`` naming ``flag`` and ``text`` when
+    there is no ``=``.
+
+    Example::
+
+        >>> key_value("trainer.lr=0.01", "--set")
+        ('trainer.lr', '0.01')
+    """
+    if "=" not in text:
+        raise error(f"{flag} '{text}': expected key=value")
+    k, v = text.split("=", 1)
+    return k, v
+
+
 def apply_overrides(d: dict[str, Any], sets: list[str]) -> dict[str, Any]:
     """Apply ``a.b=value`` overrides to a nested dict (``model.X`` is an alias of ``params.X``)."""
     for s in sets or []:
-        if "=" not in s:
-            raise ConfigError(f"--set '{s}': expected key=value")
-        key, val = s.split("=", 1)
+        key, val = key_value(s, "--set")
         parts = key.strip().split(".")
         if parts[0] == "model" and len(parts) > 1:
             parts[0] = "params"
@@ -157,17 +154,3 @@ def read_yaml_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
     if not isinstance(d, dict):
         raise ConfigError(f"{p}: expected a mapping at the top level")
     return d
-
-
-def load_experiment(path: str | None, overrides: dict[str, Any] | None = None, sets: list[str] | None = None) -> ExperimentConfig:
-    d: dict[str, Any] = read_yaml_mapping(path) if path else {}
-    for k, v in (overrides or {}).items():
-        if v is None:
-            continue
-        cur = d
-        parts = k.split(".")
-        for p_ in parts[:-1]:
-            cur = cur.setdefault(p_, {})
-        cur[parts[-1]] = v
-    apply_overrides(d, sets or [])
-    return build_dataclass(ExperimentConfig, d, path or "config")

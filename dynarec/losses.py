@@ -99,9 +99,8 @@ def model_task_losses(model: nn.Module, outputs: dict[str, torch.Tensor], labels
                       types: dict[str, str]) -> dict[str, torch.Tensor]:
     """Per-task losses for ``model``'s last forward: the model's ``task_loss`` hook (declared on BaseModel:
     :func:`task_losses` by default; e.g. aleatoric heads override it with heteroscedastic / logit-sampling
-    losses). A module that is not a dynarec model gets :func:`task_losses`."""
-    from dynarec.models.base import BaseModel
-
-    if isinstance(model, BaseModel):
-        return model.task_loss(outputs, labels, types)
+    losses). A module without the hook (not a dynarec model) gets :func:`task_losses`."""
+    hook = getattr(model, "task_loss", None)
+    if callable(hook):
+        return hook(outputs, labels, types)
     return task_losses(outputs, labels, types)

@@ -29,7 +29,7 @@ CASES = [pytest.param(n, {}, id=n) for n in NAMES] + [
 def _rates(name: str, **rates: float) -> dict[str, float]:
     """Every ``*dropout`` field of the model's config (``dropout``, ``expert_dropout``, ...) at 0, except ``rates``;
     only those with an effect in the default config (``position_dropout`` needs ``position_tower``)."""
-    from dynarec.models.keys import active_params
+    from dynarec.models.registry import active_params
 
     fields = [f.name for f in dataclasses.fields(get_model_info(name).config_cls) if f.name.endswith("dropout")]
     return active_params(name, {f: rates.get(f, 0.0) for f in fields})

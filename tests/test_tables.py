@@ -3,7 +3,7 @@ old checkpoints (keys from before the collection) still loading."""
 import pytest
 import torch
 
-from dynarec.config import TrainerConfig
+from dynarec.train.config import TrainerConfig
 from dynarec.models import build_model
 from dynarec.tables import TableCollection, TableSpec
 from dynarec.train import optim

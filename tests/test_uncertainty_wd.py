@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dynarec.config import TrainerConfig
+from dynarec.train.config import TrainerConfig
 from dynarec.models import build_model
 from dynarec.train.trainer import Trainer
 

@@ -7,8 +7,7 @@ import json
 import numpy as np
 
 from dynarec.data.prepare import write_synthetic
-from dynarec.train.run import train_experiment
-from dynarec.config import load_experiment
+from dynarec.experiment import load_experiment, train_experiment
 from dynarec.data.prepare import load_prepared, split_indices
 from dynarec.data.synthetic import generate, synthetic_schema
 

@@ -97,7 +97,7 @@ def main(argv=None) -> int:
     from dynarec.models import build_model
 
     model = build_model(a.model, schema, dynarec_params(a.model, hp, schema, False))
-    from dynarec.config import TrainerConfig
+    from dynarec.train.config import TrainerConfig
     from dynarec.train.optim import build_optimizers
 
     opts, _ = build_optimizers(model, TrainerConfig())

@@ -98,7 +98,7 @@ def load_suite(path: str | Path) -> tuple[Suite, list[DatasetSpec], list[ModelSp
     mnames = [m.name for m in models]
     if len(set(mnames)) != len(mnames):
         raise ConfigError(f"{p}: models: display names must be unique, got {mnames} (set 'name')")
-    from dynarec.config import TrainerConfig
+    from dynarec.train.config import TrainerConfig
 
     build_dataclass(TrainerConfig, suite.trainer, f"{p}: trainer")  # validate the budget up front
     return suite, datasets, models

@@ -319,6 +319,11 @@ class Schema:
         return [t.name for t in self.tasks]
 
     @property
+    def task_types(self) -> dict[str, str]:
+        """``{task: "binary" | "regression"}`` (what the losses and the metrics read)."""
+        return {t.name: t.type for t in self.tasks}
+
+    @property
     def num_domains(self) -> int:
         return self.feature(self.domain).vocab_size
 

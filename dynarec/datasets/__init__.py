@@ -55,11 +55,11 @@ def resolve_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
 
 def parse_options(pairs: list[str] | None) -> dict[str, str]:
     """CLI ``--option k=v`` strings -> dict (values stay strings; ``load_dataset`` coerces them)."""
+    from dynarec.config import key_value
+
     out = {}
     for s in pairs or []:
-        if "=" not in s:
-            raise DataError(f"--option '{s}': expected key=value")
-        k, v = s.split("=", 1)
+        k, v = key_value(s, "--option", DataError)
         out[k.strip()] = v.strip()
     return out
 

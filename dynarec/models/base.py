@@ -1,4 +1,4 @@
-"""BaseModel: the contract every model follows (DESIGN.md "Contracts worth keeping stable").
+"""BaseModel: the contract every model follows.
 
 A model is built from ``(schema, config)``. Its entry on plain tensors (stable names, for torch.export /
 ONNX and serving) is::
@@ -28,6 +28,7 @@ from dynarec.checks import rule, validate
 from dynarec.data.schema import Schema
 from dynarec.data.table import Batch
 from dynarec.errors import ConfigError
+from dynarec.inference import eval_mode, task_outputs
 from dynarec.nn.mlp import ACTIVATIONS
 from dynarec.nn.embedding import FeatureEmbedding
 from dynarec.nn.numeric_fields import numeric_fields
@@ -69,6 +70,27 @@ class ModelInputs(NamedTuple):
 
 
 class BaseModel(nn.Module):
+    """The base of every registered model: builds the embeddings and the table collection from the schema,
+    checks the config's values and keys, and gives ``forward(batch)`` over :meth:`forward_tensors`.
+
+    Example::
+
+        from dataclasses import dataclass
+
+        from dynarec.models.base import BaseModel, ModelConfig
+        from dynarec.models.registry import register
+
+        @register("my_dnn", paper="...", needs=("user", "item"))
+        class MyDNN(BaseModel):
+            @dataclass
+            class Config(ModelConfig):
+                hidden: list[int] = field(default_factory=lambda: [64])
+
+            def compute(self, x):  # x: ModelInputs
+                ...  # -> {task: logits Float [B]}
+
+        # then: dynarec.testing.check_model(MyDNN)
+    """
     Config = ModelConfig
     registry_name = "base"
     # config keys without effect on this model ({key: reason | keys.when(...)}; see dynarec.models.keys);
@@ -168,7 +190,7 @@ class BaseModel(nn.Module):
         """Per-task losses of the last forward (default: BCE / MSE per task type)."""
         from dynarec.losses import task_losses
 
-        return task_losses(outputs, labels, types or {t.name: t.type for t in self.schema.tasks})
+        return task_losses(outputs, labels, types or self.schema.task_types)
 
     def gate_modules(self) -> dict[str, nn.Module]:
         """Named softmax / top-k gates whose ``.last`` holds the gate weights of the last forward (none)."""
@@ -183,14 +205,12 @@ class BaseModel(nn.Module):
         gates = self.gate_modules()
         if not gates:
             return {}
-        was = self.training
-        self.eval()
         acc: dict[str, list[torch.Tensor]] = {k: [] for k in gates}
-        for b in table.batches(batch_size):
-            self(b)
-            for k, g in gates.items():
-                acc[k].append(g.last)
-        self.train(was)
+        with eval_mode(self):
+            for b in table.batches(batch_size):
+                self(b)
+                for k, g in gates.items():
+                    acc[k].append(g.last)
         return {k: gate_usage_stats(torch.cat(v)) for k, v in acc.items()}
 
     def merge_for_inference(self) -> BaseModel:
@@ -205,10 +225,6 @@ class BaseModel(nn.Module):
 
     def predict(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Probabilities per task (binary) or values (regression), eval mode, no grad."""
-        was = self.training
-        self.eval()
-        with torch.no_grad():
+        with eval_mode(self), torch.no_grad():
             out = self(batch)
-        self.train(was)
-        types = {t.name: t.type for t in self.schema.tasks}
-        return {k: torch.sigmoid(v) if types.get(k, "binary") == "binary" else v for k, v in out.items()}
+        return task_outputs(out, self.schema.task_types)

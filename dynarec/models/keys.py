@@ -93,14 +93,3 @@ def check_keys(cls, config, name: str, given=None) -> None:
     for key in given:
         if key in inactive:
             raise ConfigError(f"model.{name}: key '{key}' has no effect on {name} ({inactive[key]})")
-
-
-def active_params(name: str, params: dict) -> dict:
-    """``params`` without the keys that have no effect on model ``name`` (for code that applies one set of
-    keys to every model, such as small test dimensions)."""
-    from dynarec.models.registry import get_model_info
-
-    info = get_model_info(name)
-    cfg = info.config_cls(**{k: v for k, v in params.items() if k in {f.name for f in dataclasses.fields(info.config_cls)}})
-    inactive = inactive_keys(info.cls, cfg)
-    return {k: v for k, v in params.items() if k not in inactive}

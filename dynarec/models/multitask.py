@@ -53,7 +53,7 @@ class MTLModel(BaseModel):
     def __init__(self, schema, config: MTLConfig):
         super().__init__(schema, config)
         c = config
-        self.task_types = {t.name: t.type for t in schema.tasks}
+        self.task_types = schema.task_types
         self.main_fields = list(range(self.num_fields))
         self.position_tower = None
         if c.position_tower:

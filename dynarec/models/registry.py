@@ -38,7 +38,16 @@ def register(name: str, *, paper: str = "", needs: tuple[str, ...] = (), multi_t
              kind: str = "ranking"):
     """Class decorator. The class must define ``Config`` (a dataclass subclassing ModelConfig). ``needs``: the
     schema groups the model reads by default; ``optional``: those of them it only uses when present;
-    ``kind``: "ranking" or "retrieval" (two-tower / popularity models, trained by dynarec.retrieval.train)."""
+    ``kind``: "ranking" or "retrieval" (two-tower / popularity models, trained by dynarec.retrieval.train).
+
+    Example::
+
+        @register("my_model", paper="Author et al., Venue 2026", needs=("user", "item"), optional=("item",))
+        class MyModel(BaseModel):
+            @dataclass
+            class Config(ModelConfig):
+                hidden: list[int] = field(default_factory=lambda: [64])
+    """
     if kind not in KINDS:
         raise ValueError(f"model kind must be one of {KINDS}, got {kind!r}")
 
@@ -54,6 +63,14 @@ def register(name: str, *, paper: str = "", needs: tuple[str, ...] = (), multi_t
 
 
 def get_model_info(name: str) -> ModelInfo:
+    """The registry entry of model ``name``; a ConfigError suggesting the closest name otherwise.
+
+    Example::
+
+        >>> from dynarec.models.registry import get_model_info
+        >>> get_model_info("two_tower").kind
+        'retrieval'
+    """
     import difflib
 
     import dynarec.models  # noqa: F401  (populate the registry)
@@ -67,7 +84,14 @@ def get_model_info(name: str) -> ModelInfo:
 
 def list_models(kind: str | None = "ranking") -> list[ModelInfo]:
     """Registered models of ``kind`` ("ranking" by default: what the ranking trainer, the conformance suite
-    and the benchmarks enumerate; "retrieval"; None for every model), sorted by name."""
+    and the benchmarks enumerate; "retrieval"; None for every model), sorted by name.
+
+    Example::
+
+        >>> from dynarec.models.registry import list_models
+        >>> "two_tower" in [m.name for m in list_models("retrieval")]
+        True
+    """
     import dynarec.models  # noqa: F401
 
     return [REGISTRY[k] for k in sorted(REGISTRY) if kind is None or REGISTRY[k].kind == kind]
@@ -75,7 +99,17 @@ def list_models(kind: str | None = "ranking") -> list[ModelInfo]:
 
 def build_model(name: str, schema, params: dict | None = None):
     """Build a registered model from a schema and a dict of its hyper-parameters (validated: types and values,
-    and every given key must have an effect on the model, see :mod:`dynarec.models.keys`)."""
+    and every given key must have an effect on the model, see :mod:`dynarec.models.keys`).
+
+    Example::
+
+        from dynarec.data.prepare import synthetic_tables
+        from dynarec.models.registry import build_model
+
+        schema, tables, _ = synthetic_tables(1000, seed=0)
+        model = build_model("mmoe", schema, {"num_experts": 4})
+        logits = model(tables["test"].take(torch.arange(8)))  # {task: Float [8]}
+    """
     from dynarec.config import build_dataclass
     from dynarec.models.keys import check_keys
 
@@ -86,6 +120,27 @@ def build_model(name: str, schema, params: dict | None = None):
     cfg = build_dataclass(info.config_cls, params, f"model.{name}")
     check_keys(info.cls, cfg, name, given=list(params))
     return info.cls(schema, cfg)
+
+
+def active_params(name: str, params: dict) -> dict:
+    """``params`` without the keys that have no effect on model ``name`` (for code that applies one set of
+    keys to every model, such as small test dimensions).
+
+    Example::
+
+        >>> from dynarec.models.registry import active_params
+        >>> "tower_hidden" in active_params("dnn", {"hidden": [8], "tower_hidden": [4]})
+        False
+    """
+    import dataclasses
+
+    from dynarec.models.keys import inactive_keys
+
+    info = get_model_info(name)
+    names = {f.name for f in dataclasses.fields(info.config_cls)}
+    cfg = info.config_cls(**{k: v for k, v in params.items() if k in names})
+    inactive = inactive_keys(info.cls, cfg)
+    return {k: v for k, v in params.items() if k not in inactive}
 
 
 def _other_models_key(info: ModelInfo, params: dict) -> None:

@@ -19,12 +19,12 @@ from dynarec.checks import rule
 from dynarec.models.base import BaseModel, ModelConfig, ModelInputs
 from dynarec.models.keys import when
 from dynarec.models.registry import register
+from dynarec.retrieval.objectives import OBJECTIVES, family
 from dynarec.retrieval.score import METRICS, prepare
 from dynarec.retrieval.towers import GatedTower, Tower
 
-LOSS_KINDS = ("inbatch", "sampled", "sogram", "sagram")
-SOFTMAX_LOSSES = ("inbatch", "sampled")
-GRAM_LOSSES = ("sogram", "sagram")
+LOSS_KINDS = tuple(OBJECTIVES)  # the registry of retrieval losses (dynarec/retrieval/objectives.py)
+SOFTMAX_LOSSES, GRAM_LOSSES = family("softmax"), family("gramian")
 QUERY_GROUPS, ITEM_GROUPS = ("user", "domain"), ("item", "author")
 
 

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 from dynarec.errors import DynarecError
-from dynarec.retrieval.lookup import LOOKUP_FILE, Retriever
+from dynarec.retrieval.lookup import Retriever
 
-__all__ = ["run_retrieve", "evaluate_if_retrieval", "metrics_table"]
+__all__ = ["run_retrieve", "evaluate_run", "metrics_table"]
 
 
 def metrics_table(model: str, metrics: dict, ks=(10, 20, 50)):
@@ -45,28 +45,19 @@ def run_retrieve(a) -> int:
     return 0
 
 
-def evaluate_if_retrieval(a) -> bool:
-    """``dynarec evaluate`` on a retrieval checkpoint (a folder with ``retrieval.pt``): exact full-corpus
-    metrics on a split of the prepared folder ``--data``; False (nothing done) for a ranking checkpoint."""
-    ck = Path(a.checkpoint)
-    if not (ck / LOOKUP_FILE).exists():
-        return False
+def evaluate_run(checkpoint, data, split: str | None = None) -> dict:
+    """The summary of ``dynarec evaluate`` on a retrieval checkpoint: exact full-corpus metrics on ``split``
+    ("test" by default) of the prepared folder ``data``."""
     from dynarec.retrieval.evaluate import evaluate_retrieval
     from dynarec.retrieval.train import load_retrieval_data
     from dynarec.train.checkpoint import load_checkpoint
 
-    if not Path(a.data).is_dir():
-        raise DynarecError(f"evaluate: a retrieval checkpoint is evaluated on a prepared folder; {a.data} is a file")
-    model, blob = load_checkpoint(ck)
-    _, _, data = load_retrieval_data(a.data, getattr(model.config, "task", ""))
-    split = a.split or "test"
-    if split not in data.evals:
-        raise DynarecError(f"evaluate: split '{split}' has no retrieval queries (have: {', '.join(data.evals)})")
-    summary = {"model": blob["model"], "data": str(a.data), "split": split,
-               "metrics": evaluate_retrieval(model, data, split)}
-    from rich.console import Console
-
-    Console(stderr=a.json).print(metrics_table(summary["model"], summary["metrics"]))
-    if a.json:
-        print(json.dumps(summary))
-    return True
+    if not Path(data).is_dir():
+        raise DynarecError(f"evaluate: a retrieval checkpoint is evaluated on a prepared folder; {data} is a file")
+    model, blob = load_checkpoint(checkpoint)
+    _, _, rdata = load_retrieval_data(data, getattr(model.config, "task", ""))
+    split = split or "test"
+    if split not in rdata.evals:
+        raise DynarecError(f"evaluate: split '{split}' has no retrieval queries (have: {', '.join(rdata.evals)})")
+    return {"model": blob["model"], "data": str(data), "split": split,
+            "metrics": evaluate_retrieval(model, rdata, split)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from dynarec.inference import eval_mode
 from dynarec.retrieval.metrics import KS, retrieval_metrics
 
 __all__ = ["embed_rows", "corpus_vectors", "evaluate_retrieval"]
@@ -20,11 +21,9 @@ def embed_rows(fn, table, batch_size: int = 65536) -> torch.Tensor:
 def corpus_vectors(model, data, batch_size: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
     """(query vectors [Q, k], item vectors [I, k]) of every query and corpus item, normalised for the score
     (their inner product is the model's score); eval mode during the call."""
-    was = model.training
-    model.eval()
-    u = embed_rows(model.query_vectors, data.queries, batch_size)
-    v = embed_rows(model.item_vectors, data.items, batch_size)
-    model.train(was)
+    with eval_mode(model):
+        u = embed_rows(model.query_vectors, data.queries, batch_size)
+        v = embed_rows(model.item_vectors, data.items, batch_size)
     return model.prepared(u, v)
 
 

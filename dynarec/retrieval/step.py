@@ -2,8 +2,9 @@
 (same optimizer groups from :func:`dynarec.train.optim.build_optimizers`, same clipping, same ``step(batch) ->
 float`` / ``state_dict`` contract, so :class:`dynarec.train.loop.Loop` drives it unchanged).
 
-What differs from the ranking step: a batch is B observed (query, item) pairs and the loss is one of
-``model.loss`` (:mod:`dynarec.retrieval.losses`), with the loss's own state kept here (and in resume points):
+What differs from the ranking step: a batch is B observed (query, item) pairs and the loss is the objective
+of ``model.loss`` (:data:`dynarec.retrieval.objectives.OBJECTIVES`), with the loss's own state kept here (and in
+resume points):
 
 * ``inbatch``: the streaming item frequency p̂ (Yi et al., RecSys 2019, Alg. 2) for the logQ correction;
 * ``sampled``: ``negatives`` shared items drawn uniformly or by popularity from the corpus;
@@ -25,9 +26,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dynarec.retrieval.gramian import SAGram, SOGram
-from dynarec.retrieval.losses import gramian_loss, inbatch_loss, sampled_loss
-from dynarec.retrieval.sampling import NegativeSampler, StreamingFrequency
+from dynarec.retrieval.objectives import OBJECTIVES
 from dynarec.train.optim import build_optimizers
 from dynarec.train.step import backward_and_step
 
@@ -51,51 +50,21 @@ class RetrievalStep:
         self.qkeys = data.query_user * self.n_dom + data.query_domain
         self.item_row = torch.full((int(data.item_ids.max()) + 1,), -1, dtype=torch.long)
         self.item_row[data.item_ids] = torch.arange(len(data.item_ids))
-        dim, loss = self.c.dim, self.c.loss
         self.state = nn.ModuleDict()
-        if loss == "inbatch":
-            self.state["freq"] = StreamingFrequency(max(4 * len(data.item_ids), 1024), alpha=0.05,
-                                                    warm_start=True)
-        elif loss == "sampled":
-            self.sampler = NegativeSampler(len(data.item_ids), self.c.sampler,
-                                           data.item_counts() if self.c.sampler == "popularity" else None)
-        elif loss == "sogram":
-            self.state["u"], self.state["v"] = SOGram(dim, self.c.alpha), SOGram(dim, self.c.alpha)
-        else:
-            self.state["u"] = SAGram(len(data.query_user), dim, self.c.beta)
-            self.state["v"] = SAGram(len(data.item_ids), dim, self.c.beta)
+        self.objective = OBJECTIVES[self.c.loss](self)
 
     def __call__(self, batch) -> float:
         return self.step(batch)
 
-    def _query_rows(self, batch) -> torch.Tensor:
+    def query_rows(self, batch) -> torch.Tensor:
+        """The rows of ``batch``'s (user, domain) queries among the data's queries."""
         key = batch.sparse[:, self.ucol] * self.n_dom + batch.domain
         return torch.searchsorted(self.qkeys, key)
 
-    def _gram_loss(self, batch, u, v):
-        m, c, est_u, est_v = self.model, self.c, self.state["u"], self.state["v"]
-        items = torch.randint(0, len(self.data.item_ids), (len(batch),), generator=self.gen)
-        v_c = m.prepared(u[:1], m.item_vectors(self.data.items.take(items)))[1]
-        if c.loss == "sogram":
-            gu, gv = est_u.update(u), est_v.update(v_c)
-        else:
-            gu, gv = est_u.step(self._query_rows(batch), u), est_v.step(items, v_c)
-        return gramian_loss(u, v, gu, gv, c.lam, pair_loss=c.pair_loss, v_gravity=v_c)
-
     def loss(self, batch) -> torch.Tensor:
-        m, c = self.model, self.c
+        m = self.model
         u, v = m.prepared(m.query_vectors(batch), m.item_vectors(batch))
-        ids = batch.sparse[:, self.icol]
-        if c.loss == "inbatch":
-            freq = self.state["freq"]
-            freq.update(ids)
-            return inbatch_loss(u, v, freq.log_q(ids) if c.logq else None, item_ids=ids)
-        if c.loss == "sampled":
-            neg, log_q = self.sampler.sample(c.negatives, self.gen)
-            v_neg = m.prepared(u[:1], m.item_vectors(self.data.items.take(neg)))[1]
-            pos_rows = self.item_row[ids]
-            return sampled_loss(u, v, v_neg, log_q, self.sampler.log_q(pos_rows), pos_rows, neg)
-        return self._gram_loss(batch, u, v)
+        return self.objective(self, batch, u, v, batch.sparse[:, self.icol])
 
     def step(self, batch) -> float:
         for o in self.optimizers:

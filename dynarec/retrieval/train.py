@@ -27,6 +27,7 @@ from dynarec.retrieval.evaluate import corpus_vectors, evaluate_retrieval
 from dynarec.train.callbacks import CsvLog, EarlyStopping, ProgressBar
 from dynarec.train.config import TrainerConfig
 from dynarec.train.loop import Callback, History, Loop
+from dynarec.train.result import MARKERS, Result
 
 __all__ = ["train_retrieval", "RetrievalValidation", "MONITOR"]
 
@@ -52,7 +53,7 @@ class RetrievalValidation(Callback):
 def _fit(model, data, cfg: TrainerConfig, seed: int, log_path, console) -> History:
     from dynarec.retrieval.step import RetrievalStep
 
-    if model.registry_name == "popularity":
+    if callable(getattr(model, "fit_counts", None)):  # counted, not trained (popularity)
         model.fit_counts(data.item_ids[data.train_item])
         return History(epochs=[{"epoch": 1, "train_loss": 0.0}], best_epoch=1)
     step = RetrievalStep(model, cfg, data, torch.Generator().manual_seed(seed + 1))
@@ -66,13 +67,12 @@ def _fit(model, data, cfg: TrainerConfig, seed: int, log_path, console) -> Histo
 
 def train_retrieval(model_name: str, schema, tables: dict, params: dict | None = None, trainer=None, seed: int = 0,
                     out=None, encoders: dict | None = None, console=None, run_config: dict | None = None,
-                    resume: bool = False, data=None):
-    """Build and train retrieval model ``model_name`` on the prepared ``tables``; exact full-corpus metrics on
-    the test split (valid when there is none). ``data``: a prebuilt :class:`RetrievalData` (benchmarks).
-    Returns a :class:`dynarec.train.run.Result` (``metrics`` = ``{"recall@10": {"all": x, ...}, ...}``)."""
-    from dynarec.models import build_model
+                    resume: bool = False, data=None, *, build):
+    """Build (``build(model_name, schema, params)``: the registry's ``build_model``, passed down by the
+    experiment layer) and train retrieval model ``model_name`` on the prepared ``tables``; exact full-corpus
+    metrics on the test split (valid when there is none). ``data``: a prebuilt :class:`RetrievalData`.
+    Returns a :class:`dynarec.train.result.Result` (``metrics`` = ``{"recall@10": {"all": x, ...}, ...}``)."""
     from dynarec.train.checkpoint import save_checkpoint
-    from dynarec.train.run import MARKERS, Result
 
     if resume:
         raise DynarecError("train --resume: not supported for retrieval models yet; train again")
@@ -83,7 +83,7 @@ def train_retrieval(model_name: str, schema, tables: dict, params: dict | None =
     cfg = trainer if isinstance(trainer, TrainerConfig) else build_dataclass(TrainerConfig, trainer or {}, "trainer")
     params = dict(params or {})
     torch.manual_seed(seed)
-    model = build_model(model_name, schema, params)
+    model = build(model_name, schema, params)
     if data is None:
         names = (encoders or {}).get("categorical", {}).get(schema.feature(schema.domain).table, [])
         data = build_retrieval_data(schema, tables, model.config.task, names)
@@ -115,15 +115,8 @@ def train_retrieval(model_name: str, schema, tables: dict, params: dict | None =
         raise
     if work is not None:
         outdir.swap_in(work, out)
-    res = Result(model, metrics, hist, hist.train_rows_per_s, params, str(out) if out is not None else None)
-    res.data = data
-    return res
-
-
-def is_retrieval(model_name: str) -> bool:
-    from dynarec.models import get_model_info
-
-    return get_model_info(model_name).kind == "retrieval"
+    return Result(model, metrics, hist, hist.train_rows_per_s, params, str(out) if out is not None else None,
+                  data=data)
 
 
 def load_retrieval_data(path: str | Path, task: str = ""):

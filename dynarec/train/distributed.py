@@ -151,7 +151,7 @@ def evaluate_split(model, table, batch_size: int = 65536) -> dict:
     labels = {t: v.double().cpu().numpy() for t, v in table.labels.items()}
     user = None if table.user is None else table.user.cpu().numpy()
     return compute_metrics(labels, preds, table.domain.cpu().numpy(), model.schema.domain_values, user,
-                           {t.name: t.type for t in model.schema.tasks})
+                           model.schema.task_types)
 
 
 class GatheredValidation(Validation):

@@ -44,7 +44,7 @@ class TrainStep:
         self.model = model
         self.forward = forward if forward is not None else model
         self.cfg = cfg or TrainerConfig()
-        self.task_types = {t.name: t.type for t in model.schema.tasks}
+        self.task_types = model.schema.task_types
         self.weighting = build_weighting(task_weighting or self.cfg.task_weighting, model.tasks, self.task_types,
                                          self.cfg.loss_weights)
         self.optimizers, self.clipped = build_optimizers(model, self.cfg, list(self.weighting.parameters()))

@@ -7,7 +7,7 @@ import torch
 
 from dynarec.errors import ConfigError
 from dynarec.models import build_model
-from dynarec.models.keys import active_params
+from dynarec.models.registry import active_params
 from dynarec.nn.apg import APGLinear
 
 SMALL = {"embed_dim": 4, "hidden": [16, 8], "rank_k": 4, "overparam_p": 8, "hypernet_hidden": [8],
@@ -196,7 +196,7 @@ def test_detach_condition_detaches_shared_embeddings_only(data, name):
     """Issue 12 A.3: with detach_condition APG's own domain table still trains (it moves after steps) while
     the shared embeddings of the condition get no gradient through G."""
     from dynarec.train.trainer import Trainer
-    from dynarec.config import TrainerConfig
+    from dynarec.train.config import TrainerConfig
 
     schema, batch = data
     kw = dict(condition_mode="mix-wise", condition_groups=["domain", "user"])

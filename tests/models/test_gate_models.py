@@ -12,7 +12,7 @@ from dynarec.data.schema import Schema
 from dynarec.errors import ConfigError
 from dynarec.losses import task_losses
 from dynarec.models import build_model
-from dynarec.models.keys import active_params
+from dynarec.models.registry import active_params
 
 SMALL = {"embed_dim": 4, "hidden": [16, 8]}
 
@@ -40,7 +40,7 @@ def _out(model, batch):
 
 
 def _train_steps(model, table, steps=5):
-    from dynarec.config import TrainerConfig
+    from dynarec.train.config import TrainerConfig
     from dynarec.train.trainer import Trainer
 
     tr = Trainer(model, TrainerConfig(lr=2e-2, embedding_lr=0.1, progress=False))

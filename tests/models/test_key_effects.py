@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from dynarec.checks import check_value
-from dynarec.config import TrainerConfig
+from dynarec.train.config import TrainerConfig
 from dynarec.errors import ConfigError
 from dynarec.models import build_model, get_model_info, list_models
 from dynarec.models.keys import inactive_keys, no_effect_rules, when

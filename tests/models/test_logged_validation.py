@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-from dynarec.config import TrainerConfig
+from dynarec.train.config import TrainerConfig
 from dynarec.metrics import evaluate_model
 from dynarec.train.loop import Callback
 from dynarec.train.trainer import Trainer

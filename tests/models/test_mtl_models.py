@@ -123,7 +123,7 @@ def _regression_tables():
 
 
 def _fit(m, table, steps=300, lr=2e-2):
-    types = {t.name: t.type for t in m.schema.tasks}
+    types = m.schema.task_types
     emb = m.embedding.weight.weight
     opts = [torch.optim.Adagrad([emb], lr=0.1), torch.optim.Adam([p for p in m.parameters() if p is not emb], lr=lr)]
     g = torch.Generator().manual_seed(0)

@@ -27,7 +27,7 @@ def fit(model, table, epochs=3, bs=256, lr=1e-2, seed=0):
     emb = [model.embedding.weight.weight]
     dense = [p for p in model.parameters() if p is not emb[0]]
     opts = [torch.optim.Adagrad(emb, lr=0.1), torch.optim.Adam(dense, lr=lr)]
-    types = {t.name: t.type for t in model.schema.tasks}
+    types = model.schema.task_types
     g = torch.Generator().manual_seed(seed)
     model.train()
     for _ in range(epochs):

@@ -13,7 +13,7 @@ import copy
 import pytest
 import torch
 
-from dynarec.config import TrainerConfig
+from dynarec.train.config import TrainerConfig
 from dynarec.data.table import TensorTable
 from dynarec.metrics import evaluate_model
 from dynarec.models import build_model

@@ -242,10 +242,11 @@ def test_csv_log_appends_rows_under_one_header(tmp_path):
     assert (tmp_path / "sub" / "log.csv").read_text().splitlines() == ["epoch,x", "1,0.5", "2,0.25"]
 
 
-def test_trainer_config_lives_next_to_the_trainer_and_is_re_exported():
+def test_trainer_config_lives_next_to_the_trainer_and_the_experiment_holds_it():
     import dynarec.config as config
+    from dynarec.experiment import load_experiment
 
-    assert config.TrainerConfig is TrainerConfig
-    exp = config.load_experiment(None, sets=["trainer.epochs=3"])
+    assert not hasattr(config, "TrainerConfig")  # no upward import: dynarec.config knows no trainer
+    exp = load_experiment(None, sets=["trainer.epochs=3"])
     assert isinstance(exp.trainer, TrainerConfig) and exp.trainer.epochs == 3
     assert ProgressBar is not None

@@ -23,7 +23,7 @@ def test_same_seed_identical_metrics_other_seed_different(small_synth):
 
 def test_embeddings_in_their_own_sparse_optimizer_group(small_synth):
     schema, tables, _ = small_synth
-    from dynarec.config import TrainerConfig
+    from dynarec.train.config import TrainerConfig
     from dynarec.train.trainer import Trainer
 
     model = build_model("mmoe", schema, {"hidden": [16], "num_experts": 2})
@@ -44,7 +44,7 @@ def test_dense_table_gradients_give_the_same_update_as_sparse(small_synth, opt):
     """For Adagrad / SGD a zero gradient changes nothing, so dense table gradients (``embedding_grad:
     dense``, what ``auto`` picks for small tables) must train exactly like sparse ones."""
     schema, tables, _ = small_synth
-    from dynarec.config import TrainerConfig
+    from dynarec.train.config import TrainerConfig
     from dynarec.train.trainer import Trainer
 
     weights, grads_sparse = {}, {}
@@ -65,7 +65,7 @@ def test_dense_table_gradients_give_the_same_update_as_sparse(small_synth, opt):
 def test_auto_table_gradients_dense_for_small_tables_sparse_for_large(small_synth, monkeypatch):
     schema, _, _ = small_synth
     import dynarec.train.optim as optim
-    from dynarec.config import TrainerConfig
+    from dynarec.train.config import TrainerConfig
 
     model = build_model("dnn", schema, {"hidden": [16]})
     n = model.embedding.weight.weight.numel()
@@ -99,7 +99,7 @@ def test_dense_adam_on_tables_moves_rows_outside_the_batch_sparse_adam_does_not(
     """``embedding_optimizer: adam`` is the anchors' recipe: dense gradients, so momentum keeps moving rows
     seen earlier but absent from the current batch; SparseAdam (lazy) only touches the batch's rows."""
     schema, tables, _ = small_synth
-    from dynarec.config import TrainerConfig
+    from dynarec.train.config import TrainerConfig
     from dynarec.train.trainer import Trainer
 
     b1, b2 = tables["train"].take(torch.arange(0, 64)), tables["train"].take(torch.arange(64, 128))
@@ -126,7 +126,7 @@ def test_dense_adam_on_tables_moves_rows_outside_the_batch_sparse_adam_does_not(
 
 def test_embedding_init_std_and_bad_embedding_optimizer(small_synth):
     schema, tables, _ = small_synth
-    from dynarec.config import TrainerConfig
+    from dynarec.train.config import TrainerConfig
     from dynarec.errors import ConfigError
     from dynarec.train.trainer import Trainer
 
