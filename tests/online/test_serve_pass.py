@@ -26,7 +26,8 @@ from dynarec.data.schema import Schema
 from dynarec.online.config import load_online_config
 from dynarec.online.marker import pass_dir, write_current
 from dynarec.online.runner import run_online
-from dynarec.online.serving import SERVING, read_serving
+from dynarec.online.serving import SERVING
+from dynarec.serve.sources import read_serving
 from dynarec.serve.predictor import Predictor
 from dynarec.train.checkpoint import read_checkpoint
 
