@@ -175,28 +175,3 @@ def load_backend(bundle: str | Path, name: str, model=None):
     if cls is None:
         raise DynarecError(f"--backend: expected one of {' | '.join(BACKENDS)}, got '{name}'")
     return cls(Path(bundle), model)
-
-
-@register_backend
-class TorchScriptBackend(Backend):
-    """A TorchScript trace of the exported program (``model.ts``); a scratch example of a new backend."""
-
-    name, file = "torchscript", "model.ts"
-
-    @staticmethod
-    def write(program, args, names, tasks, path) -> None:
-        import torch
-
-        with torch.no_grad():
-            torch.jit.save(torch.jit.trace(program.module(), args, strict=False), str(path))
-
-    def __init__(self, bundle: Path, model=None):
-        import torch
-
-        self.module = torch.jit.load(str(self._file(bundle)))
-
-    def __call__(self, inputs):
-        import torch
-
-        with torch.no_grad():
-            return tuple(self.module(*inputs))
