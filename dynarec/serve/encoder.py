@@ -70,7 +70,7 @@ class RowEncoder:
                 unknown[f.name] = int(miss.sum())
                 if per_row:
                     rows[:, j] = miss.reshape(table.num_rows, -1).sum(1)
-            elif per_row and f.kind in ("sparse", "sequence") and not f.bucketised:
+            elif per_row and unknown.get(f.name) and f.kind in ("sparse", "sequence") and not f.bucketised:
                 rows[:, j] = _unknown_per_row(table, f, cols[f.name])
         return Encoded(to_tensor_table(self.schema, cols), unknown, labels, rows)
 
