@@ -14,7 +14,12 @@ def write_predictions(checkpoint: str | Path, data: str | Path, out: str | Path,
     """``dynarec predict``: one output row per input row of the raw file ``data`` (no labels needed), one
     probability (binary) / value (regression) column per task — the MC-dropout mean plus ``<task>_var`` with
     ``mc_dropout`` passes — and the raw row index ``_row`` (or ``id_column`` copied from the input).
-    ``out`` ends in .parquet or .csv; written to a temporary file and renamed. -> {rows, unknown, out}."""
+    ``out`` ends in .parquet or .csv; written to a temporary file and renamed. -> {rows, unknown, out}.
+
+    Example::
+
+        write_predictions("runs/pepnet", "new_rows.csv", "scores.parquet", id_column="request_id")
+    """
     import os
 
     import pyarrow.csv as pacsv

@@ -111,8 +111,8 @@ def test_mc_dropout_without_dropout_is_the_point_prediction(trained):
 
 
 def test_server_columns_encode_as_the_table_encoder_does():
-    """``encode_columns`` (the server's micro-batch path: dictionary lookups on Python lists) gives exactly what
-    ``encode`` (pyarrow, files) gives on the same rows: ids, dense transforms, bucket ids, missing indicators,
+    """``encode_columns`` (the server's micro-batch path: Python lists, through the one encoder) gives exactly
+    what ``encode`` (files) gives on the same rows: ids, dense transforms, bucket ids, missing indicators,
     padded sequences, unknown counts per feature; and its per-row unknowns match a hand count (null tokens and
     nulls are not unknown)."""
     from types import SimpleNamespace
