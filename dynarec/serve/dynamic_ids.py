@@ -16,8 +16,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from dynarec.data.encode import _seq_values, column
+from dynarec.data.encode import column
 from dynarec.data.read import as_text
+from dynarec.online.ids import raw_ids
 from dynarec.tables.scores import hash_string
 
 MASK63 = (1 << 63) - 1
@@ -66,15 +67,7 @@ class SlotLookup:
         _, e = self.entries[f.name]
         if f.kind != "sequence":
             return torch.from_numpy(recorded_ids(column(table, f), bool(e["ints"])))
-        flat, offs = _seq_values(table.column(f.name), f.separator)
-        ids = recorded_ids(flat, False)
-        n = len(offs) - 1
-        lens = np.minimum(np.diff(offs), f.max_len)
-        out = np.full((n, f.max_len), -1, dtype=np.int64)
-        rows = np.repeat(np.arange(n), lens)
-        pos = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
-        out[rows, pos] = ids[np.repeat(offs[:-1], lens) + pos]
-        return torch.from_numpy(out)
+        return raw_ids(table, f)  # a sequence's tokens: text, hashed as training hashed them
 
     def slots(self, name: str, ids: torch.Tensor) -> torch.Tensor:
         """Slots Long (same shape as ``ids``; 0 = the default row for ids < 0 and ids without a slot)."""
