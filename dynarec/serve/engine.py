@@ -139,35 +139,34 @@ class Engine:
     async def _worker(self) -> None:
         q = self.queue
         while True:
-            batch, rows = await self._take(q)
+            batch, _ = await self._take(q)
             served = self.served  # one model for the whole batch, even if a reload lands meanwhile
             # on the loop itself: a thread hand-off costs GIL ping-pong and buys nothing on few cores
-            if self._run(served, batch):
-                self.batch_rows.observe(rows)
+            self._run(served, batch)
             await asyncio.sleep(0)  # let the loop read the requests that arrived during the batch
 
-    def _run(self, served, batch: list[_Pending]) -> bool:
-        """Run and answer ``batch``; -> whether it ran as one batch. A batch the encoder refuses is re-run
-        request by request, so each request gets its own answer."""
+    def _run(self, served, batch: list[_Pending]) -> None:
+        """Run and answer ``batch``. A batch the encoder refuses is re-run request by request, so each request
+        gets its own answer."""
         try:
             results = _run_batch(served, batch)
         except DynarecError as e:  # e.g. a value the encoders refuse: a client's mistake
             if len(batch) > 1:
                 for p in batch:
                     self._run(served, [p])
-                return False
+                return
             self.answer_error(batch[0].reply, 422, str(e))
-            return False
+            return
         except Exception as e:  # noqa: BLE001 - a failed batch fails its requests, not the server
             for p in batch:
                 self.answer_error(p.reply, 500, f"{type(e).__name__}: {e}")
-            return False
+            return
+        self.batch_rows.observe(sum(p.n for p in batch))
         now = time.perf_counter()
         for p, r in zip(batch, results):
             p.reply(200, r)
             self.ok.inc()
             self.latency.observe(now - p.t0)
-        return True
 
 
 def _run_batch(served, batch: list[_Pending]) -> list[bytes]:

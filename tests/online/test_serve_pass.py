@@ -27,7 +27,7 @@ from dynarec.online.config import load_online_config
 from dynarec.online.marker import pass_dir, write_current
 from dynarec.online.runner import run_online
 from dynarec.online.serving import SERVING
-from dynarec.serve.sources import read_serving
+from dynarec.serve.sources import pass_folder, read_serving
 from dynarec.serve.predictor import Predictor
 from dynarec.train.checkpoint import read_checkpoint
 
@@ -380,8 +380,10 @@ def test_server_predict_and_evaluate_agree_on_a_bad_id(live, tmp_path):
         r["hist_categories"] = r["hist_categories"].split("|") if r["hist_categories"] else []
     outs, unknown_rows = served.predict_columns(rows_to_columns(rows, served.schema))
     held = [f.name for f in served.schema.fields].index("user_id")
-    assert unknown_rows[5, held] == 1  # 'abc' holds no slot: the default row
-    assert unknown_rows[:, held].sum() < len(rows) // 2  # the other ids kept their integer keys
+    blob, _ = read_serving(pass_folder(run) / SERVING)
+    keys = {e["feature"]: set(e["keys"].tolist()) for e in blob["dynamic"]}["user_id"]
+    by_hand = [int(not v.isdigit() or int(v) not in keys) for v in uid]  # ids read as the integers recorded
+    assert unknown_rows[:, held].tolist() == by_hand and by_hand[5] == 1 and 0 in by_hand
     summary = Predictor.load(run).evaluate(f)
     for k, task in enumerate(served.tasks):
         # the same eager float32 model on the same ids: equal to float32 rounding (a few ulp of p <= 1)
