@@ -158,8 +158,8 @@ def backend_speed(bundle: Path, backends: list[str], batch: int = 1024, reps: in
     import torch
 
     from dynarec.serve.backends import load_backend
-    from dynarec.serve.bundle import read_bundle
-    from dynarec.serve.export import batch_inputs, example_batch
+    from dynarec.serve.loader import read_bundle
+    from dynarec.serve.entry import batch_inputs, example_batch
 
     before = torch.get_num_threads()
     if threads:

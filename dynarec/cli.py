@@ -335,7 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="export a checkpoint to a serving bundle (torch.export + ONNX)")
     ex.add_argument("--checkpoint", required=True)
     ex.add_argument("--out", required=True, help="bundle folder")
-    ex.add_argument("--format", default="all", choices=["torch", "onnx", "all"])
+    from dynarec.serve.backends import BACKENDS, formats
+
+    ex.add_argument("--format", default="all", choices=formats())
     ex.set_defaults(fn=cmd_export)
 
     sv = sub.add_parser("serve", help="HTTP predictor on raw feature values over an exported bundle")
@@ -343,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(serves the pass its current marker names and follows it) or one pass folder")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
-    sv.add_argument("--backend", default=None, choices=["torch", "onnx", "eager"],
+    sv.add_argument("--backend", default=None, choices=list(BACKENDS),
                     help="default: onnx for a bundle, eager for an online run")
     sv.add_argument("--watch", help="folder where new bundles appear (hot reload)")
     sv.add_argument("--max-batch", type=int, default=256, help="rows per inference call (micro-batching)")

@@ -126,7 +126,7 @@ class Ranking(Kind):
         return summary
 
     def predict(self, checkpoint, data, out, id_column, mc_dropout):
-        from dynarec.serve.predictor import write_predictions
+        from dynarec.serve.predict_file import write_predictions
 
         return write_predictions(checkpoint, data, out, id_column, mc_dropout)
 

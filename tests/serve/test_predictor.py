@@ -111,8 +111,8 @@ def test_mc_dropout_without_dropout_is_the_point_prediction(trained):
 
 
 def test_server_columns_encode_as_the_table_encoder_does():
-    """``encode_columns`` (the server's micro-batch path: dictionary lookups on Python lists) gives exactly what
-    ``encode`` (pyarrow, files) gives on the same rows: ids, dense transforms, bucket ids, missing indicators,
+    """``encode_columns`` (the server's micro-batch path: Python lists, through the one encoder) gives exactly
+    what ``encode`` (files) gives on the same rows: ids, dense transforms, bucket ids, missing indicators,
     padded sequences, unknown counts per feature; and its per-row unknowns match a hand count (null tokens and
     nulls are not unknown)."""
     from types import SimpleNamespace
@@ -151,3 +151,41 @@ def test_server_columns_encode_as_the_table_encoder_does():
     assert per_row["uid"] == [0, 1, 0, 1, 0]  # "never-seen", 7; "NA" is a null token
     assert per_row["dom"] == [0, 0, 0, 0, 1]  # None is missing, d9 unseen
     assert per_row["hist"] == [0, 1, 0, 1, 0]  # within max_len 3: zzz (x is a null token); qqq is 4th
+
+
+def test_a_dense_value_beyond_float32_is_refused_naming_its_column(trained, tmp_path):
+    """1e308 is a finite float64 but inf in float32 (NaN predictions): ``predict`` / ``evaluate`` refuse it with
+    one line naming the column and the row; the server's engine answers that request 422 and still answers
+    the other requests of the same micro-batch (the batch is re-run request by request)."""
+    d, test_rows, _ = trained
+    p = Predictor.load(d / "ck")
+    rows = test_rows.slice(0, 4).to_pylist()
+    rows[2]["item_price"] = -1e308
+    with pytest.raises(DataError, match=r"dense column 'item_price' row 2: value -1e\+308 is beyond float32"):
+        p.predict_rows(rows)
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "bad.parquet")
+    with pytest.raises(DataError, match="bad.parquet: dense column 'item_price' row 2"):
+        p.evaluate(tmp_path / "bad.parquet")
+
+    from dynarec.serve.backends import EagerBackend
+    from dynarec.serve.engine import Engine, _Pending
+    from dynarec.serve.rows import rows_to_columns
+    from dynarec.serve.served import Served
+    from dynarec.serve.server import ServerConfig
+
+    pytest.importorskip("prometheus_client", reason="the server needs the serve extra: pip install 'dynarec[serve]'")
+    served = Served(d / "ck", {"model_version": "v"}, "eager", p, EagerBackend(d / "ck", p.model), p.tasks)
+    eng = Engine(served, ServerConfig())
+    answers = {}
+    good, bad = rows[:2], rows[2:]
+    batch = [_Pending(rows_to_columns(r, p.schema), len(r), lambda s, b, k=k: answers.setdefault(k, (s, b)), 0.0)
+             for k, r in (("good", good), ("bad", bad))]
+    eng._run(served, batch)
+    status, body = answers["bad"]
+    assert status == 422 and b"dense column 'item_price' row 0" in body  # row 0 of that request
+    status, body = answers["good"]
+    assert status == 200
+    want, _ = p.predict_rows(good)
+    got = json.loads(body)["predictions"]
+    for t in p.tasks:  # the same eager model on the same ids: equal to float32 rounding
+        np.testing.assert_allclose(got[t], want[t], rtol=0, atol=1e-6)

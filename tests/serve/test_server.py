@@ -115,6 +115,7 @@ def test_bad_requests_get_4xx_and_server_stays_up(env):
             (dict(content=b"{\"rows\": [", headers={"content-type": "application/json"}), 400, "malformed"),
             (dict(json={"rows": missing}), 422, "item_id"),
             (dict(json={"rows": wrong}), 422, "item_price"),
+            (dict(json={"rows": [good[0], dict(good[1], item_price=1e308)]}), 422, "item_price"),  # inf in float32
             (dict(json={"rows": "x"}), 422, "rows"),
             (dict(json={"rows": []}), 422, "rows"),
             (dict(json={"rowz": good}), 422, "rows"),
