@@ -131,6 +131,7 @@ class Encoders:
         self.cat: dict[str, CategoricalEncoder] = {}  # by table name
         self.dense: dict[str, DenseEncoder] = {}
         self.unknown_counts: dict[str, int] = {}
+        self.train_rows = None  # a TrainRows fingerprint of the training rows (data/fingerprint.py), if taken
 
     def _categorical(self, table: pa.Table, f: Feature, where: str) -> tuple[pa.Array, np.ndarray | None]:
         """(string values, sequence offsets or None) of a sparse or sequence feature."""
@@ -198,14 +199,21 @@ class Encoders:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"categorical": {t: e.vocab for t, e in self.cat.items()},
-                "dense": {n: e.to_dict() for n, e in self.dense.items()}}
+        d = {"categorical": {t: e.vocab for t, e in self.cat.items()},
+             "dense": {n: e.to_dict() for n, e in self.dense.items()}}
+        if self.train_rows is not None:
+            d["train_rows"] = self.train_rows.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, schema: Schema, d: dict[str, Any]) -> Encoders:
         enc = cls(schema)
         enc.cat = {t: CategoricalEncoder(list(v)) for t, v in d["categorical"].items()}
         enc.dense = {n: NumericEncoder.from_dict(v) for n, v in d["dense"].items()}
+        if d.get("train_rows"):
+            from dynarec.data.fingerprint import TrainRows
+
+            enc.train_rows = TrainRows.from_dict(d["train_rows"])
         return enc
 
 

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from dynarec.data.fingerprint import TrainRows
 from dynarec.data.encode import Encoders
 from dynarec.data.labels import check_label_rules
 from dynarec.data.rawchecks import check_raw_values
@@ -65,7 +66,9 @@ def prepare_table(t: pa.Table, schema: Schema, out: str | Path | None = None, sp
     check_raw_values(t, schema, source)  # missing domains, dense values: rows of the file, before the split
     spec = parse_split(split, fractions, seed)
     idx = split_indices(t, schema, spec, where=source)
-    enc = Encoders(schema).fit(t.take(pa.array(idx["train"])), "train")
+    train = t.take(pa.array(idx["train"]))
+    enc = Encoders(schema).fit(train, "train")
+    enc.train_rows = TrainRows.fit(train, schema.columns())  # evaluate warns on a file of training rows
     encoded = {s: enc.transform(t.take(pa.array(idx[s])), s) for s in SPLITS}
     for s in SPLITS:
         encoded[s][ROW] = idx[s].astype(np.int64)

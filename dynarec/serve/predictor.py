@@ -133,10 +133,29 @@ class Predictor:
             raise DataError("checkpoint has no encoders; evaluate it on a prepared folder")
         table = read_raw(path, self.schema, labels=labels is not False)
         enc = self.encode(table, str(path), labels)
+        if labels is not False:  # scored against labels (evaluate): say when the rows were trained on
+            self._warn_on_training_rows(table, path)
         import torch
 
         enc.table.row = torch.arange(table.num_rows)  # the raw row index of every row
         return enc
+
+    def _warn_on_training_rows(self, table, path) -> None:
+        """A one-line DataWarning when the hash sample of the training rows (``Encoders.train_rows``) says
+        that 5 % or more of the file's rows were trained on: its metrics would overstate new-data quality."""
+        fp = getattr(self.encoders, "train_rows", None)
+        if fp is None:
+            return
+        share, sampled = fp.overlap(table)
+        if share >= 0.05 and share * sampled >= 3:
+            import warnings
+
+            from dynarec.errors import DataWarning
+
+            how = "exactly" if fp.modulus == 1 else f"estimated from {sampled:,} hash-sampled rows"
+            warnings.warn(DataWarning(
+                f"{path}: {share:.0%} of its rows are rows the model was trained on ({how}); metrics on them "
+                "overstate its quality on new data (evaluate the prepared folder's test split, or new rows)"))
 
     def load_data(self, data: str | Path, split: str = "test", labels: bool | None = True) -> Encoded:
         """A prepared folder (its ``split``, which must use the checkpoint's encoders) or a raw file."""

@@ -7,7 +7,7 @@ import torch
 
 from dynarec.data.schema import Feature, Schema
 from dynarec.online.ids import id_kinds, raw_ids
-from dynarec.online.serving import read_serving
+from dynarec.serve.sources import read_serving
 from dynarec.tables.hashing import hash_string
 
 from tests.online.conftest import online
