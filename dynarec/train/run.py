@@ -15,7 +15,9 @@ from dynarec.errors import DataError, DynarecError
 from dynarec.metrics import evaluate_model
 from dynarec.train.distributed import evaluate_split, is_main
 from dynarec.models import build_model
+from dynarec.train.better import refuse_worse, valid_record
 from dynarec.train.checkpoint import save_checkpoint
+from dynarec.train.collapse import CollapseGuard
 from dynarec.train.config import TrainerConfig
 from dynarec.train.loop import History
 from dynarec.train.resume import LAST, LastState, load_state
@@ -57,7 +59,7 @@ MARKERS = ("model.pt",)  # what makes a folder a training run's (dynarec.outdir)
 def train_model(model_name: str, schema, tables: dict, params: dict | None = None, trainer: dict | TrainerConfig | None = None,
                 seed: int = 0, out: str | Path | None = None, encoders: dict | None = None,
                 task_weighting: str | None = None, console=None, run_config: dict | None = None,
-                resume: bool = False) -> Result:
+                resume: bool = False, overwrite: bool = False) -> Result:
     """Build ``model_name`` on ``schema``, train on tables['train'] with early stopping on tables['valid'],
     evaluate on tables['test'] (or 'valid' when there is no test).
 
@@ -67,7 +69,11 @@ def train_model(model_name: str, schema, tables: dict, params: dict | None = Non
     refused run leaves an existing run there byte-identical, and a folder's files always describe one run.
     A run killed or interrupted after an epoch leaves its work folder: ``resume=True`` continues it after its
     last completed epoch (same arguments). A run stopped by a user mistake (a diverging loss included), or
-    before its first epoch ended, removes it."""
+    before its first epoch ended, removes it.
+
+    A collapsed fit (:mod:`dynarec.train.collapse`: the loss far above its start, or a model no better than a
+    constant predictor) raises :class:`~dynarec.train.collapse.CollapsedError`; a finished run never replaces
+    a run in ``out`` whose validation score is better (:mod:`dynarec.train.better`) unless ``overwrite``."""
     import torch
 
     if isinstance(trainer, TrainerConfig):
@@ -84,7 +90,7 @@ def train_model(model_name: str, schema, tables: dict, params: dict | None = Non
         if resume and out is None:
             raise DynarecError("resume: needs the interrupted run's out folder")
         tr = Trainer(model, cfg, seed, None, task_weighting, console)
-        hist = tr.fit(tables["train"], valid, finish=False)
+        hist = tr.fit(tables["train"], valid, [CollapseGuard(valid)], finish=False)
         return _finish(model, cfg, hist, tables, params, None, encoders, seed, tr.finish)
     out = outdir.check_out(out, MARKERS, "training run")
     work = outdir.work_dir(out)
@@ -104,8 +110,10 @@ def train_model(model_name: str, schema, tables: dict, params: dict | None = Non
                           "trainer": {**to_dict(cfg), "task_weighting": task_weighting or cfg.task_weighting}}
         (work / "config.json").write_text(json.dumps(run_config, indent=2))
     try:
-        hist = tr.fit(tables["train"], valid, [LastState(work / LAST, meta)], resume=state, finish=False)
+        hist = tr.fit(tables["train"], valid, [CollapseGuard(valid), LastState(work / LAST, meta)], resume=state,
+                      finish=False)
         res = _finish(model, cfg, hist, tables, params, work, encoders, seed, tr.finish)
+        refuse_worse(out, valid_record(hist, valid), overwrite)
         (work / LAST).unlink(missing_ok=True)
     except BaseException as e:  # a refused or diverged run, or one that stopped before a resume point
         if isinstance(e, DynarecError) or not (work / LAST).exists():
@@ -162,7 +170,8 @@ def _finish(model, cfg, hist, tables, params, folder, encoders, seed, done=None)
     usage = {} if sharded else gate_usage_of(model, test)
     if folder is not None:
         save_checkpoint(folder, model, params, encoders,
-                        {"trainer": to_dict(cfg), "seed": seed, "best_epoch": hist.best_epoch})
+                        {"trainer": to_dict(cfg), "seed": seed, "best_epoch": hist.best_epoch,
+                         "valid": valid_record(hist, tables.get("valid"))})
         (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
         if usage:
             (folder / "gate_usage.json").write_text(json.dumps(usage, indent=2))
@@ -171,7 +180,7 @@ def _finish(model, cfg, hist, tables, params, folder, encoders, seed, done=None)
                   eval_rows_per_s=eval_rps, gate_usage=usage)
 
 
-def train_experiment(cfg, console=None, resume: bool = False) -> Result:
+def train_experiment(cfg, console=None, resume: bool = False, overwrite: bool = False) -> Result:
     """``dynarec train``: train ``cfg`` (an ``ExperimentConfig``) on its prepared folder; checkpoint (with the
     folder's encoders), log and ``config.json`` in ``cfg.out``. Returns the ``train_model`` result."""
     from dynarec.data.prepare import load_encoders, load_prepared
@@ -187,7 +196,7 @@ def train_experiment(cfg, console=None, resume: bool = False) -> Result:
         return train_retrieval(cfg.model, schema, tables, cfg.params, cfg.trainer, cfg.seed, cfg.out, enc,
                                console=console, run_config=to_dict(cfg), resume=resume)
     return train_model(cfg.model, schema, tables, cfg.params, cfg.trainer, cfg.seed, cfg.out, enc, console=console,
-                       run_config=to_dict(cfg), resume=resume)
+                       run_config=to_dict(cfg), resume=resume, overwrite=overwrite)
 
 
 def load_interrupted(out: str | Path):
