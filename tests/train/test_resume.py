@@ -63,10 +63,11 @@ def test_sigkill_during_an_epoch_then_resume_equals_an_uninterrupted_run(data, t
     done = len(_log(tmp_path / ".run.partial"))
     assert 1 <= done < len(_log(ref))
 
-    # the config comes from the saved run: any other config option is refused
+    # the config comes from the saved run: an option with another value is refused, naming it; the same
+    # command with --resume appended continues the run
     q = _cli("train", "--resume", str(run), "--epochs", "9")
-    assert q.wait(timeout=60) == 2 and "--epochs cannot be combined with --resume" in q.stderr.read()
-    q = _cli("train", "--resume", str(run))
+    assert q.wait(timeout=60) == 2 and "--epochs (9; the interrupted run has" in q.stderr.read()
+    q = _cli("train", "--data", str(data), "--out", str(run), *ARGS, "--resume", str(run))
     assert q.wait(timeout=600) == 0, q.stderr.read()
 
     a, b = json.loads((ref / "metrics.json").read_text()), json.loads((run / "metrics.json").read_text())
