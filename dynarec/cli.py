@@ -7,12 +7,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import warnings
 from pathlib import Path
 
 from dynarec.errors import DynarecError
+from dynarec.quiet import silence
 
-warnings.filterwarnings("ignore", message="Sparse invariant checks")
+silence()  # the warnings a user should not see (dynarec.quiet), before any noisy import
 
 
 def _console():

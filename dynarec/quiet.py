@@ -1,0 +1,32 @@
+"""Warnings a ``dynarec`` user should not see, silenced by name where the command line starts (each entry
+names what it silences and why it is noise; anything else still shows).
+
+* ``Sparse invariant checks``: torch's note on sparse embedding gradients (the tables' sparse updates).
+* fbgemm_gpu's ``DeprecationWarning`` s at import (TorchRec runs): its own modules announcing their renames
+  and optional SSD kernels that failed to import — nothing a dynarec user can act on.
+* anything torchvision warns: dynarec uses no vision op; torch's exporters import torchvision when it is
+  installed, and its import-time warnings (image extension, beta namespaces) reached every ``export``.
+
+DDP's "no unused parameters found" warning is printed by C++ and is kept away differently
+(:mod:`dynarec.train.ddp_sentinel`).
+
+Example::
+
+    from dynarec.quiet import silence
+    silence()   # once, before the noisy imports
+"""
+from __future__ import annotations
+
+import warnings
+
+NOISE = (
+    {"message": "Sparse invariant checks"},
+    {"category": DeprecationWarning, "module": r"fbgemm_gpu(\.|$)"},
+    {"module": r"torchvision(\.|$)"},
+)
+
+
+def silence() -> None:
+    """Install the ``ignore`` filters of :data:`NOISE` (ahead of the ``-W`` / ``PYTHONWARNINGS`` ones)."""
+    for kw in NOISE:
+        warnings.filterwarnings("ignore", **kw)
