@@ -9,15 +9,17 @@ and early stopping):
 * **the training loss far above its start**: an epoch's mean training loss above ``FAR`` (10) times the loss of
   the fit's first step. A healthy fit's epoch mean stays below its starting loss; a fit 10x above it has left
   every region a gradient step could bring back (checked after every epoch, so the run stops at once);
-* **no better than a constant predictor, and nothing learned**: at the kept (best) epoch every task of the
-  validation split is no better than the best constant — a binary task's AUC within ``Z`` = 3 standard errors
-  of 0.5 (the Mann-Whitney null: ``sqrt((n+ + n- + 1) / (12 n+ n-))``, Hanley & McNeil 1982) AND its logloss
-  not below the base-rate logloss ``H(p)`` of the validation labels; a regression task's RMSE not below the
-  labels' standard deviation — AND the last epoch's mean training loss is not below the first step's. The
-  second condition keeps a healthy but barely trained model (one short epoch on small data: AUC 0.56, logloss
-  just above the base rate, training loss falling) from being called collapsed.
+* **the kept model no better than a constant and worse than a coin**: at the kept (best) epoch, every binary
+  task of the validation split has an AUC within ``Z`` = 3 standard errors of 0.5 (the Mann-Whitney null:
+  ``sqrt((n+ + n- + 1) / (12 n+ n-))``, Hanley & McNeil 1982) AND a logloss above ``2 ln 2`` — twice the
+  logloss of predicting 0.5 for every row, above the base-rate logloss ``H(p) <= ln 2`` of any constant: a
+  model that ranks no better than chance and puts on average (geometric mean) less than 1/4 of probability on
+  the true class has saturated outputs. A model that merely learned little (one short epoch, a handful of
+  steps) stays near its initial ``~ln 2`` and is not called collapsed.
 
-Tasks whose validation labels hold one class carry no evidence and are left out.
+Tasks whose validation labels hold one class carry no evidence and are left out; regression tasks are left out
+of the second sign (an untrained model's RMSE depends on the labels' mean, so no bound separates "not learned
+yet" from "collapsed"); the first sign covers them.
 
 Example::
 
@@ -35,6 +37,7 @@ from dynarec.train.loop import Callback
 
 FAR = 10.0  # an epoch's mean training loss above FAR x the first step's: collapsed
 Z = 3.0  # standard errors of the null AUC within which a task is "no better than constant"
+SATURATED = 2 * math.log(2)  # a logloss above twice a coin's: under 1/4 of probability on the true class
 
 
 class CollapsedError(DynarecError):
@@ -47,45 +50,35 @@ def auc_noise(n_pos: int, n_neg: int) -> float:
 
 
 def constant_baselines(valid, tasks: list[str], types: dict[str, str]) -> dict[str, dict]:
-    """{task: what the best constant predictor scores on ``valid``}: binary tasks ``{"auc_bound",
-    "logloss"}`` (0.5 + Z standard errors; the base-rate logloss), regression tasks ``{"rmse"}`` (the labels'
-    standard deviation). Tasks with a single class (or no labels) are left out."""
+    """{binary task: ``{"auc_bound", "logloss"}``}: 0.5 + Z standard errors of a random scorer's AUC on
+    ``valid``, and the base-rate logloss of its labels (what the best constant scores; reported in the
+    message). Single-class and regression tasks are left out."""
     single = single_class_tasks(valid, tasks, types)
     out = {}
     for t in tasks:
         y = valid.labels.get(t)
-        if y is None or not len(y) or t in single:
+        if y is None or not len(y) or t in single or types.get(t, "binary") != "binary":
             continue
-        y = y.double()
-        if types.get(t, "binary") == "binary":
-            n_pos = int((y > 0.5).sum())
-            p = n_pos / len(y)
-            out[t] = {"auc_bound": 0.5 + Z * auc_noise(n_pos, len(y) - n_pos),
-                      "logloss": -(p * math.log(p) + (1 - p) * math.log(1 - p))}
-        else:
-            out[t] = {"rmse": float(y.std(unbiased=False))}
+        n_pos = int((y.double() > 0.5).sum())
+        p = n_pos / len(y)
+        out[t] = {"auc_bound": 0.5 + Z * auc_noise(n_pos, len(y) - n_pos),
+                  "logloss": -(p * math.log(p) + (1 - p) * math.log(1 - p))}
     return out
 
 
 def no_better_than_constant(row: dict, base: dict[str, dict]) -> str | None:
-    """A short reason when every task of ``base`` in the epoch ``row`` (``valid_auc_<task>`` ...) is no better
-    than its constant baseline, else ``None``."""
+    """A short reason when every task of ``base`` in the epoch ``row`` (``valid_auc_<task>``,
+    ``valid_logloss_<task>``) ranks within noise of chance with a logloss above ``SATURATED``, else ``None``."""
     if not base:
         return None
     parts = []
     for t, b in base.items():
-        if "rmse" in b:
-            r = row.get(f"valid_rmse_{t}")
-            if r is not None and r == r and r < b["rmse"]:
-                return None
-            parts.append(f"{t}: RMSE {_f(r)} >= the labels' std {b['rmse']:.4g}")
-            continue
         auc, ll = row.get(f"valid_auc_{t}"), row.get(f"valid_logloss_{t}")
         ranks = auc is None or not auc == auc or auc <= b["auc_bound"]
-        calib = ll is None or not ll == ll or ll >= b["logloss"]
-        if not (ranks and calib):
+        saturated = ll is None or not ll == ll or ll > SATURATED
+        if not (ranks and saturated):
             return None
-        parts.append(f"{t}: AUC {_f(auc)} <= {b['auc_bound']:.3f}, logloss {_f(ll)} >= base rate's "
+        parts.append(f"{t}: AUC {_f(auc)} <= {b['auc_bound']:.3f}, logloss {_f(ll)} against the base rate's "
                      f"{b['logloss']:.3f}")
     return "; ".join(parts[:2]) + (f" (and {len(parts) - 2} more task(s))" if len(parts) > 2 else "")
 
@@ -127,13 +120,11 @@ class CollapseGuard(Callback):
 
     def on_fit_end(self, loop) -> None:
         hist = loop.history
-        if not hist.epochs or not self.base or self.start is None:
+        if not hist.epochs or not self.base:
             return
         best = hist.epochs[hist.best_epoch - 1] if 1 <= hist.best_epoch <= len(hist.epochs) else hist.epochs[-1]
-        if hist.epochs[-1]["train_loss"] < self.start:
-            return  # the training loss fell: a model still learning, not a collapsed one
         why = no_better_than_constant(best, self.base)
         if why is not None:
-            raise CollapsedError(f"training collapsed: at the kept epoch {best['epoch']} the model is no better "
-                                 f"than a constant predictor on the validation split ({why}) and the training "
-                                 f"loss did not fall below its start {self.start:.4g}; likely cause: {loop.hint}")
+            raise CollapsedError(f"training collapsed: at the kept epoch {best['epoch']} the model ranks no better "
+                                 f"than chance and its outputs are saturated on the validation split ({why}); "
+                                 f"likely cause: {loop.hint}")

@@ -188,6 +188,10 @@ def launch_train(a, nproc: int, trainer=None) -> int:
         argv += ["--set", s]
     if a.json:
         argv.append("--json")
+    if getattr(a, "overwrite", False):
+        argv.append("--overwrite")
+    if getattr(a, "resume", None) is not None:
+        argv += ["--resume", str(a.resume)]
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     try:
         torchrun(["--standalone", f"--nproc_per_node={nproc}", "-m", "dynarec", *argv])

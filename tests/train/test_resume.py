@@ -103,7 +103,7 @@ def test_in_process_interrupt_keeps_the_resume_point_and_resume_is_exact(small_s
 
     schema, tables, _ = small_synth
     args = ("mmoe", schema, tables, {"hidden": [8], "num_experts": 2},
-            {"epochs": 4, "batch_size": 256, "lr": 0.02, "patience": 1, "progress": False,
+            {"epochs": 4, "batch_size": 256, "lr": 0.02, "patience": 2, "progress": False,
              "task_weighting": "uncertainty"})
     ref = train_model(*args, seed=2, out=tmp_path / "ref")
     real, calls = TrainStep.step, []

@@ -54,13 +54,16 @@ def test_auc_noise_is_the_std_of_a_random_scorers_auc():
 
 
 def test_no_better_than_constant_needs_every_task_on_both_measures():
-    base = {"click": {"auc_bound": 0.55, "logloss": 0.6}, "watch": {"rmse": 2.0}}
-    collapsed = {"valid_auc_click": 0.5, "valid_logloss_click": 9.0, "valid_rmse_watch": 2.5}
-    assert "click: AUC 0.5 <= 0.550" in no_better_than_constant(collapsed, base)
-    assert no_better_than_constant({**collapsed, "valid_auc_click": 0.6}, base) is None  # ranks better
-    assert no_better_than_constant({**collapsed, "valid_logloss_click": 0.59}, base) is None  # calibrated better
-    assert no_better_than_constant({**collapsed, "valid_rmse_watch": 1.9}, base) is None  # one task learned
+    base = {"click": {"auc_bound": 0.55, "logloss": 0.6}, "buy": {"auc_bound": 0.6, "logloss": 0.3}}
+    collapsed = {"valid_auc_click": 0.5, "valid_logloss_click": 24.0, "valid_auc_buy": 0.5, "valid_logloss_buy": 2.8}
+    assert "click: AUC 0.5 <= 0.550, logloss 24" in no_better_than_constant(collapsed, base)
+    assert no_better_than_constant({**collapsed, "valid_auc_click": 0.56}, base) is None  # ranks better than chance
+    assert no_better_than_constant({**collapsed, "valid_logloss_buy": 1.38}, base) is None  # below 2 ln 2 = 1.386
+    assert no_better_than_constant({**collapsed, "valid_logloss_buy": 1.39}, base) is not None
     assert no_better_than_constant({**collapsed, "valid_auc_click": float("nan")}, base) is not None
+    # a barely trained model (one short epoch: AUC 0.56, logloss just above the base rate) is not collapsed
+    weak = {"valid_auc_click": 0.56, "valid_logloss_click": 0.65, "valid_auc_buy": 0.6, "valid_logloss_buy": 0.29}
+    assert no_better_than_constant(weak, base) is None
 
 
 def _loop(rows, best_epoch=1):
@@ -76,12 +79,13 @@ def test_guard_signs():
     with pytest.raises(CollapsedError, match=r"training collapsed at epoch 1: the mean training loss 14\.1 is "
                                              r"10\.1x the first step's 1\.4; likely cause: trainer\.lr 1e\+06"):
         g.on_epoch_end(_loop([{}]), {"train_loss": 14.1})
-    # no better than constant on validation: an error only when the training loss did not fall either
     g.base = {"click": {"auc_bound": 0.55, "logloss": 0.6}}
-    row = {"epoch": 1, "valid_auc_click": 0.52, "valid_logloss_click": 0.61}
-    g.on_fit_end(_loop([{**row, "train_loss": 1.2}]))  # still learning (1.2 < 1.4): a weak model, not collapsed
-    with pytest.raises(CollapsedError, match="no better than a constant predictor on the validation split"):
-        g.on_fit_end(_loop([{**row, "train_loss": 1.5}]))
+    g.on_fit_end(_loop([{"epoch": 1, "valid_auc_click": 0.52, "valid_logloss_click": 0.7},
+                        {"epoch": 2, "valid_auc_click": 0.5, "valid_logloss_click": 9.0}], best_epoch=1))  # kept: 1
+    with pytest.raises(CollapsedError, match="at the kept epoch 2 the model ranks no better than chance and its "
+                                             "outputs are saturated"):
+        g.on_fit_end(_loop([{"epoch": 1, "valid_auc_click": 0.52, "valid_logloss_click": 0.7},
+                            {"epoch": 2, "valid_auc_click": 0.5, "valid_logloss_click": 9.0}], best_epoch=2))
 
 
 def test_a_collapsed_run_is_one_line_naming_the_lr_and_keeps_the_good_run(data, tmp_path, capsys):
