@@ -4,6 +4,10 @@ names what it silences and why it is noise; anything else still shows).
 * ``Sparse invariant checks``: torch's note on sparse embedding gradients (the tables' sparse updates).
 * fbgemm_gpu's ``DeprecationWarning`` s at import (TorchRec runs): its own modules announcing their renames
   and optional SSD kernels that failed to import — nothing a dynarec user can act on.
+* ``fbgemm::...: an autograd kernel was not registered`` (every TorchRec run, once per rank, from the backward
+  of the data-parallel tables' dense lookup): torch's deprecation notice about how fbgemm registers the op;
+  the gradients are right — a TorchRec run ends with the weights of one process
+  (``tests/scale/test_torchrec.py``).
 * anything torchvision warns: dynarec uses no vision op; torch's exporters import torchvision when it is
   installed, and its import-time warnings (image extension, beta namespaces) reached every ``export``.
 
@@ -22,6 +26,7 @@ import warnings
 NOISE = (
     {"message": "Sparse invariant checks"},
     {"category": DeprecationWarning, "module": r"fbgemm_gpu(\.|$)"},
+    {"message": r"fbgemm::\w+: an autograd kernel was not registered"},
     {"module": r"torchvision(\.|$)"},
 )
 

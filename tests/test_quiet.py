@@ -20,6 +20,9 @@ def test_only_the_named_noise_is_silenced():
         silence()
         warnings.warn_explicit("vision", UserWarning, "image.py", 1, module="torchvision.io.image")
         warnings.warn_explicit("renamed", DeprecationWarning, "ops.py", 1, module="fbgemm_gpu.split_table_batched_embeddings_ops")
+        warnings.warn_explicit("fbgemm::dense_embedding_codegen_lookup_function: an autograd kernel was not "
+                               "registered to the Autograd key(s) but we are trying to backprop through it.",
+                               UserWarning, "graph.py", 979, module="torch.autograd.graph")
         warnings.warn_explicit("ours", UserWarning, "x.py", 1, module="dynarec.train.loop")  # still shown
         warnings.warn_explicit("fbgemm user", UserWarning, "x.py", 1, module="fbgemm_gpu.x")  # not a deprecation: shown
         warnings.warn_explicit("lookalike", UserWarning, "x.py", 1, module="torchvisionary")  # another package: shown
