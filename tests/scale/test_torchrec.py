@@ -53,7 +53,8 @@ def test_sharded_run_ends_with_the_weights_of_one_process(runs, name, sharding):
     assert a["state"].keys() == b["state"].keys()  # the checkpoint of a TorchRec run is the usual one
     for k in a["state"]:
         _close(f"{sharding} {name}", k, b["state"][k], a["state"][k])
-    assert [h["valid_auc"] for h in a["history"]] == pytest.approx([h["valid_auc"] for h in b["history"]], abs=1e-5)
+    assert [h["valid_auc:click"] for h in a["history"]] == pytest.approx([h["valid_auc:click"] for h in b["history"]],
+                                                                      abs=1e-5)
     assert a["best_epoch"] == b["best_epoch"]
     for t, v in a["metrics"]["auc"].items():
         assert math.isclose(v["all"], b["metrics"]["auc"][t]["all"], abs_tol=1e-5)
