@@ -7,23 +7,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import warnings
 from pathlib import Path
 
-from dynarec.errors import DataWarning, DynarecError
+from dynarec.errors import DynarecError
+from dynarec.quiet import one_line_data_warnings, silence
 
-warnings.filterwarnings("ignore", message="Sparse invariant checks")
-_showwarning = warnings.showwarning
-
-
-def _one_line_warning(message, category, *args, **kw):  # a DataWarning is one stderr line, as errors are
-    if issubclass(category, DataWarning):
-        print(f"dynarec: warning: {message}", file=sys.stderr)
-    else:
-        _showwarning(message, category, *args, **kw)
-
-
-warnings.showwarning = _one_line_warning
+silence()  # the warnings a user should not see (dynarec.quiet), before any noisy import
+one_line_data_warnings()  # a DataWarning is one stderr line, as errors are
 
 
 def _console():
@@ -148,23 +138,20 @@ def cmd_train(a) -> int:
     from dynarec.experiment import load_experiment, load_interrupted, train_experiment
     from dynarec.train import distributed
 
-    if a.resume is not None:
-        given = [f for f, v in (("--config", a.config), ("--model", a.model), ("--data", a.data),
-                                ("--epochs", a.epochs), ("--batch-size", a.batch_size), ("--lr", a.lr),
-                                ("--seed", a.seed), ("--out", a.out), ("--set", a.set)) if v is not None]
-        if given:
-            raise DynarecError(f"train --resume: {given[0]} cannot be combined with --resume (the config is "
-                               "taken from the interrupted run)")
+    flags = {"model": a.model, "data.path": a.data, "seed": a.seed, "out": a.out, "trainer.epochs": a.epochs,
+             "trainer.batch_size": a.batch_size, "trainer.lr": a.lr}
+    if a.resume is not None:  # the run's own arguments may be repeated; differing ones are refused
+        from dynarec.train.resume_args import check_resume_args
+
         cfg = load_interrupted(a.resume)
+        check_resume_args(cfg, a.resume, a.config, flags, a.set)
     else:
-        trainer_over = {"trainer.epochs": a.epochs, "trainer.batch_size": a.batch_size, "trainer.lr": a.lr}
-        cfg = load_experiment(a.config, {"model": a.model, "data.path": a.data, "seed": a.seed, "out": a.out,
-                                         **trainer_over}, a.set)
+        cfg = load_experiment(a.config, flags, a.set)
     if a.json:
         cfg.trainer.progress = cfg.trainer.progress and sys.stderr.isatty()
     if (a.nproc or 1) > 1 and not distributed.launched():  # config checked above, then N processes
         return distributed.launch_train(a, a.nproc, cfg.trainer)
-    res = train_experiment(cfg, console=_console(), resume=a.resume is not None)
+    res = train_experiment(cfg, console=_console(), resume=a.resume is not None, overwrite=a.overwrite)
     if not distributed.is_main():  # several processes: rank 0 prints
         return 0
     _print_result(res.summary(cfg.model, cfg.data.path), a.json)
@@ -310,7 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run folder (written aside and swapped in when the run succeeds)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. model.hidden=[128,64]")
     t.add_argument("--resume", metavar="DIR", help="continue the interrupted run whose --out was DIR after its "
-                   "last completed epoch (its config is reused; no other config option)")
+                   "last completed epoch (its config is reused; other options must equal the run's)")
+    t.add_argument("--overwrite", action="store_true", help="replace a run in --out even when its validation "
+                   "score is better than this run's (refused otherwise)")
     t.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
     t.add_argument("--nproc", type=int, help="data-parallel processes on this machine (torch.distributed.run)")
     t.set_defaults(fn=cmd_train)

@@ -94,7 +94,8 @@ def load_interrupted(out: str | Path) -> ExperimentConfig:
 class Kind:
     """What the verbs do for the models of one registered ``kind``."""
 
-    def train(self, cfg: ExperimentConfig, schema, tables: dict, encoders: dict, console, resume: bool) -> Result:
+    def train(self, cfg: ExperimentConfig, schema, tables: dict, encoders: dict, console, resume: bool,
+              overwrite: bool = False) -> Result:
         raise NotImplementedError
 
     def evaluate(self, checkpoint: str | Path, data: str | Path, split: str | None, mc_dropout: int) -> dict:
@@ -107,11 +108,11 @@ class Kind:
 class Ranking(Kind):
     """Logits per task: :func:`dynarec.train.run.train_model`, :class:`dynarec.serve.predictor.Predictor`."""
 
-    def train(self, cfg, schema, tables, encoders, console, resume):
+    def train(self, cfg, schema, tables, encoders, console, resume, overwrite=False):
         from dynarec.train.run import train_model
 
         return train_model(cfg.model, schema, tables, cfg.params, cfg.trainer, cfg.seed, cfg.out, encoders,
-                           console=console, run_config=to_dict(cfg), resume=resume)
+                           console=console, run_config=to_dict(cfg), resume=resume, overwrite=overwrite)
 
     def evaluate(self, checkpoint, data, split, mc_dropout):
         from dynarec.serve.predictor import Predictor
@@ -134,7 +135,10 @@ class Ranking(Kind):
 class Retrieval(Kind):
     """Query and item towers: :func:`dynarec.retrieval.train.train_retrieval`, exact full-corpus metrics."""
 
-    def train(self, cfg, schema, tables, encoders, console, resume):
+    def train(self, cfg, schema, tables, encoders, console, resume, overwrite=False):
+        if overwrite:
+            raise DynarecError("--overwrite: retrieval runs do not compare their checkpoint with the one in --out yet "
+                               "(a finished retrieval run replaces it); drop --overwrite")
         from dynarec.models.registry import build_model
         from dynarec.retrieval.train import train_retrieval
 
@@ -160,7 +164,7 @@ def kind_of(model_name: str) -> str:
     return get_model_info(model_name).kind
 
 
-def train_experiment(cfg: ExperimentConfig, console=None, resume: bool = False) -> Result:
+def train_experiment(cfg: ExperimentConfig, console=None, resume: bool = False, overwrite: bool = False) -> Result:
     """``dynarec train``: train ``cfg`` on its prepared folder by its model's kind; checkpoint (with the
     folder's encoders), log and ``config.json`` in ``cfg.out``.
 
@@ -177,7 +181,7 @@ def train_experiment(cfg: ExperimentConfig, console=None, resume: bool = False) 
     schema, tables = load_prepared(cfg.data.path)
     load_encoders(cfg.data.path, schema)  # a missing / broken encoders.json is a one-line error
     enc = json.loads((Path(cfg.data.path) / "encoders.json").read_text())
-    return kind.train(cfg, schema, tables, enc, console, resume)
+    return kind.train(cfg, schema, tables, enc, console, resume, overwrite)
 
 
 def checkpoint_kind(checkpoint: str | Path) -> str:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dynarec.errors import ConfigError
+
 
 def _mc_modules(model: nn.Module) -> list[nn.Module]:
     """The modules MC dropout runs in training mode: every torch dropout module (``nn.Dropout``, ``Dropout1d..3d``,
@@ -28,15 +30,27 @@ def _task_types(model) -> dict[str, str]:
     return {t.name: t.type for t in schema.tasks} if schema is not None else {}
 
 
+def _active(m: nn.Module) -> bool:
+    return float(getattr(m, "p", 1.0)) > 0  # an nn.Dropout(0.0) is a no-op; a gate declaring mc_dropout has p > 0
+
+
 @torch.no_grad()
 def mc_dropout_predict(model: nn.Module, table, n_passes: int = 20, batch_size: int = 65536,
-                       seed: int | None = 0) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+                       seed: int | None = 0, strict: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """``(mean, var)``: dicts task -> Float[N] over the rows of ``table`` (in order).
 
     The variance is computed from deviations to the first pass, so identical passes (dropout off)
-    give exactly 0."""
+    give exactly 0. With ``strict`` (the default; ``--mc-dropout N``) a model without any active dropout
+    (every rate 0) and without aleatoric heads, whose variance would be 0 for every row, is refused with a
+    one-line :class:`~dynarec.errors.ConfigError` naming the model and what to do.
+
+    Example::
+
+        mean, var = mc_dropout_predict(model, table, n_passes=20)   # var["click"]: Float[N] >= 0
+    """
     if n_passes < 1:
         raise ValueError(f"n_passes: expected >= 1, got {n_passes}")
+    no_dropout = strict and not any(_active(m) for m in _mc_modules(model))
     types = _task_types(model)
     was = model.training
     model.eval()
@@ -55,6 +69,11 @@ def mc_dropout_predict(model: nn.Module, table, n_passes: int = 20, batch_size: 
             for _ in range(n_passes):
                 out = model(batch)
                 lv = model.last_log_var  # BaseModel hook: {} unless the model has aleatoric heads
+                if no_dropout and not lv:
+                    name = getattr(model, "registry_name", type(model).__name__)
+                    raise ConfigError(f"--mc-dropout: the {name} model has no dropout (every dropout rate is 0), "
+                                      "so its passes are identical and the variance is 0 for every row; train it "
+                                      "with dropout (e.g. --set model.dropout=0.1) or leave --mc-dropout out")
                 for t, y in out.items():
                     binary = types.get(t, "binary") == "binary"
                     passes.setdefault(t, []).append(torch.sigmoid(y) if binary else y)

@@ -170,3 +170,36 @@ def test_train_from_config_file_with_overrides(prepared, tmp_path, capsys):
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert res["model"] == "mmoe" and saved["params"] == {"hidden": [8], "num_experts": 2}
     assert saved["trainer"]["lr"] == 0.005 and saved["trainer"]["batch_size"] == 256 and saved["seed"] == 3
+
+
+def test_resume_as_users_type_it_same_args_accepted_differing_ones_named(prepared, tmp_path, capsys, monkeypatch):
+    """The interrupted command with ``--resume DIR`` appended continues the run (and ends where the
+    uninterrupted run ends); arguments that differ from the saved run's are refused, each one named."""
+    from dynarec.train.step import TrainStep
+
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(yaml.safe_dump({"trainer": {"patience": 5, "lr": 0.003}}))
+    run, ref = tmp_path / "run", tmp_path / "ref"
+    args = ["train", "--config", str(cfg), "--model", "dnn", "--data", str(prepared), "--epochs", "3",
+            "--batch-size", "256", "--seed", "3", "--set", "model.hidden=[16]", "--set", "trainer.progress=false"]
+    assert main(args + ["--out", str(ref)]) == 0
+    real, calls = TrainStep.step, []
+
+    def flaky(self, batch):
+        calls.append(1)
+        if len(calls) == 10 + 3:  # 10 steps per epoch (2,400 train rows / 256): inside epoch 2
+            raise KeyboardInterrupt
+        return real(self, batch)
+    monkeypatch.setattr(TrainStep, "step", flaky)
+    assert main(args + ["--out", str(run)]) == 130
+    monkeypatch.setattr(TrainStep, "step", real)
+    capsys.readouterr()
+    for extra, named in ((["--epochs", "4"], "--epochs (4; the interrupted run has 3)"),
+                         (["--set", "model.hidden=[8]"], "--set model.hidden ([8]; the interrupted run has [16])"),
+                         (["--set", "trainer.lr=0.01"], "--set trainer.lr (0.01; the interrupted run has 0.003)"),
+                         (["--out", str(tmp_path / "other")], "is not the resumed run's folder")):
+        err = _error(capsys, args + ["--out", str(run)] + extra + ["--resume", str(run)])
+        assert named in err, err
+    assert "--seed" not in _error(capsys, args + ["--epochs", "5", "--resume", str(run)])  # only the differing ones
+    assert main(args + ["--out", str(run), "--resume", str(run)]) == 0
+    assert json.loads((run / "metrics.json").read_text()) == json.loads((ref / "metrics.json").read_text())

@@ -1,6 +1,6 @@
 """MC dropout (Gal & Ghahramani, ICML 2016; as used by Kendall & Gal, NeurIPS 2017) sees every dropout of every
 registered model: built with ``dropout > 0`` the MC variance is positive for every task, built with
-``dropout: 0`` it is exactly 0. STAR once used a functional ``F.dropout(x, p, self.training)`` that MC dropout
+``dropout: 0`` it is exactly 0 (``strict=False``) and refused by default (``--mc-dropout`` on such a model). STAR once used a functional ``F.dropout(x, p, self.training)`` that MC dropout
 could not switch on (variance exactly 0 whatever the rate); the source scan keeps dropout in modules."""
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dynarec.errors import ConfigError
 from dynarec.models import build_model, get_model_info, list_models
 from dynarec.uncertainty import mc_dropout_predict
 
@@ -35,11 +36,12 @@ def _rates(name: str, **rates: float) -> dict[str, float]:
     return active_params(name, {f: rates.get(f, 0.0) for f in fields})
 
 
-def _variance(name: str, schema, table, extra: dict | None = None, **rates: float) -> dict[str, torch.Tensor]:
+def _variance(name: str, schema, table, extra: dict | None = None, strict: bool = True,
+              **rates: float) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
     model = build_model(name, schema, small_params(name, {**(extra or {}), **_rates(name, **rates)}))
     rows = table.subset(torch.arange(64))
-    _, var = mc_dropout_predict(model, rows, n_passes=6, seed=0)
+    _, var = mc_dropout_predict(model, rows, n_passes=6, seed=0, strict=strict)
     assert set(var) == set(model.tasks)
     return var
 
@@ -50,9 +52,11 @@ def test_mc_variance_positive_with_dropout_and_zero_without(small_synth, name, p
     on = _variance(name, schema, tables["test"], params, dropout=0.3)
     for t, v in on.items():
         assert float(v.mean()) > 0, f"{name}/{t}: dropout 0.3 but MC-dropout variance is 0 (a dropout MC cannot see)"
-    off = _variance(name, schema, tables["test"], params)
+    off = _variance(name, schema, tables["test"], params, strict=False)
     for t, v in off.items():
         assert torch.count_nonzero(v) == 0, f"{name}/{t}: dropout 0 but MC passes differ (other randomness in eval)"
+    with pytest.raises(ConfigError, match=f"--mc-dropout: the {name} model has no dropout"):
+        _variance(name, schema, tables["test"], params)  # a variance of 0 for every row is refused, not returned
 
 
 EXPERT_DROPOUT = [n for n in NAMES if "expert_dropout" in _rates(n)]

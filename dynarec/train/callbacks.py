@@ -16,18 +16,34 @@ from dynarec.train.loop import Callback
 
 
 def monitor_value(metrics: dict, monitor: str, tasks: list[str]) -> tuple[float, bool]:
-    """(value, higher_is_better) of ``monitor`` ("auc", "logloss", "gauc", optionally ":task")."""
+    """(value, higher_is_better) of ``monitor`` ("auc", "logloss", "gauc", "rmse", optionally ":task").
+
+    Without a task the value is the MEAN over the ``tasks`` that have the metric (``auc`` / ``gauc`` /
+    ``logloss``: the binary tasks, ``rmse``: the regression ones; ``auc`` with only regression tasks: their
+    mean ``rmse``), so early stopping keeps the epoch best for all tasks, not for the first one. With
+    ``:task``, that task's value (``auc`` on a regression task: its ``rmse``).
+
+    Example::
+
+        >>> m = {"auc": {"click": {"all": 0.70}, "buy": {"all": 0.80}}}
+        >>> monitor_value(m, "auc", ["click", "buy"])
+        (0.75, True)
+        >>> monitor_value(m, "auc:buy", ["click", "buy"])
+        (0.8, True)
+    """
     name, _, task = monitor.partition(":")
-    task = task or tasks[0]
     if name not in ("auc", "logloss", "gauc", "rmse"):
         raise ConfigError(f"trainer.monitor: expected auc | logloss | gauc | rmse[:task], got '{monitor}'")
-    if task not in tasks:
+    if task and task not in tasks:
         raise ConfigError(f"trainer.monitor: unknown task '{task}' (tasks: {', '.join(tasks)})")
-    v = metrics.get(name, {}).get(task, {}).get("all")
-    if v is None and name == "auc" and "rmse" in metrics and task in metrics["rmse"]:
-        name, v = "rmse", metrics["rmse"][task]["all"]
+    chosen = [task] if task else tasks
+    vals = [metrics[name][t]["all"] for t in chosen if t in metrics.get(name, {})]
+    if not vals and name == "auc":
+        name = "rmse"
+        vals = [metrics[name][t]["all"] for t in chosen if t in metrics.get(name, {})]
+    vals = [float("nan") if v is None else float(v) for v in vals]
     higher = name in ("auc", "gauc")
-    return (float("nan") if v is None else float(v)), higher
+    return (sum(vals) / len(vals) if vals else float("nan")), higher
 
 
 def single_class_tasks(table, tasks: list[str], types: dict[str, str]) -> dict[str, float]:
@@ -41,31 +57,47 @@ def single_class_tasks(table, tasks: list[str], types: dict[str, str]) -> dict[s
 
 
 class Validation(Callback):
-    """After each epoch: metrics on ``valid`` (skipped when it is empty), ``valid_<monitor>`` and
-    ``valid_<auc|logloss|rmse>_<task>`` in the epoch's row, ``loop.monitor`` set for early stopping.
+    """After each epoch: metrics on ``valid`` (skipped when it is empty), the monitored value as
+    ``valid_<monitor>`` (``valid_auc``: the mean over the tasks, see :func:`monitor_value`) and
+    ``valid_<auc|logloss|rmse>_<task>`` in the epoch's row, ``loop.monitor`` set for early stopping and
+    ``loop.history.monitor`` naming what is monitored.
 
     A binary task whose validation labels hold a single class has no AUC / GAUC: at the fit's start a warning
-    naming the task goes to stderr and, when that task is the monitored one, the fit monitors ``logloss`` of
-    the same task instead (``monitor`` becomes ``logloss:TASK``, and so does the log column)."""
+    naming the task goes to stderr; a mean monitor averages the other tasks, and when no task is left (or the
+    monitor names that task) the fit monitors ``logloss`` of the same task(s) instead (``monitor`` becomes
+    ``logloss:TASK`` or ``logloss``, and so does the log column)."""
 
     def __init__(self, valid, monitor: str = "auc", eval_batch_size: int = 65536, warn=None):
         self.valid, self.monitor, self.eval_batch_size = valid, monitor, eval_batch_size
         self.warn = warn or (lambda msg: print(msg, file=sys.stderr))
+        self.tasks: list[str] | None = None  # the tasks a mean monitor averages (None: all of the model's)
 
     def on_fit_start(self, loop) -> None:
+        loop.history.monitor = self.monitor
         if self.valid is None or not len(self.valid):
             return
         model = loop.model
         types = {t.name: t.type for t in model.schema.tasks}
         name, _, task = self.monitor.partition(":")
-        task = task or model.tasks[0]
-        for t, v in single_class_tasks(self.valid, model.tasks, types).items():
-            fallback = t == task and name in ("auc", "gauc")
+        single = single_class_tasks(self.valid, model.tasks, types)
+        ranked = name in ("auc", "gauc")
+        if not task and ranked:
+            binary = [t for t in model.tasks if types.get(t, "binary") == "binary"]
+            left = [t for t in binary if t not in single]
+            self.tasks = [t for t in model.tasks if t not in single]
+        for t, v in single.items():
+            if task:
+                fallback = t == task and ranked
+                how = f"; early stopping monitors logloss:{t} instead of {self.monitor}" if fallback else ""
+            else:
+                fallback = ranked and not left
+                how = ((f"; early stopping monitors logloss instead of {self.monitor}" if fallback else
+                        f"; the mean {self.monitor} of early stopping leaves it out") if ranked else "")
             self.warn(f"warning: the validation labels of task '{t}' are all {v:g} (a single class): its AUC is "
-                      "undefined" + (f"; early stopping monitors logloss:{t} instead of {self.monitor}"
-                                     if fallback else ""))
+                      "undefined" + how)
             if fallback:
-                self.monitor = f"logloss:{t}"
+                self.monitor, self.tasks = (f"logloss:{t}" if task else "logloss"), None
+        loop.history.monitor = self.monitor
 
     def metrics(self, model) -> dict:
         """The validation metrics of ``model`` (gathered over ranks in the distributed subclass)."""
@@ -79,7 +111,7 @@ class Validation(Callback):
         if self.valid is None or not len(self.valid):
             return
         m = self.metrics(loop.model)
-        score, higher = monitor_value(m, self.monitor, loop.model.tasks)
+        score, higher = monitor_value(m, self.monitor, self.tasks or list(loop.model.tasks))
         score = self.agree(score)
         row["valid_" + self.monitor] = score
         for t in loop.model.tasks:
@@ -87,6 +119,7 @@ class Validation(Callback):
                 if t in m.get(k, {}):
                     row[f"valid_{k}_{t}"] = m[k][t]["all"]
         loop.monitor = (score, higher)
+        loop.history.higher = higher
 
 
 class EarlyStopping(Callback):

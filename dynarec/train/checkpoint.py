@@ -103,6 +103,41 @@ def read_checkpoint(f: Path) -> dict:
     return inner
 
 
+def recorded_params(name: str, params: dict, f, note=None) -> dict:
+    """``params`` of a saved ``name`` model without the keys that have no effect on it today (a key of other
+    models only, or one its own rules switch off, e.g. ``tower_hidden`` of a dnn saved by an older version):
+    the rule "a key must have an effect" is for what a user asks now, not for what an old run recorded.
+    Dropped keys get one note line on stderr (``note``: another printer) naming the file and the keys.
+
+    Example::
+
+        recorded_params("dnn", {"hidden": [64], "tower_hidden": [8]}, "run/model.pt")  # -> {"hidden": [64]}
+    """
+    import dataclasses
+    import sys
+
+    from dynarec.models.keys import inactive_keys
+    from dynarec.models.registry import REGISTRY, get_model_info
+
+    if not isinstance(params, dict):
+        return params
+    info = get_model_info(name)  # imports the models (fills REGISTRY); an unknown name is build_model's error
+    own = {fl.name for fl in dataclasses.fields(info.config_cls)}
+    others = set().union(*({fl.name for fl in dataclasses.fields(m.config_cls)} for m in REGISTRY.values()))
+    drop = [k for k in params if k not in own and k in others]
+    kept = {k: v for k, v in params.items() if k not in drop}
+    try:
+        inactive = inactive_keys(info.cls, info.config_cls(**{k: v for k, v in kept.items() if k in own}))
+    except Exception:  # a value today's config refuses: build_model names it
+        inactive = {}
+    drop += [k for k in kept if k in inactive]
+    if not drop:
+        return params
+    (note or (lambda m: print(m, file=sys.stderr)))(
+        f"note: {f}: dropped saved model key(s) {', '.join(drop)}: no effect on {name} today")
+    return {k: v for k, v in params.items() if k not in drop}
+
+
 def load_checkpoint(path: str | Path, merge: bool = True):
     """-> (model in eval mode, blob). Accepts the folder or the model.pt file. With ``merge`` the model is
     switched to its inference form (``merge_for_inference()``; a no-op for most models)."""
@@ -114,6 +149,7 @@ def load_checkpoint(path: str | Path, merge: bool = True):
         raise DataError(f"{p}: no checkpoint found (expected {f})")
     blob = read_checkpoint(f)
     schema = Schema.from_dict(blob["schema"], str(f))
+    blob["params"] = recorded_params(blob["model"], blob["params"], f)
     model = build_model(blob["model"], schema, blob["params"])
     model.prepare_for_load(blob["state_dict"])  # e.g. table keys of checkpoints older than model.tables
     model.load_state_dict(blob["state_dict"])

@@ -37,7 +37,9 @@ class TrainerConfig:
     embedding_grad: str = field(default="auto", metadata=rule(choices=EMBEDDING_GRADS))
     dense_optimizer: str = field(default="adam", metadata=rule(choices=DENSE_OPTIMIZERS))
     grad_clip: float | None = field(default=10.0, metadata=rule(min=0))  # 0 or null: no clipping
-    monitor: str = "auc"  # auc | logloss | gauc | rmse, on the first task (or "auc:TASK")
+    # auc | logloss | gauc | rmse: the MEAN over the tasks that have it (early stopping keeps the epoch best for
+    # all tasks; valid_<monitor> in log.csv); "auc:TASK" watches one task
+    monitor: str = "auc"
     patience: int = field(default=2, metadata=rule(min=0))
     loss_weights: dict[str, float] = field(default_factory=dict)  # only with task_weighting: fixed
     # equal | fixed | uncertainty (Kendall et al., learned log-variances)
@@ -77,10 +79,13 @@ def check_trainer(cfg: TrainerConfig, tasks: list[str], task_weighting: str | No
     name, _, task = cfg.monitor.partition(":")
     if task and task not in tasks:
         raise ConfigError(f"trainer.monitor: unknown task '{task}' in '{cfg.monitor}' (tasks: {', '.join(tasks)})")
-    kind = (types or {}).get(task or tasks[0], "binary")
-    if (name == "rmse") != (kind == "regression") and name != "auc":
-        raise ConfigError(f"trainer.monitor: '{cfg.monitor}' does not exist for the {kind} task "
-                          f"'{task or tasks[0]}' (use {'rmse' if kind == 'regression' else 'auc | logloss | gauc'})")
+    kinds = {(types or {}).get(t, "binary") for t in ([task] if task else tasks)}
+    need = "regression" if name == "rmse" else "binary"
+    if name != "auc" and need not in kinds:
+        kind = kinds.pop()
+        where = f"task '{task}'" if task else f"tasks ({', '.join(tasks)}, all {kind})"
+        raise ConfigError(f"trainer.monitor: '{cfg.monitor}' does not exist for the {kind} {where} "
+                          f"(use {'rmse' if kind == 'regression' else 'auc | logloss | gauc'})")
     if name == "gauc" and not has_user:
         raise ConfigError(f"trainer.monitor: '{cfg.monitor}' needs a user column (schema 'user'), and the schema "
                           "has none")

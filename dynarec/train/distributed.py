@@ -108,8 +108,10 @@ def wrap_ddp(model, device: torch.device):
     form: DDP reads each table's ``sparse`` flag when it is built)."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
+    from dynarec.train.ddp_sentinel import WithSentinel  # keeps DDP's "no unused parameters" warning away
+
     ids = [device.index] if device.type == "cuda" else None
-    return DDP(model, device_ids=ids, find_unused_parameters=True)
+    return DDP(WithSentinel(model), device_ids=ids, find_unused_parameters=True)
 
 
 def gather_predictions(model, table, batch_size: int, ctx: Context | None = None) -> dict[str, np.ndarray]:
@@ -186,6 +188,10 @@ def launch_train(a, nproc: int, trainer=None) -> int:
         argv += ["--set", s]
     if a.json:
         argv.append("--json")
+    if getattr(a, "overwrite", False):
+        argv.append("--overwrite")
+    if getattr(a, "resume", None) is not None:
+        argv += ["--resume", str(a.resume)]
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     try:
         torchrun(["--standalone", f"--nproc_per_node={nproc}", "-m", "dynarec", *argv])

@@ -21,6 +21,8 @@ class History:
     best_score: float = float("nan")
     train_rows_per_s: float = 0.0
     train_seconds: float = 0.0
+    monitor: str = ""  # what early stopping watched (trainer.monitor after the single-class fallback)
+    higher: bool = True  # whether a higher monitored value is better
 
 
 def set_seed(seed: int) -> torch.Generator:

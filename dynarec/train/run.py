@@ -14,7 +14,9 @@ from dynarec.errors import DynarecError
 from dynarec.metrics import evaluate_model
 from dynarec.train.distributed import evaluate_split, is_main
 from dynarec.models import build_model
+from dynarec.train.better import refuse_worse, valid_record
 from dynarec.train.checkpoint import save_checkpoint
+from dynarec.train.collapse import CollapseGuard
 from dynarec.train.config import TrainerConfig
 from dynarec.train.placement import placement_for
 from dynarec.train.result import MARKERS, Result  # noqa: F401  (Result: the return type)
@@ -32,7 +34,7 @@ def gate_usage_of(model, table) -> dict:
 def train_model(model_name: str, schema, tables: dict, params: dict | None = None, trainer: dict | TrainerConfig | None = None,
                 seed: int = 0, out: str | Path | None = None, encoders: dict | None = None,
                 task_weighting: str | None = None, console=None, run_config: dict | None = None,
-                resume: bool = False) -> Result:
+                resume: bool = False, overwrite: bool = False) -> Result:
     """Build ``model_name`` on ``schema``, train on tables['train'] with early stopping on tables['valid'],
     evaluate on tables['test'] (or 'valid' when there is no test).
 
@@ -43,6 +45,10 @@ def train_model(model_name: str, schema, tables: dict, params: dict | None = Non
     A run killed or interrupted after an epoch leaves its work folder: ``resume=True`` continues it after its
     last completed epoch (same arguments). A run stopped by a user mistake (a diverging loss included), or
     before its first epoch ended, removes it.
+
+    A collapsed fit (:mod:`dynarec.train.collapse`: the loss far above its start, or a model no better than a
+    constant predictor) raises :class:`~dynarec.train.collapse.CollapsedError`; a finished run never replaces
+    a run in ``out`` whose validation score is better (:mod:`dynarec.train.better`) unless ``overwrite``.
 
     Example::
 
@@ -71,7 +77,7 @@ def train_model(model_name: str, schema, tables: dict, params: dict | None = Non
         if resume and out is None:
             raise DynarecError("resume: needs the interrupted run's out folder")
         tr = Trainer(model, cfg, seed, None, task_weighting, console, placement)
-        hist = tr.fit(tables["train"], valid, finish=False)
+        hist = tr.fit(tables["train"], valid, [CollapseGuard(valid)], finish=False)
         return _finish(model, cfg, hist, tables, params, None, encoders, seed, placement)
     out = outdir.check_out(out, MARKERS, "training run")
     work = outdir.work_dir(out)
@@ -91,8 +97,10 @@ def train_model(model_name: str, schema, tables: dict, params: dict | None = Non
                           "trainer": {**to_dict(cfg), "task_weighting": task_weighting or cfg.task_weighting}}
         (work / "config.json").write_text(json.dumps(run_config, indent=2))
     try:
-        hist = tr.fit(tables["train"], valid, [LastState(work / LAST, meta)], resume=state, finish=False)
+        hist = tr.fit(tables["train"], valid, [CollapseGuard(valid), LastState(work / LAST, meta)], resume=state,
+                      finish=False)
         res = _finish(model, cfg, hist, tables, params, work, encoders, seed, placement)
+        refuse_worse(out, valid_record(hist, valid), overwrite)
         (work / LAST).unlink(missing_ok=True)
     except BaseException as e:  # a refused or diverged run, or one that stopped before a resume point
         if isinstance(e, DynarecError) or not (work / LAST).exists():
@@ -130,7 +138,8 @@ def _finish(model, cfg, hist, tables, params, folder, encoders, seed, placement)
     usage = gate_usage_of(model, test) if placement.whole_model else {}
     if folder is not None:
         save_checkpoint(folder, model, params, encoders,
-                        {"trainer": to_dict(cfg), "seed": seed, "best_epoch": hist.best_epoch})
+                        {"trainer": to_dict(cfg), "seed": seed, "best_epoch": hist.best_epoch,
+                         "valid": valid_record(hist, tables.get("valid"))})
         (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
         if usage:
             (folder / "gate_usage.json").write_text(json.dumps(usage, indent=2))

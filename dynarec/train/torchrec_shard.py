@@ -106,6 +106,9 @@ class TorchRecSharding:
         planner = EmbeddingShardingPlanner(topology=Topology(world_size=world, local_world_size=local,
                                                              compute_device=device.type),
                                            constraints=constraints)
+        from dynarec.train.ddp_sentinel import WithSentinel  # keeps DDP's "no unused parameters" warning away
+
+        model = WithSentinel(model)
         self.plan = planner.collective_plan(model, [sharder], dist.GroupMember.WORLD)
         self.dmp = DistributedModelParallel(
             model, device=device, plan=self.plan, sharders=[sharder],

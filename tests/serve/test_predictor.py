@@ -99,11 +99,18 @@ def test_bad_rows_fail_with_one_clear_line(trained):
 
 def test_mc_dropout_without_dropout_is_the_point_prediction(trained):
     """The trained dnn has no dropout: every pass is the same, so the MC mean is the eval prediction (a
-    probability, not a logit) and the variance is exactly 0."""
+    probability, not a logit) and the variance is exactly 0 — which ``predict_mc`` refuses to return as if it
+    were an uncertainty (``strict=False`` gets it)."""
+    from dynarec.errors import ConfigError
+    from dynarec.uncertainty import mc_dropout_predict
+
     d, test_rows, _ = trained
     p = Predictor.load(d / "ck")
     enc = p.encode(test_rows)
-    mean, var = p.predict_mc(enc, 3)
+    with pytest.raises(ConfigError, match="--mc-dropout: the dnn model has no dropout"):
+        p.predict_mc(enc, 3)
+    mean, var = (
+        {t: v.double().numpy() for t, v in x.items()} for x in mc_dropout_predict(p.model, enc.table, 3, strict=False))
     point = p.predict(enc)
     for t in p.tasks:
         np.testing.assert_allclose(mean[t], point[t], atol=1e-6)

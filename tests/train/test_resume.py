@@ -63,10 +63,11 @@ def test_sigkill_during_an_epoch_then_resume_equals_an_uninterrupted_run(data, t
     done = len(_log(tmp_path / ".run.partial"))
     assert 1 <= done < len(_log(ref))
 
-    # the config comes from the saved run: any other config option is refused
+    # the config comes from the saved run: an option with another value is refused, naming it; the same
+    # command with --resume appended continues the run
     q = _cli("train", "--resume", str(run), "--epochs", "9")
-    assert q.wait(timeout=60) == 2 and "--epochs cannot be combined with --resume" in q.stderr.read()
-    q = _cli("train", "--resume", str(run))
+    assert q.wait(timeout=60) == 2 and "--epochs (9; the interrupted run has" in q.stderr.read()
+    q = _cli("train", "--data", str(data), "--out", str(run), *ARGS, "--resume", str(run))
     assert q.wait(timeout=600) == 0, q.stderr.read()
 
     a, b = json.loads((ref / "metrics.json").read_text()), json.loads((run / "metrics.json").read_text())
@@ -102,7 +103,7 @@ def test_in_process_interrupt_keeps_the_resume_point_and_resume_is_exact(small_s
 
     schema, tables, _ = small_synth
     args = ("mmoe", schema, tables, {"hidden": [8], "num_experts": 2},
-            {"epochs": 4, "batch_size": 256, "lr": 0.02, "patience": 1, "progress": False,
+            {"epochs": 4, "batch_size": 256, "lr": 0.02, "patience": 2, "progress": False,
              "task_weighting": "uncertainty"})
     ref = train_model(*args, seed=2, out=tmp_path / "ref")
     real, calls = TrainStep.step, []

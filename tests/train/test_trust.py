@@ -126,7 +126,7 @@ def test_a_new_run_replaces_the_whole_folder(small_synth, good_run):
     schema, tables, _ = small_synth
     out, before = good_run
     (out / "stale.txt").write_text("from an earlier run")
-    r = train_model("dnn", schema, tables, P, {**FAST, "epochs": 1}, seed=5, out=out)
+    r = train_model("dnn", schema, tables, P, {**FAST, "epochs": 1}, seed=5, out=out, overwrite=True)  # scores lower
     after = _digest(out)
     assert "stale.txt" not in after and after["model.pt"] != before["model.pt"]
     assert len((out / "log.csv").read_text().splitlines()) == 2 and r.checkpoint == str(out)
@@ -200,9 +200,9 @@ def test_single_class_validation_labels_warn_and_monitor_logloss(small_synth, ca
     valid = copy.copy(tables["valid"])
     valid.labels = {**valid.labels, "click": torch.zeros_like(valid.labels["click"])}
     r = train_model("dnn", schema, {**tables, "valid": valid}, P,
-                    {**FAST, "epochs": 3, "lr": 0.05, "patience": 5})
+                    {**FAST, "epochs": 3, "lr": 0.05, "patience": 5, "monitor": "auc:click"})
     err = capsys.readouterr().err
-    assert "task 'click'" in err and "monitors logloss:click instead of auc" in err
+    assert "task 'click'" in err and "monitors logloss:click instead of auc:click" in err
     scores = [row["valid_logloss:click"] for row in r.history.epochs]
     assert all(s == s for s in scores)  # finite, not NaN
     assert r.history.best_epoch == 1 + scores.index(min(scores))
