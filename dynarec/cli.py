@@ -141,7 +141,7 @@ def cmd_train(a) -> int:
     flags = {"model": a.model, "data.path": a.data, "seed": a.seed, "out": a.out, "trainer.epochs": a.epochs,
              "trainer.batch_size": a.batch_size, "trainer.lr": a.lr}
     if a.resume is not None:  # the run's own arguments may be repeated; differing ones are refused
-        from dynarec.train.resume_args import check_resume_args
+        from dynarec.resume_args import check_resume_args
 
         cfg = load_interrupted(a.resume)
         check_resume_args(cfg, a.resume, a.config, flags, a.set)

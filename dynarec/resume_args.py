@@ -9,7 +9,7 @@ values. Keys the user did not give are not compared (the saved run's value is us
 
 Example::
 
-    >>> from dynarec.config import ExperimentConfig
+    >>> from dynarec.experiment import ExperimentConfig
     >>> saved = ExperimentConfig(model="dnn", out="runs/r")
     >>> differing(saved, layers_of(None, {"model": "dnn", "trainer.epochs": None}, []))
     []
@@ -72,7 +72,8 @@ def _at(d: dict, key: str):
 def differing(saved, layers: tuple[dict, dict[str, str]]) -> list[str]:
     """``"ARG (VALUE; the interrupted run has SAVED)"`` for every given argument whose value differs from the
     saved ``ExperimentConfig``; the given config is checked (values, types) as a new run's would be."""
-    from dynarec.config import ExperimentConfig, build_dataclass, to_dict
+    from dynarec.config import build_dataclass, to_dict
+    from dynarec.experiment import ExperimentConfig
 
     d, origin = layers
     if not d:
