@@ -32,17 +32,24 @@ def cmd_models(a) -> int:
                            "optional": list(i.optional), "multi_task": i.multi_task,
                            "multi_domain": i.multi_domain, "kind": i.kind} for i in infos]))
         return 0
-    from rich.console import Console
     from rich.table import Table
 
+    from dynarec.report import table_console
+
     t = Table(title=f"dynarec models ({len(infos)})")
-    for c in ("name", "kind", "requires groups", "uses when present", "multi-task", "multi-domain"):
-        t.add_column(c, no_wrap=True)
-    t.add_column("paper", overflow="ellipsis", no_wrap=True, max_width=90)
-    for i in infos:
-        t.add_row(i.name, i.kind, ", ".join(i.requires) or "—", ", ".join(i.optional) or "—",
-                  "yes" if i.multi_task else "no", "yes" if i.multi_domain else "no", i.paper)
-    Console(width=None if sys.stdout.isatty() else 180).print(t)
+    rows = [(i.name, i.kind, ", ".join(i.requires) or "—", ", ".join(i.optional) or "—",
+             "yes" if i.multi_task else "no", "yes" if i.multi_domain else "no", i.paper) for i in infos]
+    # names and kinds are never cut (as wide as the widest); group lists and the paper wrap on a narrow terminal
+    t.add_column("name", no_wrap=True, min_width=max(len(r[0]) for r in rows))
+    t.add_column("kind", no_wrap=True, min_width=max(len(r[1]) for r in rows))
+    for c in ("requires groups", "uses when present"):
+        t.add_column(c, overflow="fold")
+    t.add_column("multi-\ntask", no_wrap=True)
+    t.add_column("multi-\ndomain", no_wrap=True)
+    t.add_column("paper", overflow="fold")
+    for r in rows:
+        t.add_row(*r)
+    table_console().print(t)
     return 0
 
 
@@ -115,11 +122,9 @@ def cmd_data_prepare(a) -> int:
 
 
 def _print_result(summary: dict, as_json: bool, unknown: dict | None = None) -> None:
-    from rich.console import Console
+    from dynarec.report import auc_table, gate_usage_table, table_console
 
-    from dynarec.report import auc_table, gate_usage_table
-
-    con = Console(stderr=as_json)
+    con = table_console(stderr=as_json)
     if "recall@10" in summary["metrics"]:  # a retrieval model's metrics
         from dynarec.retrieval.cli import metrics_table
 
