@@ -252,7 +252,7 @@ def bar_figure(slices: list[str], values: dict[str, list[float]], *, ylabel: str
     ax.set_xticks(x, tick_labels or slices, fontsize=8, **({} if tick_rotation is None else {"rotation": tick_rotation}))
     ax.set_ylabel(ylabel)
     ax.set_title(title, **({} if title_size is None else {"fontsize": title_size}))
-    ax.legend(fontsize=7, ncol=min(len(models), 4))
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 + len(models) // 16)  # beside the bars
     if grid:
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
