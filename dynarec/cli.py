@@ -32,24 +32,9 @@ def cmd_models(a) -> int:
                            "optional": list(i.optional), "multi_task": i.multi_task,
                            "multi_domain": i.multi_domain, "kind": i.kind} for i in infos]))
         return 0
-    from rich.table import Table
+    from dynarec.report import models_table, table_console
 
-    from dynarec.report import table_console
-
-    t = Table(title=f"dynarec models ({len(infos)})")
-    rows = [(i.name, i.kind, ", ".join(i.requires) or "—", ", ".join(i.optional) or "—",
-             "yes" if i.multi_task else "no", "yes" if i.multi_domain else "no", i.paper) for i in infos]
-    # names and kinds are never cut (as wide as the widest); group lists and the paper wrap on a narrow terminal
-    t.add_column("name", no_wrap=True, min_width=max(len(r[0]) for r in rows))
-    t.add_column("kind", no_wrap=True, min_width=max(len(r[1]) for r in rows))
-    for c in ("requires groups", "uses when present"):
-        t.add_column(c, overflow="fold")
-    t.add_column("multi-\ntask", no_wrap=True)
-    t.add_column("multi-\ndomain", no_wrap=True)
-    t.add_column("paper", overflow="fold")
-    for r in rows:
-        t.add_row(*r)
-    table_console().print(t)
+    table_console().print(models_table(infos))
     return 0
 
 

@@ -186,6 +186,26 @@ def auc_table(results: dict[str, dict], task: str, title: str | None = None, met
     return t
 
 
+def models_table(infos: list):
+    """rich Table of ``dynarec models`` (:func:`dynarec.models.list_models` infos): names and kinds are never cut
+    (as wide as the widest); the group lists and the paper wrap on a narrow terminal."""
+    from rich.table import Table
+
+    t = Table(title=f"dynarec models ({len(infos)})")
+    rows = [(i.name, i.kind, ", ".join(i.requires) or "—", ", ".join(i.optional) or "—",
+             "yes" if i.multi_task else "no", "yes" if i.multi_domain else "no", i.paper) for i in infos]
+    t.add_column("name", no_wrap=True, min_width=max(len(r[0]) for r in rows))
+    t.add_column("kind", no_wrap=True, min_width=max(len(r[1]) for r in rows))
+    for c in ("requires groups", "uses when present"):
+        t.add_column(c, overflow="fold")
+    t.add_column("multi-\ntask", no_wrap=True)
+    t.add_column("multi-\ndomain", no_wrap=True)
+    t.add_column("paper", overflow="fold")
+    for r in rows:
+        t.add_row(*r)
+    return t
+
+
 def gate_usage_table(usage: dict[str, dict]):
     """rich Table of MoE gate usage (``Result.gate_usage``): one row per gate, the mean weight of each
     expert, its top-1 share, the normalised entropy and a warning when a gate has polarised."""
