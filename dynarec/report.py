@@ -188,7 +188,12 @@ def auc_table(results: dict[str, dict], task: str, title: str | None = None, met
 
 def models_table(infos: list):
     """rich Table of ``dynarec models`` (:func:`dynarec.models.list_models` infos): names and kinds are never cut
-    (as wide as the widest); the group lists and the paper wrap on a narrow terminal."""
+    (as wide as the widest); the group lists and the paper wrap on a narrow terminal.
+
+    Example::
+
+        table_console().print(models_table(list_models(kind=None)))
+    """
     from rich.table import Table
 
     t = Table(title=f"dynarec models ({len(infos)})")
@@ -233,7 +238,13 @@ HATCHES = ("", "//", "..", "xx", "\\\\", "++")
 def model_styles(models: list[str], hatched: tuple[str, ...] = ()) -> dict[str, dict]:
     """A distinct bar style per model: the 10 palette colours, then the same colours hatched (``//``, ``..``, …),
     so no two models of up to 60 look alike (matplotlib's default cycle repeats after 10: the 11th model
-    had the 1st's colour). Models in ``hatched`` (references such as the true probabilities) are grey ``//``."""
+    had the 1st's colour). Models in ``hatched`` (references such as the true probabilities) are grey ``//``.
+
+    Example::
+
+        styles = model_styles(["bayes (true p)", "dnn", "m2m"], hatched=("bayes (true p)",))
+        ax.bar(x, heights, **styles["dnn"])
+    """
     out, i = {}, 0
     for name in models:
         if name in hatched:
@@ -251,7 +262,13 @@ def bar_figure(slices: list[str], values: dict[str, list[float]], *, ylabel: str
                tick_rotation: float | None = None, title_size: float | None = None, grid: bool = False,
                hatched: tuple[str, ...] = (), baseline: float = 0.0):
     """The figure of :func:`plot_slice_bars` (matplotlib, Agg; the caller closes it). Bars rise from
-    ``baseline`` (0; 0.5 = chance for AUC), which is also the bottom of the y-axis whatever ``ylim`` says."""
+    ``baseline`` (0; 0.5 = chance for AUC), which is also the bottom of the y-axis whatever ``ylim`` says.
+
+    Example::
+
+        fig = bar_figure(["all", "d1"], {"dnn": [0.81, 0.78]}, ylabel="AUC", title="t", figsize=(6, 4), baseline=0.5)
+        fig.savefig("auc.png")
+    """
     import matplotlib
 
     matplotlib.use("Agg")
