@@ -105,3 +105,32 @@ def test_models_listing_never_cuts_a_name(monkeypatch, capsys):
     out = capsys.readouterr().out
     cells = {c.strip() for line in out.splitlines() for c in line.split("│")[1:2]}
     assert {i.name for i in list_models(kind=None)} <= cells
+
+
+def _bench_agg():
+    """aggregate()-shaped records: (dataset, model, metric, task, domain) -> (mean, std, n)."""
+    agg = {("ds", "", "count", "", "all"): (500.0, 0.0, 3), ("ds", "", "count", "", "tiny"): (40.0, 0.0, 3)}
+    for m, a in (("dnn", 0.80), ("mmoe", 0.82)):
+        for d, pos in (("all", 150.0), ("tiny", 6.0)):
+            agg[("ds", m, "auc", "click", d)] = (a, 0.01, 3)
+            agg[("ds", m, "auc_se", "click", d)] = (0.02, 0.0, 3)
+            agg[("ds", m, "positives", "click", d)] = (pos, 0.0, 3)
+    return agg
+
+
+def test_benchmark_markdown_and_plots_show_counts_intervals_and_the_best(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    import dynarec.report as report
+    from dynarec.bench.report import markdown_tables, plot_domains
+
+    suite = SimpleNamespace(name="s", description="", seeds=[0, 1, 2], trainer={}, metrics=["auc"])
+    md = markdown_tables(suite, _bench_agg(), ["ds"], ["dnn", "mmoe"])
+    assert "| model | all (n=500, pos=150) | tiny (n=40, pos=6) ! |" in md
+    assert f"| mmoe | **0.8200 ± 0.0100 (CI ± {Z95 * 0.02:.4f})** |" in md and "| dnn | 0.8000 ± 0.0100 (CI" in md
+    assert "**Warning:** fewer than 30 positives (or negatives) in tiny" in md
+    seen = {}
+    monkeypatch.setattr(report, "plot_slice_bars", lambda path, slices, values, **kw: seen.update(kw))
+    plot_domains(_bench_agg(), suite, ["ds"], ["dnn", "mmoe"], tmp_path)
+    assert seen["baseline"] == 0.5 and seen["tick_labels"][1] == "tiny\n(n=40, pos=6) !"
+    assert seen["errors"]["dnn"].tolist() == pytest.approx([Z95 * 0.02] * 2)

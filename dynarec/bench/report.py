@@ -113,7 +113,8 @@ def markdown_tables(suite: Suite, agg: dict, datasets: list[str], models: list[s
 
 
 def plot_domains(agg: dict, suite: Suite, datasets: list[str], models: list[str], out: Path) -> list[Path]:
-    """``<metric>_<dataset>_<task>.png`` for each tabled metric: per-domain bars with ±std error bars."""
+    """``<metric>_<dataset>_<task>.png`` for each tabled metric: per-domain bars (from 0.5 for AUC / gAUC), slices
+    labelled with rows and positives, error bars the 95 % DeLong half-width for AUC (± std over seeds otherwise)."""
     from dynarec.report import plot_slice_bars
 
     files = []
@@ -126,6 +127,9 @@ def plot_domains(agg: dict, suite: Suite, datasets: list[str], models: list[str]
                     vals = [agg.get((ds, m, metric, task, d), (np.nan, np.nan, 0)) for d in doms]
                     values[m] = np.array([v[0] for v in vals])
                     errors[m] = np.array([v[1] for v in vals])
+                    if metric == "auc":  # the 95 % DeLong half-width (mean over seeds) where it is known
+                        se = np.array([agg.get((ds, m, "auc_se", task, d), (np.nan,))[0] for d in doms])
+                        errors[m] = np.where(np.isfinite(se), Z95 * se, errors[m])
                 auc_like = metric in ("auc", "gauc")
                 ylim = (0.5, 1.0) if auc_like else None
                 labels = []
@@ -135,7 +139,8 @@ def plot_domains(agg: dict, suite: Suite, datasets: list[str], models: list[str]
                 f = out / f"{metric}_{ds}_{task}.png".replace("/", "_")
                 plot_slice_bars(f, doms, values, errors=errors, ylim=ylim, tick_rotation=20, title_size=10,
                                 baseline=0.5 if auc_like else 0.0, tick_labels=labels,
-                                ylabel=f"{metric.upper()} (mean ± std)" + (", from 0.5 = chance" if auc_like else ""),
+                                ylabel=f"{metric.upper()} (mean{', ± 95 % CI' if metric == 'auc' else ' ± std'})"
+                                + (", from 0.5 = chance" if auc_like else ""),
                                 title=f"{ds} — {task}",
                                 figsize=(min(12.0, 2.5 + 0.35 * len(doms) * max(1, len(models))), 3.4))
                 files.append(f)
