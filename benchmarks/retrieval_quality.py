@@ -77,8 +77,8 @@ class Curve:
         est_u, est_v = st.state["u"], st.state["v"]
         gu = est_u.gram if hasattr(est_u, "gram") else est_u.gram_avg
         gv = est_v.gram if hasattr(est_v, "gram") else est_v.gram_avg
-        d = self.data  # exact: the Gramians of the pairs' queries (SAGram: of every query) and of the corpus
-        exact_u = gramian(q) if "cache" in dict(est_u.named_buffers()) else gramian(q[d.train_query])
+        d = self.data  # exact: the Gramians of the pairs' queries (both estimators' target) and of the corpus
+        exact_u = gramian(q[d.train_query])
         self.gram_error.append({"step": self.steps, "u": relative_error(gu, exact_u),
                                 "v": relative_error(gv, gramian(v))})
         self.overhead += time.perf_counter() - t0

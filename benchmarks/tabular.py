@@ -10,7 +10,8 @@ Numeric columns (age, fnlwgt, education-num, capital-gain, capital-loss, hours-p
 embedded field each), and ``embedded`` (two rows: ``ple``, ``embedding: ple`` with ``--bins`` train-quantile
 bins, and ``plr``, ``embedding: plr`` with ``--sigma``, every numeric column z-scored then embedded as a field
 of the models' shared embedding path; ``ple`` / ``plr`` also alone).
-Recipe (the defaults, docs/benchmarks.md): batch 512, up to 15 epochs, patience 3, PLR σ = 10 (the schema's
+``plain``: the numeric columns as bare ``kind: dense`` (whatever the schema defaults give: PLR σ = 10 since
+issue 27). Recipe (the defaults, docs/benchmarks.md): batch 512, up to 15 epochs, patience 3, PLR σ = 10 (the schema's
 default 1.0 underfits these z-scored columns); ``--dropout``, ``--weight-decay``, ``--embedding-optimizer``,
 ``--embedding-lr``, ``--set KEY=JSON`` (model keys, applied where a model uses them) and ``--log-heavy``
 (log1p on the capital columns in any treatment) are the levers measured there.
@@ -52,8 +53,9 @@ def schema_dict(treatment: str, buckets: int = 20, bins: int | None = None, sigm
             f["transform"] = "log1p"
         if treatment == "buckets":
             f["buckets"] = buckets
+        if treatment not in ("buckets", "plain"):  # explicit: without the key a dense column gets the default
+            f["embedding"] = treatment if treatment in ("ple", "plr") else None
         if treatment in ("ple", "plr"):
-            f["embedding"] = treatment
             opt = {"bins": bins} if treatment == "ple" else {"sigma": sigma}
             f.update({k: v for k, v in opt.items() if v is not None})  # unset: the schema defaults
         feats.append(f)
@@ -216,7 +218,7 @@ def summary(runs: list[dict]) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=MODELS)
-    ap.add_argument("--treatments", nargs="+", default=TREATMENTS, choices=TREATMENTS + ["ple", "plr"],
+    ap.add_argument("--treatments", nargs="+", default=TREATMENTS, choices=TREATMENTS + ["ple", "plr", "plain"],
                     help="embedded = ple and plr")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--split-seed", type=int, default=0)

@@ -33,17 +33,9 @@ def cmd_models(a) -> int:
                            "optional": list(i.optional), "multi_task": i.multi_task,
                            "multi_domain": i.multi_domain, "kind": i.kind} for i in infos]))
         return 0
-    from rich.console import Console
-    from rich.table import Table
+    from dynarec.report import models_table, table_console
 
-    t = Table(title=f"dynarec models ({len(infos)})")
-    for c in ("name", "kind", "requires groups", "uses when present", "multi-task", "multi-domain"):
-        t.add_column(c, no_wrap=True)
-    t.add_column("paper", overflow="ellipsis", no_wrap=True, max_width=90)
-    for i in infos:
-        t.add_row(i.name, i.kind, ", ".join(i.requires) or "—", ", ".join(i.optional) or "—",
-                  "yes" if i.multi_task else "no", "yes" if i.multi_domain else "no", i.paper)
-    Console(width=None if sys.stdout.isatty() else 180).print(t)
+    table_console().print(models_table(infos))
     return 0
 
 
@@ -114,12 +106,11 @@ def cmd_data_prepare(a) -> int:
 
 
 def _print_result(summary: dict, as_json: bool, unknown: dict | None = None) -> None:
-    from rich.console import Console
+    from dynarec.report import auc_table, gate_usage_table, table_console
 
     from dynarec.experiment import kind_of
-    from dynarec.report import auc_table, gate_usage_table
 
-    con = Console(stderr=as_json)
+    con = table_console(stderr=as_json)
     if kind_of(summary["model"]) == "retrieval":  # exact full-corpus metrics
         from dynarec.retrieval.cli import metrics_table
 

@@ -25,10 +25,10 @@ def run_demo(out: str | Path = "dynarec-demo", quick: bool = False, seed: int = 
     from dynarec.data.prepare import synthetic_tables
     from dynarec.metrics import compute_metrics
     from dynarec.models import REGISTRY, list_models
-    from dynarec.report import auc_table, metric_rows, plot_domain_auc, write_csv
+    from dynarec.report import auc_table, metric_rows, plot_domain_auc, table_console, write_csv
     from dynarec.train.run import train_model
 
-    con = Console()
+    con = table_console()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     list_models()
@@ -51,7 +51,7 @@ def run_demo(out: str | Path = "dynarec-demo", quick: bool = False, seed: int = 
         speed[name] = r.train_rows_per_s
         con.print(f"  {name:<14} click AUC {r.metrics['auc']['click']['all']:.4f}   {r.train_rows_per_s:>9,.0f} rows/s")
     for task in schema.task_names:
-        con.print(auc_table(results, task, f"Test AUC — {task} (best model per column in bold)"))
+        con.print(auc_table(results, task, f"Test AUC — {task}"))
     counts = bayes["count"]
     all_rows = []
     for name, m in results.items():
@@ -69,15 +69,12 @@ def run_demo(out: str | Path = "dynarec-demo", quick: bool = False, seed: int = 
 
 
 def _write_report(out: Path, results: dict, speed: dict, counts: dict, rows: int, trainer: dict) -> None:
+    from dynarec.report import markdown_auc_table
+
     lines = ["# dynarec demo report", "", f"{rows:,} synthetic rows, trainer {trainer}.", "",
              "Rows per test slice: " + ", ".join(f"{k.replace('domain=', '')} {v:,}" for k, v in counts.items()), ""]
     for task in next(iter(results.values()))["auc"]:
-        slices = list(next(iter(results.values()))["auc"][task])
-        lines += [f"## AUC — {task}", "", "| model | " + " | ".join(s.replace("domain=", "") for s in slices) +
-                  " | train rows/s |", "|---" * (len(slices) + 2) + "|"]
-        for name, m in results.items():
-            vals = [m["auc"][task].get(s) for s in slices]
-            lines.append(f"| {name} | " + " | ".join("—" if v is None else f"{v:.4f}" for v in vals) +
-                         f" | {speed.get(name, 0):,.0f} |")
+        extra = {"train rows/s": {name: f"{speed[name]:,.0f}" for name in speed}}
+        lines += [f"## AUC — {task}", ""] + markdown_auc_table(results, task, extra=extra)
         lines += ["", f"![AUC per domain]({'auc_by_domain_' + task + '.png'})", ""]
     (out / "report.md").write_text("\n".join(lines))

@@ -15,6 +15,7 @@ import numpy as np
 from dynarec.bench.runner import BAYES, aggregate
 from dynarec.bench.suite import Suite
 from dynarec.errors import ConfigError
+from dynarec.report import MIN_POSITIVES, Z95, slice_header, small_slice
 
 
 # ---------------------------------------------------------------------------------------------- tables
@@ -41,6 +42,12 @@ def _domain_order(agg: dict, ds: str, metric: str, task: str) -> list[str]:
     return sorted(doms, key=lambda d: (d != "all", -n.get(d, 0), d))
 
 
+def _measure(agg: dict, ds: str, metric: str, task: str, domain: str) -> float | None:
+    """The mean over models and seeds of a per-slice count (``count``, ``positives``), None when absent."""
+    return next((v[0] for k, v in agg.items() if k[0] == ds and k[2] == metric and k[3] == task and k[4] == domain),
+                None)
+
+
 def markdown_tables(suite: Suite, agg: dict, datasets: list[str], models: list[str]) -> str:
     lines = [f"# Benchmark suite `{suite.name}`", ""]
     if suite.description:
@@ -53,20 +60,39 @@ def markdown_tables(suite: Suite, agg: dict, datasets: list[str], models: list[s
             tasks = sorted({k[3] for k in agg if k[0] == ds and k[2] == metric})
             for task in tasks:
                 doms = _domain_order(agg, ds, metric, task)
-                head = []
+                head, small = [], []
                 for d in doms:
-                    n = next((v[0] for k, v in agg.items() if k[0] == ds and k[2] == "count" and k[4] == d), None)
-                    head.append(d if n is None else f"{d} (n={int(n):,})")
-                note = " (test rows per domain in the header)" if head != doms else ""
+                    n = _measure(agg, ds, "count", "", d)
+                    pos = _measure(agg, ds, "positives", task, d)
+                    head.append(slice_header(d, None if n is None else int(n), None if pos is None else int(pos), " "))
+                    if n is not None and pos is not None and small_slice(int(n), int(pos)):
+                        small.append(d)
+                note = " (test rows and positives per domain in the header)" if head != doms else ""
+                lower = metric in ("logloss", "rmse")
+                best = {}
+                for d in doms:
+                    means = [agg[(ds, m, metric, task, d)][0] for m in models if m != BAYES
+                             and (ds, m, metric, task, d) in agg and not math.isnan(agg[(ds, m, metric, task, d)][0])]
+                    best[d] = (min(means) if lower else max(means)) if len(means) > 1 else None
                 lines += [f"**{metric.upper()} — task `{task}`**{note}", "",
                           "| model | " + " | ".join(head) + " |", "|---" * (len(doms) + 1) + "|"]
                 for m in models:
                     cells = []
                     for d in doms:
                         mean, std, n = agg.get((ds, m, metric, task, d), (float("nan"), float("nan"), 0))
-                        cells.append("–" if n == 0 else f"{mean:.4f}" if m == BAYES else f"{mean:.4f} ± {std:.4f}")
+                        se = agg.get((ds, m, "auc_se", task, d), (float("nan"),))[0] if metric == "auc" else float("nan")
+                        txt = "–" if n == 0 else f"{mean:.4f}" if m == BAYES else f"{mean:.4f} ± {std:.4f}"
+                        if n and not math.isnan(se):
+                            txt += f" (CI ± {Z95 * se:.4f})"
+                        cells.append(f"**{txt}**" if n and m != BAYES and mean == best[d] else txt)
                     lines.append(f"| {m} | " + " | ".join(cells) + " |")
                 lines.append("")
+                if metric == "auc":
+                    lines += ["± std over seeds; CI ± the half-width of the 95 % DeLong interval of one run (mean "
+                              "over seeds); best model per column in bold.", ""]
+                if small:
+                    lines += [f"**Warning:** fewer than {MIN_POSITIVES} positives (or negatives) in "
+                              f"{', '.join(small)}: the {metric.upper()} there is unreliable.", ""]
         lines += ["**Cost**", "", "| model | train rows/s | inference rows/s | peak mem Δ (MB) | parameters | epochs |",
                   "|---|---|---|---|---|---|"]
         for m in models:
@@ -87,7 +113,8 @@ def markdown_tables(suite: Suite, agg: dict, datasets: list[str], models: list[s
 
 
 def plot_domains(agg: dict, suite: Suite, datasets: list[str], models: list[str], out: Path) -> list[Path]:
-    """``<metric>_<dataset>_<task>.png`` for each tabled metric: per-domain bars with ±std error bars."""
+    """``<metric>_<dataset>_<task>.png`` for each tabled metric: per-domain bars (from 0.5 for AUC / gAUC), slices
+    labelled with rows and positives, error bars the 95 % DeLong half-width for AUC (± std over seeds otherwise)."""
     from dynarec.report import plot_slice_bars
 
     files = []
@@ -95,21 +122,26 @@ def plot_domains(agg: dict, suite: Suite, datasets: list[str], models: list[str]
         for metric in suite.metrics:
             for task in sorted({k[3] for k in agg if k[0] == ds and k[2] == metric}):
                 doms = _domain_order(agg, ds, metric, task)
-                values, errors, lo, hi = {}, {}, [], []
+                values, errors = {}, {}
                 for m in models:
                     vals = [agg.get((ds, m, metric, task, d), (np.nan, np.nan, 0)) for d in doms]
-                    mean = values[m] = np.array([v[0] for v in vals])
-                    std = errors[m] = np.array([v[1] for v in vals])
-                    ok = np.isfinite(mean)
-                    lo.extend((mean - np.nan_to_num(std))[ok].tolist())
-                    hi.extend((mean + np.nan_to_num(std))[ok].tolist())
-                ylim = None
-                if lo and metric in ("auc", "gauc"):
-                    pad = 0.15 * max(max(hi) - min(lo), 0.02)
-                    ylim = (max(0.0, min(lo) - pad), min(1.0, max(hi) + 2 * pad))
+                    values[m] = np.array([v[0] for v in vals])
+                    errors[m] = np.array([v[1] for v in vals])
+                    if metric == "auc":  # the 95 % DeLong half-width (mean over seeds) where it is known
+                        se = np.array([agg.get((ds, m, "auc_se", task, d), (np.nan,))[0] for d in doms])
+                        errors[m] = np.where(np.isfinite(se), Z95 * se, errors[m])
+                auc_like = metric in ("auc", "gauc")
+                ylim = (0.5, 1.0) if auc_like else None
+                labels = []
+                for d in doms:
+                    n, pos = _measure(agg, ds, "count", "", d), _measure(agg, ds, "positives", task, d)
+                    labels.append(slice_header(d, None if n is None else int(n), None if pos is None else int(pos)))
                 f = out / f"{metric}_{ds}_{task}.png".replace("/", "_")
                 plot_slice_bars(f, doms, values, errors=errors, ylim=ylim, tick_rotation=20, title_size=10,
-                                ylabel=f"{metric.upper()} (mean ± std)", title=f"{ds} — {task}",
+                                baseline=0.5 if auc_like else 0.0, tick_labels=labels,
+                                ylabel=f"{metric.upper()} (mean{', ± 95 % CI' if metric == 'auc' else ' ± std'})"
+                                + (", from 0.5 = chance" if auc_like else ""),
+                                title=f"{ds} — {task}",
                                 figsize=(min(12.0, 2.5 + 0.35 * len(doms) * max(1, len(models))), 3.4))
                 files.append(f)
     return files

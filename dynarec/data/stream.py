@@ -106,7 +106,8 @@ def save_schema_yaml(schema: Schema, path: str | Path) -> None:
     """Write ``schema`` as YAML (loadable with ``Schema.load``), each feature / task with its non-default keys."""
     def short(obj) -> dict:
         return {f.name: getattr(obj, f.name) for f in fields(obj)
-                if f.name == "name" or getattr(obj, f.name) != f.default and not (f.name == "table" and obj.table == obj.name)}
+                if f.name == "name" or getattr(obj, f.name) != f.default and not (f.name == "table" and obj.table == obj.name)
+                or (f.name == "embedding" and getattr(obj, "kind", None) == "dense")}  # null: no default encoding
     d = schema.to_dict()
     d["features"], d["tasks"] = [short(f) for f in schema.features], [short(t) for t in schema.tasks]
     Path(path).write_text(yaml.safe_dump(d, sort_keys=False))

@@ -6,7 +6,8 @@ The all-pairs ("gravity") term ``g = (1/(n m)) Σ_i Σ_j ⟨u_i, v_j⟩²`` equa
 O(n m k). Two estimators track Ĝ during training:
 
 * :class:`SOGram` — stochastic online Gramian (eq. 11): ``Ĝ ← (1−α) Ĝ + α·mean_B u uᵀ``.
-* :class:`SAGram` — stochastic average Gramian (eq. 9): caches of every row, ``Ĝ = Ŝ + β·mean_B(u uᵀ − û ûᵀ)``.
+* :class:`SAGram` — stochastic average Gramian (eq. 9): caches of every row, ``Ĝ = Ŝ + β·mean_B(u uᵀ − û ûᵀ)``,
+  ``Ŝ`` weighted by how often each row is drawn (unbiased under non-uniform sampling).
 
 Both hold their state in buffers, so it travels with a model's ``state_dict``. Estimates never carry
 gradient: the gradient surrogate (eq. 8, :func:`gram_surrogate`) treats Ĝ as a constant.
@@ -94,23 +95,44 @@ class SAGram(nn.Module):
     """Stochastic average Gramian (Krichene et al. 2019, eq. 9) over ``num_rows`` cached embeddings.
 
     Keeps a cache ``û_r`` of every row (a training pair, or a distinct query / item id — the caller's
-    choice of index) and ``Ŝ = (1/N) Σ_r û_r û_rᵀ``. :meth:`estimate` returns
-    ``Ĝ = Ŝ + β·mean_B(u_r u_rᵀ − û_r û_rᵀ)``; β = 1 (SAGA form) is unbiased when the batch rows are drawn
-    uniformly from the N rows, and is projected on the PSD cone (``project=None`` projects whenever
-    β > 1/N, the bound below which Ĝ stays PSD); β = 1/N is the SAG form. :meth:`refresh` then replaces
-    each batch row's contribution, ``Ŝ += (1/N) Σ_{r ∈ B} (u_r u_rᵀ − û_r û_rᵀ)``, and sets ``û_r ← u_r``
-    (a row repeated in the batch counts once). Caches start at 0 (Ŝ = 0) unless :meth:`refresh` is called
-    on every row first (e.g. one pass over the corpus before training).
+    choice of index) and ``Ŝ = Σ_r w_r û_r û_rᵀ``, where ``w_r`` is the probability that a batch position
+    holds row r (``weights``; uniform ``1/N`` by default). The target is ``G = Σ_r w_r u_r u_rᵀ``: the
+    Gramian of the rows *as they are sampled* (with per-query cache rows and batches of training pairs,
+    ``w_r`` = the query's share of the pairs, so G is the pairs' query Gramian that SOGram also tracks).
+    :meth:`estimate` returns ``Ĝ = Ŝ + β·mean_B(u_r u_rᵀ − û_r û_rᵀ)``; β = 1 (SAGA form) is unbiased,
+    ``E[Ĝ] = G``, when each batch position is row r with probability ``w_r`` (a cache averaged uniformly
+    over rows drawn non-uniformly is not: its error is the gap between the two weightings of the stale
+    cache). The estimate is projected on the PSD cone (``project=None`` projects whenever β > min_r w_r,
+    the bound below which Ĝ stays PSD); β = min w (1/N uniform) is the SAG form. :meth:`refresh` then
+    replaces each batch row's contribution, ``Ŝ += Σ_{r ∈ B} w_r (u_r u_rᵀ − û_r û_rᵀ)``, and sets
+    ``û_r ← u_r`` (a row repeated in the batch counts once). Caches start at 0 (Ŝ = 0) unless
+    :meth:`refresh` is called on every row first (e.g. one pass over the corpus before training).
 
     Args:
-        num_rows: N. dim: k. beta: the β of eq. 9. project: PSD projection of the estimate (None = auto)."""
+        num_rows: N. dim: k. beta: the β of eq. 9. project: PSD projection of the estimate (None = auto).
+        weights: [N] non-negative sampling frequencies of the rows (normalised here; None = uniform).
 
-    def __init__(self, num_rows: int, dim: int, beta: float = 1.0, project: bool | None = None):
+    Example::
+
+        est = SAGram(3, 2, weights=torch.tensor([2.0, 1.0, 1.0]))  # row 0 holds half of the pairs
+        g_hat = est.step(torch.tensor([0, 2]), torch.randn(2, 2))
+    """
+
+    def __init__(self, num_rows: int, dim: int, beta: float = 1.0, project: bool | None = None,
+                 weights: torch.Tensor | None = None):
         super().__init__()
         if not beta > 0:
             raise ValueError(f"SAGram beta must be > 0, got {beta}")
         self.num_rows, self.beta = int(num_rows), float(beta)
-        self.project = (beta > 1.0 / num_rows) if project is None else project
+        if weights is None:
+            w = torch.full((self.num_rows,), 1.0 / self.num_rows)
+        else:
+            w = torch.as_tensor(weights, dtype=torch.float64).reshape(-1)
+            if len(w) != self.num_rows or not bool((w >= 0).all()) or not float(w.sum()) > 0:
+                raise ValueError(f"SAGram weights: expected {self.num_rows} non-negative values with a positive sum")
+            w = (w / w.sum()).float()
+        self.project = (beta > float(w[w > 0].min())) if project is None else project
+        self.register_buffer("weight", w, persistent=False)  # derived from the data, rebuilt with the estimator
         self.register_buffer("cache", torch.zeros(num_rows, dim))
         self.register_buffer("gram_avg", torch.zeros(dim, dim))
 
@@ -129,8 +151,8 @@ class SAGram(nn.Module):
         uniq, inv = torch.unique(rows, return_inverse=True)
         pick = torch.empty(len(uniq), dtype=torch.long, device=rows.device)
         pick.scatter_(0, inv, torch.arange(len(rows), device=rows.device))
-        new, old = x[pick], self.cache[uniq]
-        self.gram_avg += (new.T @ new - old.T @ old) / self.num_rows
+        new, old, w = x[pick], self.cache[uniq], self.weight[uniq].to(self.cache.dtype).view(-1, 1)
+        self.gram_avg += (new * w).T @ new - (old * w).T @ old
         self.cache[uniq] = new
 
     @torch.no_grad()
@@ -142,8 +164,8 @@ class SAGram(nn.Module):
 
     @torch.no_grad()
     def exact(self) -> torch.Tensor:
-        """Gramian of the cache recomputed from scratch (equals Ŝ up to rounding drift)."""
-        return gramian(self.cache)
+        """``Σ_r w_r û_r û_rᵀ`` recomputed from the cache (equals Ŝ up to rounding drift)."""
+        return (self.cache * self.weight.to(self.cache.dtype).view(-1, 1)).T @ self.cache
 
     @torch.no_grad()
     def resync(self) -> None:

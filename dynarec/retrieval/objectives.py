@@ -95,7 +95,9 @@ class SAGramLoss(Gramian):
     """Cached vectors, one per query and per item (eq. 9)."""
 
     def __init__(self, step):
-        step.state["u"] = SAGram(len(step.data.query_user), step.c.dim, step.c.beta)
+        # batches are training pairs: a query's cache row is drawn as often as it has pairs (weights)
+        pairs = torch.bincount(step.data.train_query, minlength=len(step.data.query_user)).double()
+        step.state["u"] = SAGram(len(step.data.query_user), step.c.dim, step.c.beta, weights=pairs)
         step.state["v"] = SAGram(len(step.data.item_ids), step.c.dim, step.c.beta)
 
     def grams(self, step, batch, u, items, v_c):

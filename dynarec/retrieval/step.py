@@ -14,7 +14,8 @@ resume points):
   |B′| corpus items uniformly, embedded with gradient: the query side of the eq. 8 surrogate,
   ``⟨u_i, Ĝ_v u_i⟩`` on B′, uses Ĝ_v from C, and the item side, ``⟨v_j, Ĝ_u v_j⟩`` on C, uses Ĝ_u from B′,
   so each estimate is independent of the vectors it multiplies (the paper's separate batches). SOGram folds
-  the batches into Ĝ (eq. 11); SAGram (eq. 9) caches one vector per query and per item.
+  the batches into Ĝ (eq. 11); SAGram (eq. 9) caches one vector per query (weighted by its share of the
+  pairs, the frequency it is drawn with) and per item (uniform, as the items C are drawn).
 
 Pair-weighted Gramians for both sides (both batches drawn from the pairs) were tried first: the penalty
 then pushes popular items down as much as the pairs pull them up, training converges to a near-constant

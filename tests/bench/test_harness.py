@@ -73,12 +73,15 @@ def test_outputs_and_mean_std(first_run):
     for m in ("train_rows_per_s", "infer_rows_per_s", "peak_mem_mb", "params"):
         vals = [float(r["value"]) for r in rows if r["metric"] == m]
         assert len(vals) == 3 and all(v >= 0 for v in vals) and (m == "peak_mem_mb" or min(vals) > 0)
-    # the markdown cell is the mean ± sample std of the three seeds
+    # the markdown cell is the mean ± sample std of the three seeds, then the mean 95 % DeLong half-width
     md = (out / "results.md").read_text()
-    cell = f"{np.mean(auc_all):.4f} ± {np.std(auc_all, ddof=1):.4f}"
-    assert f"| dnn | {cell} |" in md and f"| bayes-optimal | {bayes[0]:.4f} |" in md
+    se = np.mean([float(r["value"]) for r in rows if (r["metric"], r["task"], r["domain"]) == ("auc_se", "click", "all")])
+    cell = f"{np.mean(auc_all):.4f} ± {np.std(auc_all, ddof=1):.4f} (CI ± {1.959963984540054 * se:.4f})"
+    assert f"| dnn | {cell} |" in md and f"| bayes-optimal | {bayes[0]:.4f} (CI ± " in md
     n_domains = sum(1 for r in rows if r["metric"] == "count" and r["domain"] != "all") // 3
-    assert n_domains >= 5 and "| model | all (n=150) | d0 (n=" in md  # 1,500 rows -> 150 test rows
+    pos = next(int(float(r["value"])) for r in rows if (r["metric"], r["task"], r["domain"]) == ("positives", "click", "all"))
+    assert n_domains >= 5 and f"| model | all (n=150, pos={pos}) | d0 (n=" in md  # 1,500 rows -> 150 test rows
+    assert "**Warning:** fewer than 30 positives" in md  # the conversion task has a handful per domain
     assert "train rows/s" in md and "parameters" in md
     # tables and plots can be rebuilt from results.csv alone
     (out / "results.md").unlink()

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from dynarec.retrieval.gramian import SAGram, SOGram, gram_penalty, gram_surrogate, gramian, psd_project
+from dynarec.retrieval.gramian import SAGram, SOGram, gram_penalty, gram_surrogate, gramian, psd_project, relative_error
 
 
 def _rand(*shape, seed=0):
@@ -118,3 +118,61 @@ def test_relative_error_and_resync():
     est.gram_avg += 1.0                                   # simulated drift
     est.resync()
     assert torch.allclose(est.gram_avg, gramian(x))
+
+
+# ---- SAGram under the sampling training uses: batches of pairs, one cache row per query --------------------
+PAIR_QUERY = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1, 2, 3])   # query of each training pair: query 0 holds 6 of 10
+
+
+def _pair_case(weights):
+    n, k = 4, 3
+    est = SAGram(n, k, beta=1.0, project=False, weights=weights).double()
+    est.refresh(torch.arange(n), _rand(n, k, seed=11))           # a stale cache
+    x = _rand(n, k, seed=12)                                      # the current query vectors
+    w = torch.bincount(PAIR_QUERY, minlength=n).double() / len(PAIR_QUERY)
+    target = (x * w.view(-1, 1)).T @ x                            # the pairs' query Gramian, mean over pairs
+    assert torch.allclose(target, gramian(x[PAIR_QUERY]))
+    return est, x, target
+
+
+def _exact_mean_over_pairs(est, x):
+    """E[Ĝ] when a batch position holds a uniformly drawn pair (each batch position of a shuffled epoch does)."""
+    return sum(est.estimate(PAIR_QUERY[[i]], x[PAIR_QUERY[[i]]]) for i in range(len(PAIR_QUERY))) / len(PAIR_QUERY)
+
+
+def test_sagram_weighted_by_pair_frequency_is_unbiased_under_pair_sampling():
+    est, x, target = _pair_case(torch.bincount(PAIR_QUERY, minlength=4).double())
+    assert torch.allclose(_exact_mean_over_pairs(est, x), target, atol=1e-12)
+    # the actual sampling: shuffled epochs of the 10 pairs cut into batches of 4 (the last one of 2)
+    g, draws = torch.Generator().manual_seed(3), []
+    for _ in range(3000):
+        for b in torch.randperm(len(PAIR_QUERY), generator=g).split(4):
+            draws.append(est.estimate(PAIR_QUERY[b], x[PAIR_QUERY[b]]))
+    draws = torch.stack(draws)
+    # batch positions are uniform over pairs, so every batch mean has expectation G; 5 standard errors
+    se = draws.std(0) / len(draws) ** 0.5
+    assert ((draws.mean(0) - target).abs() <= 5 * se + 1e-12).all()
+
+
+def test_sagram_uniform_cache_is_biased_under_pair_sampling():
+    """The estimator before the fix (a cache averaged over distinct queries, rows drawn by pair frequency):
+    its expectation misses G by exactly Σ_r (1/N − w_r) û_r û_rᵀ, a large error on this toy case."""
+    est, x, target = _pair_case(None)
+    w = torch.bincount(PAIR_QUERY, minlength=4).double() / len(PAIR_QUERY)
+    bias = ((1 / 4 - w).view(-1, 1) * est.cache).T @ est.cache
+    mean = _exact_mean_over_pairs(est, x)
+    assert torch.allclose(mean - target, bias, atol=1e-12)
+    assert relative_error(mean, target) > 0.1
+
+
+def test_sagram_weights_refresh_and_projection():
+    w = torch.tensor([3.0, 1.0, 0.0, 4.0])
+    est = SAGram(4, 2, weights=w).double()
+    x = _rand(4, 2, seed=13)
+    est.refresh(torch.tensor([0, 1, 2, 3, 3]), x[[0, 1, 2, 3, 3]])
+    assert torch.allclose(est.gram_avg, gramian(x[[0, 0, 0, 1, 3, 3, 3, 3]]))  # Σ w_r x_r x_rᵀ, w normalised
+    assert torch.allclose(est.exact(), est.gram_avg)
+    assert est.project and not SAGram(4, 2, beta=0.1, weights=w).project  # β ≤ min positive w: PSD without it
+    assert "weight" not in est.state_dict()                                # derived from the data, not saved
+    with pytest.raises(ValueError, match="weights"):
+        SAGram(4, 2, weights=torch.tensor([1.0, -1.0, 0.0, 0.0]))

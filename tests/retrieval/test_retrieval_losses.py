@@ -144,3 +144,30 @@ def test_streaming_frequency_warm_start_reads_the_first_gap():
     p = est.probability(torch.tensor([1, 2]))
     assert torch.allclose(p, torch.tensor([0.25, 1.0]))
     assert float(plain.probability(torch.tensor([1]))) > 0.5  # Algorithm 2 from B = 0: still near 1 after 10 hits
+
+
+def test_streaming_frequency_counts_copies_when_items_repeat_in_a_batch():
+    """The logQ correction of an in-batch softmax needs E[copies per batch] (each copy is one negative):
+    with batches of 50 pairs drawn from item shares 0.7 / 0.2 / 0.1 that is 35 / 10 / 5, where Algorithm 2's
+    per-batch hit probability saturates at ~1 for all three."""
+    shares = torch.tensor([0.7, 0.2, 0.1])
+    items = torch.tensor([11, 22, 33])
+    est = StreamingFrequency(num_buckets=1 << 12, alpha=0.05, warm_start=True)
+    g = torch.Generator().manual_seed(0)
+    burn, steps, reads = 100, 5000, []
+    for t in range(burn + steps):
+        est.update(items[torch.multinomial(shares, 50, replacement=True, generator=g)])
+        if t >= burn:
+            reads.append(est.expected_count(items))
+    mean = torch.stack(reads).mean(0)
+    # per item the read is an exponential moving average (α = 0.05) of Binomial(50, share) counts over a gap
+    # of ~1 batch: stationary sd sqrt(50·s·(1−s)·α/(2−α)) ≤ 0.52; averaged over 5,000 AR(1) reads (ρ = 0.95,
+    # ~128 effective) its sd is ≤ 0.05: 0.25 = 5 standard deviations of that average
+    assert torch.allclose(mean, 50 * shares, atol=0.25)
+    assert torch.allclose(est.probability(items), torch.ones(3), atol=0.01)   # Algorithm 2 alone: saturated
+    assert torch.allclose(est.log_q(items), est.expected_count(items).log())
+    # items that never repeat in a batch: the expected count is Algorithm 2's probability
+    once = StreamingFrequency(num_buckets=1 << 12, alpha=0.05, warm_start=True)
+    for t in range(1, 41):
+        once.update(torch.tensor([1, 2]) if t % 4 == 0 else torch.tensor([2]))
+    assert torch.allclose(once.expected_count(torch.tensor([1, 2])), once.probability(torch.tensor([1, 2])))

@@ -161,3 +161,28 @@ def test_apg_user_tower_needs_a_hidden_layer(llo_folder):
     schema, _ = load_prepared(llo_folder)
     with pytest.raises(ConfigError, match="apg generates the hidden layers"):
         build_model("two_tower", schema, {"user_tower": "apg", "hidden": []})
+
+
+def test_default_sogram_estimate_carries_no_lag(llo_folder):
+    """At the default α the SOGram estimate after a step is exactly that batch's Gramian (no moving average
+    lagging the towers: α = 0.1 kept ML-100K below popularity, docs/benchmarks.md), and SAGram's query
+    cache is weighted by each query's share of the training pairs (the frequency the batches draw it with)."""
+    from dynarec.retrieval.gramian import gramian
+    from dynarec.retrieval.step import RetrievalStep
+    from dynarec.train.config import TrainerConfig
+
+    schema, tables = load_prepared(llo_folder)
+    data = build_retrieval_data(schema, tables)
+    torch.manual_seed(0)
+    m = build_model("two_tower", schema, {"loss": "sogram"})
+    st = RetrievalStep(m, TrainerConfig(), data, torch.Generator().manual_seed(0))
+    for k in range(3):
+        st(data.train.take(torch.arange(k * 64, (k + 1) * 64)))
+    est = st.state["u"]
+    assert est.alpha == 1.0 and int(est.steps) == 3
+    sa = RetrievalStep(build_model("two_tower", schema, {"loss": "sagram"}), TrainerConfig(), data).state["u"]
+    share = torch.bincount(data.train_query, minlength=len(data.query_user)).float() / len(data.train_query)
+    assert torch.allclose(sa.weight, share)
+    # α = 1: Ĝ_u is the Gramian of the batch it was folded from, whatever came before
+    u = torch.randn(5, est.gram.shape[0], generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(est.update(u), gramian(u))
