@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ import numpy as np
 import torch
 
 from dynarec.errors import DynarecError
+from dynarec.serve.limits import HttpLimits
 from dynarec.serve.rows import RowError, rows_to_columns
 
 try:  # orjson (the serve extra): ~5x faster JSON both ways; the standard library otherwise
@@ -44,6 +46,9 @@ except ImportError:  # pragma: no cover - exercised where orjson is not installe
         return json.dumps(obj, separators=(",", ":")).encode()
 
 
+_log = logging.getLogger("dynarec.serve.server")
+
+
 @dataclass
 class ServerConfig:
     max_batch: int = 256  # rows per inference call
@@ -52,6 +57,7 @@ class ServerConfig:
     max_rows: int = 4096  # rows per request
     max_body_bytes: int = 8 << 20
     watch_interval_s: float = 0.5
+    http: HttpLimits = field(default_factory=HttpLimits)  # sizes, timeouts, connections (serve/limits.py)
 
 
 @dataclass
@@ -230,6 +236,7 @@ class Engine:
                     self.answer_error(p.reply, 422, str(e))
                 continue
             except Exception as e:  # noqa: BLE001 - a failed batch fails its requests, not the server
+                _log.exception("inference failed on a batch of %d rows", rows)
                 for p in batch:
                     self.answer_error(p.reply, 500, f"{type(e).__name__}: {e}")
                 continue
@@ -357,6 +364,7 @@ class App:
             self.engine.requests.labels(req.path, "200").inc()
             route(req)
         except Exception as e:  # noqa: BLE001 - never let a handler bug take the connection down
+            _log.exception("%s %s failed", req.method, req.path)
             req.reply(500, error_body(f"{type(e).__name__}: {e}"))
 
     def predict(self, req) -> None:
@@ -440,20 +448,18 @@ def create_app(bundle: str | Path, backend: str | None = "onnx", watch: str | Pa
 async def run_app(app: App, host: str, port: int, stop: asyncio.Event | None = None,
                   reuse_port: bool = False, ready=None) -> None:
     """Serve ``app`` on ``host:port`` until ``stop`` is set (SIGINT / SIGTERM set it in :func:`serve`)."""
-    from dynarec.serve.http import Connection
+    from dynarec.serve.connections import listen
 
-    loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
     await app.engine.start()
     _freeze()
-    server = await loop.create_server(lambda: Connection(app, app.cfg.max_body_bytes), host, port, backlog=1024,
-                                      reuse_port=reuse_port or None)
+    server = await listen(app, host, port, app.cfg.http, app.cfg.max_body_bytes, reuse_port=reuse_port)
     if ready is not None:
         ready.set()
     try:
         await stop.wait()
     finally:
-        server.close()
+        await server.close()
         await app.engine.stop()
 
 
