@@ -166,9 +166,13 @@ class Connection(asyncio.Protocol):
             if flow.reasons:  # answers owed / write buffer high: the rest waits unparsed (reading is paused)
                 self.backlog = bytes(view[i:])
                 return
-            n = min(end - i, SLICE)  # a slice holds few requests: a pause takes effect within one slice
+            n = end - i  # a slice holds few requests: a pause takes effect within one slice
             if self.in_head:  # the head budget is spent before the parser sees (and copies) the bytes
-                n = min(n, limits.max_head_bytes - self.fed)
+                n = min(n, SLICE, limits.max_head_bytes - self.fed)
+            elif self.clen and not self.chunked:  # the rest of a body holds no request: one slice beyond it
+                n = min(n, self.clen - self.size + SLICE)
+            else:
+                n = min(n, SLICE)
             part = data if n == end else view[i:i + n]
             i += n
             self.fed += n

@@ -67,6 +67,13 @@ class Server:
 
         return asyncio.run_coroutine_threadsafe(size(), self.loop).result(10)
 
+    def open(self) -> int:
+        """Connections the server holds open."""
+        async def count():
+            return len(self.listener.conns.open)
+
+        return asyncio.run_coroutine_threadsafe(count(), self.loop).result(10)
+
     def close(self):
         asyncio.run_coroutine_threadsafe(self.listener.close(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -324,3 +331,106 @@ def test_a_handler_crash_is_a_logged_500(srv, caplog):
         assert read_one(s)[0] == 200  # the connection survives
     rec = [r for r in caplog.records if r.name == "dynarec.serve.http"]
     assert rec and rec[0].exc_info and "handler bug" in str(rec[0].exc_info[1])
+
+
+def test_a_client_that_never_reads_its_answers_is_dropped(srv):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+    s.connect(("127.0.0.1", srv.port))
+    s.setblocking(False)
+    burst, t0 = b"GET /big HTTP/1.1\r\n\r\n" * 2000, time.monotonic()
+    while time.monotonic() - t0 < 3:  # until the server stops reading
+        try:
+            s.send(burst)
+        except BlockingIOError:
+            break
+    while srv.open() and time.monotonic() - t0 < 5:
+        time.sleep(0.05)
+    assert srv.open() == 0  # dropped request_timeout_s (0.5 s) after its writes stalled
+
+
+# ---- the `dynarec serve` wiring ---------------------------------------------------------------------------
+def test_serve_flags_set_every_limit_and_bad_values_are_one_line(capsys):
+    from dataclasses import fields
+
+    from dynarec.cli import build_parser, main
+
+    given = {f.name: (f.default * 3 if f.type in ("float", float) else f.default + 7) for f in fields(HttpLimits)}
+    argv = ["serve", "--model", "b"] + [x for k, v in given.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+    assert HttpLimits.from_args(build_parser().parse_args(argv)) == HttpLimits(**given)
+    assert main(["serve", "--model", "nowhere", "--max-headers", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--max-headers" in err[0] and "0" in err[0]
+
+
+def test_run_app_serves_under_the_configured_limits():
+    import gc
+
+    from dynarec.serve.server import ServerConfig, run_app
+
+    class Engine:
+        async def start(self):
+            pass
+
+        async def stop(self):
+            pass
+
+    class App:
+        engine = Engine()
+        cfg = ServerConfig(max_body_bytes=10, http=HttpLimits(keepalive_timeout_s=0.3, max_head_bytes=2048))
+
+        def __call__(self, req):
+            req.reply(200, b"{}")
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    loop, ready = new_loop(), threading.Event()
+    stop = asyncio.Event()
+    th = threading.Thread(target=loop.run_until_complete, args=(run_app(App(), "127.0.0.1", port, stop, ready=ready),))
+    th.start()
+    try:
+        assert ready.wait(10)
+        s = socket.create_connection(("127.0.0.1", port), timeout=3)
+        s.sendall(b"POST / HTTP/1.1\r\nContent-Length: 11\r\n\r\n")
+        assert responses(read_all(s))[0][0] == 413  # max_body_bytes
+        s = socket.create_connection(("127.0.0.1", port), timeout=3)
+        s.sendall(b"GET / HTTP/1.1\r\nX: " + b"x" * 3000 + b"\r\n\r\n")
+        assert responses(read_all(s))[0][0] == 431  # http.max_head_bytes
+        s = socket.create_connection(("127.0.0.1", port), timeout=3)
+        t0 = time.monotonic()
+        assert read_all(s) == b"" and time.monotonic() - t0 < 0.3 + 1.5  # http.keepalive_timeout_s
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        th.join(10)
+        loop.close()
+        gc.unfreeze()
+
+
+def test_a_route_crash_is_logged_with_its_traceback(caplog):
+    from dynarec.serve.server import App, ServerConfig
+
+    class Engine:
+        cfg = ServerConfig()
+
+        class requests:
+            @staticmethod
+            def labels(*a):
+                return type("C", (), {"inc": lambda self: None})()
+
+        @property
+        def served(self):
+            raise RuntimeError("bundle vanished")
+
+    class Req:
+        method, path, body, too_large = "GET", "/healthz", b"", False
+
+        def reply(self, status, body, *a, **k):
+            self.status = status
+
+    req = Req()
+    with caplog.at_level(logging.ERROR, logger="dynarec.serve.server"):
+        App(Engine())(req)
+    assert req.status == 500
+    rec = [r for r in caplog.records if r.name == "dynarec.serve.server"]
+    assert rec and rec[0].exc_info and "bundle vanished" in str(rec[0].exc_info[1])
