@@ -20,6 +20,7 @@ Fit to face untrusted clients, under :class:`~dynarec.serve.limits.HttpLimits`:
   ``100 Continue`` goes to HTTP/1.1 clients only, after the answers owed before it; request smuggling
   (``Content-Length`` with ``Transfer-Encoding``, ...) is refused by the parser (400).
 
+A handler with a ``refused(status, path)`` method is told of each refusal of this layer (to count it).
 Errors of a handler are logged with their traceback on the ``dynarec.serve.http`` logger and answered 500."""
 from __future__ import annotations
 
@@ -100,6 +101,7 @@ class Connection(asyncio.Protocol):
 
     def __init__(self, handler: Callable[[Request], None], max_body: int, limits, conns):
         self.handler, self.max_body, self.limits, self.conns = handler, max_body, limits, conns
+        self.on_refuse = getattr(handler, "refused", None)  # refused(status, path): counts the layer's refusals
         self.parser = httptools.HttpRequestParser(self)
         self.transport = self.flow = None
         self.pending: deque = deque()  # [request, bytes or None] in arrival order
@@ -333,6 +335,11 @@ class Connection(asyncio.Protocol):
     def _refuse(self, status: int, msg: str) -> None:
         """Answer ``status`` after the answers owed, then half-close: nothing more is parsed."""
         log.debug("refused %d: %s", status, msg)
+        if self.on_refuse is not None:
+            try:
+                self.on_refuse(status, target_path(self.url) if self.url else "")
+            except Exception:  # noqa: BLE001 - counting must not break the connection
+                log.exception("the handler's refused() failed")
         self.dead = self.closing = True
         self.backlog = b""
         self.flow.pause(REFUSED)

@@ -367,6 +367,11 @@ class App:
             _log.exception("%s %s failed", req.method, req.path)
             req.reply(500, error_body(f"{type(e).__name__}: {e}"))
 
+    def refused(self, status: int, path: str) -> None:
+        """A request the HTTP layer refused (413, 431, 408, ...): counted under its route, or ``http``."""
+        self.engine.requests.labels(path if path in ("/predict", "/retrieve") else "http", str(status)).inc()
+        self.engine.errors.labels("client" if status < 500 else "server").inc()
+
     def predict(self, req) -> None:
         t0 = time.perf_counter()
         eng, limit = self.engine, self.cfg.max_body_bytes
