@@ -162,6 +162,16 @@ class Connection(asyncio.Protocol):
             return  # refused: what the client still sends is read and dropped
         if self.backlog:
             data, self.backlog = self.backlog + data, b""
+        if self.in_head and not self.flow.reasons and len(data) <= SLICE and \
+                self.fed + len(data) < self.limits.max_head_bytes:  # the common case: a small read, fed whole
+            self.fed += len(data)
+            data = self._feed(data)
+            if not data or self.dead:
+                return
+        self._parse(data)
+
+    def _parse(self, data: bytes) -> None:
+        """Feed ``data`` slice by slice, each within the budgets, stopping (the rest kept unparsed) on a pause."""
         limits, flow = self.limits, self.flow
         view, i, end = memoryview(data), 0, len(data)
         while i < end:
@@ -178,31 +188,36 @@ class Connection(asyncio.Protocol):
             part = data if n == end else view[i:i + n]
             i += n
             self.fed += n
-            try:
-                self.parser.feed_data(part)
-            except httptools.HttpParserUpgrade as e:  # no protocol switch: the request goes on over HTTP/1.1
-                data = self._no_upgrade(bytes(part[e.args[0]:]) + bytes(view[i:]))
-                view, i, end = memoryview(data), 0, len(data)
-                continue
-            except httptools.HttpParserCallbackError as e:
-                cause = e.__context__
-                if isinstance(cause, _Refuse):
-                    return self._refuse(cause.status, str(cause))
-                if isinstance(cause, _Stop):
-                    self.dead, self.backlog = True, b""
-                    return
-                log.error("HTTP connection failed", exc_info=cause)
-                self.dead = True
-                return self.transport.abort()
-            except httptools.HttpParserError as e:
-                msg = str(e).splitlines()[0] if str(e) else "malformed HTTP request"
-                return self._refuse(400, f"malformed HTTP request: {msg}")
+            rest = self._feed(part)
             if self.dead:
                 return
+            if rest:  # an ignored Upgrade: the rest of the slice goes first
+                data = rest + bytes(view[i:])
+                view, i, end = memoryview(data), 0, len(data)
+                continue
             if self.in_head and self.fed >= limits.max_head_bytes and self.t_start is not None:
                 return self._refuse(431, f"request line + headers over {limits.max_head_bytes} bytes")
             if self.chunked and self.fed - self.size > limits.max_head_bytes + CHUNK_OVERHEAD * self.nchunks:
                 return self._refuse(400, f"chunk extensions / trailers over {limits.max_head_bytes} bytes")
+
+    def _feed(self, part) -> bytes | None:
+        """One ``feed_data``; a refusal / stop sets ``dead``. -> the bytes after an ignored ``Upgrade``, else None."""
+        try:
+            self.parser.feed_data(part)
+        except httptools.HttpParserUpgrade as e:  # no protocol switch: the request goes on over HTTP/1.1
+            return self._no_upgrade() and bytes(part[e.args[0]:])
+        except httptools.HttpParserCallbackError as e:
+            cause = e.__context__
+            if isinstance(cause, _Refuse):
+                return self._refuse(cause.status, str(cause))
+            self.dead, self.backlog = True, b""
+            if not isinstance(cause, _Stop):
+                log.error("HTTP connection failed", exc_info=cause)
+                self.transport.abort()
+        except httptools.HttpParserError as e:
+            msg = str(e).splitlines()[0] if str(e) else "malformed HTTP request"
+            return self._refuse(400, f"malformed HTTP request: {msg}")
+        return None
 
     def _unpause(self, reason: int) -> None:
         self.flow.resume(reason)
@@ -215,20 +230,26 @@ class Connection(asyncio.Protocol):
         if self.transport is not None and self.backlog and not self.flow.reasons:
             self.data_received(b"")
 
-    def _no_upgrade(self, rest: bytes) -> bytes:
-        """The parser stopped at an ``Upgrade`` request's head: answer it as a plain request (or, for CONNECT,
-        answer it and close): a fresh parser takes the same request line with the body framing it announced,
-        then ``rest`` (its body and whatever follows). -> the bytes still to feed."""
+    def _no_upgrade(self) -> bool:
+        """The parser stopped at an ``Upgrade`` request's head: answer it as a plain request (a CONNECT is
+        answered, then the connection closes): a fresh parser takes the same request line with the body framing
+        it announced, then what follows the head. -> whether parsing goes on."""
         method, url, keep = self.upgrade
         self.parser = httptools.HttpRequestParser(self)
         if method == b"CONNECT":
             self._dispatch(method, url, b"", False)
             self.dead = True
-            return b""
+            return False
         frame = b"transfer-encoding: chunked" if self.chunked else b"content-length: %d" % (self.clen or 0)
-        self.parser.feed_data(b"%s %s HTTP/1.1\r\n%s\r\nconnection: %s\r\n\r\n" % (
-            method, url, frame, b"keep-alive" if keep else b"close"))
-        return rest
+        try:
+            self.parser.feed_data(b"%s %s HTTP/1.1\r\n%s\r\nconnection: %s\r\n\r\n" % (
+                method, url, frame, b"keep-alive" if keep else b"close"))
+        except httptools.HttpParserError as e:  # a bodiless request with connection: close (_Stop)
+            self.dead, self.backlog = True, b""
+            if not isinstance(e.__context__, _Stop):
+                self._refuse(400, "malformed HTTP request after Upgrade")
+            return False
+        return True
 
     # ---- httptools callbacks ---------------------------------------------------------------------------
     def on_message_begin(self) -> None:

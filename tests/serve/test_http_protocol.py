@@ -172,3 +172,14 @@ def test_a_route_crash_is_logged_with_its_traceback(caplog):
     assert req.status == 500
     rec = [r for r in caplog.records if r.name == "dynarec.serve.server"]
     assert rec and rec[0].exc_info and "bundle vanished" in str(rec[0].exc_info[1])
+
+
+def test_bodiless_upgrade_and_connect_are_answered_then_closed(srv):
+    s = srv.connect()
+    s.sendall(b"GET /healthz HTTP/1.1\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\n\r\n")
+    (got, hdrs, body), = responses(read_all(s))
+    assert (got, body, hdrs[b"connection"]) == (200, b'{"status": "ok"}', b"close")
+    s = srv.connect()
+    s.sendall(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n\x16\x03\x01")  # then TLS bytes
+    (got, hdrs, _), = responses(read_all(s))
+    assert got == 404 and hdrs[b"connection"] == b"close"  # no tunnel: answered by the handler, then closed
