@@ -28,6 +28,34 @@ def test_oversized_heads_are_refused_and_closed(srv, req, status):
     assert got == status and hdrs[b"connection"] == b"close" and b"error" in body
 
 
+def test_a_giant_header_reaches_the_parser_only_up_to_the_limit(srv, monkeypatch):
+    import httptools
+
+    fed, real = [], httptools.HttpRequestParser
+
+    class Counting:  # the parser, counting what it is given (it copies a header on every read it spans)
+        def __init__(self, proto):
+            self.parser = real(proto)
+
+        def feed_data(self, data):
+            fed.append(len(data))
+            return self.parser.feed_data(data)
+
+        def __getattr__(self, name):
+            return getattr(self.parser, name)
+
+    monkeypatch.setattr(httptools, "HttpRequestParser", Counting)
+    s = srv.connect()
+    s.sendall(b"GET /healthz HTTP/1.1\r\nX-Big: ")
+    try:
+        for _ in range(128):  # 8 MiB of one header value, 64 KiB a write
+            s.sendall(b"a" * 65536)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    (got, _, _), = responses(read_all(s))
+    assert got == 431 and sum(fed) <= SMALL["max_head_bytes"]
+
+
 def test_body_over_the_limit_gets_413_from_content_length_alone(srv):
     for expect in (b"", b"Expect: 100-continue\r\n"):
         s = srv.connect()
