@@ -101,6 +101,7 @@ class Connection(asyncio.Protocol):
 
     def __init__(self, handler: Callable[[Request], None], max_body: int, limits, conns):
         self.handler, self.max_body, self.limits, self.conns = handler, max_body, limits, conns
+        self.max_url, self.max_headers = limits.max_url_bytes, limits.max_headers  # looked up per request
         self.on_refuse = getattr(handler, "refused", None)  # refused(status, path): counts the layer's refusals
         self.parser = httptools.HttpRequestParser(self)
         self.transport = self.flow = None
@@ -165,7 +166,10 @@ class Connection(asyncio.Protocol):
         if self.in_head and not self.flow.reasons and len(data) <= SLICE and \
                 self.fed + len(data) < self.limits.max_head_bytes:  # the common case: a small read, fed whole
             self.fed += len(data)
-            data = self._feed(data)
+            try:
+                return self.parser.feed_data(data)
+            except (httptools.HttpParserError, httptools.HttpParserUpgrade) as e:
+                data = self._failed(e, data)
             if not data or self.dead:
                 return
         self._parse(data)
@@ -204,9 +208,15 @@ class Connection(asyncio.Protocol):
         """One ``feed_data``; a refusal / stop sets ``dead``. -> the bytes after an ignored ``Upgrade``, else None."""
         try:
             self.parser.feed_data(part)
-        except httptools.HttpParserUpgrade as e:  # no protocol switch: the request goes on over HTTP/1.1
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as e:
+            return self._failed(e, part)
+        return None
+
+    def _failed(self, e: Exception, part) -> bytes | None:
+        """What ``feed_data(part)`` raising ``e`` means (see :meth:`_feed`)."""
+        if isinstance(e, httptools.HttpParserUpgrade):  # no protocol switch: the request goes on over HTTP/1.1
             return self._no_upgrade() and bytes(part[e.args[0]:])
-        except httptools.HttpParserCallbackError as e:
+        if isinstance(e, httptools.HttpParserCallbackError):
             cause = e.__context__
             if isinstance(cause, _Refuse):
                 return self._refuse(cause.status, str(cause))
@@ -214,10 +224,9 @@ class Connection(asyncio.Protocol):
             if not isinstance(cause, _Stop):
                 log.error("HTTP connection failed", exc_info=cause)
                 self.transport.abort()
-        except httptools.HttpParserError as e:
-            msg = str(e).splitlines()[0] if str(e) else "malformed HTTP request"
-            return self._refuse(400, f"malformed HTTP request: {msg}")
-        return None
+            return None
+        msg = str(e).splitlines()[0] if str(e) else "malformed HTTP request"
+        return self._refuse(400, f"malformed HTTP request: {msg}")
 
     def _unpause(self, reason: int) -> None:
         self.flow.resume(reason)
@@ -260,14 +269,14 @@ class Connection(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self.url_len += len(url)
-        if self.url_len > self.limits.max_url_bytes:
-            raise _Refuse(414, f"request target over {self.limits.max_url_bytes} bytes")
+        if self.url_len > self.max_url:
+            raise _Refuse(414, f"request target over {self.max_url} bytes")
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.nheaders += 1
-        if self.nheaders > self.limits.max_headers:
-            raise _Refuse(431, f"over {self.limits.max_headers} header fields")
+        if self.nheaders > self.max_headers:
+            raise _Refuse(431, f"over {self.max_headers} header fields")
         if not self.in_head:
             return  # a trailer of a chunked body: counted, not used
         n = name.lower()
@@ -304,7 +313,8 @@ class Connection(asyncio.Protocol):
         if self.upgrade:
             return  # answered once the parser reports the upgrade (see _no_upgrade)
         keep = self.parser.should_keep_alive()
-        self._dispatch(self.parser.get_method(), self.url, b"".join(self.chunks), keep)
+        body, self.chunks = b"".join(self.chunks), []
+        self._dispatch(self.parser.get_method(), self.url, body, keep)
         if not keep:
             raise _Stop()
 
@@ -318,7 +328,6 @@ class Connection(asyncio.Protocol):
             self.closing = True
         if len(self.pending) >= self.limits.max_pipelined:
             self.flow.pause(PIPELINE)
-        self._reset()
         try:
             self.handler(req)
         except Exception:  # noqa: BLE001 - a handler's bug fails its request, not the connection
@@ -341,7 +350,7 @@ class Connection(asyncio.Protocol):
             return
         if out and not t.is_closing():
             t.write(b"".join(out) if len(out) > 1 else out[0])
-        if len(self.pending) < self.limits.max_pipelined:
+        if self.flow.reasons & PIPELINE and len(self.pending) < self.limits.max_pipelined:
             self._unpause(PIPELINE)
         if self.pending:
             return
