@@ -183,3 +183,11 @@ def test_bodiless_upgrade_and_connect_are_answered_then_closed(srv):
     s.sendall(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n\x16\x03\x01")  # then TLS bytes
     (got, hdrs, _), = responses(read_all(s))
     assert got == 404 and hdrs[b"connection"] == b"close"  # no tunnel: answered by the handler, then closed
+
+
+def test_a_half_closed_client_still_gets_its_answers(srv):
+    s = srv.connect()
+    s.sendall(b"GET /slow HTTP/1.1\r\n\r\n" + GET)
+    s.shutdown(socket.SHUT_WR)  # `printf ... | nc -N`: all the client will send
+    got = responses(read_all(s))
+    assert [g[0] for g in got] == [200, 200] and got[0][2] == b'{"slow": true}'
