@@ -1,4 +1,5 @@
-"""The open connections of one listening socket: the cap on how many (one more is answered 503 and closed), a
+"""The open connections of one listening socket: the cap on how many (at the cap the longest-idle keep-alive
+connection is closed to make room; when none is idle, one more is answered 503 and closed), a
 coarse clock and one sweeper task that enforces the timeouts of :class:`~dynarec.serve.limits.HttpLimits` every
 ``tick_s`` (no timer per request: the hot path reads ``ConnectionSet.now``, an attribute).
 
@@ -36,11 +37,18 @@ class ConnectionSet:
         self._warned = -1e9
 
     def admit(self, conn) -> bool:
+        """Take ``conn`` in; at the cap the longest-idle connection (no request in progress, no answer owed) is
+        closed to make room, and when none is idle ``conn`` is refused (-> False)."""
         if len(self.open) >= self.cap:
-            if self.now - self._warned > 10:  # at most one line per 10 s under a flood
-                self._warned = self.now
-                log.warning("max_connections (%d) reached: refusing new connections with 503", self.cap)
-            return False
+            victim = min((c for c in self.open if c.idle), key=lambda c: c.t_idle, default=None)
+            if victim is None:
+                if self.now - self._warned > 10:  # at most one line per 10 s under a flood
+                    self._warned = self.now
+                    log.warning("max_connections (%d) reached, none idle: refusing new connections with 503",
+                                self.cap)
+                return False
+            self.open.discard(victim)
+            victim.shutdown()
         self.open.add(conn)
         return True
 

@@ -363,6 +363,11 @@ class Connection(asyncio.Protocol):
         elif now - self.t_idle > limits.keepalive_timeout_s:
             t.close()
 
+    @property
+    def idle(self) -> bool:
+        """No request in progress, no answer owed: closing it loses nothing."""
+        return self.transport is not None and not self.pending and self.t_start is None and not self.dead
+
     def shutdown(self) -> None:
         if self.transport is not None:
             self.transport.close()

@@ -24,7 +24,8 @@ HELP = {
     "request_timeout_s": "seconds for a request to arrive whole once its first byte came (408 and close); also how "
                          "long a client may leave owed answers unread before its connection is dropped",
     "keepalive_timeout_s": "seconds an idle connection (no request in progress, no answer owed) stays open",
-    "max_connections": "open connections; one more is answered 503 and closed",
+    "max_connections": "open connections; at the cap the longest-idle one is closed to make room, and when none "
+                       "is idle one more is answered 503 and closed",
     "max_pipelined": "answers owed on one connection before it stops reading (pipelined requests wait unread)",
     "write_buffer_bytes": "unsent answer bytes on one connection before it stops reading",
 }

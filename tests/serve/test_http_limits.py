@@ -118,18 +118,32 @@ def test_idle_keepalive_connection_is_closed(srv):
     assert time.monotonic() - t0 < 0.4 + 1.5
 
 
-def test_connection_cap_refuses_cleanly_and_idle_sockets_do_not_lock_clients_out(srv):
-    idle = [srv.connect() for _ in range(SMALL["max_connections"])]
+def _closed(sock: socket.socket) -> bool:
+    sock.setblocking(False)
+    try:
+        return sock.recv(1) == b""
+    except BlockingIOError:
+        return False
+    finally:
+        sock.setblocking(True)
+
+
+def test_connection_cap_makes_room_from_idle_sockets_and_refuses_cleanly_when_none_is(srv):
+    idle = [srv.connect() for _ in range(SMALL["max_connections"])]  # open, never a byte: idle
+    time.sleep(0.05)
+    s = srv.connect()
+    s.sendall(GET)
+    assert read_one(s)[0] == 200  # idle sockets do not lock a normal client out...
+    time.sleep(0.1)
+    assert sum(map(_closed, idle)) == 1  # ...one idle connection made room, at once
+    busy = [srv.connect() for _ in range(SMALL["max_connections"])]
+    for c in busy:  # a request in progress on every connection: none can be closed
+        c.sendall(b"GET /healthz HTTP/1.1\r\n")
     time.sleep(0.05)
     s = srv.connect()
     s.sendall(GET)
     (got, hdrs, _), = responses(read_all(s))
     assert got == 503 and hdrs[b"connection"] == b"close"
-    for c in idle:  # the idle ones are closed by the keep-alive timeout...
-        assert read_all(c) == b""
-    s = srv.connect()  # ...so a normal client gets in
-    s.sendall(GET)
-    assert read_one(s)[0] == 200
 
 
 # ---- back-pressure ----------------------------------------------------------------------------------------
