@@ -63,12 +63,19 @@ class Server:
 
         return asyncio.run_coroutine_threadsafe(size(), self.loop).result(10)
 
-    def open(self) -> int:
-        """Connections the server holds open."""
+    def open(self, idle: bool = False) -> int:
+        """Connections the server holds open (``idle``: only those with no request in progress, no answer owed)."""
         async def count():
-            return len(self.listener.conns.open)
+            return sum(1 for c in self.listener.conns.open if c.idle or not idle)
 
         return asyncio.run_coroutine_threadsafe(count(), self.loop).result(10)
+
+    def wait(self, cond, limit_s: float = 5.0) -> None:
+        """Until ``cond()`` holds (the server thread may lag the client on a loaded machine)."""
+        end = time.monotonic() + limit_s
+        while not cond():
+            assert time.monotonic() < end, "the server never reached the expected state"
+            time.sleep(0.02)
 
     def close(self):
         asyncio.run_coroutine_threadsafe(self.listener.close(), self.loop).result(10)
