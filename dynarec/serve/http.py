@@ -157,7 +157,7 @@ class Connection(asyncio.Protocol):
                 data = rest + bytes(view[i:])
                 view, i, end = memoryview(data), 0, len(data)
                 continue
-            if self.in_head and self.fed >= limits.max_head_bytes and self.t_start is not None:
+            if self.in_head and self.fed >= limits.max_head_bytes:  # (blank lines before a request count too)
                 return self._refuse(431, f"request line + headers over {limits.max_head_bytes} bytes")
             if self.chunked and self.fed - self.size > limits.max_head_bytes + CHUNK_OVERHEAD * self.nchunks:
                 return self._refuse(400, f"chunk extensions / trailers over {limits.max_head_bytes} bytes")

@@ -20,6 +20,7 @@ from tests.serve.rawhttp import GET, SMALL, Server, read_all, read_one, response
     (b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * 6000, 431),  # header bytes, the head never completes
     (b"GET /healthz HTTP/1.1\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(30)) + b"\r\n", 431),
     (b"GET /" + b"u" * 2000 + b" HTTP/1.1\r\n\r\n", 414),
+    (b"\r\n" * 3000, 431),  # blank lines before a request count too
 ])
 def test_oversized_heads_are_refused_and_closed(srv, req, status):
     s = srv.connect()
