@@ -84,7 +84,8 @@ def test_chunk_extensions_are_bounded(srv):
 
 def test_request_smuggling_still_refused(srv):
     s = srv.connect()
-    s.sendall(b"POST /echo HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /x HTTP/1.1\r\n\r\n")
+    s.sendall(b"POST /echo HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+              b"0\r\n\r\nGET /x HTTP/1.1\r\n\r\n")
     (got, _, _), = responses(read_all(s))
     assert got == 400
 
