@@ -195,9 +195,13 @@ def cmd_export(a) -> int:
 
 
 def cmd_serve(a) -> int:
+    from dynarec.serve.limits import HttpLimits
     from dynarec.serve.server import ServerConfig, serve
 
-    cfg = ServerConfig(max_batch=a.max_batch, max_wait_ms=a.max_wait_ms, max_rows=a.max_rows, queue_size=a.queue_size)
+    if a.max_body_bytes <= 0:
+        raise DynarecError(f"--max-body-bytes: expected a number > 0, got {a.max_body_bytes}")
+    cfg = ServerConfig(max_batch=a.max_batch, max_wait_ms=a.max_wait_ms, max_rows=a.max_rows, queue_size=a.queue_size,
+                       max_body_bytes=a.max_body_bytes, http=HttpLimits.from_args(a))
     serve(a.model, a.host, a.port, a.backend, a.watch, cfg, a.threads, a.workers, retriever=a.retriever)
     return 0
 
@@ -336,6 +340,11 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--threads", type=int, default=0, help="torch / ONNX Runtime threads (0 = default)")
     sv.add_argument("--workers", type=int, default=1, help="server processes sharing the port (SO_REUSEPORT)")
     sv.add_argument("--retriever", help="a two_tower checkpoint: also answer POST /retrieve (top-k unseen items)")
+    sv.add_argument("--max-body-bytes", type=int, default=8 << 20, metavar="N",
+                    help="bytes of a request body (413 and close; default 8 MiB)")
+    from dynarec.serve.limits import add_flags
+
+    add_flags(sv)
     sv.set_defaults(fn=cmd_serve)
 
     on = sub.add_parser("online", help="train by passes over a stream of raw pass files (dynamic ids, deltas)")

@@ -7,10 +7,13 @@
   batch-size histogram, reloads)."""
 from __future__ import annotations
 
+import logging
 import time
 
 from dynarec.serve.engine import ClientError, _dumps, _loads, error_body
 
+
+_log = logging.getLogger("dynarec.serve.server")
 
 class App:
     """The routes over an :class:`Engine`: ``POST /predict`` (queued for the next micro-batch), ``GET /healthz``,
@@ -36,7 +39,13 @@ class App:
             self.engine.requests.labels(req.path, "200").inc()
             route(req)
         except Exception as e:  # noqa: BLE001 - never let a handler bug take the connection down
+            _log.exception("%s %s failed", req.method, req.path)
             req.reply(500, error_body(f"{type(e).__name__}: {e}"))
+
+    def refused(self, status: int, path: str) -> None:
+        """A request the HTTP layer refused (413, 431, 408, ...): counted under its route, or ``http``."""
+        self.engine.requests.labels(path if path in ("/predict", "/retrieve") else "http", str(status)).inc()
+        self.engine.errors.labels("client" if status < 500 else "server").inc()
 
     def predict(self, req) -> None:
         t0 = time.perf_counter()

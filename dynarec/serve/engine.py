@@ -7,6 +7,8 @@ dense value beyond float32) is re-run request by request, so only the request at
 The served model (:class:`dynarec.serve.loader.Served`) is swapped by :mod:`dynarec.serve.reload`."""
 from __future__ import annotations
 
+import logging
+
 import asyncio
 import json
 import time
@@ -26,6 +28,8 @@ except ImportError:  # pragma: no cover - exercised where orjson is not installe
     def _dumps(obj) -> bytes:
         return json.dumps(obj, separators=(",", ":")).encode()
 
+
+_log = logging.getLogger("dynarec.serve.server")
 
 class ClientError(Exception):
     def __init__(self, status: int, message: str):
@@ -158,6 +162,7 @@ class Engine:
             self.answer_error(batch[0].reply, 422, str(e))
             return
         except Exception as e:  # noqa: BLE001 - a failed batch fails its requests, not the server
+            _log.exception("inference failed on a batch of %d rows", sum(p.n for p in batch))
             for p in batch:
                 self.answer_error(p.reply, 500, f"{type(e).__name__}: {e}")
             return

@@ -13,7 +13,7 @@ routes); this module wires them (:func:`create_app`) and runs the processes (:fu
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,6 +21,7 @@ import torch
 from dynarec.errors import DynarecError
 from dynarec.serve.app import App
 from dynarec.serve.engine import Engine
+from dynarec.serve.limits import HttpLimits
 from dynarec.serve.reload import freeze
 from dynarec.serve.served import Served, load_served  # noqa: F401  (the served model, re-exported)
 
@@ -33,6 +34,7 @@ class ServerConfig:
     max_rows: int = 4096  # rows per request
     max_body_bytes: int = 8 << 20
     watch_interval_s: float = 0.5
+    http: HttpLimits = field(default_factory=HttpLimits)  # sizes, timeouts, connections (serve/limits.py)
 
 
 def create_app(bundle: str | Path, backend: str | None = "onnx", watch: str | Path | None = None,
@@ -58,20 +60,18 @@ def create_app(bundle: str | Path, backend: str | None = "onnx", watch: str | Pa
 async def run_app(app: App, host: str, port: int, stop: asyncio.Event | None = None,
                   reuse_port: bool = False, ready=None) -> None:
     """Serve ``app`` on ``host:port`` until ``stop`` is set (SIGINT / SIGTERM set it in :func:`serve`)."""
-    from dynarec.serve.http import Connection
+    from dynarec.serve.connections import listen
 
-    loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
     await app.engine.start()
     freeze()
-    server = await loop.create_server(lambda: Connection(app, app.cfg.max_body_bytes), host, port, backlog=1024,
-                                      reuse_port=reuse_port or None)
+    server = await listen(app, host, port, app.cfg.http, app.cfg.max_body_bytes, reuse_port=reuse_port)
     if ready is not None:
         ready.set()
     try:
         await stop.wait()
     finally:
-        server.close()
+        await server.close()
         await app.engine.stop()
 
 
