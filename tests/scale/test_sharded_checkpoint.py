@@ -55,6 +55,17 @@ def test_sharded_checkpoint_loads_in_one_process_as_the_file_checkpoint(runs, sh
 
 
 @needs_torchrec
+def test_evaluate_and_predict_read_the_sharded_folder(runs):
+    from dynarec.metrics import evaluate_model
+    from dynarec.serve.predictor import Predictor
+    from tests.scale.ddp_worker import data
+
+    test = data()[1]["test"]
+    got, want = Predictor.load(runs / "column_wise-sharded"), Predictor.load(runs / "column_wise-file")
+    assert evaluate_model(got.model, test) == evaluate_model(want.model, test)  # the same weights: the same scores
+
+
+@needs_torchrec
 def test_no_rank_assembles_a_table_when_the_checkpoint_is_sharded(runs):
     rows = json.loads((runs / "rows.json").read_text())
     for sharding in SHARDINGS:
