@@ -117,3 +117,16 @@ def test_sharded_is_refused_outside_torchrec_and_auto_follows_the_table_bytes():
     assert wanted(cfg, [("a", Layer(1))])
     assert not wanted(build_dataclass(TrainerConfig, {"checkpoint": "file"}, "trainer"), [("a", Layer(1 << 40))])
     assert TorchRec.write_sharded is not Placement.write_sharded
+
+
+def test_cli_refuses_sharded_for_one_process_in_one_line(tmp_path, capsys):
+    from dynarec.cli import main
+
+    data = tmp_path / "data"
+    assert main(["data", "synthetic", "--rows", "600", "--out", str(data)]) == 0
+    capsys.readouterr()
+    rc = main(["train", "--model", "dnn", "--data", str(data), "--epochs", "1", "--out", str(tmp_path / "run"),
+               "--set", "trainer.progress=false", "--set", "trainer.checkpoint=sharded"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "trainer.checkpoint: sharded needs trainer.distributed: torchrec" in err[0]
+    assert not (tmp_path / "run").exists()
