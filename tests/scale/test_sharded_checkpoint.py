@@ -66,6 +66,20 @@ def test_evaluate_and_predict_read_the_sharded_folder(runs):
 
 
 @needs_torchrec
+def test_export_from_shards_equals_export_from_the_file(runs, tmp_path):
+    from dynarec.serve.export import export_bundle
+
+    a = export_bundle(runs / "table_wise-sharded", tmp_path / "a", "torch")
+    b = export_bundle(runs / "table_wise-file", tmp_path / "b", "torch")
+    assert a["backends"] == b["backends"] == ["eager", "torch"]
+    assert max(a["parity"]["torch"].values()) <= 1e-5  # the bundle's own parity bound
+    got, _ = load_checkpoint(tmp_path / "a", merge=False)
+    want, _ = load_checkpoint(tmp_path / "b", merge=False)
+    assert all(torch.equal(x, y) for x, y in zip(got.state_dict().values(), want.state_dict().values()))
+    assert got.state_dict().keys() == want.state_dict().keys()
+
+
+@needs_torchrec
 def test_no_rank_assembles_a_table_when_the_checkpoint_is_sharded(runs):
     rows = json.loads((runs / "rows.json").read_text())
     for sharding in SHARDINGS:
