@@ -152,9 +152,10 @@ def verify(folder: Path) -> dict:
         manifest = json.loads(f.read_text())
     except (OSError, ValueError) as e:
         raise DataError(f"{f}: not a readable sharded-checkpoint manifest ({type(e).__name__})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("files"), dict):
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or manifest.get("format") != FORMAT:
         raise DataError(f"{f}: not a dynarec sharded-checkpoint manifest (format {FORMAT})")
-    for rel, digest in manifest["files"].items():
+    for rel, digest in files.items():
         p = folder / rel
         if not p.is_file():
             raise DataError(f"{p}: missing from the sharded checkpoint {folder} (listed in {MANIFEST})")

@@ -46,7 +46,8 @@ def test_sharded_checkpoint_loads_in_one_process_as_the_file_checkpoint(runs, sh
     got, blob = load_checkpoint(folder, merge=False)
     want, ref = load_checkpoint(runs / f"{sharding}-file", merge=False)
     assert blob["model"] == ref["model"] and blob["params"] == ref["params"] and blob["schema"] == ref["schema"]
-    assert blob["extra"]["trainer"].pop("checkpoint") == "sharded" and ref["extra"]["trainer"].pop("checkpoint") == "file"
+    assert blob["extra"]["trainer"].pop("checkpoint") == "sharded"
+    assert ref["extra"]["trainer"].pop("checkpoint") == "file"
     assert blob["extra"] == ref["extra"]
     a, b = got.state_dict(), want.state_dict()
     assert a.keys() == b.keys()
@@ -144,3 +145,10 @@ def test_cli_refuses_sharded_for_one_process_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "trainer.checkpoint: sharded needs trainer.distributed: torchrec" in err[0]
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("text", ["[]", "{not json", '{"format": "other", "files": {}}'])
+def test_a_foreign_manifest_is_one_clear_error(tmp_path, text):
+    (tmp_path / MANIFEST).write_text(text)
+    with pytest.raises(DataError, match=f"{MANIFEST}: not a"):
+        load_checkpoint(tmp_path)
