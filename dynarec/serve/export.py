@@ -61,14 +61,20 @@ def export_bundle(checkpoint: str | Path, out: str | Path, fmt: str = "all", con
 
     backends = backends_of(fmt)
     check_out(out, MARKERS, "bundle")
-    model, blob = load_checkpoint(checkpoint, merge=True)
+    model, blob = load_checkpoint(checkpoint, merge=False)
     schema = model.schema
-    entry = TensorEntry(model).eval()
     spec = input_spec(schema)
     names = [s["name"] for s in spec]
     with atomic_dir(out, MARKERS, "bundle") as tmp:
         src = Path(checkpoint)
-        shutil.copyfile(src / "model.pt" if src.is_dir() else src, tmp / "model.pt")
+        if blob.get("state_dict") is None:  # a sharded checkpoint (trainer.checkpoint: sharded): model.pt written here
+            from dynarec.train.checkpoint import save_checkpoint
+
+            save_checkpoint(tmp, model, blob["params"], blob.get("encoders"), blob.get("extra"))
+        else:
+            shutil.copyfile(src / "model.pt" if src.is_dir() else src, tmp / "model.pt")
+        model.merge_for_inference()  # e.g. APG v5 -> v4 form, after the checkpoint's own form is kept
+        entry = TensorEntry(model).eval()
         args = batch_inputs(schema, example_batch(schema, 7))
         parity: dict[str, dict] = {}
         t0 = time.perf_counter()

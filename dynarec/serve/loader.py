@@ -23,6 +23,8 @@ def load_predictor(path: str | Path, cls):
     enc = Encoders.from_dict(model.schema, blob["encoders"]) if blob.get("encoders") is not None else None
     p = Path(path)
     f = p / "model.pt" if p.is_dir() else p
+    if not f.exists() and (p / "shards.json").exists():  # a sharded checkpoint: its manifest holds every digest
+        f = p / "shards.json"
     return cls(model, enc, blob["model"], hashlib.sha256(f.read_bytes()).hexdigest()[:12], str(path))
 
 

@@ -145,6 +145,10 @@ def load_checkpoint(path: str | Path, merge: bool = True):
 
     p = Path(path)
     f = p / "model.pt" if p.is_dir() else p
+    if p.is_dir() and not f.exists() and (p / "shards.json").exists():  # trainer.checkpoint: sharded
+        from dynarec.train.sharded_checkpoint import load_sharded
+
+        return load_sharded(p, merge)
     if not f.exists():
         raise DataError(f"{p}: no checkpoint found (expected {f})")
     blob = read_checkpoint(f)

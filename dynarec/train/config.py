@@ -20,6 +20,7 @@ TASK_WEIGHTINGS = ("equal", "fixed", "uncertainty")
 MONITORS = ("auc", "logloss", "gauc", "rmse")
 DISTRIBUTED = ("ddp", "torchrec")
 SHARDINGS = ("auto", "table_wise", "column_wise", "data_parallel", "row_wise")  # TorchRec's sharding types
+CHECKPOINTS = ("auto", "file", "sharded")
 _POS = rule(min=0, min_open=True)
 
 
@@ -55,6 +56,8 @@ class TrainerConfig:
     distributed: str = field(default="ddp", metadata=rule(choices=DISTRIBUTED))
     # with torchrec: table_wise | column_wise | data_parallel | row_wise (CUDA) | auto (TorchRec's planner)
     sharding: str = field(default="auto", metadata=rule(choices=SHARDINGS))
+    # auto | file (model.pt) | sharded (torchrec: each rank writes its shards; dynarec.train.sharded_checkpoint)
+    checkpoint: str = field(default="auto", metadata=rule(choices=CHECKPOINTS))
 
     def __post_init__(self):
         name = str(self.monitor).partition(":")[0]

@@ -25,6 +25,7 @@ import os
 from dynarec.errors import ConfigError
 from dynarec.train import device as devices
 from dynarec.train import distributed
+from dynarec.train import sharded_checkpoint
 from dynarec.train.callbacks import Validation
 from dynarec.train.config import TrainerConfig
 
@@ -47,6 +48,7 @@ class Placement:
     @classmethod
     def check(cls, cfg: TrainerConfig, device, world: int) -> None:
         """The one-line refusals of this placement, before any process group is joined."""
+        sharded_checkpoint.check(cfg, torchrec=False)
 
     def build_context(self):
         """The context the model is built in (eagerly here)."""
@@ -87,6 +89,11 @@ class Placement:
 
     def check_resume(self) -> None:
         """A one-line refusal when a run placed so cannot be resumed."""
+
+    def write_sharded(self, folder, model, meta: dict) -> bool:
+        """Before :meth:`finish`: whether this run's checkpoint is sharded (``trainer.checkpoint``), and then
+        written into rank 0's ``folder`` by every rank (the model then stays split: :meth:`finish` is skipped)."""
+        return False
 
     def finish(self) -> None:
         """After the fit (and the test metrics): the model whole again where it was split."""
@@ -152,6 +159,7 @@ class TorchRec(DataParallel):
         from dynarec.train.torchrec_shard import check
 
         check(cfg, device, world)
+        sharded_checkpoint.check(cfg, torchrec=True)
 
     def build_context(self):
         from dynarec.tables import torchrec_adapter
@@ -171,7 +179,7 @@ class TorchRec(DataParallel):
         if len(list(step.weighting.parameters())):
             raise ConfigError("trainer.task_weighting: learned weightings (uncertainty) are not supported "
                               "with several processes yet; use equal or fixed")
-        self.sharding = TorchRecSharding(model, self.cfg, self.device, self.world)
+        self.sharding, self.step = TorchRecSharding(model, self.cfg, self.device, self.world), step
         step.optimizers += self.sharding.optimizers
         if self.main:
             self.sharding.print_plan()
@@ -183,6 +191,13 @@ class TorchRec(DataParallel):
     def check_resume(self):
         raise ConfigError("train --resume: a trainer.distributed: torchrec run cannot be resumed yet (the "
                           "fused optimizer's state is not saved); start it again")
+
+    def write_sharded(self, folder, model, meta):
+        if self.sharding is None or not self.sharding.layers or not sharded_checkpoint.wanted(self.cfg,
+                                                                                              self.sharding.layers):
+            return False
+        sharded_checkpoint.save_sharded(folder, model, self.sharding, self.step.optimizers, meta)
+        return True
 
     def finish(self):
         if self.sharding is not None:

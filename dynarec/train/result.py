@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from dynarec.train.loop import History
 
-MARKERS = ("model.pt",)  # what makes a folder a training run's (dynarec.outdir)
+MARKERS = ("model.pt", "shards.json")  # shards.json: a sharded checkpoint  # what makes a folder a training run's (dynarec.outdir)
 
 
 @dataclass

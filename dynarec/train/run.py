@@ -133,13 +133,18 @@ def _finish(model, cfg, hist, tables, params, folder, encoders, seed, placement)
     t0 = time.perf_counter()
     metrics = evaluate_split(model, test, cfg.eval_batch_size) if test is not None else {}  # gathered over ranks
     eval_rps = len(test) / max(time.perf_counter() - t0, 1e-9) if test is not None else 0.0
-    placement.finish()
+    extra = {"trainer": to_dict(cfg), "seed": seed, "best_epoch": hist.best_epoch,
+             "valid": valid_record(hist, tables.get("valid"))}
+    sharded = placement.write_sharded(folder, model, {"model": model.registry_name, "params": params,
+                                                      "schema": model.schema.to_dict(), "encoders": encoders,
+                                                      "extra": extra})
+    if not sharded:  # a sharded checkpoint leaves the tables split (no rank assembles them)
+        placement.finish()
     model.to("cpu")  # trained on trainer.device; results, gate usage and checkpoint on the host
-    usage = gate_usage_of(model, test) if placement.whole_model else {}
+    usage = gate_usage_of(model, test) if placement.whole_model and not sharded else {}
+    if folder is not None and not sharded:
+        save_checkpoint(folder, model, params, encoders, extra)
     if folder is not None:
-        save_checkpoint(folder, model, params, encoders,
-                        {"trainer": to_dict(cfg), "seed": seed, "best_epoch": hist.best_epoch,
-                         "valid": valid_record(hist, tables.get("valid"))})
         (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
         if usage:
             (folder / "gate_usage.json").write_text(json.dumps(usage, indent=2))
