@@ -2,7 +2,8 @@
 pyarrow table) -> the model's tensors through the checkpoint's :meth:`Encoders.transform` (the encoder that
 prepared the training data), the ids of an online pass's dynamic features through a plug-in
 (:class:`dynarec.serve.dynamic_ids.SlotLookup`), unknown values counted per feature (and per row for a
-server's answers), and a value that no float32 holds refused with the column named. One path, so the three
+server's answers), and a value that no float32 holds refused with the column named (by the numeric encoder,
+:mod:`dynarec.data.numeric`). One path, so the three
 cannot disagree."""
 from __future__ import annotations
 
@@ -60,7 +61,6 @@ class RowEncoder:
         with self._lock, np.errstate(over="ignore", invalid="ignore"):
             cols = self.encoders.transform(table, where, labels=labels)
             unknown = dict(self.encoders.unknown_counts)
-        self._check_finite(table, cols, where)
         fields = self.schema.fields
         rows = np.zeros((table.num_rows, len(fields)), dtype=np.int64) if per_row else None
         dyn = set(self.dynamic.features) if self.dynamic is not None else set()
@@ -73,16 +73,6 @@ class RowEncoder:
             elif per_row and unknown.get(f.name) and f.kind in ("sparse", "sequence") and not f.bucketised:
                 rows[:, j] = _unknown_per_row(table, f, cols[f.name])
         return Encoded(to_tensor_table(self.schema, cols), unknown, labels, rows)
-
-    def _check_finite(self, table: pa.Table, cols: dict, where: str) -> None:
-        """A dense value beyond float32 range (e.g. 1e308) would become inf and answer NaN: refused."""
-        for f in self.schema.dense:
-            x = cols[f.name]
-            if x.dtype.kind == "f" and not np.isfinite(x).all():
-                i = int(np.flatnonzero(~np.isfinite(x))[0])
-                raw = table.column(f.name)[i].as_py()
-                raise DataError(f"{where}: dense column '{f.name}' row {i}: value {raw!r} is beyond float32 range "
-                                "once transformed (|x| <= 3.4e38); send a value the model can hold")
 
 
 def _unknown_per_row(table: pa.Table, f, ids: np.ndarray) -> np.ndarray:
