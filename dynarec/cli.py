@@ -107,6 +107,14 @@ def _parse_options(opts: list[str] | None) -> dict:
 def cmd_data_prepare(a) -> int:
     from dynarec.data.prepare import prepare_input
 
+    if a.out_of_core or (not a.raw and not Path(a.input).is_file()):  # a glob / folder: always out of core
+        from dynarec.data.outofcore import prepare_input_out_of_core
+
+        r = prepare_input_out_of_core(a.input, a.out, a.schema, a.raw, a.format, bool(a.option), a.split,
+                                      _fractions(a.fractions), a.seed, a.memory_budget)
+        print(f"prepared {sum(r['rows'].values()):,} rows into {a.out} (out of core, {r['rows_per_s']:,.0f} rows/s "
+              "fit pass): " + ", ".join(f"{k} {v:,}" for k, v in r["rows"].items()))
+        return 0
     tables = prepare_input(a.input, a.out, a.schema, a.raw, a.format, _parse_options(a.option), a.split,
                            _fractions(a.fractions), a.seed)
     print(f"prepared {sum(len(t) for t in tables.values()):,} rows into {a.out}: "
@@ -282,6 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="random | temporal[:COL] | stratified[:TASK] | group[:COL] | column:COL")
     pr.add_argument("--fractions", metavar="TRAIN,VALID,TEST", help="default 0.8,0.1,0.1")
     pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--out-of-core", action="store_true",
+                    help="stream the input (a file, glob or folder) in bounded memory; writes sharded parquet")
+    pr.add_argument("--memory-budget", type=float, default=1024, metavar="MB",
+                    help="with --out-of-core: memory budget of the passes (1024)")
     pr.set_defaults(fn=cmd_data_prepare)
     sy = dsub.add_parser("synthetic", help="write the built-in synthetic data as a prepared folder")
     sy.add_argument("--rows", type=int, default=100_000)
