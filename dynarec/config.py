@@ -17,6 +17,11 @@ from dynarec.train.config import TrainerConfig  # noqa: F401  (re-exported: it l
 @dataclass
 class DataConfig:
     path: str = ""  # a prepared folder (schema.json + train/valid/test.parquet)
+    loading: str = "auto"  # auto | memory | stream: the train split read whole or streamed (dynarec/data/loader.py)
+    memory_budget_mb: float = 4096  # auto streams when the folder's splits as tensors would exceed this
+    shuffle_buffer: int = 262_144  # streamed: rows permuted together (whole row groups, in a shuffled order)
+    prefetch: int = 4  # streamed: row groups read ahead
+    read_threads: int = 2  # streamed: background reader threads
 
 
 @dataclass

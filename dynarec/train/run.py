@@ -178,16 +178,36 @@ def train_experiment(cfg, console=None, resume: bool = False) -> Result:
 
     if not cfg.data.path:
         raise DynarecError("train: no data; give --data DIR (a prepared folder) or data.path in the config")
-    schema, tables = load_prepared(cfg.data.path)
+    schema, tables = _load_tables(cfg.data)
     load_encoders(cfg.data.path, schema)  # a missing / broken encoders.json is a one-line error
     enc = json.loads((Path(cfg.data.path) / "encoders.json").read_text())
     from dynarec.retrieval.train import is_retrieval, train_retrieval
 
+    if is_retrieval(cfg.model) and not hasattr(tables["train"], "sparse"):
+        raise DynarecError(f"data.loading: {cfg.model} trains on the train split in memory; use data.loading: memory")
     if is_retrieval(cfg.model):  # two_tower / popularity: the retrieval trainer (dynarec/retrieval/train.py)
         return train_retrieval(cfg.model, schema, tables, cfg.params, cfg.trainer, cfg.seed, cfg.out, enc,
                                console=console, run_config=to_dict(cfg), resume=resume)
     return train_model(cfg.model, schema, tables, cfg.params, cfg.trainer, cfg.seed, cfg.out, enc, console=console,
                        run_config=to_dict(cfg), resume=resume)
+
+
+def _load_tables(data):
+    """(schema, {split: table}) of ``data.path``: every split in memory, or with ``data.loading`` streamed
+    (chosen, or ``auto`` when the splits would exceed ``data.memory_budget_mb``) the train split as a
+    :class:`~dynarec.data.loader.StreamTable` and valid / test in memory."""
+    from dynarec.data.loader import choose_loading, open_split
+    from dynarec.data.prepare import load_prepared
+    from dynarec.data.schema import Schema
+
+    p = Path(data.path)
+    schema = Schema.load(p / "schema.json") if (p / "schema.json").exists() else None
+    if schema is None or choose_loading(p, schema, data.loading, data.memory_budget_mb) == "memory":
+        return load_prepared(p)
+    train = open_split(p, "train", data.shuffle_buffer, data.prefetch, data.read_threads)
+    schema, rest = load_prepared(p, ("valid", "test"))
+    train.schema = schema
+    return schema, {"train": train, **rest}
 
 
 def load_interrupted(out: str | Path):

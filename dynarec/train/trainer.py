@@ -128,8 +128,9 @@ class Trainer:
         loop = Loop(self.model, self.step, self.callbacks(valid) + list(callbacks))
         loop.hint = (f"trainer.lr {self.cfg.lr:g} / trainer.embedding_lr {self.cfg.embedding_lr:g} too high "
                      "(try 10x lower), or NaN / inf values in the data")
-        staged = devices.on_device(train, self.device)
-        if self.dist.world > 1:
+        staged = devices.on_device(train, self.device) if not hasattr(train, "for_rank") else \
+            train.for_rank(self.dist.rank, self.dist.world, self.device)  # streamed: reads its own row groups
+        if self.dist.world > 1 and not hasattr(train, "for_rank"):
             staged = distributed.ShardedTable(getattr(staged, "staged", None) or train, self.dist.rank,
                                               self.dist.world, self.device)
         hist = loop.fit(staged, self.cfg.epochs, self.cfg.batch_size, self.seed, self.cfg.threads, resume=resume)
