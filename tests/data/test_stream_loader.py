@@ -137,3 +137,52 @@ def test_loading_choice_and_train_experiment(folder, tmp_path):
     q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
     se = np.sqrt((a * (1 - a) + (n1 - 1) * (q1 - a * a) + (n0 - 1) * (q2 - a * a)) / (n1 * n0))
     assert min(a, b) > 0.55 and abs(a - b) <= 4 * np.sqrt(2) * se
+
+
+def test_histogram_auc_within_its_bound():
+    from dynarec.evalstream import HistogramAUC
+    from dynarec.metrics import auc
+
+    rng = np.random.default_rng(0)
+    n = 300_000
+    y = rng.random(n) < 0.2
+    z = rng.normal(0, 1.5, n) + 1.2 * y
+    dom = rng.integers(1, 4, n)
+    h = HistogramAUC()
+    for part in np.array_split(np.arange(n), 7):  # chunk by chunk, as a stream
+        h.add(z[part], y[part], dom[part])
+    for key, m in ((-1, np.ones(n, bool)), (2, dom == 2)):
+        got, bound = h.auc(key)
+        exact = auc(y[m], z[m])
+        assert abs(got - exact) <= bound + 1e-12 and bound < 1e-4  # the stated method's error, measured
+    zt = np.round(z * 2) / 2  # heavy ties: one bin per distinct value, so the histogram AUC is the exact one
+    h2 = HistogramAUC()
+    h2.add(zt, y, dom)
+    assert h2.auc(-1)[0] == pytest.approx(auc(y, zt), abs=1e-12)
+
+
+def test_streamed_evaluation_and_prediction_match_memory(folder, tmp_path):
+    from dynarec.evalstream import evaluate_stream, predict_to_shards
+    from dynarec.metrics import evaluate_model, predict_table
+
+    schema, mem = load_prepared(folder)
+    torch.manual_seed(0)
+    model = build_model("dnn", schema, {})
+    st = open_split(folder, "test")
+    st.schema = schema
+    a, b = evaluate_model(model, mem["test"], 512), evaluate_stream(model, st, 512)
+    for t in ("click", "conversion"):
+        for k, v in a["auc"][t].items():
+            if v is not None:
+                assert abs(b["auc"][t][k] - v) <= b["auc_error_bound"][t][k] + 1e-12
+        # float32 sigmoid in the in-memory path: -log p moves by <= 2^-24 / (1 - p) per row
+        assert b["logloss"][t]["all"] == pytest.approx(a["logloss"][t]["all"], abs=1e-5)
+    assert b["count"] == a["count"]
+    n = predict_to_shards(model, st, tmp_path / "pred", 512, rows_per_file=250)
+    out = pq.read_table(tmp_path / "pred")
+    assert n == len(mem["test"]) and len(list((tmp_path / "pred").iterdir())) > 1
+    p = predict_table(model, mem["test"], 512)
+    order = np.argsort(out.column("_row").to_numpy())
+    assert np.array_equal(out.column("_row").to_numpy()[order], np.sort(mem["test"].row.numpy()))
+    np.testing.assert_array_equal(out.column("click").to_numpy()[order],
+                                  p["click"][np.argsort(mem["test"].row.numpy())])
