@@ -71,7 +71,10 @@ def child(step: str, a: dict) -> dict:
     out: dict = {}
     if step == "scan":
         rows = 0
-        for b in pacsv.open_csv(a["csv"], read_options=pacsv.ReadOptions(block_size=16 << 20)):
+        from dynarec.data.outofcore import budget_plan
+
+        block = budget_plan(a["budget"], 1)["block_bytes"]  # the prepare's block size
+        for b in pacsv.open_csv(a["csv"], read_options=pacsv.ReadOptions(block_size=block)):
             rows += b.num_rows
         out["rows"] = rows
     elif step == "prepare":
@@ -158,6 +161,7 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[1])
     ap.add_argument("--read-threads", type=int, default=2)
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--steps", nargs="+", default=["scan", "prepare", "prepare_mem", "train_stream", "train_mem"])
     a = ap.parse_args(argv)
     work = Path(a.work)
     results = []
@@ -172,11 +176,11 @@ def main(argv=None) -> None:
         args = {"csv": str(csv), "prep": str(d / "prep"), "prep_mem": str(d / "prep_mem"), "budget": a.memory_budget,
                 "read_threads": a.read_threads}
         steps = ["scan", "prepare"] + (["prepare_mem"] if rows <= a.mem_max else [])
-        for step in steps:
+        for step in [s for s in steps if s in a.steps]:
             r[step] = measure(step, {**args, "threads": a.threads[0]})
             print(rows, step, r[step], flush=True)
         for th in a.threads:
-            for step in ["train_stream"] + (["train_mem"] if rows <= a.mem_max else []):
+            for step in [s for s in ["train_stream"] + (["train_mem"] if rows <= a.mem_max else []) if s in a.steps]:
                 key = step if th == a.threads[0] else f"{step}@{th}"
                 r[key] = measure(step, {**args, "threads": th})
                 print(rows, key, r[key], flush=True)

@@ -39,11 +39,12 @@ ROW_GROUP_ROWS = 1 << 16
 
 
 def budget_plan(memory_mb: float, n_sketches: int) -> dict:
-    """Chunk size and sketch capacity from the memory budget: a raw chunk costs ~12x its text once parsed
-    and encoded; each quantile sketch holds at most ``cap`` (value, weight) pairs of 16 bytes (x3 while
-    merging)."""
+    """Chunk size and sketch capacity from the memory budget. pyarrow's streaming CSV reader keeps about 40
+    blocks' worth of parsed data in flight (its read-ahead; measured: 563 MB of pool at 16 MB blocks, 169 MB
+    at 4 MB, docs/out_of_core.md), so a block is 1/256 of the budget (4 MB at 1 GB; 1 to 16 MB); each
+    quantile sketch holds at most ``cap`` (value, weight) pairs of 16 bytes (x3 while merging)."""
     b = int(memory_mb * (1 << 20))
-    block = int(min(64 << 20, max(1 << 20, b // 24)))
+    block = int(min(16 << 20, max(1 << 20, b // 256)))
     cap = int(max(1 << 12, min(1 << 22, (b // 4) // (48 * max(1, n_sketches)))))
     return {"block_bytes": block, "cap": cap}
 
