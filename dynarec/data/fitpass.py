@@ -98,11 +98,11 @@ class FitPass:
 
     @property
     def exact(self) -> bool:
-        return all(s.exact for s in self.sketches.values())
+        return all(s.settle() or s.exact for s in self.sketches.values())
 
     def quantile_error(self) -> dict[str, float]:
         """Per sketched column: the bound on the rank error of its quantiles, as a fraction of its rows."""
-        return {n: s.rank_error / max(s.total, 1.0) for n, s in self.sketches.items()}
+        return {n: s.settle() or s.rank_error / max(s.total, 1.0) for n, s in self.sketches.items()}
 
     def encoders(self) -> Encoders:
         """The fitted encoders (and the schema's vocab sizes, domain names and PLE edges, as ``Encoders.fit``)."""
@@ -132,7 +132,8 @@ class FitPass:
                 e.min, e.max = float(m.min), float(m.max)
             if f.numeric_embedding == "ple":
                 scaled = QuantileSketch(self.cap)
-                scaled.add(e._scale(sk.values, f), sk.weights)  # a monotone map of the exact values
+                v, w = sk.summary()
+                scaled.add(e._scale(v, f), w)  # a monotone map of the exact values
                 qs = scaled.quantile(np.linspace(0, 1, (f.bins or PLE_BINS) + 1)) if m.n else np.zeros(0)
                 edges = np.unique(qs)
                 if edges.size < 2:

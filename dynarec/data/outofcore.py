@@ -42,10 +42,11 @@ def budget_plan(memory_mb: float, n_sketches: int) -> dict:
     """Chunk size and sketch capacity from the memory budget. pyarrow's streaming CSV reader keeps about 40
     blocks' worth of parsed data in flight (its read-ahead; measured: 563 MB of pool at 16 MB blocks, 169 MB
     at 4 MB, docs/out_of_core.md), so a block is 1/256 of the budget (4 MB at 1 GB; 1 to 16 MB); each
-    quantile sketch holds at most ``cap`` (value, weight) pairs of 16 bytes (x3 while merging)."""
+    quantile sketch holds at most ``cap`` (<= 2^20) (value, weight) pairs of 16 bytes, x2 pending, x3 while
+    merging."""
     b = int(memory_mb * (1 << 20))
     block = int(min(16 << 20, max(1 << 20, b // 256)))
-    cap = int(max(1 << 12, min(1 << 22, (b // 4) // (48 * max(1, n_sketches)))))
+    cap = int(max(1 << 12, min(1 << 20, (b // 4) // (48 * max(1, n_sketches)))))
     return {"block_bytes": block, "cap": cap}
 
 
@@ -124,6 +125,11 @@ class ShardWriter:
             self.writer.close()
 
 
+def _counts(sk: QuantileSketch) -> tuple[np.ndarray, np.ndarray]:
+    v, w = sk.summary()
+    return v, np.rint(w).astype(np.int64)
+
+
 def to_arrow(cols: dict[str, np.ndarray]) -> pa.Table:
     arrays = {}
     for k, v in cols.items():
@@ -161,7 +167,7 @@ def prepare_out_of_core(source: str | Path, schema: Schema, out: str | Path, spl
             sk.add(ts)
             n += len(ts)
         a, b = _cuts(n, spec.fractions)
-        splitter.cut = TemporalCut(sk.values, np.rint(sk.weights).astype(np.int64), a, b)
+        splitter.cut = TemporalCut(*_counts(sk), a, b)
     prog = Progress("prepare: fit pass", progress)
     for start, chunk in scan_chunks(files, schema.read, cols, fmt, plan["block_bytes"], prog):
         fit.add(chunk, splitter(start, chunk, where), where)
@@ -175,7 +181,7 @@ def prepare_out_of_core(source: str | Path, schema: Schema, out: str | Path, spl
                             f"use more rows or other fractions")
     enc = fit.encoders()
     if spec.method == "temporal":  # the encode pass consumes the tie quotas again from the start
-        splitter.cut = TemporalCut(sk.values, np.rint(sk.weights).astype(np.int64), a, b)
+        splitter.cut = TemporalCut(*_counts(sk), a, b)
     with atomic_dir(out, ("schema.json",), "prepared data") as tmp:
         writers = {s: ShardWriter(tmp / f"{s}.parquet", shard_rows, row_group_rows) for s in SPLITS}
         prog = Progress("prepare: encode pass", progress)

@@ -94,10 +94,21 @@ class QuantileSketch:
         self.weights = np.zeros(0, np.float64)
         self.rank_error = 0.0  # bound on |rank(x) here - rank(x) in the data|, in rows
         self.exact = True
+        self.pending: list[tuple[np.ndarray, np.ndarray]] = []  # chunks not merged yet (amortised merging)
+        self.pending_n = 0
 
     @property
     def total(self) -> float:
+        self.settle()
         return float(self.weights.sum())
+
+    def settle(self) -> None:
+        """Merge the pending chunks (``values`` / ``weights`` / ``exact`` are current after it)."""
+        if self.pending:
+            v = np.concatenate([p[0] for p in self.pending])
+            w = np.concatenate([p[1] for p in self.pending])
+            self.pending, self.pending_n = [], 0
+            self._absorb(v, w)
 
     def add(self, x: np.ndarray, w: np.ndarray | None = None) -> None:
         x = np.asarray(x, np.float64)
@@ -110,12 +121,17 @@ class QuantileSketch:
             w = c.astype(np.float64)
         else:
             v, w = x, np.asarray(w, np.float64)[keep]
-        self._absorb(v, w)
+        self.pending.append((v, w))
+        self.pending_n += len(v)
+        if self.pending_n >= max(len(self.values), self.cap // 8):  # merged when pending outgrows the summary
+            self.settle()
 
     def merge(self, other: QuantileSketch) -> None:
+        other.settle()
         self.rank_error += other.rank_error
         self.exact &= other.exact
-        self._absorb(other.values, other.weights)
+        self.pending.append((other.values, other.weights))
+        self.settle()
 
     def _absorb(self, v: np.ndarray, w: np.ndarray) -> None:
         allv = np.concatenate([self.values, v])
@@ -138,6 +154,7 @@ class QuantileSketch:
     def quantile(self, qs) -> np.ndarray:
         """Quantiles ``qs`` (in [0, 1]) with ``np.quantile``'s default (linear) method over the values seen
         (exactly its result while :attr:`exact`)."""
+        self.settle()
         qs = np.asarray(qs, np.float64)
         if not len(self.values):
             return np.zeros(0)
@@ -150,6 +167,12 @@ class QuantileSketch:
         ihi = np.minimum(np.searchsorted(cum, np.minimum(lo + 1, n - 1), side="right"), len(cum) - 1)
         return _lerp(self.values[ilo], self.values[ihi], frac)
 
+    def summary(self) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted distinct values, their weights)."""
+        self.settle()
+        return self.values, self.weights
+
     def rank(self, x: float) -> float:
         """Number of values < ``x`` (within ``rank_error``)."""
+        self.settle()
         return float(self.weights[self.values < x].sum())
