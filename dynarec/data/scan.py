@@ -37,7 +37,7 @@ def resolve_inputs(source: str | Path) -> list[Path]:
     if p.is_dir():
         files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in SUFFIXES)
         if not files:
-            raise DataError(f"{p}: folder holds no .csv / .parquet file")
+            raise DataError(f"{p}: directory holds no .csv / .parquet file")
         return files
     if p.is_file():
         return [p]
@@ -117,7 +117,9 @@ class Progress:
     def __init__(self, label: str, enabled: bool = True, every: float = 1.0, stream=None):
         self.label, self.enabled, self.every = label, enabled, every
         self.stream = stream or sys.stderr
-        self.rows, self.t0, self.last = 0, time.perf_counter(), 0.0
+        self.rows, self.t0 = 0, time.perf_counter()
+        self.last = self.t0  # the first line after ``every`` seconds: a quick failure prints only its error
+        self.shown = False
 
     @property
     def rate(self) -> float:
@@ -127,11 +129,11 @@ class Progress:
         self.rows += rows
         now = time.perf_counter()
         if self.enabled and now - self.last >= self.every:
-            self.last = now
+            self.last, self.shown = now, True
             self.stream.write(f"\r{self.label}: {self.rows:,} rows, {self.rate:,.0f} rows/s")
             self.stream.flush()
 
     def done(self) -> None:
-        if self.enabled:
+        if self.enabled and self.shown:
             self.stream.write(f"\r{self.label}: {self.rows:,} rows, {self.rate:,.0f} rows/s\n")
             self.stream.flush()
