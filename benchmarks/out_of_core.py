@@ -14,7 +14,8 @@ each step runs in its own child process, whose peak RSS (``ru_maxrss`` from ``wa
     nice -n 10 .venv/bin/python benchmarks/out_of_core.py --rows 1000000 10000000 [--work /tmp/ooc]
         [--out benchmarks/results/out_of_core]
 
-Writes ``OUT.json`` and ``OUT.png`` (peak RSS against rows). The generated data and prepared folders live in
+Writes ``OUT.json`` and ``OUT.png`` (peak RSS against rows); ``--plot-from A.json B.json --out X.png`` only
+plots (the doc's figure joins the prepare and the train runs). The generated data and prepared folders live in
 ``--work`` (deleted per size after its runs unless ``--keep``)."""
 from __future__ import annotations
 
@@ -110,7 +111,21 @@ def child(step: str, a: dict) -> dict:
         cfg = TrainerConfig(epochs=1, batch_size=4096, progress=False, threads=a["threads"])
         t1 = time.perf_counter()
         hist = Trainer(model, cfg, seed=0).fit(train)
-        out.update(rows=len(train), fit_seconds=time.perf_counter() - t1, train_rows_per_s=hist.train_rows_per_s)
+        out.update(rows=len(train), fit_seconds=time.perf_counter() - t1, train_rows_per_s=hist.train_rows_per_s,
+                   params=sum(p.numel() for p in model.parameters()))
+        if a.get("auc"):  # test AUC: streamed (histogram, with its bound) or in memory (exact)
+            from dynarec.evalstream import evaluate_stream
+
+            if step == "train_stream":
+                test = open_split(a["prep"], "test")
+                test.schema = schema
+                m = evaluate_stream(model, test, 65536)
+                out["auc_bound"] = m["auc_error_bound"]["click"]["all"]
+            else:
+                from dynarec.metrics import evaluate_model
+
+                m = evaluate_model(model, load_prepared(a["prep"], ("test",))[1]["test"], 65536)
+            out["test_auc"] = m["auc"]["click"]["all"]
     out["seconds"] = time.perf_counter() - t0
     out["rows_per_s"] = out["rows"] / out["seconds"]
     return out
@@ -161,8 +176,18 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[1])
     ap.add_argument("--read-threads", type=int, default=2)
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--auc", action="store_true", help="train steps: test AUC after the epoch")
     ap.add_argument("--steps", nargs="+", default=["scan", "prepare", "prepare_mem", "train_stream", "train_mem"])
+    ap.add_argument("--plot-from", nargs="+", metavar="JSON",
+                    help="no runs: plot the steps of these result files (later files win per size and step) to --out")
     a = ap.parse_args(argv)
+    if a.plot_from:
+        merged: dict[int, dict] = {}
+        for f in a.plot_from:
+            for r in json.loads(Path(f).read_text())["results"]:
+                merged.setdefault(r["rows"], {}).update(r)
+        print(plot([merged[k] for k in sorted(merged)], Path(a.out)))
+        return
     work = Path(a.work)
     results = []
     for rows in a.rows:
@@ -174,7 +199,7 @@ def main(argv=None) -> None:
             generate(csv, rows)
         r = {"rows": rows, "csv_mb": csv.stat().st_size / 2**20, "generate_seconds": time.perf_counter() - t0}
         args = {"csv": str(csv), "prep": str(d / "prep"), "prep_mem": str(d / "prep_mem"), "budget": a.memory_budget,
-                "read_threads": a.read_threads}
+                "read_threads": a.read_threads, "auc": a.auc}
         steps = ["scan", "prepare"] + (["prepare_mem"] if rows <= a.mem_max else [])
         for step in [s for s in steps if s in a.steps]:
             r[step] = measure(step, {**args, "threads": a.threads[0]})
