@@ -110,11 +110,15 @@ def cmd_data_prepare(a) -> int:
     if a.out_of_core or (not a.raw and not Path(a.input).is_file()):  # a glob / folder: always out of core
         from dynarec.data.outofcore import prepare_input_out_of_core
 
+        budget = 1024 if a.memory_budget is None else a.memory_budget
         r = prepare_input_out_of_core(a.input, a.out, a.schema, a.raw, a.format, bool(a.option), a.split,
-                                      _fractions(a.fractions), a.seed, a.memory_budget)
+                                      _fractions(a.fractions), a.seed, budget)
         print(f"prepared {sum(r['rows'].values()):,} rows into {a.out} (out of core, {r['rows_per_s']:,.0f} rows/s "
               "fit pass): " + ", ".join(f"{k} {v:,}" for k, v in r["rows"].items()))
         return 0
+    if a.memory_budget is not None:
+        raise DynarecError("data prepare: --memory-budget applies to an out-of-core prepare (--out-of-core, or a "
+                           "glob / folder input)")
     tables = prepare_input(a.input, a.out, a.schema, a.raw, a.format, _parse_options(a.option), a.split,
                            _fractions(a.fractions), a.seed)
     print(f"prepared {sum(len(t) for t in tables.values()):,} rows into {a.out}: "
@@ -292,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--seed", type=int, default=0)
     pr.add_argument("--out-of-core", action="store_true",
                     help="stream the input (a file, glob or folder) in bounded memory; writes sharded parquet")
-    pr.add_argument("--memory-budget", type=float, default=1024, metavar="MB",
+    pr.add_argument("--memory-budget", type=float, default=None, metavar="MB",
                     help="with --out-of-core: memory budget of the passes (1024)")
     pr.set_defaults(fn=cmd_data_prepare)
     sy = dsub.add_parser("synthetic", help="write the built-in synthetic data as a prepared folder")

@@ -148,6 +148,11 @@ def test_csv_glob_cli_equals_in_memory_csv(tmp_path):
     _, b = load_prepared(tmp_path / "ooc")
     for s in SPLITS:
         assert sorted(a[s].row.tolist()) == sorted(b[s].row.tolist())
+    from dynarec.cli import main
+
+    assert main(["data", "prepare", str(tmp_path / "all.txt"), "--format", "csv", "--schema", str(tmp_path / "s.json"),
+                 "--out", str(tmp_path / "m2"), "--memory-budget", "64"]) == 2  # it would have no effect: refused
+    assert not (tmp_path / "m2").exists()
     r = subprocess.run(cmd + [str(tmp_path / "nothing*.csv"), "--schema", str(tmp_path / "s.json"), "--out",
                               str(tmp_path / "x")], capture_output=True, text=True)
     assert r.returncode == 2 and "no file matches" in r.stderr and "Traceback" not in r.stderr
