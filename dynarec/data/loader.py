@@ -181,6 +181,17 @@ def table_bytes_per_row(schema: Schema) -> int:
         + sum(8 * f.max_len for f in schema.sequences) + 8 * (schema.user is not None) + 8
 
 
+def check_data_keys(data) -> None:
+    """The ``data:`` keys of an experiment, checked whichever loading is chosen (a ConfigError naming the key)."""
+    for key, ok, want in (("loading", data.loading in LOADINGS, " | ".join(LOADINGS)),
+                          ("memory_budget_mb", data.memory_budget_mb > 0, "a positive number of MB"),
+                          ("shuffle_buffer", data.shuffle_buffer >= 0, "rows >= 0"),
+                          ("prefetch", data.prefetch >= 1, "row groups >= 1"),
+                          ("read_threads", data.read_threads >= 1, "threads >= 1")):
+        if not ok:
+            raise ConfigError(f"data.{key}: expected {want}, got {getattr(data, key)!r}")
+
+
 def choose_loading(folder: str | Path, schema: Schema, loading: str = "auto", budget_mb: float = 4096) -> str:
     """``memory`` or ``stream`` for ``data.loading``: ``auto`` streams when the folder's splits, as tensors,
     would take more than ``budget_mb``."""

@@ -196,10 +196,11 @@ def _load_tables(data):
     """(schema, {split: table}) of ``data.path``: every split in memory, or with ``data.loading`` streamed
     (chosen, or ``auto`` when the splits would exceed ``data.memory_budget_mb``) the train split as a
     :class:`~dynarec.data.loader.StreamTable` and valid / test in memory."""
-    from dynarec.data.loader import choose_loading, open_split
+    from dynarec.data.loader import check_data_keys, choose_loading, open_split
     from dynarec.data.prepare import load_prepared
     from dynarec.data.schema import Schema
 
+    check_data_keys(data)
     p = Path(data.path)
     schema = Schema.load(p / "schema.json") if (p / "schema.json").exists() else None
     if schema is None or choose_loading(p, schema, data.loading, data.memory_budget_mb) == "memory":

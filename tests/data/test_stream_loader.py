@@ -122,6 +122,11 @@ def test_loading_choice_and_train_experiment(folder, tmp_path):
         StreamTable(schema, [folder / "train.parquet" / "part-00000.parquet"], shuffle_buffer=-1)
     from dynarec.train.run import train_experiment
 
+    bad = build_dataclass(ExperimentConfig, {"data": {"path": str(folder), "loading": "memory", "prefetch": 0},
+                                             "out": str(tmp_path / "bad")}, "config")
+    with pytest.raises(ConfigError, match="data.prefetch"):  # checked even when the split is not streamed
+        train_experiment(bad)
+
     res = {}
     for loading in ("memory", "stream"):
         cfg = build_dataclass(ExperimentConfig, {"model": "dnn", "data": {"path": str(folder), "loading": loading},
