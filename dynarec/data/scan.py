@@ -31,13 +31,21 @@ SUFFIXES = {".csv": "csv", ".tsv": "csv", ".txt": "csv", ".parquet": "parquet", 
 
 
 def resolve_inputs(source: str | Path) -> list[Path]:
-    """The files of ``source``: one file, a glob pattern, or a folder (its csv / parquet files, sorted)."""
+    """The files of ``source``: one file, a glob pattern, or a folder (its csv / parquet files at any depth,
+    sorted, one format; hidden paths and folders holding a schema.json or model.pt are skipped)."""
     s = str(source)
     p = Path(s)
-    if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in SUFFIXES)
+    if p.is_dir():  # recursively, skipping hidden paths and our own folders (prepared data, runs) inside it
+        ours = {f.parent for m in ("schema.json", "model.pt") for f in p.rglob(m)} - {p}
+        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in SUFFIXES
+                       and not any(part.startswith(".") for part in f.relative_to(p).parts)
+                       and not any(d in ours for d in f.parents))
         if not files:
             raise DataError(f"{p}: directory holds no .csv / .parquet file")
+        kinds = {SUFFIXES[f.suffix.lower()] for f in files}
+        if len(kinds) > 1:
+            raise DataError(f"{p}: directory holds both csv and parquet files (e.g. {files[0].name}); give a glob "
+                            f"such as '{p}/*.parquet'")
         return files
     if p.is_file():
         return [p]

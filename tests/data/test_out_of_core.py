@@ -175,3 +175,21 @@ def test_quantile_sketch_exact_then_bounded():
     err = np.abs(np.searchsorted(xs, got) - qs[1:-1] * (len(x) - 1))  # rank error of each quantile, in rows
     assert err.max() <= small.rank_error + 1  # the tracked bound holds (+1: the interpolation's position)
     assert small.rank_error / len(x) < 0.05  # and is small enough to use
+
+
+def test_folder_inputs(tmp_path):
+    from dynarec.data.scan import resolve_inputs
+    from dynarec.errors import DataError
+
+    t = pa.table({"x": [1, 2]})
+    for f in ("a.parquet", "sub/b.parquet", ".hidden/c.parquet", "prep/train.parquet/part-0.parquet",
+              "run/log.parquet"):
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(t, tmp_path / f)
+    for f in ("schema.json", "prep/schema.json", "run/model.pt"):  # a schema next to the data is the user's
+        (tmp_path / f).write_text("{}")
+    assert resolve_inputs(tmp_path) == [tmp_path / "a.parquet", tmp_path / "sub" / "b.parquet"]
+    pacsv.write_csv(t, tmp_path / "sub" / "d.csv")
+    with pytest.raises(DataError, match="both csv and parquet"):
+        resolve_inputs(tmp_path)
+    assert resolve_inputs(str(tmp_path / "sub" / "*.csv")) == [tmp_path / "sub" / "d.csv"]
