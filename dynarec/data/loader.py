@@ -51,6 +51,15 @@ def split_files(folder: str | Path, split: str) -> list[Path]:
     return files
 
 
+def metadata(f: Path):
+    """A Parquet file's footer; a truncated or foreign file is one DataError naming it."""
+    try:
+        return pq.ParquetFile(f).metadata
+    except (pa.ArrowInvalid, OSError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"{f}: truncated or not a parquet file ({msg})") from None
+
+
 def _columns(t: pa.Table) -> dict[str, np.ndarray]:
     cols = {}
     for name in t.column_names:
@@ -76,7 +85,7 @@ class StreamTable:
         self.device = torch.device(device) if device is not None else None
         self.units = []  # (file index, row group, rows)
         for i, f in enumerate(files):
-            md = pq.ParquetFile(f).metadata
+            md = metadata(f)
             self.units += [(i, g, md.row_group(g).num_rows) for g in range(md.num_row_groups)]
         self.total = sum(u[2] for u in self.units)
 
@@ -109,7 +118,11 @@ class StreamTable:
 
     def _read(self, u: int) -> dict[str, np.ndarray]:
         i, g, _ = self.units[u]
-        return _columns(pq.ParquetFile(self.files[i]).read_row_group(g))
+        try:
+            return _columns(pq.ParquetFile(self.files[i]).read_row_group(g))
+        except (pa.ArrowInvalid, OSError) as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise DataError(f"{self.files[i]}: row group {g} unreadable ({msg})") from None
 
     def _groups(self, order: list[int]) -> Iterator[dict[str, np.ndarray]]:
         with ThreadPoolExecutor(self.threads) as pool:
@@ -201,7 +214,7 @@ def choose_loading(folder: str | Path, schema: Schema, loading: str = "auto", bu
         return loading
     if not budget_mb > 0:
         raise ConfigError(f"data.memory_budget_mb: expected a positive number, got {budget_mb}")
-    rows = sum(pq.ParquetFile(f).metadata.num_rows for s in ("train", "valid", "test")
+    rows = sum(metadata(f).num_rows for s in ("train", "valid", "test")
                for f in split_files(folder, s))
     return "stream" if rows * table_bytes_per_row(schema) > budget_mb * (1 << 20) else "memory"
 
