@@ -96,12 +96,10 @@ def _parse_options(opts: list[str] | None) -> dict:
 
 
 def cmd_data_prepare(a) -> int:
-    from dynarec.datasets import prepare_input
+    from dynarec.datasets import prepare_any
 
-    tables = prepare_input(a.input, a.out, a.schema, a.raw, a.format, _parse_options(a.option), a.split,
-                           _fractions(a.fractions), a.seed)
-    print(f"prepared {sum(len(t) for t in tables.values()):,} rows into {a.out}: "
-          + ", ".join(f"{k} {len(v):,}" for k, v in tables.items()))
+    print(prepare_any(a.input, a.out, a.schema, a.raw, a.format, _parse_options(a.option), a.split,
+                      _fractions(a.fractions), a.seed, a.out_of_core, a.memory_budget))
     return 0
 
 
@@ -265,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "leave_last_out[:TASK]")
     pr.add_argument("--fractions", metavar="TRAIN,VALID,TEST", help="default 0.8,0.1,0.1")
     pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--out-of-core", action="store_true",
+                    help="stream the input (a file, glob or folder) in bounded memory; writes sharded parquet")
+    pr.add_argument("--memory-budget", type=float, default=None, metavar="MB",
+                    help="with --out-of-core: memory budget of the passes (1024)")
     pr.set_defaults(fn=cmd_data_prepare)
     sy = dsub.add_parser("synthetic", help="write the built-in synthetic data as a prepared folder")
     sy.add_argument("--rows", type=int, default=100_000)

@@ -37,6 +37,11 @@ __all__ = ["DataConfig", "ExperimentConfig", "load_experiment", "load_interrupte
 @dataclass
 class DataConfig:
     path: str = ""  # a prepared folder (schema.json + train/valid/test.parquet)
+    loading: str = "auto"  # auto | memory | stream: the train split read whole or streamed (dynarec/data/loader.py)
+    memory_budget_mb: float = 4096  # auto streams when the folder's splits as tensors would exceed this
+    shuffle_buffer: int = 262_144  # streamed: rows permuted together (whole row groups, in a shuffled order)
+    prefetch: int = 4  # streamed: row groups read ahead
+    read_threads: int = 2  # streamed: background reader threads
 
 
 @dataclass
@@ -173,12 +178,16 @@ def train_experiment(cfg: ExperimentConfig, console=None, resume: bool = False, 
         res = train_experiment(load_experiment("exp.yaml"))
         res.checkpoint  # cfg.out
     """
-    from dynarec.data.prepare import load_encoders, load_prepared
+    from dynarec.data.prepare import load_encoders
 
     if not cfg.data.path:
         raise DynarecError("train: no data; give --data DIR (a prepared folder) or data.path in the config")
+    from dynarec.data.loader import load_for_training
+
     kind = KINDS[kind_of(cfg.model)]
-    schema, tables = load_prepared(cfg.data.path)
+    schema, tables = load_for_training(cfg.data)
+    if kind_of(cfg.model) == "retrieval" and not hasattr(tables["train"], "sparse"):
+        raise DynarecError(f"data.loading: {cfg.model} trains on the train split in memory; use data.loading: memory")
     load_encoders(cfg.data.path, schema)  # a missing / broken encoders.json is a one-line error
     enc = json.loads((Path(cfg.data.path) / "encoders.json").read_text())
     return kind.train(cfg, schema, tables, enc, console, resume, overwrite)

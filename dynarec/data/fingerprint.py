@@ -1,10 +1,12 @@
 """A fingerprint of the training rows, kept with the encoders, so that ``evaluate`` on a raw file can say when
 the file holds rows the model was trained on (its metrics then overstate the quality on new data).
 
-Each row is hashed to 64 bits from the text of its raw columns (the columns the schema reads: ``3``, ``3.0``
-and ``"3"`` are one value, as the encoders see them); the fingerprint keeps the hashes ``h`` of the training
-rows with ``h % modulus == 0`` — a hash sample of about :data:`MAX_KEPT` rows whatever the size of the
-training split (``modulus`` = 1 keeps every row). A row of another file is in the sample exactly when its
+Each row is hashed to 64 bits from the text of its raw columns (the columns the schema reads: ``3`` and
+``3.0`` are one value, as the encoders see them); the fingerprint keeps the hashes ``h`` of the training
+rows with ``h % modulus == 0``, ``modulus`` the smallest power of two that keeps at most :data:`MAX_KEPT`
+— a hash sample whatever the size of the training split (``modulus`` = 1 keeps every row). The rule only
+ever doubles the modulus, so a streamed fit (:class:`TrainRowsBuilder`, the out-of-core prepare) keeps
+exactly the sample of a fit on the whole split. A row of another file is in the sample exactly when its
 hash is, so the share of a file's sampled rows found in the fingerprint estimates the share of its rows that
 are training rows without bias (rows are never missed; two different rows share a 64-bit hash with
 probability about 2^-64 per pair).
@@ -20,7 +22,6 @@ Example::
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -71,10 +72,9 @@ class TrainRows:
 
     @classmethod
     def fit(cls, train: pa.Table, columns: list[str]) -> TrainRows:
-        cols = [c for c in columns if c in train.column_names]
-        modulus = max(1, math.ceil(train.num_rows / MAX_KEPT))
-        h = row_hashes(train, cols)
-        return cls(cols, modulus, np.unique(h[h % np.uint64(modulus) == 0]))
+        b = TrainRowsBuilder(columns)
+        b.add(train)
+        return b.result()
 
     def overlap(self, table: pa.Table) -> tuple[float, int]:
         """(estimated share of ``table``'s rows that are training rows, rows of ``table`` in the sample);
@@ -93,3 +93,22 @@ class TrainRows:
     @classmethod
     def from_dict(cls, d: dict) -> TrainRows:
         return cls(list(d["columns"]), int(d["modulus"]), np.array(d["hashes"], dtype=np.uint64))
+
+
+class TrainRowsBuilder:
+    """:meth:`TrainRows.fit` over chunks of the training split: ``add`` each chunk, then ``result``."""
+
+    def __init__(self, columns: list[str]):
+        self.columns, self.modulus, self.kept = list(columns), 1, np.zeros(0, dtype=np.uint64)
+
+    def add(self, chunk: pa.Table) -> None:
+        cols = [c for c in self.columns if c in chunk.column_names]
+        self.columns = cols
+        h = row_hashes(chunk, cols)
+        self.kept = np.unique(np.concatenate([self.kept, h[h % np.uint64(self.modulus) == 0]]))
+        while len(self.kept) > MAX_KEPT:  # double the modulus: the rows kept at 2m are a subset of those at m
+            self.modulus *= 2
+            self.kept = self.kept[self.kept % np.uint64(self.modulus) == 0]
+
+    def result(self) -> TrainRows:
+        return TrainRows(self.columns, self.modulus, self.kept)

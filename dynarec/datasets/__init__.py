@@ -21,7 +21,7 @@ from dynarec.data.split import SplitSpec
 from dynarec.data.table import TensorTable
 from dynarec.datasets import aliccp, aliexpress, amazon, douban, kuairand, movielens, obd
 from dynarec.datasets._util import Option
-from dynarec.errors import DataError
+from dynarec.errors import DataError, DynarecError
 
 _MODULES = {m.NAME: m for m in (movielens, douban, kuairand, aliccp, aliexpress, amazon, obd)}
 DATASETS: dict[str, Callable[..., tuple[pa.Table, Schema]]] = {k: m.load for k, m in _MODULES.items()}
@@ -101,3 +101,25 @@ def prepare_input(source: str, out: str | Path, schema_file: str | None = None, 
         raise DataError("data prepare: --option applies to a named dataset (with --raw); a data file takes its "
                         "reading options from the schema's read: section")
     return prepare_file(source, Schema.load(schema_file), out, split, fractions, seed, fmt)
+
+
+def prepare_any(source: str, out: str | Path, schema_file: str | None = None, raw: str | None = None,
+                fmt: str | None = None, options: dict | None = None, split: str | SplitSpec = "random",
+                fractions=(0.8, 0.1, 0.1), seed: int = 0, out_of_core: bool = False,
+                memory_budget: float | None = None) -> str:
+    """``dynarec data prepare`` -> the line it prints: :func:`prepare_input` in memory, or out of core
+    (:func:`dynarec.data.outofcore.prepare_input_out_of_core`, bounded by ``memory_budget`` MB, default 1024)
+    when asked or when ``source`` is a glob / folder."""
+    if out_of_core or (not raw and not Path(source).is_file()):  # a glob / folder: always out of core
+        from dynarec.data.outofcore import prepare_input_out_of_core
+
+        r = prepare_input_out_of_core(source, out, schema_file, raw, fmt, bool(options), split, fractions, seed,
+                                      1024 if memory_budget is None else memory_budget)
+        return (f"prepared {sum(r['rows'].values()):,} rows into {out} (out of core, {r['rows_per_s']:,.0f} rows/s "
+                "fit pass): " + ", ".join(f"{k} {v:,}" for k, v in r["rows"].items()))
+    if memory_budget is not None:
+        raise DynarecError("data prepare: --memory-budget applies to an out-of-core prepare (--out-of-core, or a "
+                           "glob / folder input)")
+    tables = prepare_input(source, out, schema_file, raw, fmt, options, split, fractions, seed)
+    return (f"prepared {sum(len(t) for t in tables.values()):,} rows into {out}: "
+            + ", ".join(f"{k} {len(v):,}" for k, v in tables.items()))

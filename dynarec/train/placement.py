@@ -77,7 +77,10 @@ class Placement:
         return model
 
     def shard(self, train):
-        """This process's share of each batch of ``train`` (staged on the device)."""
+        """This process's share of each batch of ``train`` (staged on the device; a streamed table reads only
+        its own row groups, :class:`dynarec.data.loader.StreamTable`)."""
+        if hasattr(train, "for_rank"):
+            return train.for_rank(0, 1, self.device)
         return devices.on_device(train, self.device)
 
     def validation(self, valid, monitor: str, eval_batch_size: int):
@@ -135,6 +138,8 @@ class DataParallel(Placement):
         return distributed.wrap_ddp(model, self.device)
 
     def shard(self, train):
+        if hasattr(train, "for_rank"):  # streamed: each rank reads its own row groups, equal steps
+            return train.for_rank(self.ctx.rank, self.world, self.device)
         staged = devices.on_device(train, self.device)
         return distributed.ShardedTable(getattr(staged, "staged", None) or train, self.ctx.rank, self.world,
                                         self.device)

@@ -9,7 +9,7 @@ import pyarrow.csv as pacsv
 
 import dynarec.data.fingerprint as fpm
 from dynarec.cli import main
-from dynarec.data.fingerprint import TrainRows, row_hashes
+from dynarec.data.fingerprint import TrainRows, TrainRowsBuilder, row_hashes
 from dynarec.data.synthetic import generate
 from dynarec.errors import DataWarning
 
@@ -31,9 +31,14 @@ def test_the_hash_sample_estimates_the_share_of_training_rows_without_bias(monke
     assert exact.modulus == 1 and exact.overlap(t) == (0.6, n)  # every row kept: the exact share
     monkeypatch.setattr(fpm, "MAX_KEPT", 1000)
     fp = TrainRows.fit(t.slice(0, 12000), ["u", "i"])
-    assert fp.modulus == 12 and 0 < len(fp.hashes) < 12000
+    assert fp.modulus == 16 and 0 < len(fp.hashes) <= 1000  # the smallest power of two keeping <= 1000
+    chunks = TrainRowsBuilder(["u", "i"])
+    for k in range(0, 12000, 2500):  # a streamed fit keeps exactly the sample of the whole split
+        chunks.add(t.slice(k, min(2500, 12000 - k)))
+    got = chunks.result()
+    assert got.modulus == fp.modulus and np.array_equal(got.hashes, fp.hashes)
     share, sampled = fp.overlap(t)
-    # each row falls in the sample with probability 1/12 independently of being a training row, so the share
+    # each row falls in the sample with probability 1/16 independently of being a training row, so the share
     # of sampled rows is a binomial estimate of 0.6: 5 standard errors bound it
     assert abs(share - 0.6) <= 5 * np.sqrt(0.6 * 0.4 / sampled)
     assert fp.overlap(t.slice(12000)) == (0.0, fp.overlap(t.slice(12000))[1])  # new rows: never matched

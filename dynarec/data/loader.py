@@ -1,0 +1,245 @@
+"""Streamed reading of a prepared split: :class:`StreamTable` offers what the trainer consumes from a
+:class:`~dynarec.data.table.TensorTable` (``batches(batch_size, shuffle, generator)``, ``len``, ``schema``,
+``fingerprint``) while holding only a bounded number of rows.
+
+The unit of reading is a Parquet row group of the split's shards (``train.parquet/part-*.parquet`` from the
+out-of-core prepare, or the one-file layout). Per epoch, with ``shuffle``: the row groups in an order drawn
+from the trainer's generator, then a row-shuffle buffer of ``shuffle_buffer`` rows: filled with whole row
+groups, permuted (same generator), cut into batches; the rows short of a batch stay for the next fill.
+Every row is read exactly once per epoch; batches depend only on the generator's state (deterministic for a
+seed). Background threads (``threads``; pyarrow releases the GIL while it decodes) read up to ``prefetch``
+row groups ahead. Without ``shuffle`` the batches are the in-memory table's ``batches(shuffle=False)``.
+
+Several processes (DDP / TorchRec): :meth:`StreamTable.for_rank` gives rank r its own row groups (dealt
+from the shuffled order to the least-loaded rank, so the shares differ by at most one row group); every rank
+cuts its rows into the same number of steps, ``ceil(rows / global batch)``, of near-equal batches: all
+ranks take the same number of steps and every row is read once per epoch.
+
+Example::
+
+    train = open_split("prepared/", "train", shuffle_buffer=1 << 16)
+    for batch in train.batches(512, shuffle=True, generator=torch.Generator().manual_seed(0)):
+        ...
+"""
+from __future__ import annotations
+
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from dynarec.data.prepare import to_tensor_table
+from dynarec.data.schema import Schema
+from dynarec.errors import ConfigError, DataError
+
+LOADINGS = ("auto", "memory", "stream")
+
+
+def split_files(folder: str | Path, split: str) -> list[Path]:
+    p = Path(folder) / f"{split}.parquet"
+    if p.is_dir():
+        files = sorted(p.glob("*.parquet"))
+    else:
+        files = [p] if p.is_file() else []
+    if not files:
+        raise DataError(f"{p}: missing split file")
+    return files
+
+
+def metadata(f: Path):
+    """A Parquet file's footer; a truncated or foreign file is one DataError naming it."""
+    try:
+        return pq.ParquetFile(f).metadata
+    except (pa.ArrowInvalid, OSError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"{f}: truncated or not a parquet file ({msg})") from None
+
+
+def _columns(t: pa.Table) -> dict[str, np.ndarray]:
+    cols = {}
+    for name in t.column_names:
+        c = t.column(name).combine_chunks()
+        if pa.types.is_fixed_size_list(c.type):
+            cols[name] = np.require(c.flatten().to_numpy().reshape(len(c), c.type.list_size), requirements="W")
+        else:
+            cols[name] = np.require(c.to_numpy(zero_copy_only=False), requirements="W")
+    return cols
+
+
+class StreamTable:
+    """One split read row group by row group (see the module docstring)."""
+
+    def __init__(self, schema: Schema, files: list[Path], shuffle_buffer: int = 1 << 18, prefetch: int = 4,
+                 threads: int = 2, rank: int = 0, world: int = 1, device=None):
+        if shuffle_buffer < 0 or prefetch < 1 or threads < 1:
+            raise ConfigError(f"data: shuffle_buffer >= 0, prefetch >= 1 and read_threads >= 1 expected, got "
+                              f"{shuffle_buffer}, {prefetch}, {threads}")
+        self.schema, self.files = schema, files
+        self.shuffle_buffer, self.prefetch, self.threads = shuffle_buffer, prefetch, threads
+        self.rank, self.world = rank, world
+        self.device = torch.device(device) if device is not None else None
+        self.units = []  # (file index, row group, rows)
+        for i, f in enumerate(files):
+            md = metadata(f)
+            self.units += [(i, g, md.row_group(g).num_rows) for g in range(md.num_row_groups)]
+        self.total = sum(u[2] for u in self.units)
+
+    def for_rank(self, rank: int, world: int, device=None) -> StreamTable:
+        """Rank ``rank``'s reader of ``world`` processes; its ``batches`` take the GLOBAL batch size."""
+        return StreamTable(self.schema, self.files, self.shuffle_buffer, self.prefetch, self.threads, rank, world,
+                           device)
+
+    def _deal(self, order: list[int]) -> list[list[int]]:
+        """Row groups of each rank: dealt in ``order`` to the rank with the fewest rows so far."""
+        parts, rows = [[] for _ in range(self.world)], np.zeros(self.world, np.int64)
+        for u in order:
+            r = int(np.argmin(rows))
+            parts[r].append(u)
+            rows[r] += self.units[u][2]
+        return parts
+
+    def __len__(self) -> int:
+        """Rows this rank reads per epoch: all rows with one process; else about ``total // world`` (the
+        shares follow the epoch's order; dealing to the least-loaded rank keeps them within one row group)."""
+        return self.total // self.world
+
+    def fingerprint(self) -> str:
+        """A digest of the split's shard names, sizes and row groups (its content is never read whole)."""
+        h = hashlib.sha256(str(self.total).encode())
+        for f in self.files:
+            h.update(f"{f.name}:{f.stat().st_size}".encode())
+        h.update(str(self.units).encode())
+        return h.hexdigest()[:16]
+
+    def _read(self, u: int) -> dict[str, np.ndarray]:
+        i, g, _ = self.units[u]
+        try:
+            return _columns(pq.ParquetFile(self.files[i]).read_row_group(g))
+        except (pa.ArrowInvalid, OSError) as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise DataError(f"{self.files[i]}: row group {g} unreadable ({msg})") from None
+
+    def _groups(self, order: list[int]) -> Iterator[dict[str, np.ndarray]]:
+        with ThreadPoolExecutor(self.threads) as pool:
+            futures = [pool.submit(self._read, u) for u in order[:self.prefetch]]
+            for k in range(len(order)):
+                cols = futures[k].result()
+                futures[k] = None
+                if k + self.prefetch < len(order):
+                    futures.append(pool.submit(self._read, order[k + self.prefetch]))
+                yield cols
+
+    def batches(self, batch_size: int, shuffle: bool = False,
+                generator: torch.Generator | None = None) -> Iterator:
+        """This rank's batches of one epoch (``batch_size``: the global batch; see the module docstring)."""
+        for b, _ in self.batches_with_rows(batch_size, shuffle, generator):
+            yield b if self.device is None else b.to(self.device)
+
+    def batches_with_rows(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None):
+        """(batch, raw row index of each of its rows) of :meth:`batches`, on the host."""
+        if batch_size % self.world:
+            raise ConfigError(f"trainer.batch_size: {batch_size} is not divisible by the {self.world} processes")
+        n_units = len(self.units)
+        order = torch.randperm(n_units, generator=generator).tolist() if shuffle else list(range(n_units))
+        if self.world == 1:
+            n, steps = self.total, -(-self.total // batch_size)
+            sizes = [batch_size] * (n // batch_size) + ([n % batch_size] if n % batch_size else [])
+        else:  # the same number of steps on every rank: its rows cut into that many near-equal batches
+            order = self._deal(order)[self.rank]
+            n, steps = sum(self.units[u][2] for u in order), -(-self.total // batch_size)
+            if n < steps:
+                raise ConfigError(f"trainer.batch_size: {batch_size} leaves rank {self.rank} fewer rows ({n}) than "
+                                  f"steps ({steps}); use a larger batch or more row groups")
+            sizes = [n // steps + (k < n % steps) for k in range(steps)]
+        fill = max(self.shuffle_buffer, max(sizes)) if shuffle and self.shuffle_buffer else max(sizes)
+        buf: list[dict[str, np.ndarray]] = []
+        held, k = 0, 0
+        for cols in [*self._groups(order), None]:  # None: the end of the epoch (the buffer's last rows)
+            if cols is not None:
+                buf.append(cols)
+                held += len(cols[ROW_KEY])
+                if held < fill:
+                    continue
+            elif not buf:
+                break
+            merged = {c: np.concatenate([b[c] for b in buf]) for c in buf[0]}
+            if shuffle and self.shuffle_buffer:
+                perm = torch.randperm(held, generator=generator).numpy()
+                merged = {c: v[perm] for c, v in merged.items()}
+            cut, j = 0, k
+            while j < len(sizes) and cut + sizes[j] <= held:
+                cut, j = cut + sizes[j], j + 1
+            table = to_tensor_table(self.schema, {c: v[:cut] for c, v in merged.items()})
+            buf = [{c: v[cut:] for c, v in merged.items()}] if cut < held else []
+            held -= cut
+            s = 0
+            for size in sizes[k:j]:
+                idx = torch.arange(s, s + size)
+                s += size
+                yield table.take(idx), table.row[idx]
+            k = j
+
+
+ROW_KEY = "_row"
+
+
+def table_bytes_per_row(schema: Schema) -> int:
+    """Bytes one row of a split takes as in-memory tensors (``to_tensor_table``)."""
+    return 8 * len(schema.sparse) + 4 * schema.dense_dim + 4 * len(schema.tasks) \
+        + sum(8 * f.max_len for f in schema.sequences) + 8 * (schema.user is not None) + 8
+
+
+def check_data_keys(data) -> None:
+    """The ``data:`` keys of an experiment, checked whichever loading is chosen (a ConfigError naming the key)."""
+    for key, ok, want in (("loading", data.loading in LOADINGS, " | ".join(LOADINGS)),
+                          ("memory_budget_mb", data.memory_budget_mb > 0, "a positive number of MB"),
+                          ("shuffle_buffer", data.shuffle_buffer >= 0, "rows >= 0"),
+                          ("prefetch", data.prefetch >= 1, "row groups >= 1"),
+                          ("read_threads", data.read_threads >= 1, "threads >= 1")):
+        if not ok:
+            raise ConfigError(f"data.{key}: expected {want}, got {getattr(data, key)!r}")
+
+
+def choose_loading(folder: str | Path, schema: Schema, loading: str = "auto", budget_mb: float = 4096) -> str:
+    """``memory`` or ``stream`` for ``data.loading``: ``auto`` streams when the folder's splits, as tensors,
+    would take more than ``budget_mb``."""
+    if loading not in LOADINGS:
+        raise ConfigError(f"data.loading: expected {' | '.join(LOADINGS)}, got '{loading}'")
+    if loading != "auto":
+        return loading
+    if not budget_mb > 0:
+        raise ConfigError(f"data.memory_budget_mb: expected a positive number, got {budget_mb}")
+    rows = sum(metadata(f).num_rows for s in ("train", "valid", "test")
+               for f in split_files(folder, s))
+    return "stream" if rows * table_bytes_per_row(schema) > budget_mb * (1 << 20) else "memory"
+
+
+def open_split(folder: str | Path, split: str = "train", shuffle_buffer: int = 1 << 18, prefetch: int = 4,
+               threads: int = 2) -> StreamTable:
+    """The streamed reader of ``split`` of a prepared folder."""
+    p = Path(folder)
+    if not (p / "schema.json").exists():
+        raise DataError(f"{p}: not a prepared data folder (no schema.json); run `dynarec data prepare` first")
+    return StreamTable(Schema.load(p / "schema.json"), split_files(p, split), shuffle_buffer, prefetch, threads)
+
+
+def load_for_training(data):
+    """(schema, {split: table}) of ``data.path`` (a ``DataConfig``): every split in memory, or with
+    ``data.loading`` streamed (chosen, or ``auto`` when the splits would exceed ``data.memory_budget_mb``) the
+    train split as a :class:`StreamTable` and valid / test in memory."""
+    from dynarec.data.prepare import load_prepared
+
+    check_data_keys(data)
+    p = Path(data.path)
+    schema = Schema.load(p / "schema.json") if (p / "schema.json").exists() else None
+    if schema is None or choose_loading(p, schema, data.loading, data.memory_budget_mb) == "memory":
+        return load_prepared(p)
+    train = open_split(p, "train", data.shuffle_buffer, data.prefetch, data.read_threads)
+    schema, rest = load_prepared(p, ("valid", "test"))
+    train.schema = schema
+    return schema, {"train": train, **rest}
