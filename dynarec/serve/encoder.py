@@ -81,6 +81,11 @@ def _unknown_per_row(table: pa.Table, f, ids: np.ndarray) -> np.ndarray:
     if f.kind == "sparse":
         valid = pc.is_valid(as_text(column(table, f))).to_numpy(zero_copy_only=False)
         return (valid & (ids == 0)).astype(np.int64)
-    flat, offs = _seq_values(table.column(f.name), f.separator)
+    if f.text:  # a text column's tokens, as the encoders read them
+        from dynarec.data.text import tokenize
+
+        flat, offs = tokenize(table.column(f.name), f)
+    else:
+        flat, offs = _seq_values(table.column(f.name), f.separator)
     valid = pc.is_valid(null_tokens(flat, f.null_values)).to_numpy(zero_copy_only=False).astype(np.int32)
     return ((pad_sequences(valid, offs, f.max_len) == 1) & (ids == 0)).sum(1).astype(np.int64)
