@@ -88,7 +88,8 @@ def time_steps(tr, train, batch_size: int, warmup: int, steps: int) -> tuple[flo
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=1_000_000)
-    ap.add_argument("--steps", type=int, default=60, help="timed steps per model (after 5 warm-up steps)")
+    ap.add_argument("--steps", type=int, default=60, help="timed steps per model (after the warm-up steps)")
+    ap.add_argument("--warmup", type=int, default=5, help="untimed first steps (compilation happens there)")
     ap.add_argument("--batch-size", type=int, default=4096)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--models", default="dnn,mmoe,pepnet,star,apg_dnn")
@@ -134,7 +135,7 @@ def main() -> None:
             tr = Trainer(model, TrainerConfig(batch_size=a.batch_size, progress=False, device="cpu",
                                               compile=comp == "on"))
             tr.step.forward.precision = prec  # bf16 autocast as asked, also where the trainer would not use it
-            first, med = time_steps(tr, train, a.batch_size, 5, a.steps)
+            first, med = time_steps(tr, train, a.batch_size, a.warmup, a.steps)
             rps = a.batch_size / med
             fl = train_flops_per_row(model, train.take(torch.arange(a.batch_size)))
             roof = ceiling[prec] * 1e9 / fl
