@@ -2,7 +2,8 @@
 mixture-of-experts models").
 
 * :class:`Experts` — ``n`` expert MLPs held as registered tensors with a leading expert axis (so the optimiser
-  sees them), evaluated with one ``einsum`` per layer: ``x [B, d_in]`` (or ``[B, n, d_in]``) -> ``[B, n, d]``.
+  sees them), evaluated with one batched GEMM per layer (``addmm`` on a shared input, ``baddbmm`` over the
+  expert axis after it, bias fused): ``x [B, d_in]`` (or ``[B, n, d_in]``) -> ``[B, n, d]``.
 * :func:`expert_dropout` / :class:`SoftmaxGate` — the MMoE gate ``softmax(x W_g)`` (Ma et al., KDD 2018) with
   the YouTube "expert dropout" (Zhao et al., RecSys 2019): in training each expert's gate weight is zeroed
   with probability ``p`` and the row renormalised to sum to 1; a row that would lose every expert keeps
@@ -62,15 +63,21 @@ class Experts(nn.Module):
         self.out_features = dims[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # One GEMM per layer with the bias fused (docs/benchmarks.md "Batched experts"): the shared first
+        # input is one ``addmm`` against every expert's weights side by side ([d_in, n*d_out]); later layers
+        # are one ``baddbmm`` over the expert axis, whose [n, B, d] output is returned as a [B, n, d] view
+        # (no copy; the BLAS reads the [B, n, d] input through its leading dimension).
         h = x
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            n, d_in, d_out = w.shape
             if h.dim() == 2:
-                h = torch.einsum("bi,nio->bno", h, w) + b
+                h = torch.addmm(b.reshape(-1), h, w.transpose(0, 1).reshape(d_in, n * d_out))
+                h = h.view(-1, n, d_out)
             else:
-                h = torch.einsum("bni,nio->bno", h, w) + b
+                h = torch.baddbmm(b.unsqueeze(1), h.transpose(0, 1), w).transpose(0, 1)
             if self.norms is not None:
-                B, n, d = h.shape
-                h = self.norms[i](h.reshape(B, n * d)).reshape(B, n, d)
+                B = h.shape[0]
+                h = self.norms[i](h.reshape(B, n * d_out)).view(B, n, d_out)
             h = self.act(h)
             if self.drop is not None:
                 h = self.drop(h)

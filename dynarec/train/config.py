@@ -51,7 +51,8 @@ class TrainerConfig:
     progress: bool = True
     # where and how (dynarec.train.device / dynarec.train.distributed)
     device: str = "auto"  # auto (CUDA when available) | cpu | cuda | cuda:N
-    precision: str = "fp32"  # fp32 | bf16 (autocast, CUDA only)
+    precision: str = "fp32"  # fp32 | bf16 (autocast: CUDA, or a CPU with AMX-BF16 / AVX512-BF16; else fp32 + a note)
+    compile: bool = False  # torch.compile (inductor) the model for training and evaluation (train/precision.py)
     # ddp (under torchrun) | torchrec (feature tables sharded by TorchRec, the rest under DDP)
     distributed: str = field(default="ddp", metadata=rule(choices=DISTRIBUTED))
     # with torchrec: table_wise | column_wise | data_parallel | row_wise (CUDA) | auto (TorchRec's planner)

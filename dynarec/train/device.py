@@ -1,5 +1,5 @@
 """Where training runs: ``trainer.device`` (auto | cpu | cuda | cuda:N) resolved to a ``torch.device``,
-``trainer.precision`` (fp32 | bf16 autocast on CUDA), and splits staged on the device once so that a step
+``trainer.precision`` (fp32 | bf16 autocast on CUDA and on CPUs with native bf16, :mod:`dynarec.train.precision`), and splits staged on the device once so that a step
 never waits on a host copy: the whole split when it fits in ``stage_bytes``, else chunks of many batches,
 each moved in one copy, cut from the same shuffled order (the batches are the same either way)."""
 from __future__ import annotations
@@ -10,6 +10,7 @@ import torch
 
 from dynarec.data.table import Batch, TensorTable
 from dynarec.errors import ConfigError
+from dynarec.train.precision import autocast, resolve_precision
 
 DEFAULT_STAGE_BYTES = 2 << 30  # a split larger than this is staged in chunks
 CHUNK_BATCHES = 64  # batches per chunk when staging in chunks
@@ -36,19 +37,14 @@ def resolve_device(spec: str = "auto") -> torch.device:
 
 
 def check_precision(precision: str, device: torch.device) -> str:
-    """``fp32`` anywhere; ``bf16`` only on CUDA (a ConfigError on CPU: CPU autocast is slower than fp32 on
-    most CPUs and changes results, so neither a silent no-op nor a silent slowdown is offered)."""
-    p = str(precision or "fp32").strip().lower()
-    if p not in ("fp32", "bf16"):
-        raise ConfigError(f"trainer.precision: expected fp32 | bf16, got '{precision}'")
-    if p == "bf16" and device.type != "cuda":
-        raise ConfigError(f"trainer.precision: bf16 needs a CUDA device (trainer.device is {device}); use fp32")
-    return p
+    """``fp32`` anywhere; ``bf16`` on CUDA and on CPUs with native bfloat16 (AMX-BF16 / AVX512-BF16), else
+    fp32 after a one-line note (:func:`dynarec.train.precision.resolve_precision`)."""
+    return resolve_precision(precision, device)
 
 
 class AutocastForward:
-    """The step's ``forward``: ``module(batch)`` under bf16 autocast on CUDA, outputs back to fp32 (losses
-    and metrics stay in fp32). ``module`` is the model or its DDP wrapper."""
+    """The step's ``forward``: ``module(batch)`` under bf16 autocast (CUDA, or a CPU with native bf16),
+    outputs back to fp32 (losses and metrics stay in fp32). ``module`` is the model or its DDP wrapper."""
 
     def __init__(self, module, device: torch.device, precision: str = "fp32"):
         self.module, self.device, self.precision = module, device, precision
@@ -56,7 +52,7 @@ class AutocastForward:
     def __call__(self, batch):
         if self.precision != "bf16":
             return self.module(batch)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16):
+        with autocast(self.device, self.precision):
             out = self.module(batch)
         return {k: v.float() for k, v in out.items()}
 

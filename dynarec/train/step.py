@@ -11,6 +11,7 @@ from dynarec.errors import DataError
 from dynarec.losses import build_weighting, model_task_losses
 from dynarec.train.config import TrainerConfig
 from dynarec.train.optim import build_optimizers
+from dynarec.train.precision import check_compile, compile_model
 
 
 
@@ -48,6 +49,8 @@ class TrainStep:
         self.weighting = build_weighting(task_weighting or self.cfg.task_weighting, model.tasks, self.task_types,
                                          self.cfg.loss_weights)
         self.optimizers, self.clipped = build_optimizers(model, self.cfg, list(self.weighting.parameters()))
+        if check_compile(self.cfg.compile):  # trainer.compile: forward + backward compiled, optimizers eager
+            compile_model(model)
 
     def __call__(self, batch) -> float:
         return self.step(batch)

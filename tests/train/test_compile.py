@@ -1,0 +1,72 @@
+"""trainer.compile: the model runs through torch.compile (inductor) in training and evaluation, with the
+same outputs as eager up to float32 rounding.
+
+Tolerance: eager and compiled both compute each expert layer as float32 dot products (inductor may fuse
+the bias / activation and reorder sums), so each is within ``γ_K · M`` of the float64 result (the bound of
+tests/nn/test_moe_batched.py: ``γ_k = k·u/(1 − k·u)``, ``u = 2⁻²⁴``, ``M`` the network on |x|, |W|, |b|);
+their difference is within twice that."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from dynarec.errors import ConfigError
+from dynarec.nn.moe import Experts
+from dynarec.train import precision
+from dynarec.train.config import TrainerConfig
+
+needs_cxx = pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
+                               reason="torch.compile's inductor needs a C++ compiler")
+
+
+def gamma(k: int, u: float = 2.0 ** -24) -> float:
+    return k * u / (1 - k * u)
+
+
+def abs_network64(x, ex: Experts) -> torch.Tensor:
+    """The experts on |x|, |W|, |b| in float64: the scale M of the rounding bound."""
+    h = x.double().abs()
+    for w, b in zip(ex.weights, ex.biases):
+        h = torch.relu(torch.einsum("bi,nio->bno" if h.dim() == 2 else "bni,nio->bno", h, w.detach().double().abs())
+                       + b.detach().double().abs())
+    return h
+
+
+@needs_cxx
+def test_compiled_equals_eager_within_twice_the_float32_bound():
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    ex = Experts(12, 3, [16, 8])
+    x = torch.randn(64, 12)
+    eager = ex(x).detach()
+    before = counters["stats"]["unique_graphs"]
+    precision.compile_model(ex)
+    got = ex(x)
+    assert counters["stats"]["unique_graphs"] > before  # a graph was compiled: the key has an effect
+    scale = abs_network64(x, ex)
+    k = 13 + 17
+    assert ((got.detach().double() - eager.double()).abs() <= 2 * gamma(k) * scale).all()
+    got.sum().backward()  # the backward runs through the compiled graph too
+    assert all(p.grad is not None for p in ex.parameters())
+
+
+def test_compile_key_values(monkeypatch, small_synth):
+    from dynarec.models import build_model
+    from dynarec.train.trainer import Trainer
+
+    with pytest.raises(ConfigError, match="trainer.compile: expected true or false, got 'yes'"):
+        precision.check_compile("yes")
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(ConfigError, match="trainer.compile: true needs a C\\+\\+ compiler"):
+        precision.check_compile(True)
+    assert precision.check_compile(False) is False
+    monkeypatch.undo()
+    model = build_model("dnn", small_synth[0], {"hidden": [8]})
+    Trainer(model, TrainerConfig(device="cpu", progress=False))
+    assert getattr(model, "_compiled_call_impl", None) is None  # default off: eager
+    if any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        Trainer(model, TrainerConfig(device="cpu", progress=False, compile=True))
+        assert model._compiled_call_impl is not None  # model(batch) -- train step and evaluation -- compiled
