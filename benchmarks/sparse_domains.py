@@ -111,6 +111,11 @@ def report(res: dict) -> str:
         for m in models[1:]:
             lines.append(f"| {m} gain | " + " | ".join(
                 fmt(summarise(per_frac[f].get(m, []), "gain", "gain_var"), True) for f in fr) + " |")
+        if "bayes" in meta:  # the control: the truth gives this domain its own weights, so dynamic models should win
+            wins = {m: [f for f in fr if (summarise(per_frac[f].get(m, []), "gain", "gain_var")["lo"] or 0) > 0]
+                    for m in models[1:]}
+            lines.append("\nControl: gain interval above 0 at " + "; ".join(
+                f"{m}: {', '.join(f'{100 * f:g} %' for f in w) or 'no fraction'}" for m, w in wins.items()))
     return "\n".join(lines)
 
 
