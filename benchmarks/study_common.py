@@ -142,12 +142,32 @@ def load_study_data(name: str, split_seed: int = 0, synthetic_rows: int = 100_00
     return schema, prepare_table(t, schema, split="random", seed=split_seed), None
 
 
+def parse_variant(spec: str) -> tuple[str, dict]:
+    """``"star"`` -> ("star", {}) (the default keys); ``"star+partitioned_norm=false"`` -> a non-default
+    variant, for finding out why a model loses (values are JSON, else strings)."""
+    import json
+
+    name, *kvs = spec.split("+")
+    params = {}
+    for kv in kvs:
+        k, sep, v = kv.partition("=")
+        if not sep:
+            raise SystemExit(f"model variant '{spec}': '{kv}' is not key=value")
+        try:
+            params[k] = json.loads(v)
+        except ValueError:
+            params[k] = v
+    return name, params
+
+
 def train_predict(model: str, schema, tables, trainer: dict, seed: int, task: str) -> np.ndarray:
-    """Train ``model`` with its DEFAULT keys (early stopping on valid) -> test predictions of ``task``."""
+    """Train ``model`` (a name: its DEFAULT keys; or a :func:`parse_variant` spec) with early stopping on
+    valid -> test predictions of ``task``."""
     from dynarec.metrics import predict_table
     from dynarec.train.run import train_model
 
-    r = train_model(model, schema, tables, {}, dict(trainer), seed=seed)
+    name, params = parse_variant(model)
+    r = train_model(name, schema, tables, params, dict(trainer), seed=seed)
     return np.asarray(predict_table(r.model, tables["test"])[task], np.float64)
 
 
