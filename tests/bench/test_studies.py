@@ -1,5 +1,6 @@
 """The evidence studies' own helpers (benchmarks/study_common.py): DeLong's AUC variance against a
-brute-force and a bootstrap reference, the sparse-domain downsampling and the cold-user buckets."""
+brute-force and a bootstrap reference, the sparse-domain downsampling, the cold-user buckets and the
+model-variant specs."""
 from __future__ import annotations
 
 import sys
@@ -11,7 +12,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 from study_common import (BUCKETS, cut_split, delong_auc_var, delong_paired, downsample_domain,  # noqa: E402
-                          user_buckets)
+                          parse_variant, user_buckets)
 
 from dynarec.metrics import auc as ref_auc  # noqa: E402
 
@@ -114,3 +115,11 @@ def test_user_buckets_partition_test_users_by_training_counts():
         assert lo <= full[u] and (hi is None or full[u] <= hi)
     first = {c: b[test_user == u][0] for u, c in enumerate(full) if (test_user == u).any() and u < 8}
     assert first == {0: 0, 5: 0, 6: 1, 20: 1, 21: 2, 100: 2, 101: 3, 400: 3}
+
+
+def test_a_bare_model_name_trains_with_default_keys_and_a_variant_names_its_keys():
+    assert parse_variant("star") == ("star", {})
+    assert parse_variant('apg_dnn+condition_groups=["user"]+condition_dim=8') == \
+        ("apg_dnn", {"condition_groups": ["user"], "condition_dim": 8})
+    assert parse_variant("star+partitioned_norm=false+star_mode=gather") == \
+        ("star", {"partitioned_norm": False, "star_mode": "gather"})
