@@ -24,7 +24,6 @@ import numpy as np
 Z95 = 1.959963984540054
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 BUCKETS = ((0, 5), (6, 20), (21, 100), (101, None))  # training interactions per user, bounds inclusive
-DYNAMIC = ("star", "m2m", "pepnet", "epnet", "apg_dnn", "poso")
 ALL_MODELS = ("dnn", "shared_bottom", "mmoe", "star", "m2m", "pepnet", "epnet", "apg_dnn", "poso")
 
 
