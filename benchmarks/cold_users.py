@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from study_common import (ALL_MODELS, BUCKETS, bucket_name, fmt, load_study_data, score_slices, summarise,
-                          train_predict, user_buckets)
+from study_common import (ALL_MODELS, BUCKETS, bucket_name, fail, fmt, load_study_data, read_results,
+                          score_slices, summarise, train_predict, user_buckets)
 
 
 def run(a) -> dict:
@@ -42,7 +42,7 @@ def run(a) -> dict:
         task = a.task or schema.task_names[0]
         train, test = tables["train"], tables["test"]
         if test.user is None:
-            raise SystemExit(f"{ds}: the schema names no user column, so users cannot be bucketed")
+            fail(f"{ds}: the schema names no user column, so users cannot be bucketed")
         b = user_buckets(train.user.numpy(), test.user.numpy())
         y = test.labels[task].double().numpy()
         names = [bucket_name(x) for x in BUCKETS]
@@ -142,7 +142,7 @@ def main(argv=None):
     ap.add_argument("--out", default="benchmarks/results/cold_users", help="path stem of .json / .md / .png")
     ap.add_argument("--report-only", action="store_true", help="rebuild .md / .png from OUT.json")
     a = ap.parse_args(argv)
-    res = json.loads(Path(a.out + ".json").read_text()) if a.report_only else run(a)
+    res = read_results(a.out) if a.report_only else run(a)
     md = report(res)
     Path(a.out + ".md").write_text(md + "\n")
     plot(res, Path(a.out + ".png"))

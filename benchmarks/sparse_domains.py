@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from study_common import (ALL_MODELS, cut_split, fmt, load_study_data, score_slices, summarise,
-                          train_predict)
+from study_common import (ALL_MODELS, cut_split, fail, fmt, load_study_data, read_results, score_slices,
+                          summarise, train_predict)
 
 FRACTIONS = (1.0, 0.2, 0.05, 0.01)
 
@@ -58,7 +58,7 @@ def run(a) -> dict:
         res["meta"][ds] = meta
         for dom in a.domains or names:
             if dom not in names:
-                raise SystemExit(f"--domains: '{dom}' is not a domain of {ds} ({', '.join(names)})")
+                fail(f"--domains: '{dom}' is not a domain of {ds} ({', '.join(names)})")
             for frac in a.fractions:
                 for s in a.seeds:
                     key = f"{ds}/{dom}/{frac:g}/seed={s}"
@@ -167,7 +167,7 @@ def main(argv=None):
     ap.add_argument("--out", default="benchmarks/results/sparse_domains", help="path stem of .json / .md / .png")
     ap.add_argument("--report-only", action="store_true", help="rebuild .md / .png from OUT.json")
     a = ap.parse_args(argv)
-    res = json.loads(Path(a.out + ".json").read_text()) if a.report_only else run(a)
+    res = read_results(a.out) if a.report_only else run(a)
     md = report(res)
     Path(a.out + ".md").write_text(md + "\n")
     plot(res, Path(a.out + ".png"))

@@ -136,7 +136,7 @@ def load_study_data(name: str, split_seed: int = 0, synthetic_rows: int = 100_00
     loader, sub, opts = DATASETS[name]
     raw = DATA / sub
     if not raw.exists():
-        raise SystemExit(f"{name}: raw data folder {raw} not found")
+        fail(f"{name}: raw data folder {raw} not found")
     t, schema = load_dataset(loader, raw, **opts)
     return schema, prepare_table(t, schema, split="random", seed=split_seed), None
 
@@ -151,7 +151,7 @@ def parse_variant(spec: str) -> tuple[str, dict]:
     for kv in kvs:
         k, sep, v = kv.partition("=")
         if not sep:
-            raise SystemExit(f"model variant '{spec}': '{kv}' is not key=value")
+            fail(f"model variant '{spec}': '{kv}' is not key=value")
         try:
             params[k] = json.loads(v)
         except ValueError:
@@ -197,6 +197,24 @@ def summarise(entries: list[dict], key: str = "auc", var_key: str = "var") -> di
     sv = vals.var(ddof=1) / len(vals) if len(vals) > 1 else 0.0
     lo, hi = interval(float(vals.mean()), float(dv + sv))
     return {"mean": float(vals.mean()), "lo": lo, "hi": hi, "seed_std": float(vals.std()), "seeds": len(vals)}
+
+
+def fail(msg: str):
+    """Bad input: one stderr line, exit code 2."""
+    import sys
+
+    print(msg, file=sys.stderr)
+    raise SystemExit(2)
+
+
+def read_results(stem: str) -> dict:
+    """``STEM.json`` of an earlier run (``--report-only``); a missing file is one stderr line and exit 2."""
+    import json
+
+    path = Path(stem + ".json")
+    if not path.exists():
+        fail(f"--report-only: no results file {path} (run the study first)")
+    return json.loads(path.read_text())
 
 
 def fmt(s: dict, points: bool = False) -> str:
