@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from dynarec.data.prepare import to_tensor_table
+from dynarec.data.prepare import table_columns, to_tensor_table
 from dynarec.data.schema import Schema
 from dynarec.errors import ConfigError, DataError
 
@@ -61,14 +61,7 @@ def metadata(f: Path):
 
 
 def _columns(t: pa.Table) -> dict[str, np.ndarray]:
-    cols = {}
-    for name in t.column_names:
-        c = t.column(name).combine_chunks()
-        if pa.types.is_fixed_size_list(c.type):
-            cols[name] = np.require(c.flatten().to_numpy().reshape(len(c), c.type.list_size), requirements="W")
-        else:
-            cols[name] = np.require(c.to_numpy(zero_copy_only=False), requirements="W")
-    return cols
+    return table_columns(t)
 
 
 class StreamTable:

@@ -100,6 +100,19 @@ def write_prepared(out: str | Path, schema: Schema, enc: Encoders, encoded: dict
         (out / "split.json").write_text(json.dumps({**asdict(spec), "rows": {s: len(c[ROW]) for s, c in encoded.items()}}))
 
 
+def table_columns(t: pa.Table) -> dict[str, np.ndarray]:
+    """A prepared table's columns as writable NumPy arrays (torch needs writable memory); fixed-size lists
+    (sequences) as [N, L]."""
+    cols = {}
+    for name in t.column_names:
+        c = t.column(name).combine_chunks()
+        if pa.types.is_fixed_size_list(c.type):
+            cols[name] = np.require(c.flatten().to_numpy().reshape(len(c), c.type.list_size), requirements="W")
+        else:
+            cols[name] = np.require(c.to_numpy(zero_copy_only=False), requirements="W")
+    return cols
+
+
 def to_tensor_table(schema: Schema, cols: dict[str, np.ndarray]) -> TensorTable:
     n = len(cols[schema.domain])
     sparse = torch.from_numpy(np.stack([cols[f.name] for f in schema.sparse], 1).astype(np.int64)) \
@@ -128,13 +141,7 @@ def load_prepared(path: str | Path, splits=SPLITS) -> tuple[Schema, dict[str, Te
         if not f.exists():
             raise DataError(f"{f}: missing split file")
         t = read_table(f, "parquet")
-        cols = {}
-        for name in t.column_names:
-            c = t.column(name).combine_chunks()
-            if pa.types.is_fixed_size_list(c.type):
-                cols[name] = np.require(c.flatten().to_numpy().reshape(len(c), c.type.list_size), requirements="W")
-            else:
-                cols[name] = np.require(c.to_numpy(zero_copy_only=False), requirements="W")  # torch needs writable
+        cols = table_columns(t)
         need = [f.name for f in schema.features] + schema.task_names
         missing = [c for c in need if c not in cols]
         if missing:

@@ -19,7 +19,6 @@ never sees half a bundle and a folder that is not a bundle is never replaced. A 
 in :mod:`dynarec.serve.backends` (the registry this module reads)."""
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from dynarec.outdir import file_sha256
 from dynarec.serve.backends import BACKENDS, backends_of, export_onnx, formats, load_backend  # noqa: F401
 from dynarec.serve.entry import TensorEntry, batch_inputs, example_batch, export_program, input_spec  # noqa: F401
 
@@ -35,14 +35,6 @@ BUNDLE_FORMAT = "dynarec-bundle-1"
 PARITY_BATCHES = (1, 7, 1024)
 PARITY_TOL = 1e-5  # max |exported - eager| a bundle states: float32 re-association of the same graph (~1e-7 per op)
 MARKERS = ("manifest.json",)  # what makes a folder a bundle (the only kind of folder --out may replace)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def export_bundle(checkpoint: str | Path, out: str | Path, fmt: str = "all", console=None) -> dict:
@@ -89,7 +81,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, fmt: str = "all", con
         manifest = {
             "format": BUNDLE_FORMAT,
             "model": blob["model"],
-            "model_version": _sha256(tmp / "model.pt")[:16],
+            "model_version": file_sha256(tmp / "model.pt")[:16],
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "versions": _versions(),
             "inputs": spec,
@@ -99,7 +91,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, fmt: str = "all", con
             "parity": parity,
             "parity_tolerance": PARITY_TOL,
             "export_seconds": round(time.perf_counter() - t0, 2),
-            "files": {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()},
+            "files": {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()},
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest

@@ -11,26 +11,18 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 from pathlib import Path
 
 import torch
 
 from dynarec.data.schema import Schema
 from dynarec.errors import DataError
+from dynarec.outdir import write_atomic  # noqa: F401  (re-exported: online/serving, delta)
 
 FORMAT = "dynarec-checkpoint-2"
 FORMAT_UNVERIFIED = "dynarec-checkpoint-1"
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder, fsync and rename."""
-    tmp = path.parent / f".{path.name}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _bytes(obj) -> bytes:

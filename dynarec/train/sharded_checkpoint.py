@@ -27,15 +27,14 @@ Example::
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
 
 from dynarec.data.schema import Schema
 from dynarec.errors import ConfigError, DataError
+from dynarec.outdir import file_sha256, write_atomic
 
 FORMAT = "dynarec-sharded-1"
 MANIFEST = "shards.json"
@@ -101,23 +100,6 @@ def state_of(model, sharding, optimizers) -> dict:
     return state
 
 
-def _sha256(f: Path) -> str:
-    h = hashlib.sha256()
-    with open(f, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.parent / f".{path.name}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def save_sharded(folder: Path | None, model, sharding, optimizers, meta: dict) -> Path | None:
     """A collective call (every rank, ``folder`` taken from rank 0): the sharded checkpoint of ``model``
     (its TorchRec ``sharding`` still in place) into ``folder``; -> the manifest's path (rank 0)."""
@@ -139,8 +121,8 @@ def save_sharded(folder: Path | None, model, sharding, optimizers, meta: dict) -
         return None
     torch.save({**meta, "tables": _table_keys(sharding.layers), "world": dist.get_world_size()}, folder / META)
     files = sorted(p for p in folder.joinpath(SHARDS).rglob("*") if p.is_file()) + [folder / META]
-    manifest = {"format": FORMAT, "files": {str(p.relative_to(folder)): _sha256(p) for p in files}}
-    _write_atomic(folder / MANIFEST, json.dumps(manifest, indent=1).encode())
+    manifest = {"format": FORMAT, "files": {str(p.relative_to(folder)): file_sha256(p) for p in files}}
+    write_atomic(folder / MANIFEST, json.dumps(manifest, indent=1).encode())
     return folder / MANIFEST
 
 
@@ -159,7 +141,7 @@ def verify(folder: Path) -> dict:
         p = folder / rel
         if not p.is_file():
             raise DataError(f"{p}: missing from the sharded checkpoint {folder} (listed in {MANIFEST})")
-        got = _sha256(p)
+        got = file_sha256(p)
         if got != digest:
             raise DataError(f"{p}: checksum mismatch (sha256 {got[:16]}…, recorded {digest[:16]}…): the file is "
                             "corrupted; restore it or retrain")
