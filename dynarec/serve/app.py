@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 import time
 
-from dynarec.serve.engine import ClientError, _dumps, _loads, error_body
-
+from dynarec.serve.engine import ClientError, Engine, _dumps, _loads, error_body
 
 _log = logging.getLogger("dynarec.serve.server")
+
 
 class App:
     """The routes over an :class:`Engine`: ``POST /predict`` (queued for the next micro-batch), ``GET /healthz``,

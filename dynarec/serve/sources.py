@@ -14,7 +14,8 @@ from dynarec.online.serving import FORMAT, RUN_FILE, SERVING
 # ---- bundles -------------------------------------------------------------------------------------------
 def read_manifest(path: str | Path) -> dict:
     """The manifest of bundle folder ``path``; every listed file's sha256 checked."""
-    from dynarec.serve.export import BUNDLE_FORMAT, _sha256
+    from dynarec.outdir import file_sha256
+    from dynarec.serve.export import BUNDLE_FORMAT
 
     p = Path(path)
     f = p / "manifest.json"
@@ -30,7 +31,7 @@ def read_manifest(path: str | Path) -> dict:
         q = p / name
         if not q.exists():
             raise DynarecError(f"{q}: listed in the manifest but missing")
-        if _sha256(q) != digest:
+        if file_sha256(q) != digest:
             raise DynarecError(f"{q}: checksum mismatch (the file changed after export)")
     return m
 
