@@ -18,14 +18,13 @@ Outputs ``OUT.json`` (every run; a rerun skips finished ones), ``OUT.md`` (table
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
 import numpy as np
-from study_common import (ALL_MODELS, BUCKETS, bucket_name, fail, fmt, load_study_data, read_results,
-                          score_slices, summarise, train_predict, user_buckets)
+from study_common import (BUCKETS, bucket_name, fail, fmt, load_study_data, run_study, score_slices, study_parser,
+                          summarise, train_predict, user_buckets)
 
 
 def run(a) -> dict:
@@ -129,24 +128,8 @@ def plot(res: dict, path: Path) -> None:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--datasets", nargs="+", default=["ml100k"], choices=["ml100k", "douban", "douban_gadtcdr",
-                                                                           "synthetic"])
-    ap.add_argument("--models", nargs="+", default=list(ALL_MODELS))
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    ap.add_argument("--epochs", type=int, help="trainer epochs (default: the trainer's default)")
-    ap.add_argument("--task", help="the task scored (default: the first)")
-    ap.add_argument("--data-seed", type=int, default=0, help="the train / valid / test split")
-    ap.add_argument("--synthetic-rows", type=int, default=100_000)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default="benchmarks/results/cold_users", help="path stem of .json / .md / .png")
-    ap.add_argument("--report-only", action="store_true", help="rebuild .md / .png from OUT.json")
-    a = ap.parse_args(argv)
-    res = read_results(a.out) if a.report_only else run(a)
-    md = report(res)
-    Path(a.out + ".md").write_text(md + "\n")
-    plot(res, Path(a.out + ".png"))
-    print(md)
+    ap = study_parser(__doc__, "benchmarks/results/cold_users")
+    run_study(ap.parse_args(argv), run, report, plot)
 
 
 if __name__ == "__main__":

@@ -21,13 +21,12 @@ Outputs ``OUT.json`` (every run; a rerun skips finished groups), ``OUT.md`` (tab
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
 import numpy as np
-from study_common import (ALL_MODELS, cut_split, fail, fmt, load_study_data, read_results, score_slices,
+from study_common import (run_study, study_parser, cut_split, fail, fmt, load_study_data, score_slices,
                           summarise, train_predict)
 
 FRACTIONS = (1.0, 0.2, 0.05, 0.01)
@@ -152,26 +151,10 @@ def plot(res: dict, path: Path) -> None:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--datasets", nargs="+", default=["ml100k"], choices=["ml100k", "douban", "douban_gadtcdr",
-                                                                           "synthetic"])
+    ap = study_parser(__doc__, "benchmarks/results/sparse_domains")
     ap.add_argument("--domains", nargs="+", help="domains to downsample, one at a time (default: every domain)")
     ap.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
-    ap.add_argument("--models", nargs="+", default=list(ALL_MODELS))
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    ap.add_argument("--epochs", type=int, help="trainer epochs (default: the trainer's default)")
-    ap.add_argument("--task", help="the task scored (default: the first)")
-    ap.add_argument("--data-seed", type=int, default=0, help="the train / valid / test split (and synthetic world)")
-    ap.add_argument("--synthetic-rows", type=int, default=100_000)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default="benchmarks/results/sparse_domains", help="path stem of .json / .md / .png")
-    ap.add_argument("--report-only", action="store_true", help="rebuild .md / .png from OUT.json")
-    a = ap.parse_args(argv)
-    res = read_results(a.out) if a.report_only else run(a)
-    md = report(res)
-    Path(a.out + ".md").write_text(md + "\n")
-    plot(res, Path(a.out + ".png"))
-    print(md)
+    run_study(ap.parse_args(argv), run, report, plot)
 
 
 if __name__ == "__main__":

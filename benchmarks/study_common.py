@@ -224,3 +224,32 @@ def fmt(s: dict, points: bool = False) -> str:
     if points:
         return f"{100 * s['mean']:+.2f} [{100 * s['lo']:+.2f}, {100 * s['hi']:+.2f}]"
     return f"{s['mean']:.4f} [{s['lo']:.4f}, {s['hi']:.4f}]"
+
+
+def study_parser(doc: str, out: str):
+    """The flags both studies take (``--datasets``, ``--models``, ``--seeds``, ``--epochs``, ``--task``,
+    ``--data-seed``, ``--synthetic-rows``, ``--threads``, ``--out``, ``--report-only``); a study adds its own."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", nargs="+", default=["ml100k"], choices=["ml100k", "douban", "douban_gadtcdr",
+                                                                           "synthetic"])
+    ap.add_argument("--models", nargs="+", default=list(ALL_MODELS))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--epochs", type=int, help="trainer epochs (default: the trainer's default)")
+    ap.add_argument("--task", help="the task scored (default: the first)")
+    ap.add_argument("--data-seed", type=int, default=0, help="the train / valid / test split (and synthetic world)")
+    ap.add_argument("--synthetic-rows", type=int, default=100_000)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=out, help="path stem of .json / .md / .png")
+    ap.add_argument("--report-only", action="store_true", help="rebuild .md / .png from OUT.json")
+    return ap
+
+
+def run_study(a, run, report, plot) -> None:
+    """Run (or with ``--report-only`` re-read) a study, write OUT.md and OUT.png, print the markdown."""
+    res = read_results(a.out) if a.report_only else run(a)
+    md = report(res)
+    Path(a.out + ".md").write_text(md + "\n")
+    plot(res, Path(a.out + ".png"))
+    print(md)
