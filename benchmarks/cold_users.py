@@ -23,19 +23,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from study_common import (BUCKETS, bucket_name, fail, fmt, load_study_data, run_study, score_slices, study_parser,
+from study_common import (start, BUCKETS, bucket_name, fail, fmt, load_study_data, run_study, score_slices, study_parser,
                           summarise, train_predict, user_buckets)
 
 
 def run(a) -> dict:
-    import torch
-
-    torch.set_num_threads(a.threads)
-    out = Path(a.out + ".json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    res = json.loads(out.read_text()) if out.exists() else {"runs": {}, "meta": {}}
-    models = ["dnn"] + [m for m in a.models if m != "dnn"]
-    trainer = {"progress": False} | ({"epochs": a.epochs} if a.epochs else {})
+    out, res, models, trainer = start(a)
     for ds in a.datasets:
         schema, tables, _ = load_study_data(ds, a.data_seed, a.synthetic_rows)
         task = a.task or schema.task_names[0]

@@ -26,21 +26,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-from study_common import (run_study, study_parser, cut_split, fail, fmt, load_study_data, score_slices,
+from study_common import (start, run_study, study_parser, cut_split, fail, fmt, load_study_data, score_slices,
                           summarise, train_predict)
 
 FRACTIONS = (1.0, 0.2, 0.05, 0.01)
 
 
 def run(a) -> dict:
-    import torch
-
-    torch.set_num_threads(a.threads)
-    out = Path(a.out + ".json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    res = json.loads(out.read_text()) if out.exists() else {"runs": {}, "meta": {}}
-    models = ["dnn"] + [m for m in a.models if m != "dnn"]
-    trainer = {"progress": False} | ({"epochs": a.epochs} if a.epochs else {})
+    out, res, models, trainer = start(a)
     for ds in a.datasets:
         schema, tables, truth = load_study_data(ds, a.data_seed, a.synthetic_rows)
         task = a.task or schema.task_names[0]

@@ -253,3 +253,18 @@ def run_study(a, run, report, plot) -> None:
     Path(a.out + ".md").write_text(md + "\n")
     plot(res, Path(a.out + ".png"))
     print(md)
+
+
+def start(a):
+    """(OUT.json path, the results so far (a run adds to them), models with dnn first, trainer keys) of a
+    study's parsed flags ``a``; sets the torch threads."""
+    import json
+
+    import torch
+
+    torch.set_num_threads(a.threads)
+    out = Path(a.out + ".json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    res = json.loads(out.read_text()) if out.exists() else {"runs": {}, "meta": {}}
+    models = ["dnn"] + [m for m in a.models if m != "dnn"]
+    return out, res, models, {"progress": False} | ({"epochs": a.epochs} if a.epochs else {})
