@@ -380,15 +380,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return int(args.fn(args) or 0)
-    except DynarecError as e:
-        print(f"dynarec: error: {e}", file=sys.stderr)
-        return 2
-    except FloatingPointError as e:
+    except (DynarecError, FloatingPointError) as e:  # a user's mistake, a diverging loss: one line
         print(f"dynarec: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("dynarec: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # torch.compile's backend failing on this machine: one line, not a traceback
+        if type(e).__name__ != "BackendCompilerFailed":
+            raise
+        print(f"dynarec: error: trainer.compile: torch.compile could not build this model here "
+              f"({str(e).strip().splitlines()[-1][:160]}); set trainer.compile: false", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ tests/nn/test_moe_batched.py: ``γ_k = k·u/(1 − k·u)``, ``u = 2⁻²⁴``, `
 their difference is within twice that."""
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -19,6 +20,12 @@ from dynarec.train.config import TrainerConfig
 
 needs_cxx = pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
                                reason="torch.compile's inductor needs a C++ compiler")
+# inductor generates C++ for the CPU's own vector ISA (-march=native) but its precompiled header follows
+# ATEN_CPU_CAPABILITY: forced lower (e.g. `default`), the generated kernels do not compile (torch 2.13,
+# "'at::vec' has not been declared"); a torch limitation of that override, not of dynarec's wiring
+native_isa = pytest.mark.skipif(os.environ.get("ATEN_CPU_CAPABILITY", "") not in ("",),
+                                reason="ATEN_CPU_CAPABILITY is forced: inductor's C++ kernels target the native ISA "
+                                       "and do not build against the forced capability's header (torch 2.13)")
 
 
 def gamma(k: int, u: float = 2.0 ** -24) -> float:
@@ -35,6 +42,7 @@ def abs_network64(x, ex: Experts) -> torch.Tensor:
 
 
 @needs_cxx
+@native_isa
 def test_compiled_equals_eager_within_twice_the_float32_bound():
     from torch._dynamo.utils import counters
 
