@@ -78,3 +78,24 @@ def test_compile_key_values(monkeypatch, small_synth):
     if any(shutil.which(c) for c in ("g++", "c++", "clang++")):
         Trainer(model, TrainerConfig(device="cpu", progress=False, compile=True))
         assert model._compiled_call_impl is not None  # model(batch) -- train step and evaluation -- compiled
+
+
+def test_a_backend_that_cannot_build_here_is_one_stderr_line(tmp_path, monkeypatch, capsys):
+    """torch.compile fails lazily, inside the first step: the CLI says so in one line (exit 1), naming the key."""
+    import dynarec.train.step as step
+    from dynarec.cli import main
+
+    class BackendCompilerFailed(Exception):  # the name torch._dynamo.exc gives the failure
+        pass
+
+    def failing(model):
+        raise BackendCompilerFailed("backend='inductor' raised:\nCppCompileError: C++ compile error")
+
+    monkeypatch.setattr(step, "compile_model", failing)
+    assert main(["data", "synthetic", "--rows", "600", "--out", str(tmp_path / "d")]) == 0
+    capsys.readouterr()
+    rc = main(["train", "--model", "dnn", "--data", str(tmp_path / "d"), "--epochs", "1", "--out", str(tmp_path / "r"),
+               "--set", "trainer.compile=true", "--set", "trainer.progress=false"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1, err
+    assert "trainer.compile" in err[0] and "CppCompileError" in err[0] and "trainer.compile: false" in err[0]
