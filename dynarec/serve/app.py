@@ -49,12 +49,10 @@ class App:
 
     def predict(self, req) -> None:
         t0 = time.perf_counter()
-        eng, limit = self.engine, self.cfg.max_body_bytes
+        eng = self.engine
         if req.method != "POST":
             return eng.answer_error(lambda s, b: req.reply(s, b, headers=((b"allow", b"POST"),)), 405,
                                     "POST /predict with JSON {\"rows\": [...]}")
-        if req.too_large:
-            return eng.answer_error(req.reply, 413, f"request body over {limit} bytes")
         if not req.body:
             return eng.answer_error(req.reply, 400, "empty request body; expected JSON {\"rows\": [...]}")
         try:
@@ -76,8 +74,6 @@ class App:
         if req.method != "POST":
             return eng.answer_error(lambda s, b: req.reply(s, b, headers=((b"allow", b"POST"),)), 405,
                                     "POST /retrieve with JSON {\"users\": [...], \"k\": 20}", ep)
-        if req.too_large:
-            return eng.answer_error(req.reply, 413, f"request body over {self.cfg.max_body_bytes} bytes", ep)
         try:
             out = answer(self.retriever, _loads(req.body or b"null"), self.cfg.max_rows)
         except (ValueError, UnicodeDecodeError) as e:

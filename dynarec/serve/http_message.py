@@ -34,11 +34,10 @@ def error(status: int, msg: str) -> bytes:
 class Request:
     """One parsed request; ``reply`` answers it (once), from any code running on the event loop."""
 
-    __slots__ = ("method", "path", "body", "too_large", "close", "_conn", "_slot")
+    __slots__ = ("method", "path", "body", "close", "_conn", "_slot")
 
     def __init__(self, conn, method: str, path: str, body: bytes, close: bool):
         self.method, self.path, self.body, self.close = method, path, body, close
-        self.too_large = False  # bodies over the limit are refused (413) before any handler sees them
         self._conn = conn
         self._slot = None
 

@@ -161,7 +161,7 @@ def test_a_route_crash_is_logged_with_its_traceback(caplog):
             raise RuntimeError("bundle vanished")
 
     class Req:
-        method, path, body, too_large = "GET", "/healthz", b"", False
+        method, path, body = "GET", "/healthz", b""
 
         def reply(self, status, body, *a, **k):
             self.status = status
