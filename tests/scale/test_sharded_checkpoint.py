@@ -12,19 +12,15 @@ import torch
 
 from dynarec.config import build_dataclass
 from dynarec.errors import ConfigError, DataError
-from dynarec.tables import torchrec_adapter
 from dynarec.train.checkpoint import load_checkpoint
 from dynarec.train.config import TrainerConfig
 from dynarec.train.placement import Placement, TorchRec
 from dynarec.train.sharded_checkpoint import AUTO_BYTES, MANIFEST, wanted
 from tests.scale.test_ddp import _torchrun
+from tests.scale.test_torchrec import needs_torchrec
 
 WORKER = Path(__file__).with_name("sharded_worker.py")
 SHARDINGS = ["table_wise", "column_wise"]
-needs_torchrec = pytest.mark.skipif(
-    not torchrec_adapter.available(),
-    reason="TorchRec is not installed: pip install 'dynarec[torchrec]' then pip install --no-deps "
-           "torchrec==1.8.0 (docs/scale_out.md)")
 
 
 @pytest.fixture(scope="module")

@@ -42,6 +42,8 @@ def _close(name, key, got, want):
     off = diff > ATOL + RTOL * want.abs()
     assert off.float().mean() <= TABLE_SHARE and diff.max() <= TABLE_MAX, \
         f"{name} {key}: {int(off.sum())} of {off.numel()} differ, max {float(diff.max()):.2e}"
+
+
 needs_torchrec = pytest.mark.skipif(
     not torchrec_adapter.available(),
     reason="TorchRec is not installed: pip install 'dynarec[torchrec]' then pip install --no-deps "
