@@ -18,7 +18,8 @@ Fit to face untrusted clients, under :class:`~dynarec.serve.limits.HttpLimits`:
 * ``HEAD`` gets the headers of its answer without the body; absolute-form targets (``http://host/path``) are
   served by their path; ``Upgrade`` is ignored (the request, body included, is answered over HTTP/1.1);
   ``100 Continue`` goes to HTTP/1.1 clients only, after the answers owed before it; request smuggling
-  (``Content-Length`` with ``Transfer-Encoding``, ...) is refused by the parser (400).
+  (``Content-Length`` with ``Transfer-Encoding``, ...) is refused by the parser (400), as is an HTTP/1.1
+  request without exactly one ``Host`` header (RFC 9112, 3.2).
 
 A handler with a ``refused(status, path)`` method is told of each refusal of this layer (to count it).
 Errors of a handler are logged with their traceback on the ``dynarec.serve.http`` logger and answered 500."""
@@ -77,7 +78,7 @@ class Connection(asyncio.Protocol):
 
     def _reset(self) -> None:
         self.url, self.chunks, self.size, self.expect = b"", [], 0, False
-        self.url_len = self.nheaders = self.nchunks = 0
+        self.url_len = self.nheaders = self.nchunks = self.nhost = 0
         self.clen, self.chunked, self.upgrade = None, False, False
 
     # ---- asyncio.Protocol ------------------------------------------------------------------------------
@@ -209,7 +210,7 @@ class Connection(asyncio.Protocol):
             return False
         frame = b"transfer-encoding: chunked" if self.chunked else b"content-length: %d" % (self.clen or 0)
         try:
-            self.parser.feed_data(b"%s %s HTTP/1.1\r\n%s\r\nconnection: %s\r\n\r\n" % (
+            self.parser.feed_data(b"%s %s HTTP/1.1\r\nhost: -\r\n%s\r\nconnection: %s\r\n\r\n" % (
                 method, url, frame, b"keep-alive" if keep else b"close"))
         except httptools.HttpParserError as e:  # a bodiless request with connection: close (_Stop)
             self.dead, self.backlog = True, b""
@@ -244,9 +245,14 @@ class Connection(asyncio.Protocol):
             self.chunked = True
         elif n == b"expect" and value.lower() == b"100-continue":
             self.expect = True
+        elif n == b"host":
+            self.nhost += 1
 
     def on_headers_complete(self) -> None:
         self.in_head = False
+        if self.nhost != 1 and (self.nhost or self.parser.get_http_version() == "1.1"):  # RFC 9112, 3.2
+            raise _Refuse(400, "an HTTP/1.1 request without a Host header" if not self.nhost
+                          else f"{self.nhost} Host headers in one request")
         if self.clen is not None and self.clen > self.max_body:
             raise _Refuse(413, f"request body over {self.max_body} bytes (content-length {self.clen})")
         if self.parser.should_upgrade():

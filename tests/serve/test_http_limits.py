@@ -17,9 +17,9 @@ from tests.serve.rawhttp import GET, SMALL, Server, read_all, read_one, response
 
 # ---- sizes, counted before buffering ----------------------------------------------------------------------
 @pytest.mark.parametrize("req, status", [
-    (b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * 6000, 431),  # header bytes, the head never completes
-    (b"GET /healthz HTTP/1.1\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(30)) + b"\r\n", 431),
-    (b"GET /" + b"u" * 2000 + b" HTTP/1.1\r\n\r\n", 414),
+    (b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 6000, 431),  # header bytes, the head never completes
+    (b"GET /healthz HTTP/1.1\r\nHost: t\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(30)) + b"\r\n", 431),
+    (b"GET /" + b"u" * 2000 + b" HTTP/1.1\r\nHost: t\r\n\r\n", 414),
     (b"\r\n" * 3000, 431),  # blank lines before a request count too
 ])
 def test_oversized_heads_are_refused_and_closed(srv, req, status):
@@ -47,7 +47,7 @@ def test_a_giant_header_reaches_the_parser_only_up_to_the_limit(srv, monkeypatch
 
     monkeypatch.setattr(httptools, "HttpRequestParser", Counting)
     s = srv.connect()
-    s.sendall(b"GET /healthz HTTP/1.1\r\nX-Big: ")
+    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: ")
     try:
         for _ in range(128):  # 8 MiB of one header value, 64 KiB a write
             s.sendall(b"a" * 65536)
@@ -66,7 +66,7 @@ def test_body_over_the_limit_gets_413_from_content_length_alone(srv):
         (got, hdrs, _), = responses(raw)
         assert got == 413 and hdrs[b"connection"] == b"close"
     s = srv.connect()  # chunked: refused as soon as the chunks pass the limit
-    s.sendall(b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + b"200\r\n" + b"x" * 512 + b"\r\n" * 1
+    s.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n" + b"200\r\n" + b"x" * 512 + b"\r\n" * 1
               + b"200\r\n" + b"x" * 512 + b"\r\n")
     (got, _, _), = responses(read_all(s))
     assert got == 413
@@ -74,18 +74,18 @@ def test_body_over_the_limit_gets_413_from_content_length_alone(srv):
 
 def test_chunk_extensions_are_bounded(srv):
     s = srv.connect()
-    s.sendall(b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=" + b"e" * 20000)
+    s.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=" + b"e" * 20000)
     (got, _, body), = responses(read_all(s))
     assert got == 400 and b"chunk extension" in body
     s = srv.connect()  # a small extension is fine
-    s.sendall(b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;a=b\r\nhello\r\n0\r\n\r\n")
+    s.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5;a=b\r\nhello\r\n0\r\n\r\n")
     assert read_one(s)[:3:2] == (200, b"hello")
 
 
 def test_request_smuggling_still_refused(srv):
     s = srv.connect()
-    s.sendall(b"POST /echo HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
-              b"0\r\n\r\nGET /x HTTP/1.1\r\n\r\n")
+    s.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+              b"0\r\n\r\nGET /x HTTP/1.1\r\nHost: t\r\n\r\n")
     (got, _, _), = responses(read_all(s))
     assert got == 400
 
@@ -93,7 +93,7 @@ def test_request_smuggling_still_refused(srv):
 # ---- time and connections ---------------------------------------------------------------------------------
 def test_slowloris_gets_408_at_the_request_deadline(srv):
     s = srv.connect()
-    s.sendall(b"GET /healthz HTTP/1.1\r\n")
+    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n")
     t0, raw = time.monotonic(), b""
     while time.monotonic() - t0 < 4:  # one header line every 0.1 s: the head never ends
         try:
@@ -141,7 +141,7 @@ def test_connection_cap_makes_room_from_idle_sockets_and_refuses_cleanly_when_no
     assert sum(map(_closed, idle)) == 1  # ...one idle connection made room, at once
     busy = [srv.connect() for _ in range(cap)]
     for c in busy:  # a request in progress on every connection: none can be closed
-        c.sendall(b"GET /healthz HTTP/1.1\r\n")
+        c.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n")
     srv.wait(lambda: srv.open() == cap and srv.open(idle=True) == 0)
     s = srv.connect()
     s.sendall(GET)
@@ -163,7 +163,7 @@ def test_pipelining_without_reading_is_bounded_and_loses_nothing(patient):
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)  # the kernel holds few answers on our side
     s.connect(("127.0.0.1", srv.port))
-    req = b"GET /big HTTP/1.1\r\nX-Pad: " + b"p" * 1000 + b"\r\n\r\n"  # ~1 KiB in, 4 KiB out
+    req = b"GET /big HTTP/1.1\r\nHost: t\r\nX-Pad: " + b"p" * 1000 + b"\r\n\r\n"  # ~1 KiB in, 4 KiB out
     s.setblocking(False)
     sent, most, t0, burst = 0, 0, time.monotonic(), req * 16
     while sent < (4 << 20) and time.monotonic() - t0 < 5:  # 4 MiB of requests whose answers are left unread
@@ -181,7 +181,7 @@ def test_pipelining_without_reading_is_bounded_and_loses_nothing(patient):
     raw = []
     reader = threading.Thread(target=lambda: raw.append(read_all(s, limit_s=60)))
     reader.start()
-    s.sendall((req[rem:] if rem else b"") + b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")
+    s.sendall((req[rem:] if rem else b"") + b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
     reader.join(70)
     got = responses(raw[0])
     n = sent // len(req) + bool(rem)
@@ -194,7 +194,7 @@ def test_a_client_that_never_reads_its_answers_is_dropped(srv):
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
     s.connect(("127.0.0.1", srv.port))
     s.setblocking(False)
-    burst, t0 = b"GET /big HTTP/1.1\r\n\r\n" * 2000, time.monotonic()
+    burst, t0 = b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n" * 2000, time.monotonic()
     while time.monotonic() - t0 < 3:  # until the server stops reading
         try:
             s.send(burst)

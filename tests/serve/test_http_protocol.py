@@ -1,6 +1,6 @@
 """HTTP details of the serving layer over RAW loopback sockets (HEAD without a body, earlier pipelined answers
 before a 400, ``Upgrade: h2c`` ignored with the body kept, absolute-form targets, ``connection: close``,
-``100 Continue`` only to HTTP/1.1 and in order), a handler's crash logged with its traceback, and the
+``100 Continue`` only to HTTP/1.1 and in order, exactly one Host header in HTTP/1.1), a handler's crash logged with its traceback, and the
 ``dynarec serve`` wiring (every limit a flag; ``run_app`` serves under ``ServerConfig.http``)."""
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from tests.serve.rawhttp import _LEFT, GET, read_all, read_one, responses, srv  
 # ---- HTTP details -----------------------------------------------------------------------------------------
 def test_head_is_answered_without_a_body(srv):
     s = srv.connect()
-    s.sendall(b"HEAD /healthz HTTP/1.1\r\n\r\nGET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")
+    s.sendall(b"HEAD /healthz HTTP/1.1\r\nHost: t\r\n\r\nGET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
     raw = read_all(s)
     head, rest = raw.split(b"\r\n\r\n", 1)
     assert b"content-length: 16" in head  # the length the GET would get...
@@ -31,7 +31,7 @@ def test_head_is_answered_without_a_body(srv):
 
 def test_earlier_pipelined_answers_are_sent_before_a_400(srv):
     s = srv.connect()
-    s.sendall(b"GET /slow HTTP/1.1\r\n\r\nNOT HTTP AT ALL\r\n\r\n")
+    s.sendall(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\nNOT HTTP AT ALL\r\n\r\n")
     got = responses(read_all(s))
     assert [g[0] for g in got] == [200, 400] and got[0][2] == b'{"slow": true}'
     assert got[1][1][b"connection"] == b"close"
@@ -52,6 +52,21 @@ def test_absolute_form_target_and_connection_close(srv):
     assert got == 200 and body == b'{"status": "ok"}' and hdrs[b"connection"] == b"close"
 
 
+@pytest.mark.parametrize("req, why", [
+    (b"GET /healthz HTTP/1.1\r\n\r\n", b"without a Host header"),  # RFC 9112 3.2: 1.1 needs exactly one
+    (b"GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", b"2 Host headers"),
+    (b"GET /healthz HTTP/1.0\r\nHost: a\r\nhost: a\r\n\r\n", b"2 Host headers"),
+])
+def test_host_header_is_required_once(srv, req, why):
+    s = srv.connect()
+    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n" + req + GET)
+    got = responses(read_all(s))
+    assert [g[0] for g in got] == [200, 400] and why in got[1][2]  # the refused request ends the connection
+    s = srv.connect()
+    s.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")  # HTTP/1.0 may leave Host out
+    assert responses(read_all(s))[0][::2] == (200, b'{"status": "ok"}')
+
+
 def test_100_continue_only_to_http11_and_after_earlier_answers(srv):
     s = srv.connect()
     s.sendall(b"POST /echo HTTP/1.0\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n")
@@ -62,7 +77,7 @@ def test_100_continue_only_to_http11_and_after_earlier_answers(srv):
     (got, _, body), = responses(read_all(s))
     assert (got, body) == (200, b"ok")
     s = srv.connect()
-    s.sendall(b"GET /slow HTTP/1.1\r\n\r\nPOST /echo HTTP/1.1\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n")
+    s.sendall(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\nPOST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n")
     assert read_one(s)[::2] == (200, b'{"slow": true}')  # the answer owed first...
     s.settimeout(3)
     interim = _LEFT.pop(s, b"")
@@ -75,7 +90,7 @@ def test_100_continue_only_to_http11_and_after_earlier_answers(srv):
 def test_a_handler_crash_is_a_logged_500(srv, caplog):
     s = srv.connect()
     with caplog.at_level(logging.ERROR, logger="dynarec.serve.http"):
-        s.sendall(b"GET /boom HTTP/1.1\r\n\r\n" + GET)
+        s.sendall(b"GET /boom HTTP/1.1\r\nHost: t\r\n\r\n" + GET)
         assert read_one(s)[0] == 500
         assert read_one(s)[0] == 200  # the connection survives
     rec = [r for r in caplog.records if r.name == "dynarec.serve.http"]
@@ -129,11 +144,11 @@ def test_run_app_serves_under_the_configured_limits():
     try:
         assert ready.wait(10)
         s = socket.create_connection(("127.0.0.1", port), timeout=3)
-        s.sendall(b"POST /predict HTTP/1.1\r\nContent-Length: 11\r\n\r\n")
+        s.sendall(b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\n\r\n")
         assert responses(read_all(s))[0][0] == 413  # max_body_bytes
         assert App.counted == [(413, "/predict")]  # told to the app (its /metrics count it)
         s = socket.create_connection(("127.0.0.1", port), timeout=3)
-        s.sendall(b"GET / HTTP/1.1\r\nX: " + b"x" * 3000 + b"\r\n\r\n")
+        s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nX: " + b"x" * 3000 + b"\r\n\r\n")
         assert responses(read_all(s))[0][0] == 431  # http.max_head_bytes
         s = socket.create_connection(("127.0.0.1", port), timeout=3)
         t0 = time.monotonic()
@@ -176,7 +191,7 @@ def test_a_route_crash_is_logged_with_its_traceback(caplog):
 
 def test_bodiless_upgrade_and_connect_are_answered_then_closed(srv):
     s = srv.connect()
-    s.sendall(b"GET /healthz HTTP/1.1\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\n\r\n")
+    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\n\r\n")
     (got, hdrs, body), = responses(read_all(s))
     assert (got, body, hdrs[b"connection"]) == (200, b'{"status": "ok"}', b"close")
     s = srv.connect()
@@ -187,7 +202,7 @@ def test_bodiless_upgrade_and_connect_are_answered_then_closed(srv):
 
 def test_a_half_closed_client_still_gets_its_answers(srv):
     s = srv.connect()
-    s.sendall(b"GET /slow HTTP/1.1\r\n\r\n" + GET)
+    s.sendall(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n" + GET)
     s.shutdown(socket.SHUT_WR)  # `printf ... | nc -N`: all the client will send
     got = responses(read_all(s))
     assert [g[0] for g in got] == [200, 200] and got[0][2] == b'{"slow": true}'
