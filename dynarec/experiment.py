@@ -141,14 +141,12 @@ class Retrieval(Kind):
     """Query and item towers: :func:`dynarec.retrieval.train.train_retrieval`, exact full-corpus metrics."""
 
     def train(self, cfg, schema, tables, encoders, console, resume, overwrite=False):
-        if overwrite:
-            raise DynarecError("--overwrite: retrieval runs do not compare their checkpoint with the one in --out yet "
-                               "(a finished retrieval run replaces it); drop --overwrite")
         from dynarec.models.registry import build_model
         from dynarec.retrieval.train import train_retrieval
 
         return train_retrieval(cfg.model, schema, tables, cfg.params, cfg.trainer, cfg.seed, cfg.out, encoders,
-                               console=console, run_config=to_dict(cfg), resume=resume, build=build_model)
+                               console=console, run_config=to_dict(cfg), resume=resume, build=build_model,
+                               overwrite=overwrite)
 
     def evaluate(self, checkpoint, data, split, mc_dropout):
         from dynarec.retrieval.cli import evaluate_run

@@ -10,7 +10,8 @@
   :func:`~dynarec.train.checkpoint.save_checkpoint`, ``metrics.json``, plus ``retrieval.pt``
   (:mod:`dynarec.retrieval.lookup`: corpus vectors, query ids and seen items for ``dynarec retrieve``).
 
-Not supported here (one-line errors): ``--resume``, several processes. The run stays on the CPU."""
+A finished run never replaces a better one in ``--out`` (``--overwrite`` does), and a collapsed fit stops with
+one line. Not supported here (one-line errors): ``--resume``, several processes. The run stays on the CPU."""
 from __future__ import annotations
 
 import json
@@ -24,7 +25,9 @@ from dynarec.config import build_dataclass, to_dict
 from dynarec.errors import DynarecError
 from dynarec.retrieval.dataset import build_retrieval_data
 from dynarec.retrieval.evaluate import corpus_vectors, evaluate_retrieval
+from dynarec.train.better import refuse_worse, valid_record
 from dynarec.train.callbacks import CsvLog, EarlyStopping, ProgressBar
+from dynarec.train.collapse import CollapseGuard
 from dynarec.train.config import TrainerConfig
 from dynarec.train.loop import Callback, History, Loop
 from dynarec.train.result import MARKERS, Result
@@ -48,6 +51,7 @@ class RetrievalValidation(Callback):
         for k in ("recall@10", MONITOR, "ndcg@10"):
             row[f"valid_{k}"] = m[k]["all"]
         loop.monitor = (m[MONITOR]["all"], True)
+        loop.history.monitor, loop.history.higher = MONITOR, True
 
 
 def _fit(model, data, cfg: TrainerConfig, seed: int, log_path, console) -> History:
@@ -58,20 +62,27 @@ def _fit(model, data, cfg: TrainerConfig, seed: int, log_path, console) -> Histo
         return History(epochs=[{"epoch": 1, "train_loss": 0.0}], best_epoch=1)
     step = RetrievalStep(model, cfg, data, torch.Generator().manual_seed(seed + 1))
     cbs = [RetrievalValidation(data), EarlyStopping(cfg.patience)] if "valid" in data.evals else []
+    cbs.append(CollapseGuard())  # the training-loss sign (a ranking model's AUC sign does not apply)
     if cfg.progress:
         cbs.append(ProgressBar(console, MONITOR))
     if log_path is not None:
         cbs.append(CsvLog(log_path))
-    return Loop(model, step, cbs).fit(data.train, cfg.epochs, cfg.batch_size, seed, cfg.threads)
+    loop = Loop(model, step, cbs)
+    loop.hint = f"trainer.lr {cfg.lr:g} / trainer.embedding_lr {cfg.embedding_lr:g} too high (try 10x lower)"
+    return loop.fit(data.train, cfg.epochs, cfg.batch_size, seed, cfg.threads)
 
 
 def train_retrieval(model_name: str, schema, tables: dict, params: dict | None = None, trainer=None, seed: int = 0,
                     out=None, encoders: dict | None = None, console=None, run_config: dict | None = None,
-                    resume: bool = False, data=None, *, build):
+                    resume: bool = False, data=None, *, build, overwrite: bool = False):
     """Build (``build(model_name, schema, params)``: the registry's ``build_model``, passed down by the
     experiment layer) and train retrieval model ``model_name`` on the prepared ``tables``; exact full-corpus
     metrics on the test split (valid when there is none). ``data``: a prebuilt :class:`RetrievalData`.
-    Returns a :class:`dynarec.train.result.Result` (``metrics`` = ``{"recall@10": {"all": x, ...}, ...}``)."""
+    Returns a :class:`dynarec.train.result.Result` (``metrics`` = ``{"recall@10": {"all": x, ...}, ...}``).
+
+    As a ranking run, a finished run never replaces one in ``out`` whose validation ``recall@50`` on the same
+    validation split is better (:mod:`dynarec.train.better`) unless ``overwrite``, and a fit whose training loss
+    ends far above its start stops with one line (:mod:`dynarec.train.collapse`)."""
     from dynarec.train.checkpoint import save_checkpoint
 
     if resume:
@@ -105,8 +116,11 @@ def train_retrieval(model_name: str, schema, tables: dict, params: dict | None =
         if work is not None:
             from dynarec.retrieval.lookup import save_lookup
 
+            record = valid_record(hist, tables.get("valid"))
+            refuse_worse(out, record, overwrite)
             save_checkpoint(work, model, params, encoders, {"trainer": to_dict(cfg), "seed": seed,
-                                                           "best_epoch": hist.best_epoch, "kind": "retrieval"})
+                                                           "best_epoch": hist.best_epoch, "kind": "retrieval",
+                                                           "valid": record})
             save_lookup(work, model, data, vectors)
             (work / "metrics.json").write_text(json.dumps(metrics, indent=2))
     except BaseException:

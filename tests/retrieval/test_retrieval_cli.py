@@ -94,3 +94,28 @@ def test_retrieve_hnsw_reports_recall_and_errors_are_one_line(llo_folder, tmp_pa
         assert len(err.splitlines()) == 1 and msg in err, err
     assert main(["retrieve", "--checkpoint", str(tmp_path), "--user", "u5"]) == 2
     assert "no retrieval.pt" in capsys.readouterr().err
+
+
+def test_worse_retrieval_run_never_replaces_a_better_one(llo_folder, tmp_path, capsys):
+    """The better-run rule of ranking runs holds for retrieval: a run scoring a lower validation recall@50 on
+    the same validation split is refused (exit 2, one line) and the folder stays byte for byte; --overwrite
+    replaces it; a collapsed fit (the loss far above its start) stops with one line naming the lr."""
+    out = tmp_path / "tt"
+    good = ["--model", "two_tower", "--set", "model.loss=sampled", "--set", "model.hidden=[]"]
+    _train(capsys, llo_folder, out, *good)
+    before = {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()}
+    worse = [*good, "--set", "trainer.embedding_lr=1e-7", "--epochs", "1"]  # one tiny-lr epoch: random vectors
+    assert main(["train", "--data", str(llo_folder), "--out", str(out), "--seed", "0", "--batch-size", "64",
+                 *worse]) == 2
+    err = [e for e in capsys.readouterr().err.splitlines() if not e.startswith("epoch ")]  # less the progress bar
+    assert len(err) == 1 and "better validation recall@50" in err[0] and "--overwrite" in err[0], err
+    assert {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()} == before
+    assert main(["train", "--data", str(llo_folder), "--out", str(out), "--seed", "0", "--batch-size", "64",
+                 *worse, "--overwrite"]) == 0
+    capsys.readouterr()
+    assert (out / "model.pt").read_bytes() != before["model.pt"]
+    assert main(["train", "--data", str(llo_folder), "--out", str(tmp_path / "boom"), "--seed", "0",
+                 "--batch-size", "64", "--epochs", "2", *good, "--set", "model.score=dot", "--set", "trainer.embedding_lr=1e4"]) == 2
+    err = [e for e in capsys.readouterr().err.splitlines() if not e.startswith("epoch ")]
+    assert len(err) == 1 and ("collapsed" in err[0] or "diverged" in err[0]) and "embedding_lr 10000" in err[0], err
+    assert not (tmp_path / "boom" / "model.pt").exists()
