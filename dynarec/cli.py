@@ -187,7 +187,9 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return int(args.fn(args) or 0)
     except (DynarecError, FloatingPointError) as e:  # a user's mistake, a diverging loss: one line
-        print(f"dynarec: error: {e}", file=sys.stderr)
+        from dynarec.train.rank_errors import report
+
+        report(f"dynarec: error: {e}")
         return 2
     except KeyboardInterrupt:
         print("dynarec: interrupted", file=sys.stderr)

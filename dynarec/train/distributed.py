@@ -193,11 +193,29 @@ def launch_train(a, nproc: int, trainer=None) -> int:
     if getattr(a, "resume", None) is not None:
         argv += ["--resume", str(a.resume)]
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    try:
-        torchrun(["--standalone", f"--nproc_per_node={nproc}", "-m", "dynarec", *argv])
-    except Exception as e:  # ChildFailedError: the ranks' own error lines are already on stderr
-        print(f"dynarec: error: training with {nproc} processes failed ({type(e).__name__})", file=sys.stderr)
-        return 1
+    import logging
+    import tempfile
+
+    from dynarec.train.rank_errors import ENV, first_line
+
+    elastic = logging.getLogger("torch.distributed.elastic")
+    level, elastic.level = elastic.level, logging.CRITICAL  # its "failed (exitcode: 2) ..." log: our line says it
+    with tempfile.TemporaryDirectory(prefix="dynarec-ranks-") as errors:
+        os.environ[ENV] = errors  # the ranks' one-line errors (dynarec.train.rank_errors), printed once below
+        try:
+            torchrun(["--standalone", f"--nproc_per_node={nproc}", "-m", "dynarec", *argv])
+        except Exception as e:  # ChildFailedError
+            codes = {f.exitcode for f in (getattr(e, "failures", None) or {}).values()}
+            line = first_line(errors)
+            if line is not None:  # a user's mistake, a diverged or collapsed fit: one line, exit code 2
+                print(line, file=sys.stderr)
+                return 2
+            print(f"dynarec: error: training with {nproc} processes failed ({type(e).__name__}, exit codes "
+                  f"{sorted(codes) or '?'})", file=sys.stderr)
+            return 1
+        finally:
+            os.environ.pop(ENV, None)
+            elastic.level = level
     return 0
 
 

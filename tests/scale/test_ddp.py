@@ -166,3 +166,21 @@ def test_cli_nproc_2_prints_the_json_contract_of_one_process(tmp_path):
     assert j2["checkpoint"] == str(tmp_path / "two") and (tmp_path / "two" / "model.pt").exists()
     assert abs(j1["metrics"]["auc"]["click"]["all"] - j2["metrics"]["auc"]["click"]["all"]) < 1e-4
     assert sum(line.startswith("{") for line in two.stdout.splitlines()) == 1  # rank 0 prints, once
+
+
+def test_cli_nproc_2_a_collapsed_fit_is_one_line_exit_2(tmp_path):
+    """Every rank stops on the collapse; the launcher prints ONE error line (not one per rank, nor torch's
+    elastic log) and exits 2, as a one-process run does; nothing is written to --out."""
+    from dynarec.cli import main
+
+    data = tmp_path / "data"
+    assert main(["data", "synthetic", "--rows", "1200", "--out", str(data)]) == 0
+    two = subprocess.run([sys.executable, "-m", "dynarec", "train", "--model", "dnn", "--data", str(data),
+                          "--epochs", "2", "--batch-size", "200", "--set", "trainer.lr=1e6", "--set",
+                          "trainer.progress=false", "--nproc", "2", "--out", str(tmp_path / "two")],
+                         env=_env(), capture_output=True, text=True, timeout=120, cwd=ROOT)
+    lines = [x for x in two.stderr.splitlines() if x.strip()]
+    assert two.returncode == 2, two.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("dynarec: error: training collapsed") and "trainer.lr 1e+06" \
+        in lines[0], lines
+    assert not (tmp_path / "two" / "model.pt").exists()
