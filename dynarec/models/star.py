@@ -21,7 +21,7 @@ from dynarec.models.base import POSITIVE, WIDTHS, BaseModel, ModelConfig
 from dynarec.models.keys import depends, when
 from dynarec.models.registry import register
 from dynarec.nn.mlp import MLP
-from dynarec.nn.star import MODES, PartitionedNorm, STARMLP
+from dynarec.nn.star import MODES, STATS, PartitionedNorm, STARMLP
 
 
 def _pn_unused(c) -> str | None:
@@ -43,12 +43,16 @@ class STAR(BaseModel):
         pn_hidden: bool = False  # also PN after every hidden STARLinear (dynarec option)
         pn_decay: float = field(default=0.99, metadata=rule(min=0, max=1, max_open=True))
         pn_eps: float = field(default=1e-3, metadata=POSITIVE)
+        # eval statistics of PN: exact per-domain statistics of the model at each epoch's end (precise), or the
+        # paper's running averages only (ema); nn.star.PartitionedNorm
+        pn_stats: str = field(default="precise", metadata=rule(choices=STATS))
         task_towers: bool = False
         # group | gather: two computations of the same outputs (speed only; benchmarks/star_gather_vs_group.py)
         star_mode: str = field(default="group", metadata=rule(choices=MODES))
 
     no_effect = {"tower_hidden": when(task_towers=True), "aux_hidden": when(aux=True), "aux_groups": when(aux=True),
-                 "pn_decay": depends(_pn_unused), "pn_eps": depends(_pn_unused)}
+                 "pn_decay": depends(_pn_unused), "pn_eps": depends(_pn_unused),
+                 "pn_stats": depends(_pn_unused)}
 
     def __init__(self, schema, config):
         super().__init__(schema, config)
@@ -57,9 +61,10 @@ class STAR(BaseModel):
             raise ConfigError("model.star.batch_norm: STAR normalises per domain; use partitioned_norm / "
                               "pn_hidden instead of batch_norm")
         D, T = self.num_domains, len(self.tasks)
-        self.pn = PartitionedNorm(self.input_dim, D, c.pn_decay, c.pn_eps) if c.partitioned_norm else None
+        self.pn = PartitionedNorm(self.input_dim, D, c.pn_decay, c.pn_eps, c.pn_stats) if c.partitioned_norm \
+            else None
         star_kw = dict(num_domains=D, act=c.activation, dropout=c.dropout, norm=c.pn_hidden, mode=c.star_mode,
-                       norm_decay=c.pn_decay, norm_eps=c.pn_eps)
+                       norm_decay=c.pn_decay, norm_eps=c.pn_eps, norm_stats=c.pn_stats)
         if c.task_towers:
             self.fcn = STARMLP(self.input_dim, c.hidden, None, **star_kw)
             self.towers = nn.ModuleDict({t: STARMLP(self.fcn.out_features, c.tower_hidden, 1, **star_kw)

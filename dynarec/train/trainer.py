@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dynarec.train.callbacks import CsvLog, EarlyStopping, ProgressBar, Validation, monitor_value  # noqa: F401
 from dynarec.train import device as devices
+from dynarec.train.callbacks import CsvLog, EarlyStopping, ProgressBar, Validation, monitor_value  # noqa: F401
 from dynarec.train.config import TrainerConfig, check_trainer
 from dynarec.train.loop import History, Loop, set_seed  # noqa: F401
 from dynarec.train.placement import Placement, placement_for
+from dynarec.train.precise_stats import PreciseStatistics
 from dynarec.train.step import TrainStep
 
 
@@ -92,10 +93,12 @@ class Trainer:
         evaluate the test split through the shards); call :meth:`finish` afterwards."""
         if resume is not None:
             self.placement.check_resume()
-        loop = Loop(self.model, self.step, self.callbacks(valid) + list(callbacks))
+        staged = self.placement.shard(train)
+        cbs = self.callbacks(valid)
+        cbs.insert(len(self.placement.callbacks()), PreciseStatistics(staged, self.cfg.batch_size))  # before valid
+        loop = Loop(self.model, self.step, cbs + list(callbacks))
         loop.hint = (f"trainer.lr {self.cfg.lr:g} / trainer.embedding_lr {self.cfg.embedding_lr:g} too high "
                      "(try 10x lower), or NaN / inf values in the data")
-        staged = self.placement.shard(train)
         hist = loop.fit(staged, self.cfg.epochs, self.cfg.batch_size, self.seed, self.cfg.threads, resume=resume)
         hist.train_rows_per_s *= self.placement.world  # rows of all ranks per second
         if finish:
