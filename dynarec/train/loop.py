@@ -73,6 +73,9 @@ class Loop:
         self.batch = 0  # the step within the epoch (1-based) being run
         self.generator: torch.Generator | None = None  # the batch order's generator (set by fit)
         self.hint = "a learning rate too high, or NaN / inf values in the data"  # why a loss diverges
+        self.in_epoch = False  # inside an epoch's batches (a state_dict saved now holds the position in it)
+        self._epoch = {}  # the running epoch: its generator state at the start, loss sum, steps, seconds
+        self._skip = None  # on a mid-epoch resume: the position to continue from
 
     def state_dict(self) -> dict:
         """Everything a resumed fit needs after the epoch just completed: the model's weights, the step's
@@ -80,7 +83,13 @@ class Loop:
         random states, the history and every callback's ``state_dict()``. Holds references to live tensors:
         ``torch.save`` it to keep a snapshot."""
         step_state = getattr(self.step, "state_dict", None)
-        return {"epoch": self.epoch, "stop": self.stop, "model": self.model.state_dict(),
+        position = None
+        if self.in_epoch:  # saved after a step inside epoch e: epoch e - 1 is the last completed one
+            position = {"epoch": self.epoch, "batch": self.batch, "generator": self._epoch["generator"],
+                        "loss_sum": self._epoch["loss_sum"], "steps": self._epoch["steps"],
+                        "seconds": time.perf_counter() - self._epoch["t0"]}
+        return {"epoch": self.epoch - 1 if position else self.epoch, "stop": self.stop, "position": position,
+                "model": self.model.state_dict(),
                 "step": step_state() if step_state else None,
                 "rng": {"batches": self.generator.get_state() if self.generator is not None else None,
                         "torch": torch.get_rng_state(), "numpy": np.random.get_state(),
@@ -111,6 +120,7 @@ class Loop:
             if hasattr(cb, "load_state_dict") and key in saved:
                 cb.load_state_dict(saved[key])
         self.epoch, self.stop = state["epoch"], state["stop"]
+        self._skip = state.get("position")
 
     def _call(self, hook: str, *args) -> None:
         for cb in self.callbacks:
@@ -139,10 +149,18 @@ class Loop:
                 self.epoch, self.monitor = epoch, None
                 self.model.train()
                 self._call("on_epoch_start", epoch)
-                t0 = time.perf_counter()
-                loss_sum, steps = 0.0, 0
+                pos, self._skip = self._skip, None
+                if pos is not None:  # a mid-epoch resume point: this epoch's batches again, the first k skipped
+                    gen.set_state(pos["generator"])
+                ep = self._epoch = {"generator": gen.get_state(), "loss_sum": pos["loss_sum"] if pos else 0.0,
+                                    "steps": pos["steps"] if pos else 0,
+                                    "t0": time.perf_counter() - (pos["seconds"] if pos else 0.0)}
+                skip = pos["batch"] if pos else 0
                 n_steps = -(-len(train) // batch_size)
+                self.in_epoch = True
                 for self.batch, b in enumerate(train.batches(batch_size, shuffle=True, generator=gen), 1):
+                    if self.batch <= skip:
+                        continue
                     try:
                         loss = self.step(b)
                     except FloatingPointError as e:
@@ -151,20 +169,22 @@ class Loop:
                     if not math.isfinite(loss):
                         raise DivergedError(f"training diverged at epoch {epoch}, step {self.batch} of "
                                             f"{n_steps}: the training loss became {loss}; likely cause: {self.hint}")
-                    loss_sum += loss
-                    steps += 1
+                    ep["loss_sum"] += loss
+                    ep["steps"] += 1
                     self._call("on_batch_end", len(b), loss)
-                dt = time.perf_counter() - t0
+                self.in_epoch = False
+                dt = time.perf_counter() - ep["t0"]
                 total_time += dt
                 hist.train_seconds = total_time
-                row = {"epoch": epoch, "train_loss": loss_sum / max(steps, 1), "rows_per_s": self.rows / dt,
-                       "seconds": dt}
+                row = {"epoch": epoch, "train_loss": ep["loss_sum"] / max(ep["steps"], 1),
+                       "rows_per_s": self.rows / dt, "seconds": dt}
                 hist.epochs.append(row)
                 self._call("on_epoch_end", row)
                 if self.stop:
                     break
             self._call("on_fit_end")
         finally:
+            self.in_epoch = False
             self._call("close")
         hist.train_seconds = total_time
         hist.train_rows_per_s = self.rows * len(hist.epochs) / max(total_time, 1e-9)

@@ -3,7 +3,8 @@ epoch by :class:`LastState` (put it after every other callback). It holds :meth:
 <dynarec.train.loop.Loop.state_dict>` (weights, both optimizers and the task weighting, the batch-order and
 global random generators, the epoch, early stopping's best score and state, the history and log rows) and the
 row counts and content fingerprints of the data it was trained on. ``dynarec train --resume DIR`` continues after the last completed
-epoch and ends exactly where the uninterrupted run would have."""
+epoch, or, with ``trainer.checkpoint_every_steps``, after the last saved step inside an epoch, and ends exactly
+where the uninterrupted run would have."""
 from __future__ import annotations
 
 import io
@@ -44,8 +45,17 @@ def load_state(path: Path, meta: dict) -> dict:
 
 
 class LastState(Checkpointing):
-    """Writes the resume point ``path`` after every epoch."""
+    """Writes the resume point ``path`` after every epoch and, with ``every_steps`` > 0, after every
+    ``every_steps``-th step inside an epoch (``trainer.checkpoint_every_steps``): then it also holds the position
+    in the epoch (the epoch's batch-order generator state at its start, the steps done, the epoch's loss sum
+    and time so far), and a resumed run replays that epoch's batch order, skips the steps done and continues
+    as the uninterrupted run would have (a streamed split re-reads the skipped row groups, nothing is trained
+    on them)."""
 
-    def __init__(self, path: str | Path, meta: dict):
-        self.path, self.meta = Path(path), meta
+    def __init__(self, path: str | Path, meta: dict, every_steps: int = 0):
+        self.path, self.meta, self.every_steps = Path(path), meta, every_steps
         super().__init__(lambda loop: save_state(self.path, loop, self.meta), every=1)
+
+    def on_batch_end(self, loop, rows: int, loss: float) -> None:
+        if self.every_steps and loop.batch % self.every_steps == 0 and loop.in_epoch:
+            self.save(loop)

@@ -73,17 +73,19 @@ def train_model(model_name: str, schema, tables: dict, params: dict | None = Non
     with placement.build_context():  # TorchRec under torchrun: tables without storage (each rank fills its shards)
         model = build_model(model_name, schema, params)
     valid = tables.get("valid")
+    meta = {"model": model_name, "train_rows": len(tables["train"]), "valid_rows": len(valid) if valid else 0,
+            "train_data": tables["train"].fingerprint(), "valid_data": valid.fingerprint() if valid else ""}
     if out is None or not is_main():  # no output folder, or a rank other than 0 of several processes
         if resume and out is None:
             raise DynarecError("resume: needs the interrupted run's out folder")
+        # every rank continues from rank 0's resume point (the same folder on one machine)
+        state = load_state(outdir.work_dir(Path(out)) / LAST, meta) if resume else None
         tr = Trainer(model, cfg, seed, None, task_weighting, console, placement)
-        hist = tr.fit(tables["train"], valid, [CollapseGuard(valid)], finish=False)
+        hist = tr.fit(tables["train"], valid, [CollapseGuard(valid)], resume=state, finish=False)
         return _finish(model, cfg, hist, tables, params, None, encoders, seed, placement)
     out = outdir.check_out(out, MARKERS, "training run")
     work = outdir.work_dir(out)
     tr = Trainer(model, cfg, seed, work / "log.csv", task_weighting, console, placement)  # checks the config first
-    meta = {"model": model_name, "train_rows": len(tables["train"]), "valid_rows": len(valid) if valid else 0,
-            "train_data": tables["train"].fingerprint(), "valid_data": valid.fingerprint() if valid else ""}
     state = None
     if resume:
         if not (work / LAST).exists():
@@ -97,8 +99,8 @@ def train_model(model_name: str, schema, tables: dict, params: dict | None = Non
                           "trainer": {**to_dict(cfg), "task_weighting": task_weighting or cfg.task_weighting}}
         (work / "config.json").write_text(json.dumps(run_config, indent=2))
     try:
-        hist = tr.fit(tables["train"], valid, [CollapseGuard(valid), LastState(work / LAST, meta)], resume=state,
-                      finish=False)
+        last = LastState(work / LAST, meta, cfg.checkpoint_every_steps)
+        hist = tr.fit(tables["train"], valid, [CollapseGuard(valid), last], resume=state, finish=False)
         res = _finish(model, cfg, hist, tables, params, work, encoders, seed, placement)
         refuse_worse(out, valid_record(hist, valid), overwrite)
         (work / LAST).unlink(missing_ok=True)
