@@ -184,3 +184,55 @@ def test_cli_nproc_2_a_collapsed_fit_is_one_line_exit_2(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("dynarec: error: training collapsed") and "trainer.lr 1e+06" \
         in lines[0], lines
     assert not (tmp_path / "two" / "model.pt").exists()
+
+
+def _kill_all(token: str) -> int:
+    """SIGKILL every process whose command line holds ``token`` -> how many."""
+    import signal
+
+    n = 0
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and int(d.name) != os.getpid():
+            try:
+                cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                if token in cmd.split():
+                    os.kill(int(d.name), signal.SIGKILL)
+                    n += 1
+            except (OSError, ProcessLookupError):
+                pass
+    return n
+
+
+def test_cli_nproc_2_killed_mid_epoch_resumes_every_rank(tmp_path):
+    """kill -9 of a 2-process run (its whole process group) inside epoch 1, then the same command with
+    --resume: every rank continues from rank 0's resume point (a rank that started over would train other
+    epochs than rank 0 and the metrics would differ), and the run ends where the uninterrupted one does."""
+    import time
+
+    from dynarec.cli import main
+
+    data = tmp_path / "data"
+    assert main(["data", "synthetic", "--rows", "4000", "--out", str(data)]) == 0
+    common = [sys.executable, "-m", "dynarec", "train", "--model", "dnn", "--data", str(data), "--epochs", "2",
+              "--batch-size", "64", "--seed", "1", "--set", "model.hidden=[8]", "--set", "trainer.progress=false",
+              "--set", "trainer.checkpoint_every_steps=1", "--nproc", "2"]
+    ref = subprocess.run([*common, "--out", str(tmp_path / "ref")], env=_env(), capture_output=True, text=True,
+                         timeout=180, cwd=ROOT)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    p = subprocess.Popen([*common, "--out", str(tmp_path / "run")], env=_env(), stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, cwd=ROOT, start_new_session=True)
+    last, t0 = tmp_path / ".run.partial" / "last.pt", time.time()
+    while not last.exists() and p.poll() is None and time.time() - t0 < 120:
+        time.sleep(0.005)
+    assert p.poll() is None, "the run ended before its first resume point"
+    killed = _kill_all(str(tmp_path / "run"))  # the launcher and both ranks (torchrun gives them own sessions)
+    p.wait()
+    assert killed >= 3, killed
+    assert not (tmp_path / "run" / "model.pt").exists()
+    res = subprocess.run([*common, "--out", str(tmp_path / "run"), "--resume", str(tmp_path / "run")], env=_env(),
+                         capture_output=True, text=True, timeout=180, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-3000:]
+    a = json.loads((tmp_path / "ref" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert a["auc"]["click"]["all"] == pytest.approx(b["auc"]["click"]["all"], abs=1e-6)
+    assert a["logloss"]["click"]["all"] == pytest.approx(b["logloss"]["click"]["all"], abs=1e-6)
