@@ -1,6 +1,6 @@
 """``dynarec predict``: a raw file of any size scored as it is read. The file is read in chunks
 (:func:`dynarec.data.scan.scan_chunks`: pyarrow's streaming CSV reader, Parquet record batches), re-cut into
-pieces of exactly ``batch_size`` raw rows (the last one shorter), each encoded by the one row encoder, scored
+pieces of exactly ``batch_size`` raw rows (:mod:`dynarec.data.pieces`), each encoded by the one row encoder, scored
 as one batch and appended to the output (a Parquet row group / CSV rows) in a temporary file beside ``out``,
 renamed into place at the end. The batches are the ones a one-shot read of the whole file makes, so the
 output equals it row for row and bit for bit whatever the chunk size (MC-dropout aside: its masks are drawn
@@ -34,20 +34,6 @@ def _ours(out: Path, names: list[str]) -> bool:
         return False
 
 
-def _pieces(chunks, batch_size: int):
-    """(raw index of the first row, raw table of ``batch_size`` rows) over the chunks; the last piece shorter."""
-    tail, start = None, 0
-    for _, t in chunks:
-        t = t if tail is None else pa.concat_tables([tail, t])
-        full = t.num_rows - t.num_rows % batch_size
-        for s in range(0, full, batch_size):
-            yield start, t.slice(s, batch_size)
-            start += batch_size
-        tail = t.slice(full) if full < t.num_rows else None
-    if tail is not None and tail.num_rows:
-        yield start, tail
-
-
 def write_predictions(checkpoint: str | Path, data: str | Path, out: str | Path, id_column: str | None = None,
                       mc_dropout: int = 0, batch_size: int = 65536, chunk_bytes: int = 16 << 20) -> dict:
     """``dynarec predict``: one output row per input row of the raw file ``data`` (no labels needed), one
@@ -63,6 +49,7 @@ def write_predictions(checkpoint: str | Path, data: str | Path, out: str | Path,
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
+    from dynarec.data.pieces import batch_pieces
     from dynarec.data.scan import scan_chunks
 
     out = Path(out)
@@ -87,7 +74,7 @@ def write_predictions(checkpoint: str | Path, data: str | Path, out: str | Path,
     writer, rows, unknown = None, 0, {}
     try:
         chunks = scan_chunks([p], pred.schema.read, None, block_bytes=chunk_bytes)
-        for start, raw in _pieces(chunks, batch_size):
+        for start, raw in batch_pieces(chunks, batch_size):
             if id_column and id_column not in raw.column_names:
                 raise DataError(f"{p}: --id-column '{id_column}' is not a column (have: {', '.join(raw.column_names)})")
             enc = pred.encode(raw, str(p), labels=False)  # names a missing feature column
