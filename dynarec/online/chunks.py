@@ -45,7 +45,7 @@ class PassChunks:
 
     def __init__(self, st, path: Path, chunk_mb: float, fill, notes: dict):
         self.st, self.path, self.fill, self.notes = st, Path(path), fill, notes
-        self.chunk_bytes = max(1 << 12, int(chunk_mb * (1 << 20)))
+        self.chunk_bytes = min(max(1 << 12, int(chunk_mb * (1 << 20))), 1 << 30)  # an int32 in pyarrow
         self.rows = count_rows(self.path, st.schema)
         self.raw_piece = None  # the last raw piece read (its column types name the id kinds for serving)
 

@@ -73,7 +73,7 @@ def write_predictions(checkpoint: str | Path, data: str | Path, out: str | Path,
     tmp = out.with_name(f".{out.name}.tmp")
     writer, rows, unknown = None, 0, {}
     try:
-        chunks = scan_chunks([p], pred.schema.read, None, block_bytes=chunk_bytes)
+        chunks = scan_chunks([p], pred.schema.read, None, block_bytes=min(chunk_bytes, 1 << 30))  # an int32 in pyarrow
         for start, raw in batch_pieces(chunks, batch_size):
             if id_column and id_column not in raw.column_names:
                 raise DataError(f"{p}: --id-column '{id_column}' is not a column (have: {', '.join(raw.column_names)})")
