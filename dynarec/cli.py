@@ -113,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default=None, choices=["train", "valid", "test"],
                    help="split of a prepared folder (default test)")
     e.add_argument("--mc-dropout", type=int, default=0, metavar="N", help="MC-dropout passes (ECE + variance)")
+    e.add_argument("--memory-budget", type=float, metavar="MB", help="stream a split larger than this "
+                   "(default: the run's data.memory_budget_mb); docs/out_of_core.md")
     e.add_argument("--json", action="store_true")
     e.set_defaults(fn=cmd_evaluate)
 

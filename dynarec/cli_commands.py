@@ -153,7 +153,7 @@ def cmd_retrieve(a) -> int:
 def cmd_evaluate(a) -> int:
     from dynarec.experiment import evaluate_checkpoint
 
-    summary = evaluate_checkpoint(a.checkpoint, a.data, a.split, a.mc_dropout)
+    summary = evaluate_checkpoint(a.checkpoint, a.data, a.split, a.mc_dropout, a.memory_budget)
     domain = summary.pop("domain", None)
     if domain and summary["unknown"].get(domain):
         print(f"warning: {summary['unknown'][domain]:,} row(s) have a '{domain}' value unseen in training; "

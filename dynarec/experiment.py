@@ -103,7 +103,8 @@ class Kind:
               overwrite: bool = False) -> Result:
         raise NotImplementedError
 
-    def evaluate(self, checkpoint: str | Path, data: str | Path, split: str | None, mc_dropout: int) -> dict:
+    def evaluate(self, checkpoint: str | Path, data: str | Path, split: str | None, mc_dropout: int,
+                 memory_budget_mb: float | None = None) -> dict:
         raise NotImplementedError
 
     def predict(self, checkpoint, data, out, id_column, mc_dropout) -> dict:
@@ -119,7 +120,8 @@ class Ranking(Kind):
         return train_model(cfg.model, schema, tables, cfg.params, cfg.trainer, cfg.seed, cfg.out, encoders,
                            console=console, run_config=to_dict(cfg), resume=resume, overwrite=overwrite)
 
-    def evaluate(self, checkpoint, data, split, mc_dropout):
+    def evaluate(self, checkpoint, data, split, mc_dropout, memory_budget_mb=None):
+        from dynarec.evalstream import evaluate_split
         from dynarec.serve.predictor import Predictor
 
         if mc_dropout < 0:
@@ -127,7 +129,11 @@ class Ranking(Kind):
         if split is not None and not Path(data).is_dir():
             raise DynarecError(f"--split applies to a prepared folder; {data} is a raw file (all its rows are scored)")
         predictor = Predictor.load(checkpoint)
-        summary = predictor.evaluate(data, split or "test", mc_dropout)
+        if Path(data).is_dir():  # streamed when the split does not fit the budget (dynarec/evalstream.py)
+            budget = memory_budget_mb if memory_budget_mb is not None else run_budget(checkpoint)
+            summary = evaluate_split(predictor, data, split or "test", budget, mc_dropout)
+        else:
+            summary = predictor.evaluate(data, split or "test", mc_dropout)
         summary["domain"] = predictor.schema.domain
         return summary
 
@@ -148,9 +154,11 @@ class Retrieval(Kind):
                                console=console, run_config=to_dict(cfg), resume=resume, build=build_model,
                                overwrite=overwrite)
 
-    def evaluate(self, checkpoint, data, split, mc_dropout):
+    def evaluate(self, checkpoint, data, split, mc_dropout, memory_budget_mb=None):
         from dynarec.retrieval.cli import evaluate_run
 
+        if memory_budget_mb is not None:
+            raise DynarecError("--memory-budget: retrieval metrics rank the whole corpus in memory; drop it")
         return evaluate_run(checkpoint, data, split)
 
     def predict(self, checkpoint, data, out, id_column, mc_dropout):
@@ -203,17 +211,28 @@ def checkpoint_kind(checkpoint: str | Path) -> str:
     return kind_of(read_checkpoint(f)["model"])
 
 
+def run_budget(checkpoint: str | Path) -> float:
+    """The ``data.memory_budget_mb`` the run in ``checkpoint`` trained with (its ``config.json``), else the default."""
+    f = Path(checkpoint) / "config.json"
+    try:
+        v = json.loads(f.read_text())["data"]["memory_budget_mb"]
+        return float(v) if isinstance(v, (int, float)) and v > 0 else DataConfig.memory_budget_mb
+    except (OSError, ValueError, KeyError, TypeError):
+        return DataConfig.memory_budget_mb
+
+
 def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str | None = None,
-                        mc_dropout: int = 0) -> dict:
+                        mc_dropout: int = 0, memory_budget_mb: float | None = None) -> dict:
     """``dynarec evaluate``: the metrics summary of ``checkpoint`` on ``data`` (a prepared folder's ``split``,
-    "test" by default, or a raw file for a ranking model).
+    "test" by default, or a raw file for a ranking model). A ranking model's split that would not fit
+    ``memory_budget_mb`` (default: the run's ``data.memory_budget_mb``) is streamed (:mod:`dynarec.evalstream`).
 
     Example::
 
         summary = evaluate_checkpoint("runs/dnn", "prepared/", "test")
         summary["metrics"]["auc"]
     """
-    return KINDS[checkpoint_kind(checkpoint)].evaluate(checkpoint, data, split, mc_dropout)
+    return KINDS[checkpoint_kind(checkpoint)].evaluate(checkpoint, data, split, mc_dropout, memory_budget_mb)
 
 
 def predict_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, id_column: str | None = None,

@@ -77,12 +77,19 @@ def logloss(y: np.ndarray, p: np.ndarray) -> float:
 
 def gauc(y: np.ndarray, p: np.ndarray, group: np.ndarray) -> float:
     """Σ_u n_u AUC_u / Σ_u n_u over users with both classes (ties averaged within a user)."""
+    num, den = gauc_parts(y, p, group)
+    return float(num / den) if den else float("nan")
+
+
+def gauc_parts(y: np.ndarray, p: np.ndarray, group: np.ndarray) -> tuple[float, float]:
+    """(Σ_u n_u AUC_u, Σ_u n_u) over the users with both classes: :func:`gauc`'s sums, which add up over
+    row sets that split no user (``dynarec.evalgauc`` sums them over hash partitions of the users)."""
     y = np.asarray(y, dtype=np.float64)
     p = np.asarray(p, dtype=np.float64)
     g = np.asarray(group)
     n = len(y)
     if n == 0:
-        return float("nan")
+        return 0.0, 0.0
     order = np.lexsort((p, g))
     gs, ps, ys = g[order], p[order], y[order]
     new_group = np.concatenate([[True], gs[1:] != gs[:-1]])
@@ -96,9 +103,9 @@ def gauc(y: np.ndarray, p: np.ndarray, group: np.ndarray) -> float:
     neg_g = n_g - pos_g
     ok = (pos_g > 0) & (neg_g > 0)
     if not ok.any():
-        return float("nan")
+        return 0.0, 0.0
     auc_g = (rank_pos[ok] - pos_g[ok] * (pos_g[ok] + 1) / 2) / (pos_g[ok] * neg_g[ok])
-    return float((auc_g * n_g[ok]).sum() / n_g[ok].sum())
+    return float((auc_g * n_g[ok]).sum()), float(n_g[ok].sum())
 
 
 def rmse(y: np.ndarray, p: np.ndarray) -> float:

@@ -58,6 +58,8 @@ class OnlineConfig:
     # each pass trained with the batch of pass_batch() (at most trainer.batch_size); off when the config sets
     # trainer.batch_size (then every pass uses it)
     auto_batch: bool = True
+    # > 0: each pass file read in chunks of about this many MB, never whole (dynarec/online/chunks.py); 0: whole
+    chunk_mb: float = field(default=0.0, metadata=rule(min=0))
 
 
 @dataclass
@@ -100,6 +102,9 @@ def load_online_config(path: str | None, sets: list[str] | None = None, model: s
                      ("distributed", t.distributed, ("ddp",))):
         if v not in ok:
             raise ConfigError(f"{where}.trainer.{k}: online training runs in one CPU process; got {v!r}")
+    if cfg.online.chunk_mb and cfg.online.shuffle:
+        raise ConfigError(f"{where}.online.shuffle: permutes a whole pass, which online.chunk_mb > 0 never holds; "
+                          "use one of them")
     for k, v in cfg.online.caps.items():
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ConfigError(f"{where}.online.caps.{k}: expected an integer >= 1, got {v!r}")

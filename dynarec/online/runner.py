@@ -22,7 +22,9 @@ import torch
 
 from dynarec import outdir
 from dynarec.errors import DataError, DynarecError
+from dynarec.evalstream import evaluate_stream
 from dynarec.metrics import compute_metrics, predict_table
+from dynarec.online.chunks import EVAL_BUDGET_MB, PassChunks
 from dynarec.online.config import OnlineExperiment, pass_batch, run_config
 from dynarec.online.delta import delta_rows, make_delta, snapshot, write_delta
 from dynarec.online.marker import pass_dir, read_current, write_current
@@ -62,16 +64,19 @@ def _fill(st, table, raw, idx=None, train=False) -> None:
 
 
 def _train_pass(st, table, raw, k: int) -> tuple[float, float]:
-    """One pass of training -> (mean loss, seconds)."""
-    cfg, model = st.cfg, st.model
+    """One pass of training held in memory -> (mean loss, seconds)."""
     n = len(table)
-    bs = pass_batch(n, cfg)
-    order = torch.randperm(n, generator=st.batches) if cfg.online.shuffle else torch.arange(n)
+    bs = pass_batch(n, st.cfg)
+    order = torch.randperm(n, generator=st.batches) if st.cfg.online.shuffle else torch.arange(n)
+    return _train_batches(st, ((table.take(order[s:s + bs]), raw, order[s:s + bs]) for s in range(0, n, bs)), k)
+
+
+def _train_batches(st, batches, k: int) -> tuple[float, float]:
+    """One step per (batch, raw ids, rows of ``raw`` in the batch or None) -> (mean loss, seconds)."""
+    model = st.model
     model.train()
     t0, total, steps = time.perf_counter(), 0.0, 0
-    for s in range(0, n, bs):
-        idx = order[s:s + bs]
-        b = table.take(idx)
+    for b, raw, idx in batches:
         if st.index is not None:
             _fill(st, b, raw, idx, train=True)
         try:
@@ -84,6 +89,15 @@ def _train_pass(st, table, raw, k: int) -> tuple[float, float]:
         total, steps = total + loss, steps + 1
     model.eval()
     return total / max(steps, 1), time.perf_counter() - t0
+
+
+def _chunked_pass(st, path, k: int, notes: dict):
+    """A pass read in chunks (:mod:`dynarec.online.chunks`) -> (metrics, rows, (loss, seconds), a raw piece)."""
+    view = PassChunks(st, path, st.cfg.online.chunk_mb, _fill, notes)
+    m = evaluate_stream(st.model, view, st.cfg.trainer.eval_batch_size, EVAL_BUDGET_MB)
+    if m.pop("method") == "exact":
+        m.pop("auc_error_bound")
+    return m, len(view), _train_batches(st, view.train_batches(pass_batch(len(view), st.cfg)), k), view.raw_piece
 
 
 def _write_pass(out: Path, st, k: int, delta: dict, row: dict, raw_table=None) -> None:
@@ -152,28 +166,37 @@ def run_online(schema, passes, out, cfg: OnlineExperiment, resume: bool = False,
         if st is None:
             st = fresh_state(cfg, schema, files[0])
         notes: dict = {}
-        table, raw, raw_table = encode_pass(files[k], st.schema, st.encoders, st.dynamic, st.kinds, notes)
-        if st.index is not None:
-            _fill(st, table, raw)
-        preds = predict_table(st.model, table, cfg.trainer.eval_batch_size)
-        types = {t.name: t.type for t in st.schema.tasks}
-        m = compute_metrics({t: v.double().numpy() for t, v in table.labels.items()}, preds, table.domain.numpy(),
-                            st.schema.domain_values, None if table.user is None else table.user.numpy(), types)
-        if on_eval is not None:
-            on_eval(k, preds, table, raw_table)
-        loss, secs = _train_pass(st, table, raw, k)
+        if cfg.online.chunk_mb:
+            if on_eval is not None:
+                raise DynarecError("run_online: on_eval receives a whole pass; it needs online.chunk_mb: 0")
+            m, rows, (loss, secs), raw_table = _chunked_pass(st, files[k], k, notes)
+        else:
+            table, raw, raw_table = encode_pass(files[k], st.schema, st.encoders, st.dynamic, st.kinds, notes)
+            if st.index is not None:
+                _fill(st, table, raw)
+            preds = predict_table(st.model, table, cfg.trainer.eval_batch_size)
+            types = {t.name: t.type for t in st.schema.tasks}
+            m = compute_metrics({t: v.double().numpy() for t, v in table.labels.items()}, preds,
+                                table.domain.numpy(), st.schema.domain_values,
+                                None if table.user is None else table.user.numpy(), types)
+            if on_eval is not None:
+                on_eval(k, preds, table, raw_table)
+            rows = len(table)
+            loss, secs = _train_pass(st, table, raw, k)
         stats = st.index.end_pass() if st.index is not None else {"admitted": 0, "evicted": 0, "expired": 0}
         delta = make_delta(st.serving, snapshot(st.model, st.index), k, k % cfg.online.dense_every == 0)
         counts = []
         if st.index is not None:  # any SlotIndex (dynarec.online.ids)
             st.index.changed_slots(clear=True)  # the delta is found by comparison: drop the index's own log
             counts = st.index.feature_counts()
-        row = {"pass": k, "file": files[k].name, "rows": len(table), "auc": m.get("auc", {}),
+        row = {"pass": k, "file": files[k].name, "rows": rows, "auc": m.get("auc", {}),
                "logloss": m.get("logloss", {}), "table_rows": st.index.slots_in_use if st.index is not None else 0,
                "feature_rows": dict(zip(st.dynamic, counts)), "admitted": int(stats["admitted"]),
                "evicted": int(stats["evicted"]), "expired": int(stats["expired"]), "delta_rows": delta_rows(delta),
                "dense_in_delta": delta["dense"] is not None, "train_loss": loss,
-               "train_rows_per_s": len(table) / max(secs, 1e-9), "batch_size": pass_batch(len(table), cfg)}
+               "train_rows_per_s": rows / max(secs, 1e-9), "batch_size": pass_batch(rows, cfg)}
+        if "auc_error_bound" in m:  # a chunked pass too large for exact metrics (histogram AUC)
+            row["auc_error_bound"] = m["auc_error_bound"]
         if notes:  # id columns that arrived with another type than on the first pass
             row["ids_hashed_as_text"] = {n: {"values": len(v), "first": v[0]} for n, v in notes.items()}
         st.files.append(files[k].name)

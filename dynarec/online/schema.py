@@ -83,11 +83,19 @@ def encode_pass(path, schema: Schema, enc: Encoders, dyn: list[str], kinds: dict
     dynamic feature recorded on the first pass (:func:`dynarec.online.ids.id_kinds`); ``notes`` collects the
     values an ``int`` feature had to hash."""
     t = read_raw(path, schema)
-    cols = enc.transform(t, str(path))
+    table, raw = encode_rows(t, str(path), schema, enc, dyn, kinds, notes)
+    return table, raw, t
+
+
+def encode_rows(t: pa.Table, where: str, schema: Schema, enc: Encoders, dyn: list[str], kinds: dict | None = None,
+                notes: dict | None = None, start: int = 0):
+    """:func:`encode_pass` of raw rows ``t`` (the rows of a pass from raw index ``start`` on) -> (TensorTable,
+    raw ids); row-wise, so a pass encoded piece by piece gives the rows of the pass encoded at once."""
+    cols = enc.transform(t, where)
     raw = {}
     for name in dyn:
         f = schema.feature(name)
         raw[name] = raw_ids(t, f, (kinds or {}).get(name), notes)
         cols[name] = np.zeros(tuple(raw[name].shape), dtype=np.int64)
-    cols[ROW] = np.arange(t.num_rows, dtype=np.int64)
-    return to_tensor_table(schema, cols), raw, t
+    cols[ROW] = np.arange(start, start + t.num_rows, dtype=np.int64)
+    return to_tensor_table(schema, cols), raw

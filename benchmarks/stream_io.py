@@ -1,0 +1,109 @@
+"""Peak RSS of the streamed verbs against the size of their input (docs/out_of_core.md, "Evaluate, predict and
+online passes"): `dynarec predict` on a raw CSV read in chunks vs read whole, and one online pass read in chunks
+(online.chunk_mb) vs whole, each at two sizes, each measured in its own process (ru_maxrss: the process's peak,
+Python + torch + pyarrow included).
+
+    nice -n 10 python benchmarks/stream_io.py --predict-rows 200000 2000000 --online-rows 100000 1000000 \
+        --out benchmarks/results/stream_io.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child_predict(a) -> dict:
+    from dynarec.serve.predict_file import write_predictions
+
+    t0 = time.perf_counter()
+    res = write_predictions(a.ck, a.data, a.dest, chunk_bytes=a.chunk_bytes)
+    return {"rows": res["rows"], "seconds": time.perf_counter() - t0}
+
+
+def child_online(a) -> dict:
+    from dynarec.data.schema import Schema
+    from dynarec.online.config import load_online_config
+    from dynarec.online.runner import run_online
+
+    sets = ["model.embed_dim=8", "model.tower_hidden=[16]", "model.gate_emb_dim=8", "trainer.batch_size=1024",
+            "trainer.threads=1", "online.max_rows=50000", f"online.chunk_mb={a.chunk_mb}"]
+    cfg = load_online_config(None, sets, "pepnet")
+    t0 = time.perf_counter()
+    rows = list(run_online(Schema.load(Path(a.data) / "schema.yaml"), a.data, a.dest, cfg))
+    return {"rows": rows[-1]["rows"], "seconds": time.perf_counter() - t0, "auc": rows[-1]["auc"]["click"]["all"]}
+
+
+def _child(argv: list[str]) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", *argv], capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(out.stderr[-2000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--predict-rows", type=int, nargs="*", default=[200_000, 2_000_000])
+    p.add_argument("--online-rows", type=int, nargs="*", default=[100_000, 1_000_000])
+    p.add_argument("--out", default="benchmarks/results/stream_io.json")
+    p.add_argument("--child", choices=["predict", "online"])
+    p.add_argument("--ck"), p.add_argument("--data"), p.add_argument("--dest")
+    p.add_argument("--chunk-bytes", type=int, default=16 << 20)
+    p.add_argument("--chunk-mb", type=float, default=0.0)
+    a = p.parse_args()
+    if a.child:
+        r = (child_predict if a.child == "predict" else child_online)(a)
+        print(json.dumps({**r, "peak_rss_mb": _peak_mb()}))
+        return
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from dynarec.cli import main as cli
+    from dynarec.data.stream import generate_stream
+    from dynarec.data.synthetic import generate
+
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        assert cli(["data", "synthetic", "--rows", "20000", "--out", str(d / "data")]) == 0
+        assert cli(["train", "--model", "dnn", "--data", str(d / "data"), "--epochs", "1",
+                    "--set", "trainer.progress=false", "--out", str(d / "ck")]) == 0
+        for n in a.predict_rows:
+            t, _ = generate(n, seed=1)
+            pacsv.write_csv(t.drop_columns(["click", "conversion"]), d / "rows.csv")
+            mb = (d / "rows.csv").stat().st_size / 2**20
+            for mode, cb in (("chunked", 16 << 20), ("whole", 1 << 30)):
+                r = _child(["predict", "--ck", str(d / "ck"), "--data", str(d / "rows.csv"),
+                            "--dest", str(d / f"p-{mode}.parquet"), "--chunk-bytes", str(cb)])
+                results.append({"verb": "predict", "mode": mode, "csv_mb": round(mb, 1), **r})
+                print(json.dumps(results[-1]), flush=True)
+        for n in a.online_rows:
+            s = d / f"stream{n}"
+            s.mkdir()
+            gen = generate_stream(2, n, seed=3)
+            small, _ = next(gen)  # pass 0: 20k rows (the encoders are fitted on it, read whole)
+            pq.write_table(small.slice(0, 20_000), s / "pass-0000.parquet")
+            big, _ = next(gen)
+            pq.write_table(big, s / "pass-0001.parquet", row_group_size=65536)
+            from dynarec.data.stream import write_stream
+
+            write_stream(d / "schema-src", 1, 10, seed=3)
+            (s / "schema.yaml").write_text((d / "schema-src" / "schema.yaml").read_text())
+            for mode, cm in (("chunked", 16.0), ("whole", 0.0)):
+                r = _child(["online", "--data", str(s), "--dest", str(d / f"run-{n}-{mode}"), "--chunk-mb", str(cm)])
+                results.append({"verb": "online pass", "mode": mode, **r})
+                print(json.dumps(results[-1]), flush=True)
+    Path(a.out).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
