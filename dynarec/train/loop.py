@@ -92,7 +92,8 @@ class Loop:
 
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict` (called by :meth:`fit` with ``resume=``, after ``on_fit_start``)."""
-        self.model.load_state_dict(state["model"])
+        if state.get("model") is not None:  # None: loaded in place already (a sharded resume point)
+            self.model.load_state_dict(state["model"])
         if state.get("step") is not None:
             self.step.load_state_dict(state["step"])
         rng = state["rng"]

@@ -93,6 +93,30 @@ class Placement:
     def check_resume(self) -> None:
         """A one-line refusal when a run placed so cannot be resumed."""
 
+    def resume_callbacks(self, work, meta: dict) -> list:
+        """The callback writing the resume point after every epoch (last): ``last.pt`` by rank 0
+        (``work``: its work folder; ``None`` on the other ranks)."""
+        from dynarec.train.resume import LAST, LastState
+
+        return [LastState(work / LAST, meta)] if work is not None else []
+
+    def has_resume_point(self, work) -> bool:
+        from dynarec.train.resume import LAST
+
+        return (work / LAST).exists()
+
+    def load_resume(self, work, meta: dict, out=None):
+        """-> the loop state to resume from (rank 0's ``work`` folder of the run into ``out``; ``None`` on
+        the other ranks)."""
+        from dynarec.errors import DynarecError
+        from dynarec.train.resume import LAST, load_state
+
+        if work is None:
+            return None
+        if not (work / LAST).exists():
+            raise DynarecError(f"{out or work}: no interrupted run to resume (no {work / LAST})")
+        return load_state(work / LAST, meta)
+
     def write_sharded(self, folder, model, meta: dict) -> bool:
         """Before :meth:`finish`: whether this run's checkpoint is sharded (``trainer.checkpoint``), and then
         written into rank 0's ``folder`` by every rank (the model then stays split: :meth:`finish` is skipped)."""
@@ -193,9 +217,20 @@ class TorchRec(DataParallel):
     def callbacks(self):  # first: the fused tables follow the shards before anyone reads them
         return [self.sharding.callback()]
 
-    def check_resume(self):
-        raise ConfigError("train --resume: a trainer.distributed: torchrec run cannot be resumed yet (the "
-                          "fused optimizer's state is not saved); start it again")
+    def resume_callbacks(self, work, meta):  # every rank writes its shards (dynarec.train.sharded_resume)
+        from dynarec.train.sharded_resume import ShardedLastState
+
+        return [ShardedLastState(work, self.sharding, meta)]
+
+    def has_resume_point(self, work):
+        from dynarec.train import sharded_resume
+
+        return sharded_resume.exists(work)
+
+    def load_resume(self, work, meta, out=None):  # a collective call: the shards of this plan, from any world size
+        from dynarec.train.sharded_resume import load_sharded_resume
+
+        return load_sharded_resume(work, meta, self.sharding.model, self.sharding, self.step.optimizers)
 
     def write_sharded(self, folder, model, meta):
         if self.sharding is None or not self.sharding.layers or not sharded_checkpoint.wanted(self.cfg,

@@ -94,8 +94,7 @@ def state_of(model, sharding, optimizers) -> dict:
         for k, v in layer.ebc.state_dict().items():
             state[f"{path}.ebc.{k}"] = v
     state["optim.fused"] = _strkeys(sharding.dmp.fused_optimizer.state_dict()["state"])
-    fused = {id(o) for o in sharding.optimizers}
-    for i, opt in enumerate(o for o in optimizers if id(o) not in fused and hasattr(o, "state_dict")):
+    for i, opt in enumerate(optimizers):  # the dense ones, then those of data-parallel table replicas
         state[f"optim.dense.{i}"] = _strkeys(opt.state_dict())
     return state
 
