@@ -107,10 +107,11 @@ class Loop:
         self.history.best_epoch, self.history.best_score = h["best_epoch"], h["best_score"]
         self.history.train_seconds = h["train_seconds"]
         saved = state.get("callbacks", {})
+        by_type = {k.split(":", 1)[1]: v for k, v in saved.items()}  # a run placed otherwise (2 -> 1 processes)
         for i, cb in enumerate(self.callbacks):
             key = f"{i}:{type(cb).__name__}"
-            if hasattr(cb, "load_state_dict") and key in saved:
-                cb.load_state_dict(saved[key])
+            if hasattr(cb, "load_state_dict") and (key in saved or type(cb).__name__ in by_type):
+                cb.load_state_dict(saved[key] if key in saved else by_type[type(cb).__name__])
         self.epoch, self.stop = state["epoch"], state["stop"]
 
     def _call(self, hook: str, *args) -> None:

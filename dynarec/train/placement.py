@@ -101,18 +101,24 @@ class Placement:
         return [LastState(work / LAST, meta)] if work is not None else []
 
     def has_resume_point(self, work) -> bool:
+        from dynarec.train import sharded_resume
         from dynarec.train.resume import LAST
 
-        return (work / LAST).exists()
+        return (work / LAST).exists() or sharded_resume.exists(work)
 
-    def load_resume(self, work, meta: dict, out=None):
+    def load_resume(self, work, meta: dict, out=None, trainer=None):
         """-> the loop state to resume from (rank 0's ``work`` folder of the run into ``out``; ``None`` on
-        the other ranks)."""
+        the other ranks): its ``last.pt``, or else the sharded resume point of a TorchRec run, resharded
+        into this one process's ``trainer`` (:func:`~dynarec.train.sharded_resume.load_into_one`)."""
         from dynarec.errors import DynarecError
+        from dynarec.train import sharded_resume
         from dynarec.train.resume import LAST, load_state
 
         if work is None:
             return None
+        if not (work / LAST).exists() and trainer is not None and self.world == 1 and sharded_resume.exists(work):
+            return sharded_resume.load_into_one(work / sharded_resume.LAST_SHARDED, trainer.model,
+                                                trainer.step.optimizers, meta)
         if not (work / LAST).exists():
             raise DynarecError(f"{out or work}: no interrupted run to resume (no {work / LAST})")
         return load_state(work / LAST, meta)
@@ -222,12 +228,7 @@ class TorchRec(DataParallel):
 
         return [ShardedLastState(work, self.sharding, meta)]
 
-    def has_resume_point(self, work):
-        from dynarec.train import sharded_resume
-
-        return sharded_resume.exists(work)
-
-    def load_resume(self, work, meta, out=None):  # a collective call: the shards of this plan, from any world size
+    def load_resume(self, work, meta, out=None, trainer=None):  # a collective call: the shards of this plan, from any world size
         from dynarec.train.sharded_resume import load_sharded_resume
 
         return load_sharded_resume(work, meta, self.sharding.model, self.sharding, self.step.optimizers)

@@ -90,7 +90,7 @@ def train_model(model_name: str, schema, tables: dict, params: dict | None = Non
             "train_data": tables["train"].fingerprint(), "valid_data": valid.fingerprint() if valid else ""}
     state = None
     if resume:
-        state = placement.load_resume(work, meta, out)
+        state = placement.load_resume(work, meta, out, tr)
     else:
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)

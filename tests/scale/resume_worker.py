@@ -3,7 +3,8 @@
 
 * ``ref/``: the uninterrupted run;
 * ``run/``: the same run stopped by a KeyboardInterrupt inside epoch 3 (its work folder keeps the sharded
-  resume point of epoch 2, copied to ``kept/``), then resumed with ``resume=True``;
+  resume point of epoch 2, copied to ``kept/``, the whole work folder to ``partial/``), then resumed with
+  ``resume=True``;
 * ``pieces.<rank>.pt``: what each rank held when it wrote that resume point, taken from the live objects (not
   through DCP): every table shard, fused Adagrad accumulator, dense weight and optimizer tensor, with its
   offsets in the whole tensor — the test assembles them to check a one-process load of ``kept/``.
@@ -71,6 +72,7 @@ def main(out: str) -> None:
     dist.barrier()
     if rank == 0:
         shutil.copytree(d / ".run.partial" / sharded_resume.LAST_SHARDED, d / "kept")
+        shutil.copytree(d / ".run.partial", d / "partial")  # for a resume in one process
     dist.barrier()
     train_model("dnn", schema, tables, {}, CFG, seed=0, out=d / "run", resume=True)
     shutdown()

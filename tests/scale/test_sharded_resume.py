@@ -183,3 +183,35 @@ def test_a_corrupted_resume_shard_is_one_clear_error(runs, tmp_path):
     model, tr, _ = _one_process()
     with pytest.raises(DataError, match="__1_0.distcp: checksum mismatch"):
         load_into_one(folder, model, tr.step.optimizers)
+
+
+@needs_torchrec
+def test_train_model_resumes_a_two_process_run_in_one_process(runs, tmp_path):
+    """The 2-process run's work folder (resume point of epoch 2) resumed by ``train_model(resume=True)`` in one
+    ``ddp`` process: epoch 3 then runs at the same global batch in one process, so the weights end as the
+    uninterrupted 2-process run's within the tolerance of tests/scale/test_torchrec.py (a step of 2 ranks
+    = a step of one process up to the order of float sums), and epoch 3's validation AUCs within its 1e-5.
+    (Epoch 2 is the best epoch of these runs, so the final weights are early stopping's best-state copy,
+    carried from the 2 ranks' shards through the resume point.)"""
+    import shutil
+
+    from dynarec.train.run import train_model
+    from tests.scale.ddp_worker import data
+    from tests.scale.resume_worker import CFG
+    from tests.scale.test_torchrec import _close
+
+    schema, tables = data()
+    shutil.copytree(runs / "partial", tmp_path / ".run.partial")
+    res = train_model("dnn", schema, tables, {}, {**CFG, "distributed": "ddp"}, seed=0, out=tmp_path / "run",
+                      resume=True)
+    assert [r["epoch"] for r in res.history.epochs] == [1, 2, 3]
+    ref = _log(runs / "ref")
+    got_log = _log(tmp_path / "run")
+    assert got_log[:3] == ref[:3]  # epochs 1-2: the 2-process run's own rows
+    aucs = [i for i, name in enumerate(ref[0]) if name.startswith("valid_auc")]
+    assert aucs and all(abs(float(got_log[3][i]) - float(ref[3][i])) <= 1e-5 for i in aucs)
+    got, _ = load_checkpoint(tmp_path / "run", merge=False)
+    want, blob = load_checkpoint(runs / "ref", merge=False)
+    assert res.history.best_epoch == blob["extra"]["best_epoch"] == 2
+    for k, v in want.state_dict().items():
+        _close("dnn 2->1", k, got.state_dict()[k], v)
