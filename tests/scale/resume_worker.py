@@ -7,9 +7,11 @@
   ``resume=True``;
 * ``pieces.<rank>.pt``: what each rank held when it wrote that resume point, taken from the live objects (not
   through DCP): every table shard, fused Adagrad accumulator, dense weight and optimizer tensor, with its
-  offsets in the whole tensor — the test assembles them to check a one-process load of ``kept/``.
+  offsets in the whole tensor — the test assembles them to check a one-process load of ``kept/``;
+* ``held.<rank>.json``: the rows of the model's own fused table on the rank after each resume-point write.
 
 Used by tests/scale/test_sharded_resume.py."""
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -51,8 +53,11 @@ def main(out: str) -> None:
     rank = context().rank  # the process group is joined by the first run
     real_save, real_step, calls = sharded_resume.save_sharded_resume, TrainStep.step, []
 
+    held = []  # the rows of the model's own fused table on this rank after each save (0: nothing assembled)
+
     def save(work, loop, sharding, meta):
         real_save(work, loop, sharding, meta)
+        held.extend(layer.orig.weight.weight.shape[0] for _, layer in sharding.layers)
         if loop.epoch == 2:
             torch.save(_pieces(state_of(loop.model, sharding, loop.step.optimizers)), d / f"pieces.{rank}.pt")
 
@@ -69,6 +74,7 @@ def main(out: str) -> None:
     except KeyboardInterrupt:
         pass
     sharded_resume.save_sharded_resume, TrainStep.step = real_save, real_step
+    (d / f"held.{rank}.json").write_text(json.dumps(held))
     dist.barrier()
     if rank == 0:
         shutil.copytree(d / ".run.partial" / sharded_resume.LAST_SHARDED, d / "kept")

@@ -54,6 +54,15 @@ def test_two_to_two_resume_equals_the_uninterrupted_run_bitwise(runs):
         assert torch.equal(a[k], b[k]), k
 
 
+@needs_torchrec
+def test_no_rank_assembles_a_table_to_write_the_resume_point(runs):
+    for rank in (0, 1):
+        held = json.loads((runs / f"held.{rank}.json").read_text())
+        assert held == [0, 0]  # two epochs' resume points: the fused table still released on both ranks
+    files = json.loads((runs / "kept" / "shards.json").read_text())["files"]
+    assert {"shards/__0_0.distcp", "shards/__1_0.distcp", "position.0.pt", "position.1.pt", "meta.pt"} <= set(files)
+
+
 def _assembled(runs: Path) -> dict:
     """Every tensor the two ranks held at the resume point, whole: each rank's pieces put at their offsets
     (replicated tensors: rank 0's, checked equal to rank 1's)."""
