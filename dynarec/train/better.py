@@ -1,7 +1,7 @@
 """Never replace a better checkpoint: a run into ``--out`` that already holds a finished run whose validation
 score is better (same monitored metric, same validation data) is refused with one line, unless ``overwrite``.
 
-Every checkpoint records its validation score in ``extra["valid"]`` (:func:`valid_record`: the monitored
+Every checkpoint (``model.pt``, or a sharded checkpoint's ``meta.pt``) records its validation score in ``extra["valid"]`` (:func:`valid_record`: the monitored
 metric, its best value, whether higher is better and the validation split's content fingerprint). Before a
 finished run replaces ``out`` (:func:`refuse_worse`), the recorded score of the run there is compared with
 the new one; scores on other validation data, of another metric, or of a checkpoint that recorded none
@@ -48,16 +48,28 @@ def better(old: dict, new: dict) -> bool:
     return a > b if old.get("higher", True) else a < b
 
 
-def refuse_worse(out: Path, new: dict, overwrite: bool = False) -> None:
-    """A :class:`WorseRunError` when ``out/model.pt`` records a validation score better than ``new`` (a
-    :func:`valid_record`) on the same metric and data, and ``overwrite`` is false."""
-    f = Path(out) / "model.pt"
-    if overwrite or not new or not f.exists():
-        return
+def recorded_extra(out: Path) -> dict:
+    """``extra`` of the finished run in ``out``: from ``model.pt``, or from a sharded checkpoint's
+    ``meta.pt`` (its digest checked against ``shards.json``; the shards themselves are not read); ``{}``
+    when ``out`` holds neither."""
     from dynarec.train.checkpoint import read_checkpoint
+    from dynarec.train.sharded_checkpoint import MANIFEST, read_meta
 
+    if (out / "model.pt").exists():
+        return read_checkpoint(out / "model.pt").get("extra") or {}
+    if (out / MANIFEST).exists():
+        return read_meta(out, check_all=False).get("extra") or {}
+    return {}
+
+
+def refuse_worse(out: Path, new: dict, overwrite: bool = False) -> None:
+    """A :class:`WorseRunError` when the run in ``out`` (its ``model.pt``, or the ``meta.pt`` of a sharded
+    checkpoint) records a validation score better than ``new`` (a :func:`valid_record`) on the same metric
+    and data, and ``overwrite`` is false."""
+    if overwrite or not new:
+        return
     try:
-        old = (read_checkpoint(f).get("extra") or {}).get("valid") or {}
+        old = (recorded_extra(Path(out)).get("valid")) or {}
     except DynarecError:
         return  # an unreadable checkpoint holds no score to keep
     if old.get("monitor") != new["monitor"] or old.get("data") != new["data"] or not better(old, new):

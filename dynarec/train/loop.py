@@ -101,7 +101,8 @@ class Loop:
 
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict` (called by :meth:`fit` with ``resume=``, after ``on_fit_start``)."""
-        self.model.load_state_dict(state["model"])
+        if state.get("model") is not None:  # None: loaded in place already (a sharded resume point)
+            self.model.load_state_dict(state["model"])
         if state.get("step") is not None:
             self.step.load_state_dict(state["step"])
         rng = state["rng"]
@@ -115,10 +116,11 @@ class Loop:
         self.history.best_epoch, self.history.best_score = h["best_epoch"], h["best_score"]
         self.history.train_seconds = h["train_seconds"]
         saved = state.get("callbacks", {})
+        by_type = {k.split(":", 1)[1]: v for k, v in saved.items()}  # a run placed otherwise (2 -> 1 processes)
         for i, cb in enumerate(self.callbacks):
             key = f"{i}:{type(cb).__name__}"
-            if hasattr(cb, "load_state_dict") and key in saved:
-                cb.load_state_dict(saved[key])
+            if hasattr(cb, "load_state_dict") and (key in saved or type(cb).__name__ in by_type):
+                cb.load_state_dict(saved[key] if key in saved else by_type[type(cb).__name__])
         self.epoch, self.stop = state["epoch"], state["stop"]
         self._skip = state.get("position")
 

@@ -93,6 +93,37 @@ class Placement:
     def check_resume(self) -> None:
         """A one-line refusal when a run placed so cannot be resumed."""
 
+    def resume_callbacks(self, work, meta: dict) -> list:
+        """The callback writing the resume point after every epoch (last): ``last.pt`` by rank 0
+        (``work``: its work folder; ``None`` on the other ranks)."""
+        from dynarec.train.resume import LAST, LastState
+
+        every = getattr(getattr(self, "cfg", None), "checkpoint_every_steps", 0)
+        return [LastState(work / LAST, meta, every)] if work is not None else []
+
+    def has_resume_point(self, work) -> bool:
+        from dynarec.train import sharded_resume
+        from dynarec.train.resume import LAST
+
+        return (work / LAST).exists() or sharded_resume.exists(work)
+
+    def load_resume(self, work, meta: dict, out=None, trainer=None):
+        """-> the loop state to resume from (rank 0's ``work`` folder of the run into ``out``; ``None`` on
+        the other ranks): its ``last.pt``, or else the sharded resume point of a TorchRec run, resharded
+        into this one process's ``trainer`` (:func:`~dynarec.train.sharded_resume.load_into_one`)."""
+        from dynarec.errors import DynarecError
+        from dynarec.train import sharded_resume
+        from dynarec.train.resume import LAST, load_state
+
+        if work is None:
+            return None
+        if not (work / LAST).exists() and trainer is not None and self.world == 1 and sharded_resume.exists(work):
+            return sharded_resume.load_into_one(work / sharded_resume.LAST_SHARDED, trainer.model,
+                                                trainer.step.optimizers, meta)
+        if not (work / LAST).exists():
+            raise DynarecError(f"{out or work}: no interrupted run to resume (no {work / LAST})")
+        return load_state(work / LAST, meta)
+
     def write_sharded(self, folder, model, meta: dict) -> bool:
         """Before :meth:`finish`: whether this run's checkpoint is sharded (``trainer.checkpoint``), and then
         written into rank 0's ``folder`` by every rank (the model then stays split: :meth:`finish` is skipped)."""
@@ -193,9 +224,19 @@ class TorchRec(DataParallel):
     def callbacks(self):  # first: the fused tables follow the shards before anyone reads them
         return [self.sharding.callback()]
 
-    def check_resume(self):
-        raise ConfigError("train --resume: a trainer.distributed: torchrec run cannot be resumed yet (the "
-                          "fused optimizer's state is not saved); start it again")
+    def resume_callbacks(self, work, meta):  # every rank writes its shards (dynarec.train.sharded_resume)
+        from dynarec.train.sharded_resume import ShardedLastState
+
+        if self.cfg.checkpoint_every_steps:
+            raise ConfigError("trainer.checkpoint_every_steps: a trainer.distributed: torchrec run writes its "
+                              "sharded resume point after each epoch only; remove the key")
+
+        return [ShardedLastState(work, self.sharding, meta)]
+
+    def load_resume(self, work, meta, out=None, trainer=None):  # a collective call: the shards of this plan, from any world size
+        from dynarec.train.sharded_resume import load_sharded_resume
+
+        return load_sharded_resume(work, meta, self.sharding.model, self.sharding, self.step.optimizers)
 
     def write_sharded(self, folder, model, meta):
         if self.sharding is None or not self.sharding.layers or not sharded_checkpoint.wanted(self.cfg,

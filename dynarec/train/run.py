@@ -20,7 +20,8 @@ from dynarec.train.collapse import CollapseGuard
 from dynarec.train.config import TrainerConfig
 from dynarec.train.placement import placement_for
 from dynarec.train.result import MARKERS, Result  # noqa: F401  (Result: the return type)
-from dynarec.train.resume import LAST, LastState, load_state
+from dynarec.train.resume import LAST, load_state
+from dynarec.train.sharded_resume import LAST_SHARDED
 from dynarec.train.trainer import Trainer
 
 
@@ -79,18 +80,20 @@ def train_model(model_name: str, schema, tables: dict, params: dict | None = Non
         if resume and out is None:
             raise DynarecError("resume: needs the interrupted run's out folder")
         # every rank continues from rank 0's resume point (the same folder on one machine)
-        state = load_state(outdir.work_dir(Path(out)) / LAST, meta) if resume else None
         tr = Trainer(model, cfg, seed, None, task_weighting, console, placement)
-        hist = tr.fit(tables["train"], valid, [CollapseGuard(valid)], resume=state, finish=False)
+        # a TorchRec rank writes and reads its own shards of rank 0's resume point (None: rank 0 names it)
+        state = placement.load_resume(None, None) if resume else None
+        if resume and state is None:  # TorchRec loaded its shards above; DDP: rank 0's last.pt
+            state = load_state(outdir.work_dir(Path(out)) / LAST, meta)
+        hist = tr.fit(tables["train"], valid, [CollapseGuard(valid)] + placement.resume_callbacks(None, {}),
+                      resume=state, finish=False)
         return _finish(model, cfg, hist, tables, params, None, encoders, seed, placement)
     out = outdir.check_out(out, MARKERS, "training run")
     work = outdir.work_dir(out)
     tr = Trainer(model, cfg, seed, work / "log.csv", task_weighting, console, placement)  # checks the config first
     state = None
     if resume:
-        if not (work / LAST).exists():
-            raise DynarecError(f"{out}: no interrupted run to resume (no {work / LAST})")
-        state = load_state(work / LAST, meta)
+        state = placement.load_resume(work, meta, out, tr)
     else:
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
@@ -99,13 +102,14 @@ def train_model(model_name: str, schema, tables: dict, params: dict | None = Non
                           "trainer": {**to_dict(cfg), "task_weighting": task_weighting or cfg.task_weighting}}
         (work / "config.json").write_text(json.dumps(run_config, indent=2))
     try:
-        last = LastState(work / LAST, meta, cfg.checkpoint_every_steps)
-        hist = tr.fit(tables["train"], valid, [CollapseGuard(valid), last], resume=state, finish=False)
+        hist = tr.fit(tables["train"], valid, [CollapseGuard(valid)] + placement.resume_callbacks(work, meta),
+                      resume=state, finish=False)
         res = _finish(model, cfg, hist, tables, params, work, encoders, seed, placement)
         refuse_worse(out, valid_record(hist, valid), overwrite)
         (work / LAST).unlink(missing_ok=True)
+        shutil.rmtree(work / LAST_SHARDED, ignore_errors=True)
     except BaseException as e:  # a refused or diverged run, or one that stopped before a resume point
-        if isinstance(e, DynarecError) or not (work / LAST).exists():
+        if isinstance(e, DynarecError) or not placement.has_resume_point(work):
             shutil.rmtree(work, ignore_errors=True)
         raise
     outdir.swap_in(work, out)

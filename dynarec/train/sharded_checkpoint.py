@@ -94,8 +94,7 @@ def state_of(model, sharding, optimizers) -> dict:
         for k, v in layer.ebc.state_dict().items():
             state[f"{path}.ebc.{k}"] = v
     state["optim.fused"] = _strkeys(sharding.dmp.fused_optimizer.state_dict()["state"])
-    fused = {id(o) for o in sharding.optimizers}
-    for i, opt in enumerate(o for o in optimizers if id(o) not in fused and hasattr(o, "state_dict")):
+    for i, opt in enumerate(optimizers):  # the dense ones, then those of data-parallel table replicas
         state[f"optim.dense.{i}"] = _strkeys(opt.state_dict())
     return state
 
@@ -126,9 +125,9 @@ def save_sharded(folder: Path | None, model, sharding, optimizers, meta: dict) -
     return folder / MANIFEST
 
 
-def verify(folder: Path) -> dict:
-    """The manifest of ``folder``, every file it lists present with its recorded SHA-256; a one-line
-    DataError naming the first file that is missing or differs."""
+def verify(folder: Path, only: tuple[str, ...] | None = None) -> dict:
+    """The manifest of ``folder``, every file it lists (or the ``only`` ones) present with its recorded
+    SHA-256; a one-line DataError naming the first file that is missing or differs."""
     f = folder / MANIFEST
     try:
         manifest = json.loads(f.read_text())
@@ -138,6 +137,8 @@ def verify(folder: Path) -> dict:
     if not isinstance(files, dict) or manifest.get("format") != FORMAT:
         raise DataError(f"{f}: not a dynarec sharded-checkpoint manifest (format {FORMAT})")
     for rel, digest in files.items():
+        if only is not None and rel not in only:
+            continue
         p = folder / rel
         if not p.is_file():
             raise DataError(f"{p}: missing from the sharded checkpoint {folder} (listed in {MANIFEST})")
@@ -146,6 +147,17 @@ def verify(folder: Path) -> dict:
             raise DataError(f"{p}: checksum mismatch (sha256 {got[:16]}…, recorded {digest[:16]}…): the file is "
                             "corrupted; restore it or retrain")
     return manifest
+
+
+def read_meta(folder: str | Path, check_all: bool = True) -> dict:
+    """``meta.pt`` of the sharded checkpoint in ``folder`` (model, params, schema, encoders, extra, tables),
+    verified against the manifest (every file, or only ``meta.pt`` without ``check_all``)."""
+    folder = Path(folder)
+    verify(folder, None if check_all else (META,))
+    try:
+        return torch.load(folder / META, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise DataError(f"{folder / META}: not readable ({type(e).__name__})") from None
 
 
 def load_sharded(folder: str | Path, merge: bool = True):
@@ -158,11 +170,7 @@ def load_sharded(folder: str | Path, merge: bool = True):
     from dynarec.models import build_model
 
     folder = Path(folder)
-    verify(folder)
-    try:
-        meta = torch.load(folder / META, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise DataError(f"{folder / META}: not readable ({type(e).__name__})") from None
+    meta = read_meta(folder)
     model = build_model(meta["model"], Schema.from_dict(meta["schema"], str(folder / META)), meta["params"])
     target, fused = {}, set()
     for k, t in meta["tables"].items():

@@ -148,3 +148,38 @@ def test_a_foreign_manifest_is_one_clear_error(tmp_path, text):
     (tmp_path / MANIFEST).write_text(text)
     with pytest.raises(DataError, match=f"{MANIFEST}: not a"):
         load_checkpoint(tmp_path)
+
+
+def _fake_sharded_run(folder: Path, valid: dict) -> None:
+    """A folder with what refuse_worse reads of a sharded run: meta.pt and its digest in shards.json."""
+    from dynarec.outdir import file_sha256
+    from dynarec.train.sharded_checkpoint import FORMAT, META
+
+    folder.mkdir(parents=True)
+    torch.save({"model": "dnn", "extra": {"valid": valid}}, folder / META)
+    (folder / MANIFEST).write_text(json.dumps({"format": FORMAT, "files": {META: file_sha256(folder / META)}}))
+
+
+def test_a_worse_run_never_replaces_a_better_sharded_run(tmp_path):
+    from dynarec.train.better import WorseRunError, refuse_worse
+
+    good = {"monitor": "auc", "score": 0.8, "higher": True, "data": "abc"}
+    _fake_sharded_run(tmp_path / "run", good)
+    with pytest.raises(WorseRunError, match="better validation auc \\(0.8000 against this run's 0.7000\\)"):
+        refuse_worse(tmp_path / "run", {**good, "score": 0.7})
+    refuse_worse(tmp_path / "run", {**good, "score": 0.7}, overwrite=True)  # --overwrite replaces it
+    refuse_worse(tmp_path / "run", {**good, "score": 0.9})  # a better run replaces it
+    refuse_worse(tmp_path / "run", {**good, "score": 0.7, "data": "other"})  # other validation data: no comparison
+    meta = tmp_path / "run" / "meta.pt"
+    meta.write_bytes(meta.read_bytes() + b"x")  # meta.pt no longer matches its digest: no score to keep
+    refuse_worse(tmp_path / "run", {**good, "score": 0.7})
+
+
+@needs_torchrec
+def test_the_sharded_run_of_the_worker_records_its_score_for_better(runs):
+    from dynarec.train.better import WorseRunError, recorded_extra, refuse_worse
+
+    rec = recorded_extra(runs / "table_wise-sharded")["valid"]
+    assert rec == recorded_extra(runs / "table_wise-file")["valid"] and rec["monitor"] == "auc"
+    with pytest.raises(WorseRunError):
+        refuse_worse(runs / "table_wise-sharded", {**rec, "score": rec["score"] - 0.01})
