@@ -1,0 +1,44 @@
+"""Tables streamed from a sharded checkpoint (2 real gloo processes, TorchRec) block by block, and the
+memory-mapped serving bundle. The same 2-process program writes a one-file checkpoint and a sharded one of the
+same computation (tests/scale/sharded_worker.py), so their tables are bitwise equal: the concatenated blocks
+must equal the one-file table exactly."""
+import pytest
+import torch
+
+from dynarec.serve.dcp_stream import DcpTensor, fused_blocks
+from dynarec.train.checkpoint import load_checkpoint
+from tests.scale.test_ddp import _torchrun
+from tests.scale.test_sharded_checkpoint import WORKER
+from tests.scale.test_torchrec import needs_torchrec
+
+SHARDINGS = ["table_wise", "column_wise"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("mapped")
+    two = _torchrun(str(WORKER), str(d), ",".join(SHARDINGS), timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    return d
+
+
+@needs_torchrec
+@pytest.mark.parametrize("sharding", SHARDINGS)
+@pytest.mark.parametrize("block", [1, 7, 4096])
+def test_blocks_of_the_shards_are_the_one_file_table(runs, sharding, block):
+    folder = runs / f"{sharding}-sharded"
+    meta = torch.load(folder / "meta.pt", weights_only=False)
+    want, _ = load_checkpoint(runs / f"{sharding}-file", merge=False)
+    w = want.embedding.weight.weight.data
+    seen = list(fused_blocks(folder / "shards", meta, "embedding", w.shape[0], block_rows=block))
+    starts = [0] + [lo + b.shape[0] for lo, b in seen][:-1]
+    assert [lo for lo, _ in seen] == starts  # in row order, no gap, no overlap
+    assert all(0 < b.shape[0] <= block for _, b in seen)
+    assert torch.equal(torch.cat([b for _, b in seen]), w)
+    key = "embedding.ebc.embedding_bags.user_id.weight"
+    t = meta["tables"][key]
+    one = DcpTensor(folder / "shards", key)
+    assert one.shape == (t["rows"], t["dim"]) and one.dtype == torch.float32
+    if sharding == "column_wise":
+        assert len(one.chunks) == 2  # two ranks' column shards, stitched per block
+    assert torch.equal(one.read_rows(3, 11), w[t["offset"] + 3:t["offset"] + 11])
