@@ -63,7 +63,12 @@ def read_bundle(path: str | Path):
     from dynarec.train.checkpoint import load_checkpoint
 
     m = read_manifest(path)
-    model, blob = load_checkpoint(Path(path) / "model.pt", merge=True)
+    if m.get("mapped"):  # large tables as mapped files (dynarec.serve.mapped): model.pt holds the rest
+        from dynarec.serve.mapped_load import load_mapped_model
+
+        model, blob = load_mapped_model(path, m)
+    else:
+        model, blob = load_checkpoint(Path(path) / "model.pt", merge=True)
     if not blob.get("encoders"):
         raise DynarecError(f"{path}: the checkpoint has no encoders; raw rows cannot be encoded")
     return m, model, Encoders.from_dict(model.schema, blob["encoders"])

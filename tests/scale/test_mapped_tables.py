@@ -42,3 +42,29 @@ def test_blocks_of_the_shards_are_the_one_file_table(runs, sharding, block):
     if sharding == "column_wise":
         assert len(one.chunks) == 2  # two ranks' column shards, stitched per block
     assert torch.equal(one.read_rows(3, 11), w[t["offset"] + 3:t["offset"] + 11])
+
+
+@needs_torchrec
+@pytest.mark.parametrize("sharding", SHARDINGS)
+def test_export_from_shards_equals_export_from_the_file(runs, sharding, tmp_path, monkeypatch):
+    from dynarec.serve.backends import load_backend
+    from dynarec.serve.entry import batch_inputs, example_batch
+    from dynarec.serve.export import PARITY_TOL, export_bundle
+    from dynarec.train import sharded_checkpoint
+
+    def assembled(*a, **k):
+        raise AssertionError("the sharded table was assembled in one process")
+
+    b = export_bundle(runs / f"{sharding}-file", tmp_path / "b", "all", map_mb=0.01)
+    monkeypatch.setattr(sharded_checkpoint, "load_sharded", assembled)
+    a = export_bundle(runs / f"{sharding}-sharded", tmp_path / "a", "all", map_mb=0.01)
+    assert a["mapped"] == b["mapped"] and [t["layer"] for t in a["mapped"]["tables"]] == ["embedding"]
+    for f in ("table_0.f32", "table_0.json"):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    assert max(max(v.values()) for v in a["parity"].values()) <= PARITY_TOL
+    want, _ = load_checkpoint(runs / f"{sharding}-file")
+    args = batch_inputs(want.schema, example_batch(want.schema, 64, seed=3))
+    for be in ("torch", "onnx", "eager"):
+        got_a, got_b = load_backend(tmp_path / "a", be)(args), load_backend(tmp_path / "b", be)(args)
+        for x, y in zip(got_a, got_b):
+            assert torch.equal(torch.as_tensor(x), torch.as_tensor(y)), be  # same files, same answers
