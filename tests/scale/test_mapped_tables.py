@@ -68,3 +68,31 @@ def test_export_from_shards_equals_export_from_the_file(runs, sharding, tmp_path
         got_a, got_b = load_backend(tmp_path / "a", be)(args), load_backend(tmp_path / "b", be)(args)
         for x, y in zip(got_a, got_b):
             assert torch.equal(torch.as_tensor(x), torch.as_tensor(y)), be  # same files, same answers
+
+
+def _mapped_files() -> set[str]:
+    """Paths of the files this process maps that were unlinked (what a mapped table of a sharded run is)."""
+    maps = open("/proc/self/maps").read().splitlines()
+    return {line.split(None, 5)[5] for line in maps if "dynarec-mapped-" in line and len(line.split(None, 5)) == 6}
+
+
+@needs_torchrec
+def test_evaluate_and_predict_of_a_sharded_run_read_mapped_rows(runs, monkeypatch, tmp_path):
+    from dynarec.metrics import evaluate_model
+    from dynarec.serve import mapped
+    from dynarec.serve.predictor import Predictor
+    from dynarec.train import sharded_checkpoint
+    from tests.scale.ddp_worker import data
+
+    def assembled(*a, **k):
+        raise AssertionError("the sharded table was assembled in one process")
+
+    test = data()[1]["test"]
+    want = Predictor.load(runs / "column_wise-file")
+    monkeypatch.setattr(sharded_checkpoint, "load_sharded", assembled)
+    monkeypatch.setattr(mapped, "MAP_MB", 0.01)  # the 404 x 16 table counts as large here
+    got = Predictor.load(runs / "column_wise-sharded")
+    w = got.model.embedding.weight.weight
+    assert torch.equal(w, want.model.embedding.weight.weight)
+    assert any(f.endswith("table_0.f32 (deleted)") for f in _mapped_files())  # read from a map, its file unlinked
+    assert evaluate_model(got.model, test) == evaluate_model(want.model, test)
