@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     from dynarec.serve.backends import BACKENDS, formats
 
     ex.add_argument("--format", default="all", choices=formats())
+    ex.add_argument("--map-tables-mb", type=float, default=64.0, metavar="MB",
+                    help="feature tables of at least MB MiB become memory-mapped files, their lookup outside the "
+                         "exported graph (default 64; a sharded run's tables are streamed from its shards)")
     ex.set_defaults(fn=cmd_export)
 
     sv = sub.add_parser("serve", help="HTTP predictor on raw feature values over an exported bundle")

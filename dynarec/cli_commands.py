@@ -178,10 +178,13 @@ def cmd_predict(a) -> int:
 def cmd_export(a) -> int:
     from dynarec.serve.export import export_bundle
 
-    m = export_bundle(a.checkpoint, a.out, a.format)
+    if not a.map_tables_mb >= 0:
+        raise DynarecError(f"--map-tables-mb: expected a number >= 0, got {a.map_tables_mb}")
+    m = export_bundle(a.checkpoint, a.out, a.format, map_mb=a.map_tables_mb)
     worst = {b: max(v.values()) for b, v in m["parity"].items()}
+    mapped = ", ".join(f"{t['layer']} {t['shape'][0]:,} x {t['shape'][1]} mapped" for t in m.get("mapped", {}).get("tables", []))
     print(f"exported {m['model']} {m['model_version']} to {a.out} ({', '.join(m['backends'])}; max |exported - eager| "
-          + (", ".join(f"{b} {v:.1e}" for b, v in worst.items()) or "n/a") + ")")
+          + (", ".join(f"{b} {v:.1e}" for b, v in worst.items()) or "n/a") + ")" + (f"; {mapped}" if mapped else ""))
     return 0
 
 

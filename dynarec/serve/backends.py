@@ -71,7 +71,15 @@ class EagerBackend(Backend):
         from dynarec.train.checkpoint import load_checkpoint
 
         if model is None:
-            model, _ = load_checkpoint(Path(bundle) / "model.pt", merge=True)
+            from dynarec.serve.mapped_load import mapped_manifest
+
+            m = mapped_manifest(bundle)
+            if m is not None:  # large tables are mapped files beside a model.pt without them
+                from dynarec.serve.mapped_load import load_mapped_model
+
+                model, _ = load_mapped_model(bundle, m)
+            else:
+                model, _ = load_checkpoint(Path(bundle) / "model.pt", merge=True)
         self.entry = TensorEntry(model).eval()
 
     def __call__(self, inputs):
@@ -169,9 +177,24 @@ def export_onnx(program, args: tuple, names: list[str], tasks: list[str], path: 
         log.setLevel(level)
 
 
-def load_backend(bundle: str | Path, name: str, model=None):
-    """The backend ``name`` of the bundle folder ``bundle`` (``model``: the eager backend's model, if loaded)."""
+def load_backend(bundle: str | Path, name: str, model=None, mapped: dict | None = None):
+    """The backend ``name`` of the bundle folder ``bundle`` (``model``: the eager backend's model, if loaded).
+    A bundle with mapped tables (``mapped``: its manifest's entry; read from the manifest when None) runs
+    an exported backend behind the host lookup (:class:`~dynarec.serve.lookup.MappedRunner`)."""
     cls = BACKENDS.get(name)
     if cls is None:
         raise DynarecError(f"--backend: expected one of {' | '.join(BACKENDS)}, got '{name}'")
-    return cls(Path(bundle), model)
+    run = cls(Path(bundle), model)
+    if cls.file is None:
+        return run
+    if mapped is None:
+        from dynarec.serve.mapped_load import mapped_manifest
+
+        mapped = (mapped_manifest(bundle) or {}).get("mapped")
+    if not mapped:
+        return run
+    from dynarec.serve.lookup import HostLookup, MappedRunner
+    from dynarec.serve.mapped import open_table
+
+    tables = [open_table(bundle, t["k"]) for t in mapped["tables"]]
+    return MappedRunner(run, HostLookup(mapped["tables"], tables, mapped["has_dense"]))

@@ -15,13 +15,23 @@ def load_predictor(path: str | Path, cls):
     """A checkpoint folder (or its ``model.pt``), an online run folder or one of its pass folders -> a
     predictor of class ``cls`` (:class:`~dynarec.serve.predictor.Predictor`: ``Predictor.load(path)``)."""
     from dynarec.data.encode import Encoders
+    from dynarec.serve.mapped_load import mapped_manifest
     from dynarec.train.checkpoint import load_checkpoint
 
     if is_online(path):
         return load_pass(path, cls)
-    model, blob = load_checkpoint(path)
-    enc = Encoders.from_dict(model.schema, blob["encoders"]) if blob.get("encoders") is not None else None
     p = Path(path)
+    if p.is_dir() and not (p / "model.pt").exists() and (p / "shards.json").exists():
+        from dynarec.serve.mapped_load import load_sharded_mapped  # large tables mapped, never assembled
+
+        model, blob = load_sharded_mapped(p)
+    elif mapped_manifest(p) is not None:  # a bundle with mapped tables
+        from dynarec.serve.mapped_load import load_mapped_model
+
+        model, blob = load_mapped_model(p, read_manifest(p))
+    else:
+        model, blob = load_checkpoint(path)
+    enc = Encoders.from_dict(model.schema, blob["encoders"]) if blob.get("encoders") is not None else None
     f = p / "model.pt" if p.is_dir() else p
     if not f.exists() and (p / "shards.json").exists():  # a sharded checkpoint: its manifest holds every digest
         f = p / "shards.json"
@@ -63,7 +73,12 @@ def read_bundle(path: str | Path):
     from dynarec.train.checkpoint import load_checkpoint
 
     m = read_manifest(path)
-    model, blob = load_checkpoint(Path(path) / "model.pt", merge=True)
+    if m.get("mapped"):  # large tables as mapped files (dynarec.serve.mapped): model.pt holds the rest
+        from dynarec.serve.mapped_load import load_mapped_model
+
+        model, blob = load_mapped_model(path, m)
+    else:
+        model, blob = load_checkpoint(Path(path) / "model.pt", merge=True)
     if not blob.get("encoders"):
         raise DynarecError(f"{path}: the checkpoint has no encoders; raw rows cannot be encoded")
     return m, model, Encoders.from_dict(model.schema, blob["encoders"])

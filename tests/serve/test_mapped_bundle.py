@@ -1,0 +1,98 @@
+"""The memory-mapped serving bundle (dynarec.serve.mapped / lookup): a feature table at or above
+``map_mb`` is a raw float32 file beside the exported graph, which starts after its lookup; smaller tables
+stay in the graph. Defining properties: the bundle's backends, loaded from disk, give the ORIGINAL in-memory
+model's outputs to the bundle's own bound (1e-5: float32 re-association of the same graph); the exported
+program holds no copy of a mapped table; the file is the table's rows, row-major, with the digest its header
+states; a model built from the bundle reads those rows in place (a memmap, nothing copied)."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dynarec.serve.backends import load_backend
+from dynarec.serve.entry import TensorEntry, batch_inputs, example_batch
+from dynarec.serve.export import PARITY_TOL, export_bundle
+from dynarec.serve.mapped import feature_layers
+from dynarec.testing import small_params, warmed
+from dynarec.train.checkpoint import save_checkpoint
+
+pytest.importorskip("onnxruntime", reason="ONNX Runtime is an optional extra: pip install 'dynarec[onnx]'")
+pytest.importorskip("onnxscript", reason="the dynamo ONNX exporter needs onnxscript: pip install 'dynarec[onnx]'")
+
+# deepfm: the fused table (dim 8) is mapped, its first-order table (one column per task) stays in the graph;
+# pepnet: the fused table mapped, its gate networks' inputs read it; the schema has dense and sequence features.
+MODELS = ["deepfm", "pepnet", "dnn"]
+
+
+def _big_and_small(model):
+    sizes = sorted((layer.weight.weight.numel() * 4, path) for path, layer in feature_layers(model))
+    return sizes[-1], sizes[:-1]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_mapped_bundle_equals_the_eager_model(name, small_synth, tmp_path):
+    schema, tables, _ = small_synth
+    model = warmed(name, schema, {}, tables["train"]).eval()
+    save_checkpoint(tmp_path / "run", model, small_params(name))
+    (big, big_path), small = _big_and_small(model)
+    map_mb = (big - 1) / (1 << 20)  # just under the largest table: it alone is mapped
+    m = export_bundle(tmp_path / "run", tmp_path / "b", "all", map_mb=map_mb)
+    assert [t["layer"] for t in m["mapped"]["tables"]] == [big_path]
+    assert max(max(v.values()) for v in m["parity"].values()) <= PARITY_TOL
+    w = dict(feature_layers(model))[big_path].weight.weight.detach()
+    raw = (tmp_path / "b" / "table_0.f32").read_bytes()
+    head = json.loads((tmp_path / "b" / "table_0.json").read_text())
+    assert head["shape"] == list(w.shape) and head["sha256"] == hashlib.sha256(raw).hexdigest()
+    assert torch.equal(torch.from_numpy(np.frombuffer(raw, dtype=np.float32).reshape(w.shape).copy()), w)
+    program = torch.export.load(str(tmp_path / "b" / "model.pt2"))
+    assert all(t.numel() < w.numel() for t in program.state_dict.values())  # the table is not in the graph
+    assert bool(small) == (name == "deepfm")  # deepfm's first-order table: a small feature table ...
+    assert all(any(t.numel() * 4 == b for t in program.state_dict.values()) for b, _ in small)  # ... in the graph
+    merged = warmed(name, schema, {}, tables["train"]).eval()
+    merged.merge_for_inference()
+    entry = TensorEntry(merged).eval()
+    for be in ("torch", "onnx", "eager"):
+        run = load_backend(tmp_path / "b", be)
+        for n in (1, 5, 300):
+            args = batch_inputs(schema, example_batch(schema, n, seed=100 + n))
+            with torch.no_grad():
+                ref = entry(*args)
+            for r, g in zip(ref, run(args)):
+                torch.testing.assert_close(torch.as_tensor(g), r, atol=PARITY_TOL, rtol=0)
+
+
+def test_a_bundle_model_reads_the_mapped_rows_in_place(small_synth, tmp_path):
+    from dynarec.serve.mapped_load import load_mapped_model
+    from dynarec.serve.sources import read_manifest
+
+    schema, tables, _ = small_synth
+    model = warmed("dnn", schema, {}, tables["train"]).eval()
+    save_checkpoint(tmp_path / "run", model, small_params("dnn"))
+    export_bundle(tmp_path / "run", tmp_path / "b", "torch", map_mb=0)
+    got, _ = load_mapped_model(tmp_path / "b", read_manifest(tmp_path / "b"))
+    w = got.embedding.weight.weight
+    mm = np.memmap(tmp_path / "b" / "table_0.f32", dtype=np.float32, mode="r", shape=tuple(w.shape))
+    assert torch.equal(w.detach(), torch.from_numpy(np.array(mm)))
+    assert w.data_ptr() != 0 and not w.requires_grad
+    pt = torch.load(tmp_path / "b" / "model.pt", weights_only=False)
+    assert pt["format"] and (tmp_path / "b" / "model.pt").stat().st_size < (tmp_path / "run" / "model.pt").stat().st_size
+
+
+def test_a_corrupted_table_file_is_one_error_naming_it(small_synth, tmp_path):
+    from dynarec.errors import DynarecError
+    from dynarec.serve.loader import read_bundle
+
+    schema, tables, _ = small_synth
+    model = warmed("dnn", schema, {}, tables["train"]).eval()
+    save_checkpoint(tmp_path / "run", model, small_params("dnn"))
+    export_bundle(tmp_path / "run", tmp_path / "b", "torch", map_mb=0)
+    f = tmp_path / "b" / "table_0.f32"
+    data = bytearray(f.read_bytes())
+    data[100] ^= 1
+    f.write_bytes(bytes(data))
+    with pytest.raises(DynarecError, match="table_0.f32: checksum mismatch"):
+        read_bundle(tmp_path / "b")
