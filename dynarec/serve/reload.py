@@ -1,16 +1,19 @@
 """Hot reload for ``dynarec serve``: a watched folder's newest bundle (:func:`watch_bundles`) or the pass an
-online run's ``current`` marker names (:func:`follow_run`) is loaded beside the served one, in the engine's
-loader thread, then swapped in with one reference assignment between two batches (:func:`swap_in`), so no
+online run's ``current`` marker names (:func:`follow_run`: by its deltas when it can,
+:mod:`dynarec.serve.delta_apply`) is loaded beside the served one, in the engine's loader thread, then swapped in with one reference assignment between two batches (:func:`swap_in`), so no
 request fails or mixes two models (each answer names the version that made it). A load that fails keeps the
 old model (``dynarec_reloads{result="failed"}``); ``dynarec_reload_seconds`` times load + swap."""
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 
 from dynarec.serve.served import load_served
 from dynarec.serve.sources import current_text, newest_bundle
+
+_log = logging.getLogger("dynarec.serve.server")
 
 
 async def swap_in(engine, load, *args) -> bool:
@@ -45,17 +48,44 @@ async def watch_bundles(engine) -> None:
 
 
 async def follow_run(engine) -> None:
-    """An online run: when ``RUN/current`` names another pass, load it beside the served one and swap it in;
-    in-flight batches keep the model they started with. A pass that fails to load is skipped (the old one
-    stays) until the marker moves again."""
+    """An online run: every ``watch_interval_s``, :func:`follow_once`."""
     while True:
         await asyncio.sleep(engine.cfg.watch_interval_s)
-        run = engine.served.run
-        text = current_text(run)
-        if text is None or text == engine.served.marker or text == engine.failed_marker:
-            continue
-        if not await swap_in(engine, load_served, run, "eager"):
-            engine.failed_marker = text
+        await follow_once(engine)
+
+
+async def follow_once(engine) -> str | None:
+    """When ``RUN/current`` names another pass: apply the deltas up to it to the served model
+    (:mod:`dynarec.serve.delta_apply`: prepared in the loader thread, written between two batches;
+    ``dynarec_reloads{result="delta"}``), or, when a delta is missing, out of order, corrupted or carries no
+    dense weights, log one line saying why and load the pass beside the served one and swap it in (a full
+    reload). A pass that fails to load is skipped (the old one stays) until the marker moves again.
+    -> ``"delta"``, ``"reload"``, ``"failed"`` or None (nothing to do)."""
+    from dynarec.serve.delta_apply import apply, prepare
+
+    run = engine.served.run
+    text = current_text(run)
+    if text is None or text == engine.served.marker or text == engine.failed_marker:
+        return None
+    t0 = time.perf_counter()
+    try:
+        prep = await asyncio.get_running_loop().run_in_executor(engine.loader, prepare, engine.served, run, text)
+    except Exception as e:  # noqa: BLE001 - an unexpected delta problem: the full reload decides
+        prep = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    if not isinstance(prep, str) and engine.served.run == run:
+        try:
+            engine.served = apply(engine.served, prep)  # on the loop, where batches run: between two batches
+        except Exception as e:  # noqa: BLE001 - never keep a half-applied model: the full reload replaces it
+            prep = f"applying the delta failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        else:
+            engine.reload_s.observe(time.perf_counter() - t0)
+            engine.reloads.labels("delta").inc()
+            return "delta"
+    _log.warning("dynarec serve: %s: full reload of %s (%s)", run, text, prep)
+    if not await swap_in(engine, load_served, run, "eager"):
+        engine.failed_marker = text
+        return "failed"
+    return "reload"
 
 
 def freeze(unfreeze: bool = False) -> None:
