@@ -10,7 +10,7 @@ from pathlib import Path
 from dynarec import outdir
 from dynarec.checks import validate
 from dynarec.config import build_dataclass, to_dict
-from dynarec.errors import DynarecError
+from dynarec.errors import ConfigError, DynarecError
 from dynarec.metrics import evaluate_model
 from dynarec.train.distributed import evaluate_split, is_main
 from dynarec.models import build_model
@@ -76,6 +76,9 @@ def train_model(model_name: str, schema, tables: dict, params: dict | None = Non
     if out is None or not is_main():  # no output folder, or a rank other than 0 of several processes
         if resume and out is None:
             raise DynarecError("resume: needs the interrupted run's out folder")
+        if cfg.checkpoint_every_steps and out is None:
+            raise ConfigError(f"trainer.checkpoint_every_steps: {cfg.checkpoint_every_steps} needs an out folder "
+                              "(the resume point last.pt is written there); set it to 0 or give an out folder")
         tr = Trainer(model, cfg, seed, None, task_weighting, console, placement)
         hist = tr.fit(tables["train"], valid, [CollapseGuard(valid)], finish=False)
         return _finish(model, cfg, hist, tables, params, None, encoders, seed, placement)
@@ -97,8 +100,8 @@ def train_model(model_name: str, schema, tables: dict, params: dict | None = Non
                           "trainer": {**to_dict(cfg), "task_weighting": task_weighting or cfg.task_weighting}}
         (work / "config.json").write_text(json.dumps(run_config, indent=2))
     try:
-        hist = tr.fit(tables["train"], valid, [CollapseGuard(valid), LastState(work / LAST, meta)], resume=state,
-                      finish=False)
+        last = LastState(work / LAST, meta, cfg.checkpoint_every_steps)
+        hist = tr.fit(tables["train"], valid, [CollapseGuard(valid), last], resume=state, finish=False)
         res = _finish(model, cfg, hist, tables, params, work, encoders, seed, placement)
         refuse_worse(out, valid_record(hist, valid), overwrite)
         (work / LAST).unlink(missing_ok=True)
