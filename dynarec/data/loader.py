@@ -281,16 +281,40 @@ def open_split(folder: str | Path, split: str = "train", shuffle_buffer: int = 1
     return StreamTable(Schema.load(p / "schema.json"), split_files(p, split), shuffle_buffer, prefetch, threads)
 
 
+STREAM_KEYS = ("shuffle_buffer", "prefetch", "read_threads")  # data.* keys of the streamed reader only
+
+
+def _given(data) -> set[str]:
+    """The ``data.*`` keys whose value is not the default (the ones a user set)."""
+    import dataclasses
+
+    return {f.name for f in dataclasses.fields(data)
+            if f.default is not dataclasses.MISSING and getattr(data, f.name) != f.default}
+
+
 def load_for_training(data):
     """(schema, {split: table}) of ``data.path`` (a ``DataConfig``): every split in memory, or with
     ``data.loading`` streamed (chosen, or ``auto`` when the splits would exceed ``data.memory_budget_mb``) the
-    train split as a :class:`StreamTable` and valid / test in memory."""
+    train split as a :class:`StreamTable` and valid / test in memory. A streamed reader's key
+    (``shuffle_buffer``, ``prefetch``, ``read_threads``) given when the split is loaded in memory, or
+    ``memory_budget_mb`` with a loading other than ``auto``, has no effect: a ConfigError naming it."""
     from dynarec.data.prepare import load_prepared
 
     check_data_keys(data)
     p = Path(data.path)
     schema = Schema.load(p / "schema.json") if (p / "schema.json").exists() else None
+    given = _given(data)
+    if data.loading != "auto" and "memory_budget_mb" in given:
+        raise ConfigError(f"data.memory_budget_mb: only used with data.loading: auto, and data.loading is "
+                          f"'{data.loading}'; remove the key")
     if schema is None or choose_loading(p, schema, data.loading, data.memory_budget_mb) == "memory":
+        stream_keys = [k for k in STREAM_KEYS if k in given]
+        if stream_keys:
+            why = ("data.loading is 'memory'" if data.loading == "memory" else
+                   f"data.loading 'auto' loads this folder in memory (its splits fit data.memory_budget_mb "
+                   f"{data.memory_budget_mb:g})")
+            raise ConfigError(f"data.{stream_keys[0]}: only used when the train split is streamed, and {why}; set "
+                              f"data.loading: stream or remove data.{', data.'.join(stream_keys)}")
         return load_prepared(p)
     train = open_split(p, "train", data.shuffle_buffer, data.prefetch, data.read_threads)
     schema, rest = load_prepared(p, ("valid", "test"))

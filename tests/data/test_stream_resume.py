@@ -75,3 +75,19 @@ def test_two_ranks_disjoint_balanced_and_resumable(prepared, tmp_path, group_row
         assert abs(len(a) - len(b)) <= group_rows  # dealt to the least-loaded rank: within one row group
         rest, _ = _epoch(st.for_rank(1, 2), 256, 5, start=3)
         assert all(np.array_equal(x, y) for x, y in zip(r1[3:], rest)) and len(rest) == len(r1) - 3
+
+
+@pytest.mark.parametrize("sets,key", [(["data.loading=memory", "data.shuffle_buffer=1000"], "data.shuffle_buffer"),
+                                      (["data.loading=memory", "data.read_threads=1"], "data.read_threads"),
+                                      (["data.prefetch=2"], "data.prefetch"),  # auto: this folder fits in memory
+                                      (["data.loading=stream", "data.memory_budget_mb=10"], "data.memory_budget_mb")])
+def test_stream_keys_without_streaming_are_one_line_exit_2(prepared, tmp_path, capsys, sets, key):
+    from dynarec.cli import main
+
+    argv = ["train", "--data", str(prepared), "--out", str(tmp_path / "r"), "--epochs", "1"]
+    for s in sets:
+        argv += ["--set", s]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"dynarec: error: {key}: "), err
+    assert not (tmp_path / "r").exists()
