@@ -35,6 +35,7 @@ import torch
 
 from dynarec.data.prepare import table_columns, to_tensor_table
 from dynarec.data.schema import Schema
+from dynarec.data.table import Batch
 from dynarec.errors import ConfigError, DataError
 
 LOADINGS = ("auto", "memory", "stream")
@@ -224,10 +225,16 @@ class StreamTable:
             held -= cut
             s = 0
             for size in sizes[k:j]:
-                idx = torch.arange(s, s + size)
+                yield _rows(table, s, s + size), table.row[s:s + size]
                 s += size
-                yield table.take(idx), table.row[idx]
             k = j
+
+
+def _rows(t, a: int, b: int) -> Batch:
+    """Rows ``a:b`` of tensor table ``t`` as a batch of views (no copy: the buffer was permuted already)."""
+    sp = t.sparse[a:b]
+    return Batch(sp, t.dense[a:b], sp[:, t.domain_col], {k: v[a:b] for k, v in t.labels.items()},
+                 {k: v[a:b] for k, v in t.sequences.items()}, None if t.user is None else t.user[a:b])
 
 
 def _cut(sizes: list[int], k: int, held: int) -> tuple[int, int]:
