@@ -156,6 +156,10 @@ class Loop:
                 t0 = time.perf_counter()
                 loss_sum, steps, start, before = 0.0, 0, 0, 0.0
                 if at is not None:  # resumed inside this epoch: its batch order replayed, its first steps skipped
+                    if (at["epoch"], at.get("batch_size", batch_size)) != (epoch, batch_size):
+                        raise DynarecError(f"resume: the saved position (epoch {at['epoch']}, batch size "
+                                           f"{at.get('batch_size')}) does not fit this run (epoch {epoch}, batch "
+                                           f"size {batch_size}); resume with the interrupted run's settings")
                     gen.set_state(at["batches_rng"])
                     loss_sum, steps, start, before = at["loss_sum"], at["steps"], at["step"], at["seconds"]
                     at = None
@@ -173,7 +177,7 @@ class Loop:
                     steps += 1
                     self.position = {"epoch": epoch, "step": self.batch, "batches_rng": begin, "loss_sum": loss_sum,
                                      "steps": steps, "seconds": before + time.perf_counter() - t0,
-                                     "global_step": (epoch - 1) * n_steps + self.batch}
+                                     "global_step": (epoch - 1) * n_steps + self.batch, "batch_size": batch_size}
                     self._call("on_batch_end", len(b), loss)
                 self.position = None
                 dt = before + time.perf_counter() - t0
