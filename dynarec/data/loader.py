@@ -35,6 +35,7 @@ import torch
 
 from dynarec.data.prepare import table_columns, to_tensor_table
 from dynarec.data.schema import Schema
+from dynarec.data.table import Batch
 from dynarec.errors import ConfigError, DataError
 
 LOADINGS = ("auto", "memory", "stream")
@@ -127,55 +128,121 @@ class StreamTable:
                     futures.append(pool.submit(self._read, order[k + self.prefetch]))
                 yield cols
 
-    def batches(self, batch_size: int, shuffle: bool = False,
-                generator: torch.Generator | None = None) -> Iterator:
-        """This rank's batches of one epoch (``batch_size``: the global batch; see the module docstring)."""
-        for b, _ in self.batches_with_rows(batch_size, shuffle, generator):
+    def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
+                start: int = 0) -> Iterator:
+        """This rank's batches of one epoch (``batch_size``: the global batch; see the module docstring), from
+        the ``start``-th (0-based; ``generator`` in its state at the epoch's start): the epoch's order and
+        shuffle-buffer permutations are replayed on row numbers, and only the row groups still holding rows of
+        the remaining batches are read (a mid-epoch resume)."""
+        for b, _ in self.batches_with_rows(batch_size, shuffle, generator, start):
             yield b if self.device is None else b.to(self.device)
 
-    def batches_with_rows(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None):
-        """(batch, raw row index of each of its rows) of :meth:`batches`, on the host."""
+    def _plan(self, batch_size: int, shuffle: bool, generator) -> tuple[list[int], list[int]]:
+        """(this rank's row groups in the epoch's order, the size of each of its batches)."""
         if batch_size % self.world:
             raise ConfigError(f"trainer.batch_size: {batch_size} is not divisible by the {self.world} processes")
         n_units = len(self.units)
         order = torch.randperm(n_units, generator=generator).tolist() if shuffle else list(range(n_units))
         if self.world == 1:
-            n, steps = self.total, -(-self.total // batch_size)
-            sizes = [batch_size] * (n // batch_size) + ([n % batch_size] if n % batch_size else [])
-        else:  # the same number of steps on every rank: its rows cut into that many near-equal batches
-            order = self._deal(order)[self.rank]
-            n, steps = sum(self.units[u][2] for u in order), -(-self.total // batch_size)
-            if n < steps:
-                raise ConfigError(f"trainer.batch_size: {batch_size} leaves rank {self.rank} fewer rows ({n}) than "
-                                  f"steps ({steps}); use a larger batch or more row groups")
-            sizes = [n // steps + (k < n % steps) for k in range(steps)]
+            n = self.total
+            return order, [batch_size] * (n // batch_size) + ([n % batch_size] if n % batch_size else [])
+        # the same number of steps on every rank: its rows cut into that many near-equal batches
+        order = self._deal(order)[self.rank]
+        n, steps = sum(self.units[u][2] for u in order), -(-self.total // batch_size)
+        if n < steps:
+            raise ConfigError(f"trainer.batch_size: {batch_size} leaves rank {self.rank} fewer rows ({n}) than "
+                              f"steps ({steps}); use a larger batch or more row groups")
+        return order, [n // steps + (k < n % steps) for k in range(steps)]
+
+    def _replay(self, order, sizes, fill, permute, generator, start):
+        """Where the epoch stands before its ``start``-th batch, computed on row numbers (position in the
+        epoch's concatenated row groups) with the same draws as :meth:`batches_with_rows`: (next row group
+        to read, next batch, the rows held: already permuted when ``ready``, else the buffer's leftover)."""
+        cum = np.concatenate([[0], np.cumsum([self.units[u][2] for u in order])]).astype(np.int64)
+        held, p, k = np.zeros(0, np.int64), 0, 0
+        while True:
+            while len(held) < fill and p < len(order):
+                held, p = np.concatenate([held, np.arange(cum[p], cum[p + 1])]), p + 1
+            if permute:
+                held = held[torch.randperm(len(held), generator=generator).numpy()]
+            cut, j = _cut(sizes, k, len(held))
+            if start < j:
+                return p, start, held[sum(sizes[k:start]):], True
+            held, k = held[cut:], j
+            if start == j or not cut:
+                return p, j, held, False
+
+    def _gather(self, order, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """The columns of ``rows`` (positions in the epoch's concatenated row groups ``order``), reading only
+        the row groups that hold them."""
+        cum = np.concatenate([[0], np.cumsum([self.units[u][2] for u in order])]).astype(np.int64)
+        where = np.searchsorted(cum, rows, side="right") - 1
+        need = np.unique(where)
+        parts = list(self._groups([order[q] for q in need]))
+        if not parts:
+            return {}
+        first = np.concatenate([[0], np.cumsum([self.units[order[q]][2] for q in need])])[:-1]
+        local = first[np.searchsorted(need, where)] + (rows - cum[where])
+        return {c: np.concatenate([b[c] for b in parts])[local] for c in parts[0]}
+
+    def batches_with_rows(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
+                          start: int = 0):
+        """(batch, raw row index of each of its rows) of :meth:`batches`, on the host."""
+        order, sizes = self._plan(batch_size, shuffle, generator)
+        if not sizes:
+            return
         fill = max(self.shuffle_buffer, max(sizes)) if shuffle and self.shuffle_buffer else max(sizes)
-        buf: list[dict[str, np.ndarray]] = []
-        held, k = 0, 0
-        for cols in [*self._groups(order), None]:  # None: the end of the epoch (the buffer's last rows)
-            if cols is not None:
-                buf.append(cols)
-                held += len(cols[ROW_KEY])
-                if held < fill:
-                    continue
-            elif not buf:
+        permute = bool(shuffle and self.shuffle_buffer)
+        p, k, ready, buf = 0, 0, None, []
+        if start:
+            p, k, rows, is_ready = self._replay(order, sizes, fill, permute, generator, start)
+            cols = self._gather(order, rows) if len(rows) else None
+            ready, buf = (cols, []) if is_ready else (None, [cols] if cols else [])
+        held = sum(len(b[ROW_KEY]) for b in buf)
+        groups = self._groups(order[p:])
+        while k < len(sizes):
+            if ready is None:
+                while held < fill:
+                    cols = next(groups, None)
+                    if cols is None:
+                        break
+                    buf.append(cols)
+                    held += len(cols[ROW_KEY])
+                if not buf:
+                    break
+                merged = {c: np.concatenate([b[c] for b in buf]) for c in buf[0]} if len(buf) > 1 else buf[0]
+                if permute:
+                    perm = torch.randperm(held, generator=generator).numpy()
+                    merged = {c: v[perm] for c, v in merged.items()}
+            else:
+                merged, ready = ready, None
+                held = len(merged[ROW_KEY])
+            cut, j = _cut(sizes, k, held)
+            if j == k:  # no whole batch left (cannot happen: the sizes add up to the rows)
                 break
-            merged = {c: np.concatenate([b[c] for b in buf]) for c in buf[0]}
-            if shuffle and self.shuffle_buffer:
-                perm = torch.randperm(held, generator=generator).numpy()
-                merged = {c: v[perm] for c, v in merged.items()}
-            cut, j = 0, k
-            while j < len(sizes) and cut + sizes[j] <= held:
-                cut, j = cut + sizes[j], j + 1
             table = to_tensor_table(self.schema, {c: v[:cut] for c, v in merged.items()})
             buf = [{c: v[cut:] for c, v in merged.items()}] if cut < held else []
             held -= cut
             s = 0
             for size in sizes[k:j]:
-                idx = torch.arange(s, s + size)
+                yield _rows(table, s, s + size), table.row[s:s + size]
                 s += size
-                yield table.take(idx), table.row[idx]
             k = j
+
+
+def _rows(t, a: int, b: int) -> Batch:
+    """Rows ``a:b`` of tensor table ``t`` as a batch of views (no copy: the buffer was permuted already)."""
+    sp = t.sparse[a:b]
+    return Batch(sp, t.dense[a:b], sp[:, t.domain_col], {k: v[a:b] for k, v in t.labels.items()},
+                 {k: v[a:b] for k, v in t.sequences.items()}, None if t.user is None else t.user[a:b])
+
+
+def _cut(sizes: list[int], k: int, held: int) -> tuple[int, int]:
+    """(rows cut, next batch): the whole batches ``k, k + 1, ...`` that ``held`` rows fill."""
+    cut, j = 0, k
+    while j < len(sizes) and cut + sizes[j] <= held:
+        cut, j = cut + sizes[j], j + 1
+    return cut, j
 
 
 ROW_KEY = "_row"
@@ -221,16 +288,40 @@ def open_split(folder: str | Path, split: str = "train", shuffle_buffer: int = 1
     return StreamTable(Schema.load(p / "schema.json"), split_files(p, split), shuffle_buffer, prefetch, threads)
 
 
+STREAM_KEYS = ("shuffle_buffer", "prefetch", "read_threads")  # data.* keys of the streamed reader only
+
+
+def _given(data) -> set[str]:
+    """The ``data.*`` keys whose value is not the default (the ones a user set)."""
+    import dataclasses
+
+    return {f.name for f in dataclasses.fields(data)
+            if f.default is not dataclasses.MISSING and getattr(data, f.name) != f.default}
+
+
 def load_for_training(data):
     """(schema, {split: table}) of ``data.path`` (a ``DataConfig``): every split in memory, or with
     ``data.loading`` streamed (chosen, or ``auto`` when the splits would exceed ``data.memory_budget_mb``) the
-    train split as a :class:`StreamTable` and valid / test in memory."""
+    train split as a :class:`StreamTable` and valid / test in memory. A streamed reader's key
+    (``shuffle_buffer``, ``prefetch``, ``read_threads``) given when the split is loaded in memory, or
+    ``memory_budget_mb`` with a loading other than ``auto``, has no effect: a ConfigError naming it."""
     from dynarec.data.prepare import load_prepared
 
     check_data_keys(data)
     p = Path(data.path)
     schema = Schema.load(p / "schema.json") if (p / "schema.json").exists() else None
+    given = _given(data)
+    if data.loading != "auto" and "memory_budget_mb" in given:
+        raise ConfigError(f"data.memory_budget_mb: only used with data.loading: auto, and data.loading is "
+                          f"'{data.loading}'; remove the key")
     if schema is None or choose_loading(p, schema, data.loading, data.memory_budget_mb) == "memory":
+        stream_keys = [k for k in STREAM_KEYS if k in given]
+        if stream_keys:
+            why = ("data.loading is 'memory'" if data.loading == "memory" else
+                   f"data.loading 'auto' loads this folder in memory (its splits fit data.memory_budget_mb "
+                   f"{data.memory_budget_mb:g})")
+            raise ConfigError(f"data.{stream_keys[0]}: only used when the train split is streamed, and {why}; set "
+                              f"data.loading: stream or remove data.{', data.'.join(stream_keys)}")
         return load_prepared(p)
     train = open_split(p, "train", data.shuffle_buffer, data.prefetch, data.read_threads)
     schema, rest = load_prepared(p, ("valid", "test"))

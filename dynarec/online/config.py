@@ -31,7 +31,7 @@ from dynarec.tables.eviction import POLICIES, EvictionConfig
 from dynarec.train.config import TrainerConfig
 
 TABLES = ("dynamic", "static", "hash")
-NO_EFFECT = ("epochs", "patience", "monitor")  # trainer keys of epoch training
+NO_EFFECT = ("epochs", "patience", "monitor", "checkpoint_every_steps")  # trainer keys of epoch training
 MIN_STEPS_PER_PASS = 50  # the rule of `dynarec train`'s batch hint, per pass instead of per epoch
 MIN_AUTO_BATCH = 32
 

@@ -92,6 +92,8 @@ def train_retrieval(model_name: str, schema, tables: dict, params: dict | None =
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise DynarecError("train --nproc: retrieval models train in one process (no data-parallel yet)")
     cfg = trainer if isinstance(trainer, TrainerConfig) else build_dataclass(TrainerConfig, trainer or {}, "trainer")
+    if cfg.checkpoint_every_steps:  # no resume point here: the key would have no effect
+        raise DynarecError("trainer.checkpoint_every_steps: retrieval models write no resume point; remove the key")
     params = dict(params or {})
     torch.manual_seed(seed)
     model = build(model_name, schema, params)

@@ -59,8 +59,8 @@ class TrainerConfig:
     sharding: str = field(default="auto", metadata=rule(choices=SHARDINGS))
     # auto | file (model.pt) | sharded (torchrec: each rank writes its shards; dynarec.train.sharded_checkpoint)
     checkpoint: str = field(default="auto", metadata=rule(choices=CHECKPOINTS))
-    # also write the resume point last.pt every N steps inside an epoch (0: after each epoch only); a run
-    # killed mid-epoch then resumes from its last saved step (dynarec.train.resume)
+    # the resume point (last.pt) also every N steps inside an epoch (0: at epoch ends only); a run with an out
+    # folder only (dynarec.train.resume)
     checkpoint_every_steps: int = field(default=0, metadata=rule(min=0))
 
     def __post_init__(self):

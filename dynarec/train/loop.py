@@ -3,6 +3,8 @@ whole fit), one :class:`~dynarec.train.step.TrainStep` call per batch, and callb
 (validation, early stopping, progress, CSV log, checkpoints: :mod:`dynarec.train.callbacks`)."""
 from __future__ import annotations
 
+import inspect
+import itertools
 import math
 import random
 import time
@@ -71,25 +73,25 @@ class Loop:
         self.monitor: tuple[float, bool] | None = None
         self.stop = False
         self.batch = 0  # the step within the epoch (1-based) being run
+        self.steps_per_epoch = 0
+        self.position: dict | None = None  # inside an epoch: where it stands (saved by a mid-epoch state_dict)
         self.generator: torch.Generator | None = None  # the batch order's generator (set by fit)
         self.hint = "a learning rate too high, or NaN / inf values in the data"  # why a loss diverges
-        self.in_epoch = False  # inside an epoch's batches (a state_dict saved now holds the position in it)
-        self._epoch = {}  # the running epoch: its generator state at the start, loss sum, steps, seconds
-        self._skip = None  # on a mid-epoch resume: the position to continue from
 
     def state_dict(self) -> dict:
         """Everything a resumed fit needs after the epoch just completed: the model's weights, the step's
         state (optimizers, task weighting), the batch-order generator, torch's / numpy's / Python's global
         random states, the history and every callback's ``state_dict()``. Holds references to live tensors:
-        ``torch.save`` it to keep a snapshot."""
+        ``torch.save`` it to keep a snapshot.
+
+        Called inside an epoch (from ``on_batch_end``), ``epoch`` is the last COMPLETED one and ``position``
+        says where the running one stands: its number, the steps done, the batch-order generator's state at
+        its start (the reader replays the epoch's order from it: :func:`epoch_batches`), the loss sum and the
+        seconds so far, and the global step."""
         step_state = getattr(self.step, "state_dict", None)
-        position = None
-        if self.in_epoch:  # saved after a step inside epoch e: epoch e - 1 is the last completed one
-            position = {"epoch": self.epoch, "batch": self.batch, "generator": self._epoch["generator"],
-                        "loss_sum": self._epoch["loss_sum"], "steps": self._epoch["steps"],
-                        "seconds": time.perf_counter() - self._epoch["t0"]}
-        return {"epoch": self.epoch - 1 if position else self.epoch, "stop": self.stop, "position": position,
-                "model": self.model.state_dict(),
+        mid = self.position is not None
+        return {"epoch": self.epoch - 1 if mid else self.epoch, "stop": self.stop, "model": self.model.state_dict(),
+                "position": dict(self.position) if mid else None,
                 "step": step_state() if step_state else None,
                 "rng": {"batches": self.generator.get_state() if self.generator is not None else None,
                         "torch": torch.get_rng_state(), "numpy": np.random.get_state(),
@@ -122,7 +124,7 @@ class Loop:
             if hasattr(cb, "load_state_dict") and (key in saved or type(cb).__name__ in by_type):
                 cb.load_state_dict(saved[key] if key in saved else by_type[type(cb).__name__])
         self.epoch, self.stop = state["epoch"], state["stop"]
-        self._skip = state.get("position")
+        self.position = state.get("position")
 
     def _call(self, hook: str, *args) -> None:
         for cb in self.callbacks:
@@ -141,28 +143,30 @@ class Loop:
         gen = self.generator = set_seed(seed)
         hist = self.history
         self.epochs, self.rows, self.batch_size, self.stop = epochs, len(train), batch_size, False
-        total_time, first = 0.0, 1
+        total_time, first, at = 0.0, 1, None
+        n_steps = self.steps_per_epoch = -(-len(train) // batch_size)
         try:
             self._call("on_fit_start")
             if resume is not None:
                 self.load_state_dict(resume)
                 total_time, first = hist.train_seconds, (epochs + 1 if self.stop else self.epoch + 1)
+                at, self.position = self.position, None
             for epoch in range(first, epochs + 1):
                 self.epoch, self.monitor = epoch, None
                 self.model.train()
                 self._call("on_epoch_start", epoch)
-                pos, self._skip = self._skip, None
-                if pos is not None:  # a mid-epoch resume point: this epoch's batches again, the first k skipped
-                    gen.set_state(pos["generator"])
-                ep = self._epoch = {"generator": gen.get_state(), "loss_sum": pos["loss_sum"] if pos else 0.0,
-                                    "steps": pos["steps"] if pos else 0,
-                                    "t0": time.perf_counter() - (pos["seconds"] if pos else 0.0)}
-                skip = pos["batch"] if pos else 0
-                n_steps = -(-len(train) // batch_size)
-                self.in_epoch = True
-                for self.batch, b in enumerate(train.batches(batch_size, shuffle=True, generator=gen), 1):
-                    if self.batch <= skip:
-                        continue
+                t0 = time.perf_counter()
+                loss_sum, steps, start, before = 0.0, 0, 0, 0.0
+                if at is not None:  # resumed inside this epoch: its batch order replayed, its first steps skipped
+                    if (at["epoch"], at.get("batch_size", batch_size)) != (epoch, batch_size):
+                        raise DynarecError(f"resume: the saved position (epoch {at['epoch']}, batch size "
+                                           f"{at.get('batch_size')}) does not fit this run (epoch {epoch}, batch "
+                                           f"size {batch_size}); resume with the interrupted run's settings")
+                    gen.set_state(at["batches_rng"])
+                    loss_sum, steps, start, before = at["loss_sum"], at["steps"], at["step"], at["seconds"]
+                    at = None
+                begin = gen.get_state()
+                for self.batch, b in enumerate(epoch_batches(train, batch_size, gen, start), start + 1):
                     try:
                         loss = self.step(b)
                     except FloatingPointError as e:
@@ -171,24 +175,37 @@ class Loop:
                     if not math.isfinite(loss):
                         raise DivergedError(f"training diverged at epoch {epoch}, step {self.batch} of "
                                             f"{n_steps}: the training loss became {loss}; likely cause: {self.hint}")
-                    ep["loss_sum"] += loss
-                    ep["steps"] += 1
+                    loss_sum += loss
+                    steps += 1
+                    self.position = {"epoch": epoch, "step": self.batch, "batches_rng": begin, "loss_sum": loss_sum,
+                                     "steps": steps, "seconds": before + time.perf_counter() - t0,
+                                     "global_step": (epoch - 1) * n_steps + self.batch, "batch_size": batch_size}
                     self._call("on_batch_end", len(b), loss)
-                self.in_epoch = False
-                dt = time.perf_counter() - ep["t0"]
+                self.position = None
+                dt = before + time.perf_counter() - t0
                 total_time += dt
                 hist.train_seconds = total_time
-                row = {"epoch": epoch, "train_loss": ep["loss_sum"] / max(ep["steps"], 1),
-                       "rows_per_s": self.rows / dt, "seconds": dt}
+                row = {"epoch": epoch, "train_loss": loss_sum / max(steps, 1), "rows_per_s": self.rows / dt,
+                       "seconds": dt}
                 hist.epochs.append(row)
                 self._call("on_epoch_end", row)
                 if self.stop:
                     break
             self._call("on_fit_end")
         finally:
-            self.in_epoch = False
             self._call("close")
         hist.train_seconds = total_time
         hist.train_rows_per_s = self.rows * len(hist.epochs) / max(total_time, 1e-9)
         self.model.eval()
         return hist
+
+
+def epoch_batches(train, batch_size: int, generator: torch.Generator, start: int = 0):
+    """The shuffled batches of one epoch of ``train`` from its ``start``-th (0-based), ``generator`` in its
+    state at the epoch's start: a table whose ``batches`` takes ``start`` (the streamed reader) replays the
+    order without reading the skipped rows; any other one draws the same order and drops the first batches."""
+    if not start:
+        return train.batches(batch_size, shuffle=True, generator=generator)
+    if "start" in inspect.signature(train.batches).parameters:
+        return train.batches(batch_size, shuffle=True, generator=generator, start=start)
+    return itertools.islice(train.batches(batch_size, shuffle=True, generator=generator), start, None)

@@ -10,7 +10,7 @@ from pathlib import Path
 from dynarec import outdir
 from dynarec.checks import validate
 from dynarec.config import build_dataclass, to_dict
-from dynarec.errors import DynarecError
+from dynarec.errors import ConfigError, DynarecError
 from dynarec.metrics import evaluate_model
 from dynarec.train.distributed import evaluate_split, is_main
 from dynarec.models import build_model
@@ -79,7 +79,9 @@ def train_model(model_name: str, schema, tables: dict, params: dict | None = Non
     if out is None or not is_main():  # no output folder, or a rank other than 0 of several processes
         if resume and out is None:
             raise DynarecError("resume: needs the interrupted run's out folder")
-        # every rank continues from rank 0's resume point (the same folder on one machine)
+        if cfg.checkpoint_every_steps and out is None:
+            raise ConfigError(f"trainer.checkpoint_every_steps: {cfg.checkpoint_every_steps} needs an out folder "
+                              "(the resume point last.pt is written there); set it to 0 or give an out folder")
         tr = Trainer(model, cfg, seed, None, task_weighting, console, placement)
         # a TorchRec rank writes and reads its own shards of rank 0's resume point (None: rank 0 names it)
         state = placement.load_resume(None, None) if resume else None
