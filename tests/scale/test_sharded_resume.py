@@ -8,6 +8,7 @@
   table) equals, exactly, what the two ranks held when they wrote it (assembled here from their own
   tensors, not through DCP); one training step from it equals, exactly, the step from the same state
   written as a one-file ``last.pt`` (same state, same process, same ops)."""
+import io
 import json
 from pathlib import Path
 
@@ -134,6 +135,7 @@ def test_two_to_one_the_resharded_state_is_exactly_the_saved_state(runs):
 @needs_torchrec
 def test_two_to_one_a_step_from_the_shards_equals_a_step_from_a_one_file_state(runs, tmp_path):
     from dynarec.train.loop import Loop
+    from dynarec.train.checkpoint import sealed, write_atomic
     from dynarec.train.resume import FORMAT, load_state
 
     model_a, tr_a, tables = _one_process()
@@ -160,7 +162,9 @@ def test_two_to_one_a_step_from_the_shards_equals_a_step_from_a_one_file_state(r
     loop = {"epoch": position["epoch"], "stop": position["stop"], "model": sd,
             "step": {"optimizers": opts, "weighting": {}}, "rng": position["rng"],
             "history": position["history"], "callbacks": {}}
-    torch.save({"format": FORMAT, "meta": position["meta"], "loop": loop}, tmp_path / "last.pt")
+    buf = io.BytesIO()  # written as the trainer writes it: sealed (dynarec.train.resume.save_state)
+    torch.save({"format": FORMAT, "meta": position["meta"], "loop": loop}, buf)
+    write_atomic(tmp_path / "last.pt", sealed(FORMAT, buf.getvalue()))
     state_b = load_state(tmp_path / "last.pt", position["meta"])
     batch = next(iter(tables["train"].batches(256, shuffle=False)))
     for model, tr, state in ((model_a, tr_a, state_a), (model_b, tr_b, state_b)):
