@@ -43,6 +43,16 @@ def child_online(a) -> dict:
     return {"rows": rows[-1]["rows"], "seconds": time.perf_counter() - t0, "auc": rows[-1]["auc"]["click"]["all"]}
 
 
+def child_evaluate(a) -> dict:
+    from dynarec.experiment import evaluate_checkpoint
+
+    t0 = time.perf_counter()
+    m = evaluate_checkpoint(a.ck, a.data, "test", memory_budget_mb=a.chunk_mb)
+    return {"rows": m["rows"], "seconds": time.perf_counter() - t0, "auc": m["metrics"]["auc"]["click"]["all"],
+            "gauc": m["metrics"]["gauc"]["click"]["all"], "method": m.get("evaluation", {}).get("method", "memory"),
+            "bound": m["metrics"].get("auc_error_bound", {}).get("click", {}).get("all", 0.0)}
+
+
 def _child(argv: list[str]) -> dict:
     out = subprocess.run([sys.executable, __file__, "--child", *argv], capture_output=True, text=True)
     if out.returncode:
@@ -55,13 +65,14 @@ def main() -> None:
     p.add_argument("--predict-rows", type=int, nargs="*", default=[200_000, 2_000_000])
     p.add_argument("--online-rows", type=int, nargs="*", default=[100_000, 1_000_000])
     p.add_argument("--out", default="benchmarks/results/stream_io.json")
-    p.add_argument("--child", choices=["predict", "online"])
+    p.add_argument("--eval-rows", type=int, nargs="*", default=[])
+    p.add_argument("--child", choices=["predict", "online", "evaluate"])
     p.add_argument("--ck"), p.add_argument("--data"), p.add_argument("--dest")
-    p.add_argument("--chunk-bytes", type=int, default=16 << 20)
+    p.add_argument("--chunk-bytes", type=int, default=4 << 20)
     p.add_argument("--chunk-mb", type=float, default=0.0)
     a = p.parse_args()
     if a.child:
-        r = (child_predict if a.child == "predict" else child_online)(a)
+        r = {"predict": child_predict, "online": child_online, "evaluate": child_evaluate}[a.child](a)
         print(json.dumps({**r, "peak_rss_mb": _peak_mb()}))
         return
     import pyarrow.csv as pacsv
@@ -77,11 +88,24 @@ def main() -> None:
         assert cli(["data", "synthetic", "--rows", "20000", "--out", str(d / "data")]) == 0
         assert cli(["train", "--model", "dnn", "--data", str(d / "data"), "--epochs", "1",
                     "--set", "trainer.progress=false", "--out", str(d / "ck")]) == 0
+        for n in a.eval_rows:  # a prepared folder of n rows (test: 10 %), evaluated by the three paths
+            assert cli(["data", "synthetic", "--rows", str(n), "--out", str(d / f"ev{n}")]) == 0
+            assert cli(["train", "--model", "dnn", "--data", str(d / f"ev{n}"), "--epochs", "1", "--set",
+                        "trainer.progress=false", "--out", str(d / f"ck{n}")]) == 0
+            from dynarec.data.loader import open_split, table_bytes_per_row
+            from dynarec.evalstream import exact_row_bytes
+
+            st = open_split(d / f"ev{n}", "test")  # budgets for the three paths of dynarec/evalstream.py
+            eb, tb = len(st) * exact_row_bytes(st.schema) / 2**20, len(st) * table_bytes_per_row(st.schema) / 2**20
+            for budget in (4096.0, round(eb + tb / 2, 2), round(eb / 2, 2)):
+                r = _child(["evaluate", "--ck", str(d / f"ck{n}"), "--data", str(d / f"ev{n}"), "--chunk-mb", str(budget)])
+                results.append({"verb": "evaluate", "budget_mb": budget, **r})
+                print(json.dumps(results[-1]), flush=True)
         for n in a.predict_rows:
             t, _ = generate(n, seed=1)
             pacsv.write_csv(t.drop_columns(["click", "conversion"]), d / "rows.csv")
             mb = (d / "rows.csv").stat().st_size / 2**20
-            for mode, cb in (("chunked", 16 << 20), ("whole", 1 << 30)):
+            for mode, cb in (("chunked", 4 << 20), ("whole", 1 << 30)):
                 r = _child(["predict", "--ck", str(d / "ck"), "--data", str(d / "rows.csv"),
                             "--dest", str(d / f"p-{mode}.parquet"), "--chunk-bytes", str(cb)])
                 results.append({"verb": "predict", "mode": mode, "csv_mb": round(mb, 1), **r})
