@@ -6,7 +6,8 @@ renamed into place at the end. The batches are the ones a one-shot read of the w
 output equals it row for row and bit for bit whatever the chunk size (MC-dropout aside: its masks are drawn
 per batch with the seed = the batch's first raw row). Memory: pyarrow's read-ahead of ``chunk_bytes`` blocks
 (about 40 in flight for CSV; 4 MB blocks, as the out-of-core prepare) plus one batch, whatever the file size.
-A failure removes the temporary file; an existing ``out`` is replaced only when dynarec wrote it (a Parquet file with our marker, or a file whose columns are the ones we write)."""
+A failure removes the temporary file; an existing ``out`` is replaced only when dynarec wrote it (a Parquet
+file with our marker, or a file whose columns are the ones we write)."""
 from __future__ import annotations
 
 import os
