@@ -66,6 +66,7 @@ def main() -> None:
     p.add_argument("--online-rows", type=int, nargs="*", default=[100_000, 1_000_000])
     p.add_argument("--out", default="benchmarks/results/stream_io.json")
     p.add_argument("--eval-rows", type=int, nargs="*", default=[])
+    p.add_argument("--modes", nargs="*", default=["chunked", "whole"], help="read modes of predict / online")
     p.add_argument("--child", choices=["predict", "online", "evaluate"])
     p.add_argument("--ck"), p.add_argument("--data"), p.add_argument("--dest")
     p.add_argument("--chunk-bytes", type=int, default=4 << 20)
@@ -105,7 +106,9 @@ def main() -> None:
             t, _ = generate(n, seed=1)
             pacsv.write_csv(t.drop_columns(["click", "conversion"]), d / "rows.csv")
             mb = (d / "rows.csv").stat().st_size / 2**20
-            for mode, cb in (("chunked", 4 << 20), ("whole", 1 << 30)):
+            for mode, cb in (("chunked", a.chunk_bytes), ("whole", 1 << 30)):
+                if mode not in a.modes:
+                    continue
                 r = _child(["predict", "--ck", str(d / "ck"), "--data", str(d / "rows.csv"),
                             "--dest", str(d / f"p-{mode}.parquet"), "--chunk-bytes", str(cb)])
                 results.append({"verb": "predict", "mode": mode, "csv_mb": round(mb, 1), **r})
@@ -123,6 +126,8 @@ def main() -> None:
             write_stream(d / "schema-src", 1, 10, seed=3)
             (s / "schema.yaml").write_text((d / "schema-src" / "schema.yaml").read_text())
             for mode, cm in (("chunked", 16.0), ("whole", 0.0)):
+                if mode not in a.modes:
+                    continue
                 r = _child(["online", "--data", str(s), "--dest", str(d / f"run-{n}-{mode}"), "--chunk-mb", str(cm)])
                 results.append({"verb": "online pass", "mode": mode, **r})
                 print(json.dumps(results[-1]), flush=True)
