@@ -1,6 +1,6 @@
 """Peak RSS of the streamed verbs against the size of their input (docs/out_of_core.md, "Evaluate, predict and
 online passes"): `dynarec predict` on a raw CSV read in chunks vs read whole, and one online pass read in chunks
-(online.chunk_mb) vs whole, each at two sizes, each measured in its own process (ru_maxrss: the process's peak,
+(online.chunk_mb) vs whole, each at two sizes, each measured in its own process (VmHWM: the process's peak,
 Python + torch + pyarrow included).
 
     nice -n 10 python benchmarks/stream_io.py --predict-rows 200000 2000000 --online-rows 100000 1000000 \
@@ -19,6 +19,14 @@ from pathlib import Path
 
 
 def _peak_mb() -> float:
+    """This process's peak RSS: VmHWM (its own memory map's high-water mark). Not ru_maxrss, which Linux carries
+    over exec from the forking parent (a child of a 1 GB parent reports >= 1 GB)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -37,10 +45,13 @@ def child_online(a) -> dict:
 
     sets = ["model.embed_dim=8", "model.tower_hidden=[16]", "model.gate_emb_dim=8", "trainer.batch_size=1024",
             "trainer.threads=1", "online.max_rows=50000", f"online.chunk_mb={a.chunk_mb}"]
+    if a.chunk_mb and a.online_eval_mb:
+        sets.append(f"online.eval_budget_mb={a.online_eval_mb}")
     cfg = load_online_config(None, sets, "pepnet")
     t0 = time.perf_counter()
     rows = list(run_online(Schema.load(Path(a.data) / "schema.yaml"), a.data, a.dest, cfg))
-    return {"rows": rows[-1]["rows"], "seconds": time.perf_counter() - t0, "auc": rows[-1]["auc"]["click"]["all"]}
+    return {"rows": rows[-1]["rows"], "seconds": time.perf_counter() - t0, "auc": rows[-1]["auc"]["click"]["all"],
+            "auc_bound": rows[-1].get("auc_error_bound", {}).get("click", {}).get("all", 0.0)}
 
 
 def child_evaluate(a) -> dict:
@@ -71,6 +82,8 @@ def main() -> None:
     p.add_argument("--ck"), p.add_argument("--data"), p.add_argument("--dest")
     p.add_argument("--chunk-bytes", type=int, default=4 << 20)
     p.add_argument("--chunk-mb", type=float, default=0.0)
+    p.add_argument("--online-eval-mb", type=float, default=0.0, help="online.eval_budget_mb of chunked passes")
+    p.add_argument("--online-chunk-mb", type=float, default=16.0, help="online.chunk_mb of chunked passes")
     a = p.parse_args()
     if a.child:
         r = {"predict": child_predict, "online": child_online, "evaluate": child_evaluate}[a.child](a)
@@ -125,11 +138,13 @@ def main() -> None:
 
             write_stream(d / "schema-src", 1, 10, seed=3)
             (s / "schema.yaml").write_text((d / "schema-src" / "schema.yaml").read_text())
-            for mode, cm in (("chunked", 16.0), ("whole", 0.0)):
+            for mode, cm in (("chunked", a.online_chunk_mb), ("whole", 0.0)):
                 if mode not in a.modes:
                     continue
-                r = _child(["online", "--data", str(s), "--dest", str(d / f"run-{n}-{mode}"), "--chunk-mb", str(cm)])
-                results.append({"verb": "online pass", "mode": mode, **r})
+                r = _child(["online", "--data", str(s), "--dest", str(d / f"run-{n}-{mode}"), "--chunk-mb", str(cm),
+                            "--online-eval-mb", str(a.online_eval_mb)])
+                results.append({"verb": "online pass", "mode": mode, "chunk_mb": cm, "eval_budget_mb": a.online_eval_mb,
+                                **r})
                 print(json.dumps(results[-1]), flush=True)
     Path(a.out).write_text(json.dumps(results, indent=2))
 
