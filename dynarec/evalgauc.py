@@ -3,7 +3,8 @@ files by a hash of the user, so each file holds every row of its users; each fil
 :func:`dynarec.metrics.gauc_parts` sums (Σ n_u AUC_u, Σ n_u) added up per task x domain. gAUC is a weighted
 mean over users, so these sums give the in-memory :func:`dynarec.metrics.gauc` up to the order of the
 float64 additions (relative error below ``users · 2^-52``). Memory: one partition at a time (``k`` is chosen
-from the row count so that a partition's rows fit the budget) plus the write buffers.
+from the row count so that a partition's rows fit the budget) plus the write buffers (about half the budget
+over all partitions; each flush is its own small file, so no writer per partition is held open).
 
 Example::
 
@@ -44,7 +45,7 @@ class GaucSpill:
         self.flush_rows = max(4096, int(budget_bytes // (4 * self.k * 16 + 1)))
         self.buf: list[list[dict]] = [[] for _ in range(self.k)]
         self.held = [0] * self.k
-        self.writers: list[pq.ParquetWriter | None] = [None] * self.k
+        self.files = [0] * self.k  # files written per partition (closed at once: no writer held open per partition)
 
     def add(self, user: np.ndarray, domain: np.ndarray, labels: dict[str, np.ndarray],
             probs: dict[str, np.ndarray]) -> None:
@@ -63,9 +64,8 @@ class GaucSpill:
         if not self.buf[j]:
             return
         t = pa.table({c: np.concatenate([b[c] for b in self.buf[j]]) for c in self.buf[j][0]})
-        if self.writers[j] is None:
-            self.writers[j] = pq.ParquetWriter(self.dir / f"{j:05d}.parquet", t.schema)
-        self.writers[j].write_table(t)
+        pq.write_table(t, self.dir / f"{j:05d}-{self.files[j]:05d}.parquet")
+        self.files[j] += 1
         self.buf[j], self.held[j] = [], 0
 
     def gauc(self, name) -> dict[str, dict[str, float | None]]:
@@ -74,14 +74,12 @@ class GaucSpill:
         try:
             for j in range(self.k):
                 self._flush(j)
-                if self.writers[j] is not None:
-                    self.writers[j].close()
             sums: dict[str, dict[str, list[float]]] = {t: {} for t in self.tasks}
             for j in range(self.k):
-                f = self.dir / f"{j:05d}.parquet"
-                if not f.exists():
+                if not self.files[j]:
                     continue
-                tab = pq.read_table(f)
+                tab = pa.concat_tables([pq.read_table(self.dir / f"{j:05d}-{i:05d}.parquet")
+                                        for i in range(self.files[j])])
                 c = {n: tab.column(n).to_numpy() for n in tab.column_names}
                 masks = {"all": slice(None), **{name(d): c["d"] == d for d in np.unique(c["d"]).tolist()}}
                 for i, t in enumerate(self.tasks):
@@ -95,10 +93,4 @@ class GaucSpill:
             self.close()
 
     def close(self) -> None:
-        for w in self.writers:
-            if w is not None:
-                try:
-                    w.close()
-                except Exception:  # already closed
-                    pass
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -197,7 +197,8 @@ def evaluate_split(predictor, folder, split: str = "test", budget_mb: float = 40
                         "pass the raw data file instead")
     if mc_dropout:
         raise DataError(f"--mc-dropout: {Path(folder) / split}.parquet is streamed (its {len(st):,} rows exceed the "
-                        f"memory budget of {budget_mb:g} MB); MC-dropout needs the split in memory (raise --memory-budget)")
+                        f"memory budget of {budget_mb:g} MB); MC-dropout needs the split in memory "
+                        "(raise --memory-budget)")
     m = evaluate_stream(predictor.model, st, batch_size, budget_mb)
     return {"model": predictor.name, "data": str(folder), "metrics": m, "checkpoint": predictor.checkpoint,
             "rows": len(st), "unknown": {},

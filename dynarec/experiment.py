@@ -128,6 +128,8 @@ class Ranking(Kind):
             raise DynarecError(f"--mc-dropout: expected a number of passes >= 0, got {mc_dropout}")
         if split is not None and not Path(data).is_dir():
             raise DynarecError(f"--split applies to a prepared folder; {data} is a raw file (all its rows are scored)")
+        if memory_budget_mb is not None and not Path(data).is_dir():
+            raise DynarecError(f"--memory-budget applies to a prepared folder; {data} is a raw file (read whole)")
         predictor = Predictor.load(checkpoint)
         if Path(data).is_dir():  # streamed when the split does not fit the budget (dynarec/evalstream.py)
             budget = memory_budget_mb if memory_budget_mb is not None else run_budget(checkpoint)

@@ -141,3 +141,7 @@ def test_cli_evaluate_streams_past_the_budget(folder, tmp_path, capsys):
                  "--mc-dropout", "2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--mc-dropout" in err[0] and "memory budget" in err[0]
+    raw = folder.parent / "raw.parquet"  # a raw file is read whole: the flag would have no effect
+    assert main(["evaluate", "--checkpoint", str(ck), "--data", str(raw), "--memory-budget", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--memory-budget" in err[0] and "raw.parquet" in err[0]

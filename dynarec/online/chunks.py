@@ -6,7 +6,8 @@ batch (:func:`dynarec.data.pieces.batch_pieces`) and encoded piece by piece (``e
 
 1. the progressive evaluation: pieces of ``trainer.eval_batch_size`` rows, slots looked up (no admission),
    scored into :func:`dynarec.evalstream.evaluate_stream` (exact metrics while the pass's scores fit
-   :data:`EVAL_BUDGET_MB`, else histogram AUC with its error bound, reported as ``auc_error_bound``);
+   ``online.eval_budget_mb``, 1024 by default, ~7M rows; else histogram AUC with its error bound, reported as
+   ``auc_error_bound``);
 2. training: pieces of ``pass_batch(rows)`` rows in file order, each looked up, counted (admission) and
    trained on as one step, so the dynamic index is updated chunk by chunk.
 
@@ -27,8 +28,6 @@ import torch
 from dynarec.data.pieces import batch_pieces
 from dynarec.data.scan import scan_chunks
 from dynarec.online.schema import encode_rows
-
-EVAL_BUDGET_MB = 1024  # the progressive evaluation keeps every score (exact metrics) up to ~7M rows per pass
 
 
 def count_rows(path: Path, schema) -> int:

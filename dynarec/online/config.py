@@ -60,6 +60,8 @@ class OnlineConfig:
     auto_batch: bool = True
     # > 0: each pass file read in chunks of about this many MB, never whole (dynarec/online/chunks.py); 0: whole
     chunk_mb: float = field(default=0.0, metadata=rule(min=0))
+    # chunked passes: exact progressive metrics while the pass's scores fit this, else histogram AUC + bound
+    eval_budget_mb: float = field(default=1024.0, metadata=rule(min=0, min_open=True))
 
 
 @dataclass
@@ -102,6 +104,9 @@ def load_online_config(path: str | None, sets: list[str] | None = None, model: s
                      ("distributed", t.distributed, ("ddp",))):
         if v not in ok:
             raise ConfigError(f"{where}.trainer.{k}: online training runs in one CPU process; got {v!r}")
+    if not cfg.online.chunk_mb and "eval_budget_mb" in (d.get("online") or {}):
+        raise ConfigError(f"{where}.online.eval_budget_mb: applies to passes read in chunks; set online.chunk_mb > 0 "
+                          "(a whole pass is evaluated exactly in memory)")
     if cfg.online.chunk_mb and cfg.online.shuffle:
         raise ConfigError(f"{where}.online.shuffle: permutes a whole pass, which online.chunk_mb > 0 never holds; "
                           "use one of them")

@@ -24,7 +24,7 @@ from dynarec import outdir
 from dynarec.errors import DataError, DynarecError
 from dynarec.evalstream import evaluate_stream
 from dynarec.metrics import compute_metrics, predict_table
-from dynarec.online.chunks import EVAL_BUDGET_MB, PassChunks
+from dynarec.online.chunks import PassChunks
 from dynarec.online.config import OnlineExperiment, pass_batch, run_config
 from dynarec.online.delta import delta_rows, make_delta, snapshot, write_delta
 from dynarec.online.marker import pass_dir, read_current, write_current
@@ -94,7 +94,7 @@ def _train_batches(st, batches, k: int) -> tuple[float, float]:
 def _chunked_pass(st, path, k: int, notes: dict):
     """A pass read in chunks (:mod:`dynarec.online.chunks`) -> (metrics, rows, (loss, seconds), a raw piece)."""
     view = PassChunks(st, path, st.cfg.online.chunk_mb, _fill, notes)
-    m = evaluate_stream(st.model, view, st.cfg.trainer.eval_batch_size, EVAL_BUDGET_MB)
+    m = evaluate_stream(st.model, view, st.cfg.trainer.eval_batch_size, st.cfg.online.eval_budget_mb)
     if m.pop("method") == "exact":
         m.pop("auc_error_bound")
     return m, len(view), _train_batches(st, view.train_batches(pass_batch(len(view), st.cfg)), k), view.raw_piece

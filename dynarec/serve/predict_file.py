@@ -4,9 +4,10 @@ pieces of exactly ``batch_size`` raw rows (:mod:`dynarec.data.pieces`), each enc
 as one batch and appended to the output (a Parquet row group / CSV rows) in a temporary file beside ``out``,
 renamed into place at the end. The batches are the ones a one-shot read of the whole file makes, so the
 output equals it row for row and bit for bit whatever the chunk size (MC-dropout aside: its masks are drawn
-per batch from ``seed`` + the batch's first row). Memory: one chunk (``chunk_bytes`` of raw text) plus one
-batch, whatever the file size. A failure removes the temporary file; an existing ``out`` is replaced only
-when dynarec wrote it (a Parquet file with our marker, or a file whose columns are the ones we write)."""
+per batch with the seed = the batch's first raw row). Memory: pyarrow's read-ahead of ``chunk_bytes`` blocks
+(about 40 in flight for CSV; 4 MB blocks, as the out-of-core prepare) plus one batch, whatever the file size.
+A failure removes the temporary file; an existing ``out`` is replaced only when dynarec wrote it (a Parquet
+file with our marker, or a file whose columns are the ones we write)."""
 from __future__ import annotations
 
 import os
@@ -35,7 +36,7 @@ def _ours(out: Path, names: list[str]) -> bool:
 
 
 def write_predictions(checkpoint: str | Path, data: str | Path, out: str | Path, id_column: str | None = None,
-                      mc_dropout: int = 0, batch_size: int = 65536, chunk_bytes: int = 16 << 20) -> dict:
+                      mc_dropout: int = 0, batch_size: int = 65536, chunk_bytes: int = 4 << 20) -> dict:
     """``dynarec predict``: one output row per input row of the raw file ``data`` (no labels needed), one
     probability (binary) / value (regression) column per task — the MC-dropout mean plus ``<task>_var`` with
     ``mc_dropout`` passes — and the raw row index ``_row`` (or ``id_column`` copied from the input).

@@ -74,6 +74,18 @@ def test_chunked_passes_equal_whole_passes(stream, csv_stream, tmp_path, fmt, mb
               torch.load(tmp_path / "whole" / "passes" / f"{k:04d}" / "delta.pt", weights_only=False), f"delta {k}")
 
 
-def test_shuffle_with_chunks_is_refused():
+def test_shuffle_with_chunks_and_eval_budget_without_are_refused():
     with pytest.raises(ConfigError, match="online.shuffle"):
         load_online_config(None, ["online.chunk_mb=1", "online.shuffle=true"], "pepnet")
+    with pytest.raises(ConfigError, match="online.eval_budget_mb"):
+        load_online_config(None, ["online.eval_budget_mb=8"], "pepnet")
+
+
+def test_chunked_pass_past_its_eval_budget_reports_histogram_auc_within_its_bound(stream, tmp_path):
+    whole = _run(stream, tmp_path / "whole")
+    small = _run(stream, tmp_path / "small", "online.chunk_mb=0.001", "online.eval_budget_mb=0.01")
+    for a, b in zip(whole, small):
+        for slice_, v in a["auc"]["click"].items():
+            if v is not None:  # the same model before the pass (training is unchanged), scored by histograms
+                assert abs(b["auc"]["click"][slice_] - v) <= b["auc_error_bound"]["click"][slice_] + 1e-12
+        assert b["admitted"] == a["admitted"] and b["train_loss"] == a["train_loss"]
