@@ -5,7 +5,9 @@ argument given next to ``--resume`` (``--model``, ``--data``, ``--epochs``, ``--
 ``--seed``, ``--out``, each ``--set KEY=VALUE`` and every key of a ``--config`` file) must equal the saved
 run's value at the same key; the ones that differ are refused in one line naming each of them with both
 values. Keys the user did not give are not compared (the saved run's value is used, not today's default).
-``trainer.progress`` (the progress bar, no effect on the result) may differ and is applied.
+``trainer.progress`` (the progress bar, no effect on the result) may differ and is applied, and so may
+``trainer.distributed`` / ``trainer.sharding`` (where the run continues: a TorchRec run's sharded resume
+point loads into another plan or one process, :mod:`dynarec.train.sharded_resume`).
 
 Example::
 
@@ -23,7 +25,8 @@ from dynarec.errors import DynarecError
 
 FLAGS = {"model": "--model", "data.path": "--data", "trainer.epochs": "--epochs",
          "trainer.batch_size": "--batch-size", "trainer.lr": "--lr", "seed": "--seed", "out": "--out"}
-FREE = ("trainer.progress",)  # may differ from the saved run: applied to the resumed one
+FREE = ("trainer.progress",  # may differ from the saved run: applied to the resumed one
+        "trainer.distributed", "trainer.sharding")  # where it runs: a TorchRec run's shards reshard (2 -> 1)
 PATHS = ("data.path", "out")  # compared as resolved paths
 
 

@@ -289,6 +289,8 @@ def attach(model: nn.Module) -> list[tuple[str, TorchRecFeatures]]:
     def save(module, state, prefix, meta):  # the collection's keys out, this rank's shards in
         for k in [k for k in state if k[len(prefix):].startswith(prefixes)]:
             del state[k]
+        if module.__dict__.get("_dense_state_only"):  # dense_state(): the shards are not copied
+            return
         for path, layer in made:
             for i, t in enumerate(layer.local_state()):
                 state[f"{prefix}{path}.local_shard.{i}"] = t
@@ -307,6 +309,15 @@ def attach(model: nn.Module) -> list[tuple[str, TorchRecFeatures]]:
                                          model._register_load_state_dict_pre_hook(load),
                                          model.register_load_state_dict_post_hook(loaded))
     return made
+
+
+def dense_state(model: nn.Module) -> dict:
+    """``model.state_dict()`` without this rank's shards (no copy of them is made; for a sharded save)."""
+    model.__dict__["_dense_state_only"] = True
+    try:
+        return model.state_dict()
+    finally:
+        model.__dict__.pop("_dense_state_only", None)
 
 
 def detach(model: nn.Module, made: list[tuple[str, TorchRecFeatures]]) -> None:

@@ -88,8 +88,10 @@ def _strkeys(obj):
 
 def state_of(model, sharding, optimizers) -> dict:
     """What each rank gives DCP: its table shards, the dense weights, the optimizers' state."""
+    from dynarec.tables.torchrec_adapter import dense_state
+
     fused = set().union(*(_names_of(model, layer.orig.weight.weight) for _, layer in sharding.layers))
-    state = {k: v for k, v in model.state_dict().items() if ".local_shard." not in k and k not in fused}
+    state = {k: v for k, v in dense_state(model).items() if k not in fused}
     for path, layer in sharding.layers:
         for k, v in layer.ebc.state_dict().items():
             state[f"{path}.ebc.{k}"] = v

@@ -253,7 +253,11 @@ def load_sharded_resume(work: Path | None, meta: dict | None, model, sharding, o
                    for n, t in d.items()})
     best = None
     if any(s.get("best_state") for s in position["callbacks"].values()):
-        best = {k: torch.empty_like(v) for k, v in model.state_dict().items()}
+        from dynarec.tables.torchrec_adapter import dense_state
+
+        best = {k: torch.empty_like(v) for k, v in dense_state(model).items()}  # early stopping's copy
+        for path, layer in sharding.layers:
+            best.update({f"{path}.local_shard.{i}": torch.empty_like(t) for i, (*_, t) in enumerate(layer._pieces())})
         target.update(_best_entries(best, sharding))
     _dcp_load(target, folder, no_dist=False)
     sharding.dmp.fused_optimizer.load_state_dict(fused_state)

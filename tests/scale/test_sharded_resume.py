@@ -228,3 +228,18 @@ def test_train_model_resumes_a_two_process_run_in_one_process(runs, tmp_path):
     assert res.history.best_epoch == blob["extra"]["best_epoch"] == 2
     for k, v in want.state_dict().items():
         _close("dnn 2->1", k, got.state_dict()[k], v)
+
+
+def test_resume_may_continue_a_run_under_another_placement():
+    """``--resume DIR --set trainer.distributed=ddp`` (2 -> 1 through the CLI) is accepted and applied; other
+    keys that differ are still refused."""
+    from dynarec.errors import DynarecError
+    from dynarec.experiment import ExperimentConfig
+    from dynarec.resume_args import check_resume_args
+
+    saved = ExperimentConfig(model="dnn", out="runs/r")
+    saved.trainer.distributed, saved.trainer.sharding = "torchrec", "column_wise"
+    check_resume_args(saved, "runs/r", None, {}, ["trainer.distributed=ddp", "trainer.sharding=auto"])
+    assert (saved.trainer.distributed, saved.trainer.sharding) == ("ddp", "auto")
+    with pytest.raises(DynarecError, match="--set trainer.lr"):
+        check_resume_args(saved, "runs/r", None, {}, ["trainer.lr=0.5"])
