@@ -82,7 +82,10 @@ def serving_digest(folder: Path) -> str:
     """The sha256 recorded in a pass's ``serving.pt`` (its version), read without reading the payload (the
     file is memory-mapped; the payload is checked when the pass is loaded, not here)."""
     from dynarec.online.serving import SERVING
+    from dynarec.train.streamed_checkpoint import is_streamed, recorded_digest
 
+    if is_streamed(folder / SERVING):  # the digest is the file's trailer
+        return recorded_digest(folder / SERVING)
     blob = torch.load(folder / SERVING, map_location="cpu", weights_only=False, mmap=True)
     digest = blob.get("sha256") if isinstance(blob, dict) else None
     if not isinstance(digest, str):

@@ -8,15 +8,15 @@ checkpoint dict (the same keys: ``format``, ``model``, ``params``, ``schema``, `
 ``extra``) is ``torch.save``'d directly to a temp file (torch's zip writer writes each tensor's storage from
 its own memory), the file's SHA-256 is computed by reading it back in 1 MiB blocks, and a 72-byte trailer
 (``MAGIC`` + the hex digest) is appended; the file is fsynced and renamed into place (atomic). Reading
-checks the digest the same way (bounded memory), then memory-maps the tensors (``torch.load(mmap=True)``:
-the zip's end record is found before the trailer). A flipped or lost byte is a one-line
+checks the digest the same way (bounded memory), then loads the file (``torch.load`` reads each tensor
+into its own memory, no copy of the whole file; the zip's end record is found before the trailer). A flipped or lost byte is a one-line
 :class:`~dynarec.errors.DataError` naming the file. :func:`dynarec.train.checkpoint.read_checkpoint` reads
 these files too, so every reader of ``model.pt`` does.
 
 Example::
 
     save_streamed(Path("run/passes/0003/model.pt"), {"format": FORMAT, "state_dict": model.state_dict(), ...})
-    blob = read_streamed(Path("run/passes/0003/model.pt"))   # checksum checked, tensors memory-mapped
+    blob = read_streamed(Path("run/passes/0003/model.pt"))   # checksum checked
 """
 from __future__ import annotations
 
@@ -80,21 +80,27 @@ def is_streamed(f: Path) -> bool:
         return False
 
 
-def read_streamed(f: Path, what: str = "dynarec checkpoint") -> dict:
-    """The dict in ``f`` (a ``dynarec-checkpoint-3`` file), its checksum verified; tensors memory-mapped."""
+def recorded_digest(f: Path) -> str:
+    """The sha256 hex digest a streamed file's trailer records (not checked)."""
+    with open(f, "rb") as fh:
+        fh.seek(-64, os.SEEK_END)
+        return fh.read(64).decode("ascii", "replace")
+
+
+def read_streamed(f: Path, what: str = "dynarec checkpoint", fmt: str = FORMAT,
+                  corrupt: str = "the file is corrupted; restore it or retrain") -> dict:
+    """The dict in ``f`` (a streamed file whose dict has format ``fmt``: ``dynarec-checkpoint-3``, or an online
+    pass's ``dynarec-serving-1``), its checksum verified."""
     f = Path(f)
     size = f.stat().st_size - TRAILER
-    with open(f, "rb") as fh:
-        fh.seek(size + len(MAGIC))
-        recorded = fh.read(64).decode("ascii", "replace")
+    recorded = recorded_digest(f)
     got = _digest(f, size)
     if got != recorded:
-        raise DataError(f"{f}: checksum mismatch (sha256 {got[:16]}…, recorded {recorded[:16]}…): the file is "
-                        "corrupted; restore it or retrain")
+        raise DataError(f"{f}: checksum mismatch (sha256 {got[:16]}…, recorded {recorded[:16]}…): {corrupt}")
     try:
-        blob = torch.load(f, map_location="cpu", weights_only=False, mmap=True)
+        blob = torch.load(f, map_location="cpu", weights_only=False)  # each tensor read into its own memory
     except Exception as e:  # noqa: BLE001 - a checked file torch cannot read: name it
         raise DataError(f"{f}: not a readable {what} ({type(e).__name__})") from None
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT or "state_dict" not in blob:
+    if not isinstance(blob, dict) or blob.get("format") != fmt or "state_dict" not in blob:
         raise DataError(f"{f}: not a {what}")
     return blob
