@@ -1,5 +1,6 @@
 """What serving one pass of an online run needs: ``RUN/passes/NNNN/serving.pt`` (format ``dynarec-serving-1``,
-SHA-256 sealed and written atomically like a checkpoint): the writer half. The reader half is in ``dynarec/serve``
+written from the tensors' storage with a SHA-256 trailer, atomically, like a pass's ``model.pt``:
+:mod:`dynarec.train.streamed_checkpoint`; older runs' sealed files still load): the writer half. The reader half is in ``dynarec/serve``
 (``sources.py`` reads and locates the file, ``loader.py`` loads it, ``dynamic_ids.py`` turns raw ids into its
 slots) for ``dynarec predict / evaluate / serve`` on a RUN folder or one pass folder.
 

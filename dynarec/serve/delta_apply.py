@@ -183,7 +183,7 @@ def _prepared(served, text, rows, dense, entries, folder, k, digest, file) -> Pr
     online = {"pass": k, "file": file, "folder": str(folder),
               "dynamic": {e["feature"]: (int(e["keys"].numel()) if e["kind"] == "map" else e["kind"])
                           for e in entries}}
-    pred = type(p)(p.model, p.encoders, p.name, version, str(folder), SlotLookup(entries) if entries else None,
+    pred = type(p)(p.model, p.encoders, p.name, version, str(folder), SlotLookup(entries),
                    online)
     manifest = {**served.manifest, "model_version": version, "online": online}
     return Prepared(text, rows, dense, pred, manifest, folder)
