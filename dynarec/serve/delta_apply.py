@@ -18,7 +18,14 @@ delta missing, out of order (its ``pass`` is not the next one, or the marker mov
 checksum, or, with ``online.dense_every`` > 1, a last delta that carries no dense weights (the pass's dense
 part is then only in its ``serving.pt``). After :func:`apply` the served weights are bitwise the pass's
 ``serving.pt`` weights (the delta holds the changed rows' exact float32 values), so answers equal
-``dynarec predict`` with that pass folder."""
+``dynarec predict`` with that pass folder.
+
+Example::
+
+    prep = prepare(engine.served, Path("runs/online"), "passes/0007")   # in the loader thread
+    if not isinstance(prep, str):                                        # else: the reason for a full reload
+        engine.served = apply(engine.served, prep)                       # on the loop, between two batches
+"""
 from __future__ import annotations
 
 import dataclasses
