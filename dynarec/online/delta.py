@@ -11,7 +11,8 @@ A delta (``passes/NNNN/delta.pt``, format ``dynarec-delta-1``, SHA-256 checked l
   (every ``online.dense_every`` passes), else ``None``.
 
 ``apply_delta(serving, delta)`` moves a serving copy (:func:`snapshot`) forward; applied in order to the first
-pass's copy they reproduce every later pass's weights exactly (where the dense part was due)."""
+pass's copy they reproduce every later pass's weights exactly (where the dense part was due). ``dynarec serve``
+applies them to its served model in place (:mod:`dynarec.serve.delta_apply`)."""
 from __future__ import annotations
 
 import io

@@ -31,7 +31,8 @@ from dynarec.online.marker import pass_dir, read_current, write_current
 from dynarec.online.state import fresh_state, restore_state
 from dynarec.online.schema import encode_pass
 from dynarec.online.serving import write_serving
-from dynarec.train.checkpoint import read_checkpoint, save_checkpoint, write_atomic
+from dynarec.train.checkpoint import read_checkpoint, write_atomic
+from dynarec.train.streamed_checkpoint import checkpoint_dict, save_streamed
 from dynarec.train.loop import DivergedError
 
 RUN_FILE = "online.json"
@@ -106,7 +107,9 @@ def _write_pass(out: Path, st, k: int, delta: dict, row: dict, raw_table=None) -
     tmp = final.parent / f".{final.name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_checkpoint(tmp, st.model, dict(st.cfg.params), None, {"online": st.extra(), "pass": k})
+    # from the tensors' storage to the file (no in-memory copy of the tables; dynarec-checkpoint-3)
+    save_streamed(tmp / "model.pt", checkpoint_dict(st.model, dict(st.cfg.params), None,
+                                                    {"online": st.extra(), "pass": k}))
     write_delta(tmp / "delta.pt", delta)
     if raw_table is not None:
         write_serving(tmp, st, raw_table)

@@ -1,5 +1,6 @@
 """What serving one pass of an online run needs: ``RUN/passes/NNNN/serving.pt`` (format ``dynarec-serving-1``,
-SHA-256 sealed and written atomically like a checkpoint): the writer half. The reader half is in ``dynarec/serve``
+written from the tensors' storage with a SHA-256 trailer, atomically, like a pass's ``model.pt``:
+:mod:`dynarec.train.streamed_checkpoint`; older runs' sealed files still load): the writer half. The reader half is in ``dynarec/serve``
 (``sources.py`` reads and locates the file, ``loader.py`` loads it, ``dynamic_ids.py`` turns raw ids into its
 slots) for ``dynarec predict / evaluate / serve`` on a RUN folder or one pass folder.
 
@@ -15,13 +16,12 @@ The file records per dynamic feature whether its training column held integers (
 keys ids by that recorded type, whatever the type of the column it reads (``serve/dynamic_ids.py``)."""
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import pyarrow as pa
 import torch
 
-from dynarec.train.checkpoint import sealed, write_atomic
+from dynarec.train.streamed_checkpoint import save_streamed
 
 FORMAT = "dynarec-serving-1"
 SERVING = "serving.pt"
@@ -62,8 +62,6 @@ def serving_blob(st, raw: pa.Table) -> dict:
 
 
 def write_serving(folder: Path, st, raw: pa.Table) -> Path:
-    buf = io.BytesIO()
-    torch.save(serving_blob(st, raw), buf)
-    f = Path(folder) / SERVING
-    write_atomic(f, sealed(FORMAT, buf.getvalue()))
-    return f
+    """``folder/serving.pt``, written from the tensors' storage (the streamed layout of
+    :mod:`dynarec.train.streamed_checkpoint`: no in-memory copy of the tables; sha256 trailer; atomic)."""
+    return save_streamed(Path(folder) / SERVING, serving_blob(st, raw))

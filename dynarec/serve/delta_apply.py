@@ -18,7 +18,14 @@ delta missing, out of order (its ``pass`` is not the next one, or the marker mov
 checksum, or, with ``online.dense_every`` > 1, a last delta that carries no dense weights (the pass's dense
 part is then only in its ``serving.pt``). After :func:`apply` the served weights are bitwise the pass's
 ``serving.pt`` weights (the delta holds the changed rows' exact float32 values), so answers equal
-``dynarec predict`` with that pass folder."""
+``dynarec predict`` with that pass folder.
+
+Example::
+
+    prep = prepare(engine.served, Path("runs/online"), "passes/0007")   # in the loader thread
+    if not isinstance(prep, str):                                        # else: the reason for a full reload
+        engine.served = apply(engine.served, prep)                       # on the loop, between two batches
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -82,7 +89,10 @@ def serving_digest(folder: Path) -> str:
     """The sha256 recorded in a pass's ``serving.pt`` (its version), read without reading the payload (the
     file is memory-mapped; the payload is checked when the pass is loaded, not here)."""
     from dynarec.online.serving import SERVING
+    from dynarec.train.streamed_checkpoint import is_streamed, recorded_digest
 
+    if is_streamed(folder / SERVING):  # the digest is the file's trailer
+        return recorded_digest(folder / SERVING)
     blob = torch.load(folder / SERVING, map_location="cpu", weights_only=False, mmap=True)
     digest = blob.get("sha256") if isinstance(blob, dict) else None
     if not isinstance(digest, str):
@@ -180,7 +190,7 @@ def _prepared(served, text, rows, dense, entries, folder, k, digest, file) -> Pr
     online = {"pass": k, "file": file, "folder": str(folder),
               "dynamic": {e["feature"]: (int(e["keys"].numel()) if e["kind"] == "map" else e["kind"])
                           for e in entries}}
-    pred = type(p)(p.model, p.encoders, p.name, version, str(folder), SlotLookup(entries) if entries else None,
+    pred = type(p)(p.model, p.encoders, p.name, version, str(folder), SlotLookup(entries),
                    online)
     manifest = {**served.manifest, "model_version": version, "online": online}
     return Prepared(text, rows, dense, pred, manifest, folder)

@@ -53,9 +53,12 @@ def read_serving(f: Path) -> tuple[dict, str]:
     """(the serving file ``f``, its payload's sha256), the checksum verified; a one-line DataError naming the
     file otherwise."""
     from dynarec.train.checkpoint import read_sealed
+    from dynarec.train.streamed_checkpoint import is_streamed, read_streamed, recorded_digest
 
-    inner, digest = read_sealed(f, FORMAT, f"{FORMAT} file", "the serving file is corrupted (the run's model.pt "
-                                "of the same pass holds the same weights)")
+    corrupt = "the serving file is corrupted (the run's model.pt of the same pass holds the same weights)"
+    if is_streamed(f):  # written from the tensors' storage (sha256 trailer)
+        return read_streamed(f, f"{FORMAT} file", FORMAT, corrupt), recorded_digest(f)
+    inner, digest = read_sealed(f, FORMAT, f"{FORMAT} file", corrupt)
     if not isinstance(inner, dict) or inner.get("format") != FORMAT or "state_dict" not in inner:
         raise DataError(f"{f}: not a {FORMAT} file")
     return inner, digest

@@ -88,6 +88,10 @@ def read_sealed(f: Path, fmt: str, what: str, corrupt: str, unverified: str | No
 
 def read_checkpoint(f: Path) -> dict:
     """The checkpoint dict stored in file ``f``, its checksum verified (format 2), or a one-line DataError."""
+    from dynarec.train.streamed_checkpoint import is_streamed, read_streamed
+
+    if is_streamed(f):  # format 3: written from the tensors' storage (online pass checkpoints)
+        return read_streamed(f)
     inner, _ = read_sealed(f, FORMAT, "dynarec checkpoint", "the file is corrupted; restore it or retrain",
                            unverified=FORMAT_UNVERIFIED)
     if not isinstance(inner, dict) or "state_dict" not in inner:
