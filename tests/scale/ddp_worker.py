@@ -46,6 +46,14 @@ class Recorder:
     def __init__(self):
         self.steps, self._current = [], None
         self._step, self._backward = step_module.TrainStep.step, step_module.backward_and_step
+        self._install(*self._patched())
+
+    def grads(self, model) -> dict[str, torch.Tensor]:
+        """The gradients a step records (every parameter's, dense)."""
+        return dense_grads(model)
+
+    def _patched(self):
+        """The recording ``TrainStep.step`` and ``backward_and_step`` (a subclass may wrap them)."""
         recorder = self
 
         def step(ts, batch):
@@ -59,13 +67,16 @@ class Recorder:
                 raise FloatingPointError(f"training loss became {loss.item()}")
             loss.backward()
             recorder.steps.append({"before": cur["before"], "batch": cur["batch"],
-                                   "grads": dense_grads(cur["model"]), "loss": loss.item()})
+                                   "grads": recorder.grads(cur["model"]), "loss": loss.item()})
             if grad_clip and grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(clipped, grad_clip)
             for o in optimizers:
                 o.step()
             return loss.item()
 
+        return step, backward_and_step
+
+    def _install(self, step, backward_and_step) -> None:
         step_module.TrainStep.step, step_module.backward_and_step = step, backward_and_step
 
     def close(self) -> None:

@@ -99,3 +99,22 @@ def test_a_backend_that_cannot_build_here_is_one_stderr_line(tmp_path, monkeypat
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and len(err) == 1, err
     assert "trainer.compile" in err[0] and "CppCompileError" in err[0] and "trainer.compile: false" in err[0]
+
+
+@pytest.mark.parametrize("name,params", [("dnn", {}), ("mmoe", {}), ("mmoe", {"batch_norm": True}), ("pepnet", {}),
+                                         ("apg_dnn", {})])
+def test_the_training_forward_is_one_graph(small_synth, name, params):
+    """``trainer.compile`` pays only if dynamo captures the model's training forward whole: a graph break
+    splits it into graphs run eagerly in between (docs/benchmarks.md, "bf16 and compiled steps"). Dynamo's
+    tracing only (``torch._dynamo.explain``, no kernels built): one graph, no break, for the models whose
+    compiled step was measured (STAR's breaks are its own issue)."""
+    from dynarec.models import build_model
+
+    schema, tables, _ = small_synth
+    model = build_model(name, schema, params).train()
+    torch._dynamo.reset()
+    try:
+        e = torch._dynamo.explain(model)(tables["train"].take(torch.arange(64)))
+    finally:
+        torch._dynamo.reset()
+    assert (e.graph_count, e.graph_break_count) == (1, 0), [str(b.reason).splitlines()[0] for b in e.break_reasons]
