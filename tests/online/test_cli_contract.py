@@ -47,6 +47,7 @@ def test_json_lines_one_per_pass_then_the_summary(stream, tmp_path, capsys):
     ("online.preset=fast", "online.preset: expected one of pepnet_online"),
     ("online.table=lsh", "online.table: expected one of dynamic | static | hash"),
     ("trainer.epochs=3", "trainer.epochs: has no effect in online training"),
+    ("trainer.checkpoint_every_steps=5", "trainer.checkpoint_every_steps: has no effect in online training"),
     ("trainer.device=cuda", "trainer.device: online training runs in one CPU process"),
 ])
 def test_bad_online_keys_are_one_line_errors(stream, tmp_path, capsys, bad, msg):
