@@ -133,7 +133,9 @@ class RowFile:
         """Rows ``idx`` (sorted, distinct: what ``torch.unique`` gives), consecutive ones read together."""
         idx = np.asarray(idx, dtype=np.int64)
         out = np.empty((len(idx), self.shape[1]), dtype=np.float32)
-        if len(idx) and (idx[0] < 0 or idx[-1] >= self.shape[0]):
+        if not len(idx):
+            return out
+        if (idx[0] < 0 or idx[-1] >= self.shape[0]):
             raise IndexError(f"row {idx[0] if idx[0] < 0 else idx[-1]} of a table of {self.shape[0]} rows")
         cuts = np.flatnonzero(np.diff(idx) != 1) + 1
         for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(idx)]):

@@ -96,3 +96,16 @@ def test_a_corrupted_table_file_is_one_error_naming_it(small_synth, tmp_path):
     f.write_bytes(bytes(data))
     with pytest.raises(DynarecError, match="table_0.f32: checksum mismatch"):
         read_bundle(tmp_path / "b")
+
+
+def test_the_serving_lookup_reads_the_rows_it_is_asked_for(tmp_path):
+    from dynarec.serve.mapped import RowFile, weight_blocks, write_table
+
+    w = torch.randn(1000, 12)
+    write_table(tmp_path, 0, "t", weight_blocks(w, 64), 1000, 12)
+    rows = RowFile(tmp_path, 0)
+    idx = np.array([0, 1, 2, 7, 63, 64, 65, 500, 998, 999])  # runs of consecutive rows, block edges, both ends
+    assert torch.equal(torch.from_numpy(rows[idx]), w[idx])
+    assert rows[np.array([], dtype=np.int64)].shape == (0, 12)
+    with pytest.raises(IndexError):
+        rows[np.array([5, 1000])]
