@@ -109,3 +109,28 @@ def test_the_serving_lookup_reads_the_rows_it_is_asked_for(tmp_path):
     assert rows[np.array([], dtype=np.int64)].shape == (0, 12)
     with pytest.raises(IndexError):
         rows[np.array([5, 1000])]
+
+
+def test_a_served_mapped_bundle_answers_raw_rows_as_the_plain_bundle(tmp_path):
+    """What `dynarec serve` holds (load_served: manifest, predictor, backend) on raw rows: the mapped bundle
+    and the plain bundle of the same checkpoint give the same answers to the bundle bound, per backend."""
+    from dynarec.cli import main
+    from dynarec.data.synthetic import generate
+    from dynarec.serve.rows import rows_to_columns
+    from dynarec.serve.served import load_served
+
+    assert main(["data", "synthetic", "--rows", "1500", "--out", str(tmp_path / "data")]) == 0
+    assert main(["train", "--model", "dnn", "--data", str(tmp_path / "data"), "--epochs", "1",
+                 "--set", "trainer.progress=false", "--out", str(tmp_path / "ck")]) == 0
+    assert main(["export", "--checkpoint", str(tmp_path / "ck"), "--out", str(tmp_path / "plain")]) == 0
+    assert main(["export", "--checkpoint", str(tmp_path / "ck"), "--out", str(tmp_path / "mapped"),
+                 "--map-tables-mb", "0"]) == 0
+    t, _ = generate(64, seed=7)
+    for be in ("torch", "onnx", "eager"):
+        plain, mapped = load_served(tmp_path / "plain", be), load_served(tmp_path / "mapped", be)
+        assert "mapped" not in plain.manifest and mapped.manifest["mapped"]["tables"][0]["layer"] == "embedding"
+        cols = rows_to_columns(t.to_pylist(), plain.schema)
+        (want, unk_w), (got, unk_g) = plain.predict_columns(cols), mapped.predict_columns(cols)
+        assert np.array_equal(unk_w, unk_g)
+        for w, g in zip(want, got):
+            np.testing.assert_allclose(g, w, atol=PARITY_TOL, rtol=0)
