@@ -142,13 +142,16 @@ def load_mapped_model(bundle: str | Path, manifest: dict, merge: bool = True):
 def load_sharded_mapped(folder: str | Path, map_mb: float | None = None, merge: bool = True):
     """(model in eval mode, blob) of a sharded checkpoint for ``dynarec evaluate / predict``, its tables of
     ``map_mb`` MiB or more (default :data:`dynarec.serve.mapped.MAP_MB`) streamed from the shards, block by block,
-    into a private temporary file each (under ``$TMPDIR``) that the model maps and that is unlinked at once:
-    the process holds the rows it touches, never the table; the disk space is freed when it exits."""
+    into a private temporary file each (under ``$TMPDIR``), opened and unlinked at once (the disk space is
+    freed when the process exits); the layer reads the rows of each batch from it with ``os.pread``
+    (:func:`~dynarec.serve.lookup.read_through`): the process holds a batch's rows, never the table."""
     import shutil
     import tempfile
 
     from dynarec.serve import mapped
     from dynarec.serve.dcp_stream import fused_blocks
+    from dynarec.serve.lookup import read_through
+    from dynarec.serve.mapped import RowFile
 
     map_mb = mapped.MAP_MB if map_mb is None else map_mb
     model, blob, layers, (shards, meta, fallback) = _from_sharded(Path(folder), map_mb)
@@ -159,9 +162,9 @@ def load_sharded_mapped(folder: str | Path, map_mb: float | None = None, merge: 
                 rows, dim = int(layer.layout.spec.rows), int(layer.layout.spec.dim)
                 write_table(tmp, k, path, fused_blocks(shards, meta, path, rows, fallback_key=fallback[path]), rows,
                             dim)
-                set_table(layer, open_table(tmp, k))
+                read_through(layer, RowFile(tmp, k))
         finally:
-            shutil.rmtree(tmp)  # this process' maps keep the rows readable
+            shutil.rmtree(tmp)  # the open file keeps the rows readable
     model.eval()
     if merge:
         model.merge_for_inference()
