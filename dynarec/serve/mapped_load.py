@@ -113,9 +113,12 @@ def mapped_manifest(bundle: str | Path) -> dict | None:
 
 def load_mapped_model(bundle: str | Path, manifest: dict, merge: bool = True):
     """(model in eval mode, blob) of a bundle whose manifest lists mapped tables: ``model.pt`` (every weight but
-    those tables) loaded into a model built with them deferred, then each set to its mapped file."""
+    those tables) loaded into a model built with them deferred; each such layer then reads its batch's rows
+    from its table file (:func:`~dynarec.serve.lookup.read_through`)."""
     from dynarec.data.schema import Schema
     from dynarec.models import build_model
+    from dynarec.serve.lookup import read_through
+    from dynarec.serve.mapped import RowFile
     from dynarec.train.checkpoint import read_checkpoint, recorded_params
 
     f = Path(bundle) / "model.pt"
@@ -132,7 +135,7 @@ def load_mapped_model(bundle: str | Path, manifest: dict, merge: bool = True):
         layer = by_path.get(spec["layer"])
         if layer is None:
             raise DataError(f"{f}: model {blob['model']} has no large table at {spec['layer']} (manifest 'mapped')")
-        set_table(layer, open_table(bundle, spec["k"]))
+        read_through(layer, RowFile(bundle, spec["k"]))  # each call reads its batch's rows (no map)
     model.eval()
     if merge:
         model.merge_for_inference()
