@@ -194,7 +194,7 @@ def load_backend(bundle: str | Path, name: str, model=None, mapped: dict | None 
     if not mapped:
         return run
     from dynarec.serve.lookup import HostLookup, MappedRunner
-    from dynarec.serve.mapped import open_table
+    from dynarec.serve.mapped import RowFile
 
-    tables = [open_table(bundle, t["k"]) for t in mapped["tables"]]
+    tables = [RowFile(bundle, t["k"]) for t in mapped["tables"]]
     return MappedRunner(run, HostLookup(mapped["tables"], tables, mapped["has_dense"]))

@@ -11,6 +11,8 @@ Bundle layout::
     BUNDLE/model.pt        the checkpoint (eager backend, and the source of the other two)
     BUNDLE/model.pt2       torch.export program          (format torch | all)
     BUNDLE/model.onnx      ONNX model                    (format onnx | all)
+    BUNDLE/table_<k>.f32   a table of --map-tables-mb MiB or more, float32 row-major (dynarec.serve.mapped), with
+    BUNDLE/table_<k>.json  its header (layer, shape, dtype, sha256); model.pt then holds that table empty
 
 Inputs (stable names): ``sparse`` Long [B, S] (schema.sparse order), ``dense`` Float [B, D] (only when D > 0),
 ``seq_<name>`` Long [B, L] per sequence feature. Outputs: one Float [B] per task, named after the task.

@@ -127,3 +127,43 @@ def export_after_lookup(entry, layers: list, specs: list[dict], tables: list, pl
         shapes += [{0: u}, {0: b}] + [{0: b} for _ in s["seqs"]]
     with torch.no_grad():
         return torch.export.export(graph, args, dynamic_shapes=(tuple(shapes),)), args
+
+
+def _local(parts: list, rows) -> tuple:
+    """(rows touched, each part's indices into them) of the physical ids ``parts``, read from ``rows``."""
+    flat = torch.cat([p.reshape(-1) for p in parts])
+    uniq, inv = torch.unique(flat, return_inverse=True)
+    got = torch.from_numpy(np.ascontiguousarray(rows[uniq.numpy()]))
+    out, at = [], 0
+    for p in parts:
+        out.append(inv[at:at + p.numel()].reshape(p.shape))
+        at += p.numel()
+    return got, out
+
+
+def read_through(layer, rows) -> None:
+    """Make ``layer`` (a FeatureEmbedding, its own table left empty) read its rows from ``rows`` (a
+    :class:`~dynarec.serve.mapped.RowFile`) at every call — the eager model of ``evaluate`` / ``predict``
+    holds the batch's rows only. The same sums as the layer's own forward (``embedding_bag`` over the
+    same rows in the same order)."""
+
+    def forward(sparse, sequences=None):
+        parts = [sparse + layer.sparse_offsets] + [sequences[n] + o for n, o in zip(layer.seq_names, layer.seq_offsets)]
+        got, local = _local(parts, rows)
+        out = F.embedding(local[0], got)
+        if not layer.seq_names:
+            return out
+        pooled = []
+        for name, pool, ids in zip(layer.seq_names, layer.seq_pooling, local[1:]):
+            mask = (sequences[name] > 0).to(got.dtype)
+            if pool == "mean":
+                mask = mask / mask.sum(1, keepdim=True).clamp_min(1.0)
+            pooled.append(F.embedding_bag(ids.reshape(-1), got, torch.arange(0, ids.numel(), ids.shape[1]),
+                                          mode="sum", per_sample_weights=mask.reshape(-1)))
+        return torch.cat([out, torch.stack(pooled, 1)], 1)
+
+    def tokens(j, ids):
+        got, local = _local([ids + layer.seq_offsets[j]], rows)
+        return F.embedding(local[0], got)
+
+    layer.forward, layer.tokens = forward, tokens

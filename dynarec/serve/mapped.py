@@ -112,6 +112,38 @@ def open_table(folder: str | Path, k: int) -> np.memmap:
     return np.memmap(f, dtype=np.float32, mode="c", shape=(rows, dim))
 
 
+class RowFile:
+    """Rows of mapped table ``k`` of a bundle read with ``os.pread`` (the serving lookup): the process holds the
+    rows of the batch only. A memory map would also do, but the kernel maps the cached pages around every
+    faulting page (``fault_around_bytes``, 64 KiB: 512 rows of 32 floats), so a map's resident size climbs to
+    the whole table after a few thousand random rows, where these reads keep it at the batch's rows."""
+
+    def __init__(self, folder: str | Path, k: int):
+        mm = open_table(folder, k)  # the header and the size checked
+        self.shape, self.row_bytes = mm.shape, mm.shape[1] * 4
+        del mm
+        self.fd = os.open(Path(folder) / table_files(k)[0], os.O_RDONLY)
+
+    def __del__(self):
+        fd = getattr(self, "fd", None)
+        if fd is not None:
+            os.close(fd)
+
+    def __getitem__(self, idx: np.ndarray) -> np.ndarray:
+        """Rows ``idx`` (sorted, distinct: what ``torch.unique`` gives), consecutive ones read together."""
+        idx = np.asarray(idx, dtype=np.int64)
+        out = np.empty((len(idx), self.shape[1]), dtype=np.float32)
+        if not len(idx):
+            return out
+        if (idx[0] < 0 or idx[-1] >= self.shape[0]):
+            raise IndexError(f"row {idx[0] if idx[0] < 0 else idx[-1]} of a table of {self.shape[0]} rows")
+        cuts = np.flatnonzero(np.diff(idx) != 1) + 1
+        for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(idx)]):
+            data = os.pread(self.fd, int(hi - lo) * self.row_bytes, int(idx[lo]) * self.row_bytes)
+            out[lo:hi] = np.frombuffer(data, dtype=np.float32).reshape(hi - lo, self.shape[1])
+        return out
+
+
 def set_table(layer, rows) -> None:
     """Make ``layer``'s physical table ``rows`` (a mapped array, or a placeholder tensor), without a copy."""
     t = rows if isinstance(rows, torch.Tensor) else torch.from_numpy(rows)

@@ -113,9 +113,12 @@ def mapped_manifest(bundle: str | Path) -> dict | None:
 
 def load_mapped_model(bundle: str | Path, manifest: dict, merge: bool = True):
     """(model in eval mode, blob) of a bundle whose manifest lists mapped tables: ``model.pt`` (every weight but
-    those tables) loaded into a model built with them deferred, then each set to its mapped file."""
+    those tables) loaded into a model built with them deferred; each such layer then reads its batch's rows
+    from its table file (:func:`~dynarec.serve.lookup.read_through`)."""
     from dynarec.data.schema import Schema
     from dynarec.models import build_model
+    from dynarec.serve.lookup import read_through
+    from dynarec.serve.mapped import RowFile
     from dynarec.train.checkpoint import read_checkpoint, recorded_params
 
     f = Path(bundle) / "model.pt"
@@ -132,7 +135,7 @@ def load_mapped_model(bundle: str | Path, manifest: dict, merge: bool = True):
         layer = by_path.get(spec["layer"])
         if layer is None:
             raise DataError(f"{f}: model {blob['model']} has no large table at {spec['layer']} (manifest 'mapped')")
-        set_table(layer, open_table(bundle, spec["k"]))
+        read_through(layer, RowFile(bundle, spec["k"]))  # each call reads its batch's rows (no map)
     model.eval()
     if merge:
         model.merge_for_inference()
@@ -142,13 +145,16 @@ def load_mapped_model(bundle: str | Path, manifest: dict, merge: bool = True):
 def load_sharded_mapped(folder: str | Path, map_mb: float | None = None, merge: bool = True):
     """(model in eval mode, blob) of a sharded checkpoint for ``dynarec evaluate / predict``, its tables of
     ``map_mb`` MiB or more (default :data:`dynarec.serve.mapped.MAP_MB`) streamed from the shards, block by block,
-    into a private temporary file each (under ``$TMPDIR``) that the model maps and that is unlinked at once:
-    the process holds the rows it touches, never the table; the disk space is freed when it exits."""
+    into a private temporary file each (under ``$TMPDIR``), opened and unlinked at once (the disk space is
+    freed when the process exits); the layer reads the rows of each batch from it with ``os.pread``
+    (:func:`~dynarec.serve.lookup.read_through`): the process holds a batch's rows, never the table."""
     import shutil
     import tempfile
 
     from dynarec.serve import mapped
     from dynarec.serve.dcp_stream import fused_blocks
+    from dynarec.serve.lookup import read_through
+    from dynarec.serve.mapped import RowFile
 
     map_mb = mapped.MAP_MB if map_mb is None else map_mb
     model, blob, layers, (shards, meta, fallback) = _from_sharded(Path(folder), map_mb)
@@ -159,9 +165,9 @@ def load_sharded_mapped(folder: str | Path, map_mb: float | None = None, merge: 
                 rows, dim = int(layer.layout.spec.rows), int(layer.layout.spec.dim)
                 write_table(tmp, k, path, fused_blocks(shards, meta, path, rows, fallback_key=fallback[path]), rows,
                             dim)
-                set_table(layer, open_table(tmp, k))
+                read_through(layer, RowFile(tmp, k))
         finally:
-            shutil.rmtree(tmp)  # this process' maps keep the rows readable
+            shutil.rmtree(tmp)  # the open file keeps the rows readable
     model.eval()
     if merge:
         model.merge_for_inference()

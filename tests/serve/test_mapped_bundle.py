@@ -65,7 +65,8 @@ def test_mapped_bundle_equals_the_eager_model(name, small_synth, tmp_path):
                 torch.testing.assert_close(torch.as_tensor(g), r, atol=PARITY_TOL, rtol=0)
 
 
-def test_a_bundle_model_reads_the_mapped_rows_in_place(small_synth, tmp_path):
+def test_a_bundle_model_reads_the_table_file_not_a_copy(small_synth, tmp_path):
+    from dynarec.metrics import evaluate_model
     from dynarec.serve.mapped_load import load_mapped_model
     from dynarec.serve.sources import read_manifest
 
@@ -74,12 +75,14 @@ def test_a_bundle_model_reads_the_mapped_rows_in_place(small_synth, tmp_path):
     save_checkpoint(tmp_path / "run", model, small_params("dnn"))
     export_bundle(tmp_path / "run", tmp_path / "b", "torch", map_mb=0)
     got, _ = load_mapped_model(tmp_path / "b", read_manifest(tmp_path / "b"))
-    w = got.embedding.weight.weight
-    mm = np.memmap(tmp_path / "b" / "table_0.f32", dtype=np.float32, mode="r", shape=tuple(w.shape))
-    assert torch.equal(w.detach(), torch.from_numpy(np.array(mm)))
-    assert w.data_ptr() != 0 and not w.requires_grad
+    assert got.embedding.weight.weight.shape[0] == 0  # no row of the table in the model
     pt = torch.load(tmp_path / "b" / "model.pt", weights_only=False)
     assert pt["format"] and (tmp_path / "b" / "model.pt").stat().st_size < (tmp_path / "run" / "model.pt").stat().st_size
+    # the rows read per batch, summed as the layer's own forward sums them: the same metrics, exactly
+    assert evaluate_model(got, tables["test"]) == evaluate_model(model, tables["test"])
+    f = tmp_path / "b" / "table_0.f32"
+    f.write_bytes(np.zeros(f.stat().st_size, dtype=np.uint8).tobytes())  # the rows come from the file
+    assert evaluate_model(got, tables["test"]) != evaluate_model(model, tables["test"])
 
 
 def test_a_corrupted_table_file_is_one_error_naming_it(small_synth, tmp_path):
@@ -96,3 +99,41 @@ def test_a_corrupted_table_file_is_one_error_naming_it(small_synth, tmp_path):
     f.write_bytes(bytes(data))
     with pytest.raises(DynarecError, match="table_0.f32: checksum mismatch"):
         read_bundle(tmp_path / "b")
+
+
+def test_the_serving_lookup_reads_the_rows_it_is_asked_for(tmp_path):
+    from dynarec.serve.mapped import RowFile, weight_blocks, write_table
+
+    w = torch.randn(1000, 12)
+    write_table(tmp_path, 0, "t", weight_blocks(w, 64), 1000, 12)
+    rows = RowFile(tmp_path, 0)
+    idx = np.array([0, 1, 2, 7, 63, 64, 65, 500, 998, 999])  # runs of consecutive rows, block edges, both ends
+    assert torch.equal(torch.from_numpy(rows[idx]), w[idx])
+    assert rows[np.array([], dtype=np.int64)].shape == (0, 12)
+    with pytest.raises(IndexError):
+        rows[np.array([5, 1000])]
+
+
+def test_a_served_mapped_bundle_answers_raw_rows_as_the_plain_bundle(tmp_path):
+    """What `dynarec serve` holds (load_served: manifest, predictor, backend) on raw rows: the mapped bundle
+    and the plain bundle of the same checkpoint give the same answers to the bundle bound, per backend."""
+    from dynarec.cli import main
+    from dynarec.data.synthetic import generate
+    from dynarec.serve.rows import rows_to_columns
+    from dynarec.serve.served import load_served
+
+    assert main(["data", "synthetic", "--rows", "1500", "--out", str(tmp_path / "data")]) == 0
+    assert main(["train", "--model", "dnn", "--data", str(tmp_path / "data"), "--epochs", "1",
+                 "--set", "trainer.progress=false", "--out", str(tmp_path / "ck")]) == 0
+    assert main(["export", "--checkpoint", str(tmp_path / "ck"), "--out", str(tmp_path / "plain")]) == 0
+    assert main(["export", "--checkpoint", str(tmp_path / "ck"), "--out", str(tmp_path / "mapped"),
+                 "--map-tables-mb", "0"]) == 0
+    t, _ = generate(64, seed=7)
+    for be in ("torch", "onnx", "eager"):
+        plain, mapped = load_served(tmp_path / "plain", be), load_served(tmp_path / "mapped", be)
+        assert "mapped" not in plain.manifest and mapped.manifest["mapped"]["tables"][0]["layer"] == "embedding"
+        cols = rows_to_columns(t.to_pylist(), plain.schema)
+        (want, unk_w), (got, unk_g) = plain.predict_columns(cols), mapped.predict_columns(cols)
+        assert np.array_equal(unk_w, unk_g)
+        for w, g in zip(want, got):
+            np.testing.assert_allclose(g, w, atol=PARITY_TOL, rtol=0)
