@@ -212,10 +212,10 @@ def test_cli_nproc_2_killed_mid_epoch_resumes_every_rank(tmp_path):
     from dynarec.cli import main
 
     data = tmp_path / "data"
-    assert main(["data", "synthetic", "--rows", "4000", "--out", str(data)]) == 0
+    assert main(["data", "synthetic", "--rows", "3000", "--out", str(data)]) == 0
     common = [sys.executable, "-m", "dynarec", "train", "--model", "dnn", "--data", str(data), "--epochs", "2",
               "--batch-size", "64", "--seed", "1", "--set", "model.hidden=[8]", "--set", "trainer.progress=false",
-              "--set", "trainer.checkpoint_every_steps=1", "--nproc", "2"]
+              "--set", "trainer.checkpoint_every_steps=4", "--nproc", "2"]
     ref = subprocess.run([*common, "--out", str(tmp_path / "ref")], env=_env(), capture_output=True, text=True,
                          timeout=180, cwd=ROOT)
     assert ref.returncode == 0, ref.stderr[-3000:]
