@@ -142,7 +142,7 @@ class QuantileSketch:
             v, w = x, np.asarray(w, np.float64)[keep]
         self.pending.append((v, w))
         self.pending_n += len(v)
-        if self.pending_n >= max(len(self.values), self.cap // 8):  # merged when pending outgrows the summary
+        if self.pending_n >= self.cap // 8:  # merged at a fixed size: a merge holds ~cap * 1.125 pairs, not 2 * cap
             self.settle()
 
     def merge(self, other: QuantileSketch) -> None:
