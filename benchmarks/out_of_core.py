@@ -214,7 +214,10 @@ def main(argv=None) -> None:
             shutil.rmtree(d, ignore_errors=True)
         out = Path(a.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"cpus": os.cpu_count(), "load_avg_at_end": os.getloadavg(), "memory_budget_mb": a.memory_budget}
+        cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                    if ln.startswith("model name")), "?") if Path("/proc/cpuinfo").exists() else "?"
+        meta = {"cpus": os.cpu_count(), "cpu": cpu, "load_avg_at_end": os.getloadavg(),
+                "memory_budget_mb": a.memory_budget}
         Path(f"{out}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
         print(plot(results, Path(f"{out}.png")))
 

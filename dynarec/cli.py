@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="stream the input (a file, glob or folder) in bounded memory; writes sharded parquet")
     pr.add_argument("--memory-budget", type=float, default=None, metavar="MB",
                     help="with --out-of-core: memory budget of the passes (1024)")
+    pr.add_argument("--engine", default=None, metavar="NAME",
+                    help="out of core on an engine: local (this process, the default) | dask (2 local workers, or "
+                         "DASK_SCHEDULER_ADDRESS; the dask extra)")
     pr.set_defaults(fn=cmd_data_prepare)
     sy = dsub.add_parser("synthetic", help="write the built-in synthetic data as a prepared folder")
     sy.add_argument("--rows", type=int, default=100_000)

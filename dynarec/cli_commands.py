@@ -92,7 +92,7 @@ def cmd_data_prepare(a) -> int:
     from dynarec.datasets import prepare_any
 
     print(prepare_any(a.input, a.out, a.schema, a.raw, a.format, _parse_options(a.option), a.split,
-                      _fractions(a.fractions), a.seed, a.out_of_core, a.memory_budget))
+                      _fractions(a.fractions), a.seed, a.out_of_core, a.memory_budget, a.engine))
     return 0
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from dynarec.data.encode import CategoricalEncoder, Encoders, dense_column
-from dynarec.data.fingerprint import TrainRowsBuilder
+from dynarec.data.fingerprint import MAX_KEPT, TrainRowsBuilder
 from dynarec.data.labels import label_column
 from dynarec.data.numeric import NumericEncoder
 from dynarec.data.read import values_seen
@@ -41,14 +41,14 @@ class FitPass:
     """Statistics of one scan (see the module docstring); ``add`` each chunk with its rows' split codes
     (0 = train), then :meth:`encoders`."""
 
-    def __init__(self, schema: Schema, cap: int = 1 << 20):
+    def __init__(self, schema: Schema, cap: int = 1 << 20, log: bool = False):
         self.schema, self.cap = schema, cap
         self.probe = Encoders(schema)  # only for its column readers
         self.train_rows = TrainRowsBuilder(schema.columns())  # the training rows' fingerprint (evaluate's warning)
         self.cat_fields = [f for f in schema.fields if not f.bucketised]
         self.counts: dict[str, ValueCounts] = {f.table: ValueCounts() for f in self.cat_fields}
         dense = [f for f in schema.features if f.kind == "dense"]
-        self.moments = {f.name: Moments() for f in dense}
+        self.moments = {f.name: Moments(log) for f in dense}  # log: per-chunk, for merge()
         self.sketches = {f.name: QuantileSketch(cap) for f in dense
                          if (f.bucketised and f.boundaries is None) or f.numeric_embedding == "ple"}
         self.nan = {f.name: 0 for f in dense + [f for f in schema.sparse if f.bucketised]}
@@ -78,6 +78,33 @@ class FitPass:
             m.add(x)
             if name in self.sketches:
                 self.sketches[name].add(x)
+
+    def merge(self, other: "FitPass") -> None:
+        """Add the statistics of a later part of the rows (another file's fit pass, built with ``log=True``).
+        Merging the parts in row order gives the fit of all rows in one pass: counts are exact, moments are
+        replayed chunk by chunk (the same float operations), exact quantile sketches add their counts, the
+        training-row fingerprint keeps the hashes a one-pass fit keeps."""
+        self.rows += other.rows
+        for d, o in ((self.pos, other.pos), (self.nan, other.nan)):
+            for k in d:
+                d[k] += o[k]
+        for k, v in other.label_values.items():
+            if not self.label_values[k]:
+                self.label_values[k] = list(v)
+        for t, vc in other.counts.items():
+            self.counts[t].merge(vc)
+        for n, m in other.moments.items():
+            self.moments[n].replay(m)
+        for n, sk in other.sketches.items():
+            self.sketches[n].merge(sk)
+        a, b = self.train_rows, other.train_rows
+        a.columns = [c for c in a.columns if c in b.columns]
+        a.modulus = max(a.modulus, b.modulus)
+        kept = np.unique(np.concatenate([a.kept, b.kept]))
+        a.kept = kept[kept % np.uint64(a.modulus) == 0]
+        while len(a.kept) > MAX_KEPT:  # TrainRowsBuilder.add's rule
+            a.modulus *= 2
+            a.kept = a.kept[a.kept % np.uint64(a.modulus) == 0]
 
     def check(self, where: str, total: int) -> None:
         """The in-memory prepare's whole-file checks (``check_label_rules``, ``nan_policy: error``)."""

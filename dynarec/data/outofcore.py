@@ -39,13 +39,14 @@ ROW_GROUP_ROWS = 1 << 16
 
 
 def budget_plan(memory_mb: float, n_sketches: int) -> dict:
-    """Chunk size and sketch capacity from the memory budget. pyarrow's streaming CSV reader keeps about 40
-    blocks' worth of parsed data in flight (its read-ahead; measured: 563 MB of pool at 16 MB blocks, 169 MB
-    at 4 MB, docs/out_of_core.md), so a block is 1/256 of the budget (4 MB at 1 GB; 1 to 16 MB); each
-    quantile sketch holds at most ``cap`` (<= 2^20) (value, weight) pairs of 16 bytes, x2 pending, x3 while
-    merging."""
+    """Chunk size and sketch capacity from the memory budget. pyarrow's streaming CSV reader reads about 32-40
+    blocks ahead on its IO thread whatever the file (measured on 10M rows: 159-170 MB of pool at 4 MB blocks,
+    43 MB at 1 MB, as fast; a file smaller than that window is held whole, so at 4 MB blocks the scan's memory
+    grew with the file up to ~160 MB: docs/out_of_core.md), so a block is 1/1024 of the budget (1 MB at 1 GB;
+    256 kB to 4 MB); each quantile sketch holds at most ``cap`` (<= 2^20) (value, weight) pairs of 16 bytes,
+    x2 pending, x3 while merging."""
     b = int(memory_mb * (1 << 20))
-    block = int(min(16 << 20, max(1 << 20, b // 256)))
+    block = int(min(4 << 20, max(256 << 10, b // 1024)))
     cap = int(max(1 << 12, min(1 << 20, (b // 4) // (48 * max(1, n_sketches)))))
     return {"block_bytes": block, "cap": cap}
 
@@ -91,8 +92,9 @@ class ShardWriter:
     """One split's encoded rows as ``<split>.parquet/part-NNNNN.parquet``: full row groups of
     ``row_group_rows`` (rows are buffered until one is full), a new file every ``shard_rows`` rows."""
 
-    def __init__(self, folder: Path, shard_rows: int = SHARD_ROWS, row_group_rows: int = ROW_GROUP_ROWS):
-        self.folder, self.shard_rows, self.rg = folder, shard_rows, row_group_rows
+    def __init__(self, folder: Path, shard_rows: int = SHARD_ROWS, row_group_rows: int = ROW_GROUP_ROWS,
+                 prefix: str = "part-"):
+        self.folder, self.shard_rows, self.rg, self.prefix = folder, shard_rows, row_group_rows, prefix
         folder.mkdir(parents=True, exist_ok=True)
         self.buf: list[pa.Table] = []
         self.buffered = self.in_file = self.files = self.rows = 0
@@ -109,7 +111,7 @@ class ShardWriter:
         head, rest = t.slice(0, n), t.slice(n)
         self.buf, self.buffered = ([rest] if rest.num_rows else []), rest.num_rows
         if self.writer is None:
-            self.writer = pq.ParquetWriter(self.folder / f"part-{self.files:05d}.parquet", head.schema)
+            self.writer = pq.ParquetWriter(self.folder / f"{self.prefix}{self.files:05d}.parquet", head.schema)
             self.files += 1
         self.writer.write_table(head, row_group_size=n)
         self.in_file += n
@@ -138,6 +140,43 @@ def to_arrow(cols: dict[str, np.ndarray]) -> pa.Table:
     return pa.table(arrays)
 
 
+def check_fit(fit: FitPass, where: str, spec: SplitSpec) -> None:
+    """The whole-input checks after the fit pass (label rules, NaN policy, no empty split)."""
+    total = int(fit.rows.sum())
+    fit.check(where, total)
+    for k, s in enumerate(SPLITS):
+        if fit.rows[k] == 0:
+            raise DataError(f"{where}: split '{s}' would be empty ({total} row(s), split {spec.describe()}); "
+                            f"use more rows or other fractions")
+
+
+def encode_chunk(enc, schema: Schema, code: np.ndarray, start: int, chunk: pa.Table, writers: dict) -> None:
+    """Encode ``chunk`` (raw rows ``start...``) split by ``code`` into ``writers[split]``: a pure function of
+    (encoders, chunk, split codes) but for the writers."""
+    for k, s in enumerate(SPLITS):
+        idx = np.flatnonzero(code == k)
+        if not len(idx):
+            continue
+        part = chunk.take(pa.array(idx))
+        encoded = enc.transform(part, s)
+        if "__user__" in encoded:
+            encoded["__user__"] = text_hash(part.column(schema.user)).view(np.int64)
+        encoded[ROW] = (idx + start).astype(np.int64)
+        writers[s].add(to_arrow(encoded))
+
+
+def write_meta(tmp: Path, schema: Schema, enc, spec: SplitSpec, fit: FitPass, rows: dict, files: list,
+               **extra) -> None:
+    """schema.json, encoders.json and split.json of an out-of-core prepared folder."""
+    schema.save(tmp / "schema.json")
+    (tmp / "encoders.json").write_text(json.dumps(enc.to_dict()))
+    info = {**asdict(spec), "rows": rows, "method_rows": "per-row hash" if spec.method in
+            ("random", "stratified", "group") else "exact", "out_of_core": True,
+            "quantiles_exact": fit.exact, "quantile_rank_error": fit.quantile_error(), **extra,
+            "files": [str(f) for f in files]}
+    (tmp / "split.json").write_text(json.dumps(info))
+
+
 def prepare_out_of_core(source: str | Path, schema: Schema, out: str | Path, split: str | SplitSpec = "random",
                         fractions=(0.8, 0.1, 0.1), seed: int = 0, fmt: str | None = None,
                         memory_mb: float = 1024, progress: bool = True, shard_rows: int = SHARD_ROWS,
@@ -145,7 +184,8 @@ def prepare_out_of_core(source: str | Path, schema: Schema, out: str | Path, spl
     """Prepare ``source`` (a file, glob or folder) into ``out`` (see the module docstring).
 
     Returns ``{"rows": {split: n}, "exact": bool, "quantile_rank_error": {column: bound}, "rows_per_s":
-    the fit pass's rate}``. ``block_bytes``: the raw chunk size (default: from ``memory_mb``). Raw rows are numbered across the files in sorted order (``_row``)."""
+    the fit pass's rate}``. ``block_bytes``: the raw chunk size (default: from ``memory_mb``). Raw rows are
+    numbered across the files in sorted order (``_row``). On a multi-worker engine: ``distprep.py``."""
     from dynarec.outdir import atomic_dir
 
     files = resolve_inputs(source)
@@ -173,12 +213,7 @@ def prepare_out_of_core(source: str | Path, schema: Schema, out: str | Path, spl
         fit.add(chunk, splitter(start, chunk, where), where)
     prog.done()
     fit_rate = prog.rate
-    total = int(fit.rows.sum())
-    fit.check(where, total)
-    for k, s in enumerate(SPLITS):
-        if fit.rows[k] == 0:
-            raise DataError(f"{where}: split '{s}' would be empty ({total} row(s), split {spec.describe()}); "
-                            f"use more rows or other fractions")
+    check_fit(fit, where, spec)
     enc = fit.encoders()
     if spec.method == "temporal":  # the encode pass consumes the tie quotas again from the start
         splitter.cut = TemporalCut(*_counts(sk), a, b)
@@ -186,28 +221,12 @@ def prepare_out_of_core(source: str | Path, schema: Schema, out: str | Path, spl
         writers = {s: ShardWriter(tmp / f"{s}.parquet", shard_rows, row_group_rows) for s in SPLITS}
         prog = Progress("prepare: encode pass", progress)
         for start, chunk in scan_chunks(files, schema.read, cols, fmt, plan["block_bytes"], prog):
-            code = splitter(start, chunk, where)
-            for k, s in enumerate(SPLITS):
-                idx = np.flatnonzero(code == k)
-                if not len(idx):
-                    continue
-                part = chunk.take(pa.array(idx))
-                encoded = enc.transform(part, s)
-                if "__user__" in encoded:
-                    encoded["__user__"] = text_hash(part.column(schema.user)).view(np.int64)
-                encoded[ROW] = (idx + start).astype(np.int64)
-                writers[s].add(to_arrow(encoded))
+            encode_chunk(enc, schema, splitter(start, chunk, where), start, chunk, writers)
         prog.done()
         for w in writers.values():
             w.close()
         rows = {s: writers[s].rows for s in SPLITS}
-        schema.save(tmp / "schema.json")
-        (tmp / "encoders.json").write_text(json.dumps(enc.to_dict()))
-        info = {**asdict(spec), "rows": rows, "method_rows": "per-row hash" if spec.method in
-                ("random", "stratified", "group") else "exact", "out_of_core": True,
-                "quantiles_exact": fit.exact, "quantile_rank_error": fit.quantile_error(),
-                "shard_rows": shard_rows, "row_group_rows": row_group_rows, "files": [str(f) for f in files]}
-        (tmp / "split.json").write_text(json.dumps(info))
+        write_meta(tmp, schema, enc, spec, fit, rows, files, shard_rows=shard_rows, row_group_rows=row_group_rows)
     return {"rows": rows, "exact": fit.exact, "quantile_rank_error": fit.quantile_error(),
             "rows_per_s": fit_rate}
 
@@ -217,6 +236,12 @@ def prepare_input_out_of_core(source: str, out: str | Path, schema_file: str | N
                               fractions=(0.8, 0.1, 0.1), seed: int = 0, memory_mb: float = 1024) -> dict:
     """``dynarec data prepare --out-of-core`` (and any glob / folder input): checks the arguments the way
     ``prepare_input`` does, then :func:`prepare_out_of_core` with a progress line on stderr."""
+    check_input_args(raw, schema_file, options, memory_mb)
+    return prepare_out_of_core(source, Schema.load(schema_file), out, split, fractions, seed, fmt, memory_mb)
+
+
+def check_input_args(raw: str | None, schema_file: str | None, options: bool, memory_mb: float) -> None:
+    """The CLI arguments an out-of-core prepare refuses (one DataError each)."""
     if raw:
         raise DataError("data prepare: --out-of-core reads data files with --schema, not a named dataset with --raw")
     if not schema_file:
@@ -226,4 +251,3 @@ def prepare_input_out_of_core(source: str, out: str | Path, schema_file: str | N
                         "reading options from the schema's read: section")
     if not memory_mb > 0:
         raise DataError(f"data prepare: --memory-budget must be a positive number of MB, got {memory_mb}")
-    return prepare_out_of_core(source, Schema.load(schema_file), out, split, fractions, seed, fmt, memory_mb)

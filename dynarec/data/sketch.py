@@ -37,6 +37,13 @@ class ValueCounts:
         if len(self.parts) > 16:
             self._merge()
 
+    def merge(self, other: "ValueCounts") -> None:
+        """Add ``other``'s counts (exact: the counts of both scans together)."""
+        self.parts += other.parts
+        self.pending += other.pending
+        if len(self.parts) > 16:
+            self._merge()
+
     def _merge(self) -> None:
         if len(self.parts) > 1:
             t = pa.concat_tables(self.parts).group_by("v").aggregate([("c", "sum")])
@@ -54,22 +61,34 @@ class ValueCounts:
 class Moments:
     """Count, mean, sum of squared deviations (M2), min and max of the non-NaN values seen."""
 
-    def __init__(self):
+    def __init__(self, log: bool = False):
         self.n, self.mean, self.m2 = 0, 0.0, 0.0
         self.min, self.max = np.inf, -np.inf
+        self.log: list[tuple] | None = [] if log else None  # each chunk's statistics (for :meth:`replay`)
 
     def add(self, x: np.ndarray) -> None:
         x = x[~np.isnan(x)]
         if not x.size:
             return
-        nb, mb = x.size, float(x.mean())
-        m2b = float(((x - mb) ** 2).sum())
+        mb = float(x.mean())
+        stats = (x.size, mb, float(((x - mb) ** 2).sum()), float(x.min()), float(x.max()))
+        self.fold(*stats)
+        if self.log is not None:
+            self.log.append(stats)
+
+    def fold(self, nb: int, mb: float, m2b: float, lo: float, hi: float) -> None:
+        """Chan's update with one chunk's count, mean, M2, min and max."""
         n = self.n + nb
         d = mb - self.mean
         self.mean += d * nb / n
         self.m2 += m2b + d * d * self.n * nb / n
         self.n = n
-        self.min, self.max = min(self.min, float(x.min())), max(self.max, float(x.max()))
+        self.min, self.max = min(self.min, lo), max(self.max, hi)
+
+    def replay(self, other: "Moments") -> None:
+        """Fold ``other``'s logged chunks in order: the result is bit for bit that of adding its chunks here."""
+        for stats in other.log or []:
+            self.fold(*stats)
 
     @property
     def std(self) -> float:
@@ -123,7 +142,7 @@ class QuantileSketch:
             v, w = x, np.asarray(w, np.float64)[keep]
         self.pending.append((v, w))
         self.pending_n += len(v)
-        if self.pending_n >= max(len(self.values), self.cap // 8):  # merged when pending outgrows the summary
+        if self.pending_n >= self.cap // 8:  # merged at a fixed size: a merge holds ~cap * 1.125 pairs, not 2 * cap
             self.settle()
 
     def merge(self, other: QuantileSketch) -> None:

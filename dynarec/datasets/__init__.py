@@ -106,17 +106,26 @@ def prepare_input(source: str, out: str | Path, schema_file: str | None = None, 
 def prepare_any(source: str, out: str | Path, schema_file: str | None = None, raw: str | None = None,
                 fmt: str | None = None, options: dict | None = None, split: str | SplitSpec = "random",
                 fractions=(0.8, 0.1, 0.1), seed: int = 0, out_of_core: bool = False,
-                memory_budget: float | None = None) -> str:
+                memory_budget: float | None = None, engine: str | None = None) -> str:
     """``dynarec data prepare`` -> the line it prints: :func:`prepare_input` in memory, or out of core
     (:func:`dynarec.data.outofcore.prepare_input_out_of_core`, bounded by ``memory_budget`` MB, default 1024)
-    when asked or when ``source`` is a glob / folder."""
-    if out_of_core or (not raw and not Path(source).is_file()):  # a glob / folder: always out of core
-        from dynarec.data.outofcore import prepare_input_out_of_core
+    when asked or when ``source`` is a glob / folder; ``engine`` (``--engine``, implies out of core): a
+    multi-worker engine of ``dynarec.data.engines`` for the per-file work (``local``: this process)."""
+    if engine is not None or out_of_core or (not raw and not Path(source).is_file()):  # glob / folder: out of core
+        budget = 1024 if memory_budget is None else memory_budget
+        if engine not in (None, "local"):
+            from dynarec.data.distprep import prepare_input_on_engine
 
-        r = prepare_input_out_of_core(source, out, schema_file, raw, fmt, bool(options), split, fractions, seed,
-                                      1024 if memory_budget is None else memory_budget)
+            r = prepare_input_on_engine(engine, source, out, schema_file, raw, fmt, bool(options), split, fractions,
+                                        seed, budget)
+        else:
+            from dynarec.data.outofcore import prepare_input_out_of_core
+
+            r = prepare_input_out_of_core(source, out, schema_file, raw, fmt, bool(options), split, fractions, seed,
+                                          budget)
         return (f"prepared {sum(r['rows'].values()):,} rows into {out} (out of core, {r['rows_per_s']:,.0f} rows/s "
-                "fit pass): " + ", ".join(f"{k} {v:,}" for k, v in r["rows"].items()))
+                f"{'fit pass' if engine in (None, 'local') else engine + ', all passes'}): "
+                + ", ".join(f"{k} {v:,}" for k, v in r["rows"].items()))
     if memory_budget is not None:
         raise DynarecError("data prepare: --memory-budget applies to an out-of-core prepare (--out-of-core, or a "
                            "glob / folder input)")
