@@ -95,3 +95,21 @@ def test_checkpoint_every_steps_without_an_out_folder_is_refused(small_synth):
     schema, tables, _ = small_synth
     with pytest.raises(ConfigError, match="trainer.checkpoint_every_steps"):
         train_model("dnn", schema, tables, {}, {"epochs": 1, "progress": False, "checkpoint_every_steps": 5})
+
+
+def test_a_corrupted_resume_point_is_one_data_error(tmp_path):
+    from dynarec.errors import DataError
+    from dynarec.train.resume import load_state, save_state
+
+    class _Loop:
+        def state_dict(self):
+            return {"epoch": 1, "weights": torch.arange(1000.0)}
+
+    f = tmp_path / "last.pt"
+    save_state(f, _Loop(), {"model": "dnn"})
+    assert torch.equal(load_state(f, {"model": "dnn"})["weights"], torch.arange(1000.0))
+    raw = bytearray(f.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # one flipped byte inside the payload
+    f.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match="checksum mismatch|not a readable"):
+        load_state(f, {"model": "dnn"})
