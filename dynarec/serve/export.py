@@ -46,8 +46,9 @@ def export_bundle(checkpoint: str | Path, out: str | Path, fmt: str = "all", con
 
     Every feature table of ``map_mb`` MiB or more is written as a memory-mapped file (:mod:`dynarec.serve.mapped`)
     and the exported graphs start after its lookup (:mod:`dynarec.serve.lookup`); a sharded checkpoint's tables
-    are streamed from its shards block by block. ``out`` is written with the one output-folder discipline (:func:`dynarec.outdir.atomic_dir`): built beside
-    it, swapped in when complete; an existing bundle is replaced, any other non-empty folder is refused.
+    are streamed from its shards block by block. ``out`` is written with the one output-folder discipline
+    (:func:`dynarec.outdir.atomic_dir`): built beside it, swapped in when complete; an existing bundle is
+    replaced, any other non-empty folder is refused.
 
     Example::
 
@@ -77,7 +78,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, fmt: str = "all", con
         t0 = time.perf_counter()
         exported = [b for b in backends if BACKENDS[b].file]
         if exported:
-            program, gargs, gnames = _program(entry, args, names, layers, mapped)
+            program, gargs, gnames = _program(entry, args, names, layers, mapped, tmp)
             for be in exported:
                 BACKENDS[be].write(program, gargs, gnames, entry.tasks, tmp / BACKENDS[be].file)
         for be in exported:
@@ -135,11 +136,13 @@ def _mapped_info(tmp: Path, layers: list, schema, map_mb: float) -> dict | None:
 
     if not layers:
         return None
-    return {"map_mb": map_mb, "has_dense": schema.dense_dim > 0, "tables": [{**layer_spec(k, p, layer, schema), "shape": list(layer.weight.weight.shape)}
-                                         for k, (p, layer) in enumerate(layers)]}
+    shape = lambda layer: [int(layer.layout.spec.rows), int(layer.layout.spec.dim)]  # noqa: E731
+    return {"map_mb": map_mb, "has_dense": schema.dense_dim > 0,
+            "tables": [{**layer_spec(k, p, layer, schema), "shape": shape(layer)}
+                       for k, (p, layer) in enumerate(layers)]}
 
 
-def _program(entry, args: tuple, names: list[str], layers: list, mapped: dict | None):
+def _program(entry, args: tuple, names: list[str], layers: list, mapped: dict | None, tmp: Path):
     """(program, its example inputs, its input names): the whole entry, or the graph after the mapped lookups
     (each mapped table emptied while tracing, so the program holds no copy of it)."""
     if not mapped:
@@ -148,8 +151,10 @@ def _program(entry, args: tuple, names: list[str], layers: list, mapped: dict | 
 
     from dynarec.serve.lookup import export_after_lookup, graph_input_names
 
+    from dynarec.serve.mapped import RowFile
+
     kept = [layer.weight.weight for _, layer in layers]
-    tables = [w.detach().numpy() for w in kept]
+    tables = [RowFile(tmp, t["k"]) for t in mapped["tables"]]
     for _, layer in layers:
         layer.weight.weight = nn.Parameter(torch.empty(0, layer.weight.weight.shape[1]), requires_grad=False)
     try:

@@ -53,6 +53,7 @@ class AfterLookup(nn.Module):
 
     def forward(self, *args):
         rest, i = args[self.n_plain:], 0
+        saved = [{k: layer.__dict__[k] for k in ("forward", "tokens") if k in layer.__dict__} for layer in self.layers]
         for layer in self.layers:
             n = len(layer.seq_names)
             rows, ids, seq_ids = rest[i], rest[i + 1], rest[i + 2:i + 2 + n]
@@ -62,8 +63,9 @@ class AfterLookup(nn.Module):
         try:
             return self.entry(*args[:self.n_plain])
         finally:
-            for layer in self.layers:
+            for layer, kept in zip(self.layers, saved):
                 del layer.forward, layer.tokens
+                layer.__dict__.update(kept)  # a read-through lookup (read_through) stays in place
 
 
 def layer_spec(k: int, path: str, layer, schema) -> dict:

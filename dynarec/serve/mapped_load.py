@@ -77,9 +77,12 @@ def _from_sharded(folder: Path, map_mb: float):
 
 def load_for_export(checkpoint: str | Path, out: Path, map_mb: float):
     """-> (model, blob, layers): ``checkpoint``'s model (not merged) with each table of ``map_mb`` MiB or more
-    written to ``out`` as mapped table ``k`` (block by block) and read from there; ``layers``: [(path,
+    written to ``out`` as mapped table ``k`` (block by block) and read from there batch by batch (its layer's
+    own table left empty, :func:`~dynarec.serve.lookup.read_through`); ``layers``: [(path,
     layer)] of those tables, in ``k`` order (empty: nothing to map, the model is the usual one)."""
     from dynarec.serve.dcp_stream import fused_blocks
+    from dynarec.serve.lookup import read_through
+    from dynarec.serve.mapped import RowFile
     from dynarec.train.checkpoint import load_checkpoint
 
     p = Path(checkpoint)
@@ -88,14 +91,15 @@ def load_for_export(checkpoint: str | Path, out: Path, map_mb: float):
         for k, (path, layer) in enumerate(layers):
             rows, dim = int(layer.layout.spec.rows), int(layer.layout.spec.dim)
             write_table(out, k, path, fused_blocks(shards, meta, path, rows, fallback_key=fallback[path]), rows, dim)
-            set_table(layer, open_table(out, k))
+            read_through(layer, RowFile(out, k))
         return model, blob, layers
     model, blob = load_checkpoint(checkpoint, merge=False)
     layers = big_layers(model, map_mb, _sizes(model))
     for k, (path, layer) in enumerate(layers):
         w = layer.weight.weight.data
         write_table(out, k, path, weight_blocks(w), w.shape[0], w.shape[1])
-        set_table(layer, open_table(out, k))  # the in-memory copy is released here
+        set_table(layer, torch.empty(0, w.shape[1]))  # the in-memory copy is released here
+        read_through(layer, RowFile(out, k))
     return model, blob, layers
 
 
