@@ -105,6 +105,9 @@ class PartitionedNorm(nn.Module):
       choice), so eval after a short training already uses that domain's statistics, not the init 0/1;
       a domain with fewer than 2 rows in the batch uses its running statistics and does not update them;
     * eval: μ = E_p, σ² = Var_p — a row's output never depends on the other rows of its batch.
+    The moving average is what this layer keeps by itself; the STAR model replaces it at every epoch's end
+    by the exact statistics of the current model's input (:mod:`dynarec.nn.pn_stats`, model key
+    ``pn_stats_rows``; a dynarec deviation, issue 29: the moving average mixed in stale epoch-1 statistics).
     Defaults decay 0.99 and ε 1e-3 follow MMLRec ``DomainBatchNorm``.
     """
 

@@ -31,9 +31,12 @@ ALTERNATIVES = {
     "gate_features": ["user_id"], "position_cross": ["device"], "position_tasks": ["click"],
     "position_feature": "hour", "group_feature": "user_segment", "low_rank": 4,
     "weight_emb_w": [[16, 4], [4, 4]], "weight_emb_b": [4, 0], "pn_decay": 0.5, "condition_mode": "self-wise",
+    "pn_stats_rows": 0,
 }
 # Extra keys that make a key usable where its use depends on the schema or on several keys.
-ENABLE = {"detach_condition": {"condition_mode": "mix-wise", "condition_groups": ["domain", "user"]}}
+ENABLE = {"detach_condition": {"condition_mode": "mix-wise", "condition_groups": ["domain", "user"]},
+          # STAR's epoch-end refresh replaces the moving average pn_decay makes (it still acts inside an epoch)
+          "pn_decay": {"pn_stats_rows": 0}}
 
 
 def _alternative(f, value):
@@ -82,6 +85,8 @@ def _fingerprint(name, schema, params, batch, train_batch):
     trainer = Trainer(model, TrainerConfig(lr=1e-2, embedding_lr=0.1, progress=False), seed=0)
     for _ in range(2):
         trainer._step(train_batch)
+    if hasattr(model, "refresh_statistics"):  # the trainer's epoch-end hook (dynarec.train.norm_stats)
+        model.refresh_statistics(lambda: iter([train_batch]))
     return init, ev, tr, _state(model)
 
 
