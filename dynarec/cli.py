@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("models", help="list registered models")
     m.add_argument("--json", action="store_true")
+    m.add_argument("--guide", action="store_true", help="which model to try first, with the studies' numbers")
     m.set_defaults(fn=cmd_models)
 
     data = sub.add_parser("data", help="prepare data")

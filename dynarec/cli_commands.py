@@ -19,6 +19,13 @@ def _console():
 def cmd_models(a) -> int:
     from dynarec.models import list_models
 
+    if getattr(a, "guide", False):
+        from dynarec.guide import guide_table, load_guide
+        from dynarec.report import table_console
+
+        table_console().print(guide_table(load_guide()))
+        return 0
+
     infos = list_models(kind=None)  # ranking and retrieval models
     if a.json:
         # "needs": every group the model reads by default (unchanged key); "requires" / "optional" split it

@@ -21,7 +21,8 @@ from dynarec.models.base import POSITIVE, WIDTHS, BaseModel, ModelConfig
 from dynarec.models.keys import depends, when
 from dynarec.models.registry import register
 from dynarec.nn.mlp import MLP
-from dynarec.nn.star import MODES, STATS, PartitionedNorm, STARMLP
+from dynarec.nn.pn_stats import refresh_partitioned_norms
+from dynarec.nn.star import MODES, PartitionedNorm, STARMLP
 
 
 def _pn_unused(c) -> str | None:
@@ -43,16 +44,16 @@ class STAR(BaseModel):
         pn_hidden: bool = False  # also PN after every hidden STARLinear (dynarec option)
         pn_decay: float = field(default=0.99, metadata=rule(min=0, max=1, max_open=True))
         pn_eps: float = field(default=1e-3, metadata=POSITIVE)
-        # eval statistics of PN: exact per-domain statistics of the model at each epoch's end (precise), or the
-        # paper's running averages only (ema); nn.star.PartitionedNorm
-        pn_stats: str = field(default="precise", metadata=rule(choices=STATS))
+        # rows per epoch end over which PN's running statistics are recomputed exactly through the current
+        # model (dynarec choice, issue 29); 0 = keep the moving average of the training batches (pn_decay)
+        pn_stats_rows: int = field(default=1_000_000, metadata=rule(min=0))
         task_towers: bool = False
         # group | gather: two computations of the same outputs (speed only; benchmarks/star_gather_vs_group.py)
         star_mode: str = field(default="group", metadata=rule(choices=MODES))
 
     no_effect = {"tower_hidden": when(task_towers=True), "aux_hidden": when(aux=True), "aux_groups": when(aux=True),
                  "pn_decay": depends(_pn_unused), "pn_eps": depends(_pn_unused),
-                 "pn_stats": depends(_pn_unused)}
+                 "pn_stats_rows": depends(_pn_unused)}
 
     def __init__(self, schema, config):
         super().__init__(schema, config)
@@ -61,10 +62,9 @@ class STAR(BaseModel):
             raise ConfigError("model.star.batch_norm: STAR normalises per domain; use partitioned_norm / "
                               "pn_hidden instead of batch_norm")
         D, T = self.num_domains, len(self.tasks)
-        self.pn = PartitionedNorm(self.input_dim, D, c.pn_decay, c.pn_eps, c.pn_stats) if c.partitioned_norm \
-            else None
+        self.pn = PartitionedNorm(self.input_dim, D, c.pn_decay, c.pn_eps) if c.partitioned_norm else None
         star_kw = dict(num_domains=D, act=c.activation, dropout=c.dropout, norm=c.pn_hidden, mode=c.star_mode,
-                       norm_decay=c.pn_decay, norm_eps=c.pn_eps, norm_stats=c.pn_stats)
+                       norm_decay=c.pn_decay, norm_eps=c.pn_eps)
         if c.task_towers:
             self.fcn = STARMLP(self.input_dim, c.hidden, None, **star_kw)
             self.towers = nn.ModuleDict({t: STARMLP(self.fcn.out_features, c.tower_hidden, 1, **star_kw)
@@ -78,6 +78,15 @@ class STAR(BaseModel):
             self.aux_net = MLP(len(self.aux_fields) * c.embed_dim, c.aux_hidden, T, c.activation, c.dropout)
         else:
             self.aux_net = None
+
+    def refresh_statistics(self, batches) -> int:
+        """The trainer's epoch-end hook (:class:`~dynarec.train.norm_stats.NormStatistics`): every partitioned
+        norm's running statistics := its input's exact per-domain mean / variance over the first
+        ``pn_stats_rows`` rows of ``batches()`` through this model in eval mode -> layers refreshed (0 when
+        ``pn_stats_rows`` is 0 or there is no PN: the moving average of training then stays)."""
+        if not self.config.pn_stats_rows:
+            return 0
+        return refresh_partitioned_norms(self, batches, self.config.pn_stats_rows)
 
     def main_logits(self, batch, emb: torch.Tensor | None = None) -> torch.Tensor:
         """s_main [B, T]."""

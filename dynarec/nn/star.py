@@ -95,9 +95,6 @@ class STARLinear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, domains={self.num_domains}, mode={self.mode}"
 
 
-STATS = ("precise", "ema")  # PartitionedNorm's eval statistics: refreshed each epoch, or running averages only
-
-
 class PartitionedNorm(nn.Module):
     """Partitioned normalisation (Sheng et al., CIKM 2021, section "Partitioned Normalization").
 
@@ -108,26 +105,17 @@ class PartitionedNorm(nn.Module):
       choice), so eval after a short training already uses that domain's statistics, not the init 0/1;
       a domain with fewer than 2 rows in the batch uses its running statistics and does not update them;
     * eval: μ = E_p, σ² = Var_p — a row's output never depends on the other rows of its batch.
+    The moving average is what this layer keeps by itself; the STAR model replaces it at every epoch's end
+    by the exact statistics of the current model's input (:mod:`dynarec.nn.pn_stats`, model key
+    ``pn_stats_rows``; a dynarec deviation, issue 29: the moving average mixed in stale epoch-1 statistics).
     Defaults decay 0.99 and ε 1e-3 follow MMLRec ``DomainBatchNorm``.
-
-    ``stats="precise"`` (dynarec's default; ``"ema"``: the paper's running averages only): at the end of every
-    epoch the trainer (:class:`dynarec.train.precise_stats.PreciseStatistics`) passes up to 2^16 training rows
-    through the model as trained at that point, and E_p / Var_p become the exact per-domain mean and unbiased
-    variance of this layer's inputs over those rows (``begin_precise`` / ``end_precise``; a domain with fewer
-    than 2 of them keeps its running values). The running averages mix every batch since the start, so after
-    a short fit they describe the inputs of an early model (issue 29: STAR lost its synthetic control by
-    5 AUC points for that reason); "precise BN" (Wu & Johnson 2021) fixes it at the cost of one forward pass.
     """
 
-    def __init__(self, num_features: int, num_domains: int, decay: float = 0.99, eps: float = 1e-3,
-                 stats: str = "precise"):
+    def __init__(self, num_features: int, num_domains: int, decay: float = 0.99, eps: float = 1e-3):
         super().__init__()
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"PartitionedNorm decay must be in [0, 1), got {decay}")
-        if stats not in STATS:
-            raise ValueError(f"PartitionedNorm stats must be one of {STATS}, got {stats!r}")
         self.num_features, self.num_domains, self.decay, self.eps = num_features, num_domains, decay, eps
-        self.stats, self._acc = stats, None
         self.weight = nn.Parameter(torch.ones(num_features))  # γ
         self.bias = nn.Parameter(torch.zeros(num_features))  # β
         self.domain_weight = nn.Parameter(torch.ones(num_domains, num_features))  # γ_p
@@ -149,48 +137,20 @@ class PartitionedNorm(nn.Module):
             ok = (counts >= 2).unsqueeze(1)
             use_mean = torch.where(ok, mean, self.running_mean)
             use_var = torch.where(ok, var, self.running_var)
-            if self._acc is not None:  # a precise-statistics pass: exact sums instead of the running update
-                with torch.no_grad():
-                    xd = x.detach().double()
-                    self._acc[0].index_add_(0, domain, xd)
-                    self._acc[1].index_add_(0, domain, xd * xd)
-                    self._acc[2].add_(counts.double().unsqueeze(1))
-            else:
-                with torch.no_grad():
-                    # bias-corrected EMA: the plain average of the first 1/(1-decay) updates, then decay
-                    m = torch.clamp(1.0 / (self.num_batches_tracked.to(x.dtype) + 1.0),
-                                    min=1.0 - self.decay).unsqueeze(1)
-                    unbiased = var * n / (n - 1).clamp_min(1.0)
-                    self.running_mean.copy_(torch.where(ok, (1 - m) * self.running_mean + m * mean, self.running_mean))
-                    self.running_var.copy_(torch.where(ok, (1 - m) * self.running_var + m * unbiased, self.running_var))
-                    self.num_batches_tracked += ok.squeeze(1).long()
+            with torch.no_grad():
+                # bias-corrected EMA: the plain average of the first 1/(1-decay) updates, then decay
+                m = torch.clamp(1.0 / (self.num_batches_tracked.to(x.dtype) + 1.0), min=1.0 - self.decay).unsqueeze(1)
+                unbiased = var * n / (n - 1).clamp_min(1.0)
+                self.running_mean.copy_(torch.where(ok, (1 - m) * self.running_mean + m * mean, self.running_mean))
+                self.running_var.copy_(torch.where(ok, (1 - m) * self.running_var + m * unbiased, self.running_var))
+                self.num_batches_tracked += ok.squeeze(1).long()
         else:
             use_mean, use_var = self.running_mean, self.running_var
         z = (x - use_mean[domain]) * torch.rsqrt(use_var[domain] + self.eps)
         return z * (self.weight * self.domain_weight[domain]) + (self.bias + self.domain_bias[domain])
 
-    def begin_precise(self) -> None:
-        """Start a precise-statistics pass: training-mode forwards accumulate exact per-domain sums (the running
-        averages are left alone) until :meth:`end_precise`."""
-        z = self.running_mean.new_zeros(self.num_domains, self.num_features, dtype=torch.float64)
-        self._acc = (z, z.clone(), z.new_zeros(self.num_domains, 1))
-
-    def end_precise(self) -> int:
-        """E_p / Var_p := the mean and unbiased variance of the inputs seen since :meth:`begin_precise`, for
-        every domain with at least 2 of them -> how many domains were set."""
-        s, ss, n = self._acc
-        self._acc = None
-        ok = n >= 2
-        mean = s / n.clamp_min(1.0)
-        var = ((ss - s * mean) / (n - 1).clamp_min(1.0)).clamp_min(0.0)
-        with torch.no_grad():
-            self.running_mean.copy_(torch.where(ok, mean.to(self.running_mean.dtype), self.running_mean))
-            self.running_var.copy_(torch.where(ok, var.to(self.running_var.dtype), self.running_var))
-        return int(ok.sum())
-
     def extra_repr(self) -> str:
-        return (f"{self.num_features}, domains={self.num_domains}, decay={self.decay}, eps={self.eps}, "
-                f"stats={self.stats}")
+        return f"{self.num_features}, domains={self.num_domains}, decay={self.decay}, eps={self.eps}"
 
 
 class STARMLP(nn.Module):
@@ -200,7 +160,7 @@ class STARMLP(nn.Module):
 
     def __init__(self, in_dim: int, hidden: list[int], out_dim: int | None, num_domains: int,
                  act: str = "relu", dropout: float = 0.0, norm: bool = False, mode: str = "group",
-                 norm_decay: float = 0.99, norm_eps: float = 1e-3, norm_stats: str = "precise"):
+                 norm_decay: float = 0.99, norm_eps: float = 1e-3):
         super().__init__()
         self.layers = nn.ModuleList()
         self.norms = nn.ModuleList()
@@ -209,8 +169,7 @@ class STARMLP(nn.Module):
         d = in_dim
         for h in hidden:
             self.layers.append(STARLinear(d, h, num_domains, mode))
-            self.norms.append(PartitionedNorm(h, num_domains, norm_decay, norm_eps, norm_stats) if norm
-                              else nn.Identity())
+            self.norms.append(PartitionedNorm(h, num_domains, norm_decay, norm_eps) if norm else nn.Identity())
             self.acts.append(make_activation(act))
             self.drops.append(nn.Dropout(dropout) if dropout > 0 else nn.Identity())
             d = h

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dynarec.train import device as devices
 from dynarec.train.callbacks import CsvLog, EarlyStopping, ProgressBar, Validation, monitor_value  # noqa: F401
+from dynarec.train import device as devices
 from dynarec.train.config import TrainerConfig, check_trainer
 from dynarec.train.loop import History, Loop, set_seed  # noqa: F401
+from dynarec.train.norm_stats import NormStatistics
 from dynarec.train.placement import Placement, placement_for
-from dynarec.train.precise_stats import PreciseStatistics
 from dynarec.train.step import TrainStep
 
 
@@ -73,10 +73,14 @@ class Trainer:
     def _step(self, batch) -> float:
         return self.step(batch)
 
-    def callbacks(self, valid=None) -> list:
-        """The standard callbacks, in the order they run at an epoch's end."""
+    def callbacks(self, valid=None, train=None) -> list:
+        """The standard callbacks, in the order they run at an epoch's end. With ``train`` (the staged
+        training table) and a model that defines ``refresh_statistics`` (STAR's partitioned norm), its running
+        statistics are refreshed first (:class:`~dynarec.train.norm_stats.NormStatistics`)."""
         cfg, main = self.cfg, self.placement.main
         cbs = self.placement.callbacks()
+        if train is not None and hasattr(self.model, "refresh_statistics"):
+            cbs.append(NormStatistics(self.model, train, cfg.eval_batch_size))
         if valid is not None:
             cbs += [self.placement.validation(valid, cfg.monitor, cfg.eval_batch_size), EarlyStopping(cfg.patience)]
         if cfg.progress and main:
@@ -94,9 +98,7 @@ class Trainer:
         if resume is not None:
             self.placement.check_resume()
         staged = self.placement.shard(train)
-        cbs = self.callbacks(valid)
-        cbs.insert(len(self.placement.callbacks()), PreciseStatistics(staged, self.cfg.batch_size))  # before valid
-        loop = Loop(self.model, self.step, cbs + list(callbacks))
+        loop = Loop(self.model, self.step, self.callbacks(valid, staged) + list(callbacks))
         loop.hint = (f"trainer.lr {self.cfg.lr:g} / trainer.embedding_lr {self.cfg.embedding_lr:g} too high "
                      "(try 10x lower), or NaN / inf values in the data")
         hist = loop.fit(staged, self.cfg.epochs, self.cfg.batch_size, self.seed, self.cfg.threads, resume=resume)

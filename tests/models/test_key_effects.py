@@ -16,7 +16,6 @@ from dynarec.train.config import TrainerConfig
 from dynarec.errors import ConfigError
 from dynarec.models import build_model, get_model_info, list_models
 from dynarec.models.keys import inactive_keys, no_effect_rules, when
-from dynarec.train.precise_stats import refresh
 from dynarec.train.trainer import Trainer
 from test_conformance import small_params
 
@@ -32,9 +31,12 @@ ALTERNATIVES = {
     "gate_features": ["user_id"], "position_cross": ["device"], "position_tasks": ["click"],
     "position_feature": "hour", "group_feature": "user_segment", "low_rank": 4,
     "weight_emb_w": [[16, 4], [4, 4]], "weight_emb_b": [4, 0], "pn_decay": 0.5, "condition_mode": "self-wise",
+    "pn_stats_rows": 0,
 }
 # Extra keys that make a key usable where its use depends on the schema or on several keys.
-ENABLE = {"detach_condition": {"condition_mode": "mix-wise", "condition_groups": ["domain", "user"]}}
+ENABLE = {"detach_condition": {"condition_mode": "mix-wise", "condition_groups": ["domain", "user"]},
+          # STAR's epoch-end refresh replaces the moving average pn_decay makes (it still acts inside an epoch)
+          "pn_decay": {"pn_stats_rows": 0}}
 
 
 def _alternative(f, value):
@@ -68,8 +70,7 @@ def _differs(a: dict, b: dict) -> bool:
 
 
 def _fingerprint(name, schema, params, batch, train_batch):
-    """(initial state, eval outputs, train-mode outputs, state after 2 steps, state after the trainer's end-of-epoch
-    statistics refresh) at seed 0."""
+    """(initial state, eval outputs, train-mode outputs, state after 2 steps) at seed 0."""
     torch.manual_seed(0)
     model = build_model(name, schema, params)
     init = _state(model)
@@ -84,22 +85,9 @@ def _fingerprint(name, schema, params, batch, train_batch):
     trainer = Trainer(model, TrainerConfig(lr=1e-2, embedding_lr=0.1, progress=False), seed=0)
     for _ in range(2):
         trainer._step(train_batch)
-    stepped = _state(model)
-    refresh(model, _OneBatch(train_batch), batch_size=len(train_batch))  # what PreciseStatistics does per epoch
-    return init, ev, tr, stepped, _state(model)
-
-
-class _OneBatch:
-    """A table of one batch, as the trainer's end-of-epoch callbacks read one."""
-
-    def __init__(self, batch):
-        self.batch = batch
-
-    def __len__(self):
-        return len(self.batch)
-
-    def batches(self, batch_size, shuffle=False, generator=None):
-        yield self.batch
+    if hasattr(model, "refresh_statistics"):  # the trainer's epoch-end hook (dynarec.train.norm_stats)
+        model.refresh_statistics(lambda: iter([train_batch]))
+    return init, ev, tr, _state(model)
 
 
 def _effect(name, schema, base, alt, batch, train_batch) -> bool:
