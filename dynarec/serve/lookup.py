@@ -96,13 +96,7 @@ class HostLookup:
         for spec, table in zip(self.specs, self.tables):
             parts = [sparse + torch.tensor(spec["sparse_offsets"], dtype=sparse.dtype)]
             parts += [torch.as_tensor(inputs[self.first_seq + q["input"]]) + q["offset"] for q in spec["seqs"]]
-            flat = torch.cat([p.reshape(-1) for p in parts])
-            uniq, inv = torch.unique(flat, return_inverse=True)
-            rows = torch.from_numpy(np.ascontiguousarray(table[uniq.numpy()]))
-            out, at = [], 0
-            for p in parts:
-                out.append(inv[at:at + p.numel()].reshape(p.shape))
-                at += p.numel()
+            rows, out = _local(parts, table)
             extra += [rows] + out
         return tuple(extra)
 
