@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+from pathlib import Path
 
 from dynarec.errors import ConfigError
 from dynarec.train import device as devices
@@ -109,14 +110,16 @@ class Placement:
 
     def load_resume(self, work, meta: dict, out=None, trainer=None):
         """-> the loop state to resume from (rank 0's ``work`` folder of the run into ``out``; ``None`` on
-        the other ranks): its ``last.pt``, or else the sharded resume point of a TorchRec run, resharded
-        into this one process's ``trainer`` (:func:`~dynarec.train.sharded_resume.load_into_one`)."""
+        the other ranks, which read rank 0's ``last.pt`` in ``out``'s work folder, the same folder on one
+        machine): its ``last.pt``, or else the sharded resume point of a TorchRec run, resharded into this one
+        process's ``trainer`` (:func:`~dynarec.train.sharded_resume.load_into_one`)."""
         from dynarec.errors import DynarecError
+        from dynarec.outdir import work_dir
         from dynarec.train import sharded_resume
         from dynarec.train.resume import LAST, load_state
 
-        if work is None:
-            return None
+        if work is None:  # a rank other than 0: every rank continues from rank 0's resume point
+            return load_state(work_dir(Path(out)) / LAST, meta) if out is not None else None
         if not (work / LAST).exists() and trainer is not None and self.world == 1 and sharded_resume.exists(work):
             return sharded_resume.load_into_one(work / sharded_resume.LAST_SHARDED, trainer.model,
                                                 trainer.step.optimizers, meta)

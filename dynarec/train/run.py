@@ -20,7 +20,7 @@ from dynarec.train.collapse import CollapseGuard
 from dynarec.train.config import TrainerConfig
 from dynarec.train.placement import placement_for
 from dynarec.train.result import MARKERS, Result  # noqa: F401  (Result: the return type)
-from dynarec.train.resume import LAST, load_state
+from dynarec.train.resume import LAST
 from dynarec.train.sharded_resume import LAST_SHARDED
 from dynarec.train.trainer import Trainer
 
@@ -83,10 +83,8 @@ def train_model(model_name: str, schema, tables: dict, params: dict | None = Non
             raise ConfigError(f"trainer.checkpoint_every_steps: {cfg.checkpoint_every_steps} needs an out folder "
                               "(the resume point last.pt is written there); set it to 0 or give an out folder")
         tr = Trainer(model, cfg, seed, None, task_weighting, console, placement)
-        # a TorchRec rank writes and reads its own shards of rank 0's resume point (None: rank 0 names it)
-        state = placement.load_resume(None, None) if resume else None
-        if resume and state is None:  # TorchRec loaded its shards above; DDP: rank 0's last.pt
-            state = load_state(outdir.work_dir(Path(out)) / LAST, meta)
+        # every rank continues from rank 0's resume point (TorchRec: each rank reads its own shards of it)
+        state = placement.load_resume(None, meta, out) if resume else None
         hist = tr.fit(tables["train"], valid, [CollapseGuard(valid)] + placement.resume_callbacks(None, {}),
                       resume=state, finish=False)
         return _finish(model, cfg, hist, tables, params, None, encoders, seed, placement)
